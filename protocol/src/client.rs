@@ -1,0 +1,254 @@
+//! An async client for sheep: a pool of connections to one address, request ids, timeouts.
+//!
+//! Each connection carries one request at a time; concurrency comes from the pool, which
+//! opens another connection when all idle ones are busy and keeps up to `max_idle` for reuse.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::frame::{read_response, write_frame, FrameError};
+use crate::header::{RequestHeader, ResponseHeader};
+use crate::opcode::{flags, op_name, ResultCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{op} to {addr} failed: {source}")]
+    Transport {
+        addr: SocketAddr,
+        op: &'static str,
+        source: FrameError,
+    },
+    #[error("{op} to {addr} timed out after {after:?}")]
+    Timeout {
+        addr: SocketAddr,
+        op: &'static str,
+        after: Duration,
+    },
+    #[error("{op} to {addr}: {result}")]
+    Result {
+        addr: SocketAddr,
+        op: &'static str,
+        result: ResultCode,
+    },
+}
+
+impl ClientError {
+    /// The server's result code, when the failure is one.
+    pub fn result(&self) -> Option<ResultCode> {
+        match self {
+            ClientError::Result { result, .. } => Some(*result),
+            _ => None,
+        }
+    }
+}
+
+/// A reply: header plus payload.
+#[derive(Debug)]
+pub struct Reply {
+    pub header: ResponseHeader,
+    pub data: Vec<u8>,
+}
+
+/// Connection pool to one sheep.
+pub struct Client {
+    addr: SocketAddr,
+    idle: Mutex<Vec<TcpStream>>,
+    next_id: AtomicU32,
+    timeout: Duration,
+    max_idle: usize,
+}
+
+impl Client {
+    /// A client with a 30 s per-request timeout, the original's receive timeout.
+    pub fn new(addr: SocketAddr) -> Client {
+        Client::with_timeout(addr, Duration::from_secs(30))
+    }
+
+    pub fn with_timeout(addr: SocketAddr, timeout: Duration) -> Client {
+        Client {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            next_id: AtomicU32::new(1),
+            timeout,
+            max_idle: 64,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn connection(&self) -> Result<TcpStream, ClientError> {
+        if let Some(s) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(s);
+        }
+        let connect = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr));
+        let s = match connect.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(ClientError::Connect {
+                    addr: self.addr,
+                    source,
+                })
+            }
+            Err(_) => {
+                let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+                return Err(ClientError::Connect {
+                    addr: self.addr,
+                    source,
+                });
+            }
+        };
+        // Latency matters more than packet count for small control requests.
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+
+    fn put_back(&self, s: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(s);
+        }
+    }
+
+    /// Sends `req` with `payload` and returns the reply, whatever its result code. When
+    /// `payload` is non-empty the WRITE flag is set and `data_length` is its length.
+    pub async fn send(&self, mut req: RequestHeader, payload: &[u8]) -> Result<Reply, ClientError> {
+        let opname = op_name(req.opcode);
+        req.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if !payload.is_empty() {
+            req.flags |= flags::WRITE;
+            req.data_length = payload.len() as u32;
+        }
+        let capacity = req.reply_capacity();
+        let mut s = self.connection().await?;
+        let exchange = async {
+            write_frame(&mut s, &req.encode(), payload).await?;
+            read_response(&mut s, capacity).await
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => Err(ClientError::Timeout {
+                addr: self.addr,
+                op: opname,
+                after: self.timeout,
+            }),
+            Ok(Err(source)) => Err(ClientError::Transport {
+                addr: self.addr,
+                op: opname,
+                source,
+            }),
+            Ok(Ok((header, data))) => {
+                self.put_back(s);
+                Ok(Reply { header, data })
+            }
+        }
+    }
+
+    /// Like [`Client::send`], but a result other than SUCCESS is an error.
+    pub async fn call(&self, req: RequestHeader, payload: &[u8]) -> Result<Reply, ClientError> {
+        let opname = op_name(req.opcode);
+        let r = self.send(req, payload).await?;
+        match r.header.result_code() {
+            ResultCode::SUCCESS => Ok(r),
+            result => Err(ClientError::Result {
+                addr: self.addr,
+                op: opname,
+                result,
+            }),
+        }
+    }
+}
+
+impl From<FrameError> for std::io::Error {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Io(e) => e,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::read_request;
+    use crate::opcode::op;
+    use tokio::net::TcpListener;
+
+    /// A tiny server that echoes the request id and answers NO_VDI to GET_VDI_INFO.
+    async fn serve(l: TcpListener) {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                while let Ok(Some((h, _p))) = read_request(&mut s, 1 << 20).await {
+                    let code = if h.opcode == op::GET_VDI_INFO {
+                        ResultCode::NO_VDI
+                    } else {
+                        ResultCode::SUCCESS
+                    };
+                    let mut r = ResponseHeader::reply_to(&h, code, 1);
+                    let body = vec![9u8; h.reply_capacity().min(3) as usize];
+                    r.data_length = body.len() as u32;
+                    if write_frame(&mut s, &r.encode(), &body).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_replies_and_errors() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(serve(l));
+        let c = Client::new(addr);
+        let mut req = RequestHeader::new(op::READ_VDIS);
+        req.data_length = 16;
+        let r = c.call(req, &[]).await.expect("ok");
+        assert_eq!(r.data, vec![9u8; 3]);
+        let e = c
+            .call(RequestHeader::new(op::GET_VDI_INFO), b"x")
+            .await
+            .expect_err("no vdi");
+        assert_eq!(e.result(), Some(ResultCode::NO_VDI));
+        // Many at once share the pool.
+        let c = std::sync::Arc::new(c);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    c.call(RequestHeader::new(op::STAT_SHEEP), &[])
+                        .await
+                        .is_ok()
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.expect("join"));
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_refused_is_clear() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        drop(l);
+        let e = Client::new(addr)
+            .call(RequestHeader::new(op::STAT_SHEEP), &[])
+            .await
+            .expect_err("refused");
+        assert!(e.to_string().contains("cannot connect"), "{e}");
+    }
+}

@@ -1,0 +1,180 @@
+//! Reading and writing whole frames (header + payload) with a size limit that is checked
+//! before any payload buffer is allocated.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::header::{RequestHeader, ResponseHeader, HEADER_SIZE};
+use crate::inode::{INODE_SIZE, MAX_BLOCK_SIZE_SHIFT};
+
+/// The largest payload any legal request or reply carries: a whole inode or the largest
+/// data object this implementation accepts, whichever is bigger.
+pub const MAX_PAYLOAD: u32 = if INODE_SIZE > (1 << MAX_BLOCK_SIZE_SHIFT) {
+    INODE_SIZE as u32
+} else {
+    1 << MAX_BLOCK_SIZE_SHIFT
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("frame announces {len} payload bytes, more than the limit of {limit}")]
+    TooLarge { len: u32, limit: u32 },
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn eof_is_truncation(e: std::io::Error) -> FrameError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        FrameError::Truncated
+    } else {
+        FrameError::Io(e)
+    }
+}
+
+/// Reads the 48-byte header. `Ok(None)` on a clean close (EOF or reset) before its first byte.
+async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<[u8; HEADER_SIZE]>, FrameError> {
+    let mut b = [0u8; HEADER_SIZE];
+    let mut got = 0;
+    while got < HEADER_SIZE {
+        match r.read(&mut b[got..]).await {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(FrameError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if got == 0 && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok(None)
+            }
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    Ok(Some(b))
+}
+
+async fn read_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: u32,
+    limit: u32,
+) -> Result<Vec<u8>, FrameError> {
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf).await.map_err(eof_is_truncation)?;
+    Ok(buf)
+}
+
+/// Reads one request and its payload (only when WRITE is set, PROTOCOL.md 1.5).
+/// `Ok(None)` when the peer closed at a request boundary.
+pub async fn read_request<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: u32,
+) -> Result<Option<(RequestHeader, Vec<u8>)>, FrameError> {
+    let Some(b) = read_header(r).await? else {
+        return Ok(None);
+    };
+    let h = RequestHeader::decode(&b);
+    let payload = read_payload(r, h.payload_len(), limit).await?;
+    Ok(Some((h, payload)))
+}
+
+/// Reads one reply; at most `min(capacity, data_length)` payload bytes are kept, the rest
+/// (which a correct server never sends) is an error.
+pub async fn read_response<R: AsyncRead + Unpin>(
+    r: &mut R,
+    capacity: u32,
+) -> Result<(ResponseHeader, Vec<u8>), FrameError> {
+    let b = read_header(r).await?.ok_or(FrameError::Truncated)?;
+    let h = ResponseHeader::decode(&b);
+    let payload = read_payload(r, h.data_length, capacity.min(MAX_PAYLOAD)).await?;
+    Ok((h, payload))
+}
+
+/// Writes a header and payload as one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    header: &[u8; HEADER_SIZE],
+    payload: &[u8],
+) -> std::io::Result<()> {
+    if payload.len() < 64 * 1024 {
+        let mut b = Vec::with_capacity(HEADER_SIZE + payload.len());
+        b.extend_from_slice(header);
+        b.extend_from_slice(payload);
+        w.write_all(&b).await?;
+    } else {
+        w.write_all(header).await?;
+        w.write_all(payload).await?;
+    }
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::opcode::{flags, op};
+
+    #[tokio::test]
+    async fn round_trip_and_limits() {
+        let mut h = RequestHeader::new(op::WRITE_OBJ);
+        h.flags = flags::WRITE;
+        h.data_length = 5;
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &h.encode(), b"hello")
+            .await
+            .expect("write");
+        let (got, p) = read_request(&mut wire.as_slice(), 1024)
+            .await
+            .expect("ok")
+            .expect("frame");
+        assert_eq!((got, p.as_slice()), (h.clone(), &b"hello"[..]));
+
+        // Truncated header and truncated payload.
+        assert!(matches!(
+            read_request(&mut &wire[..20], 1024).await,
+            Err(FrameError::Truncated)
+        ));
+        assert!(matches!(
+            read_request(&mut &wire[..50], 1024).await,
+            Err(FrameError::Truncated)
+        ));
+        // Clean close.
+        assert!(read_request(&mut &wire[..0], 1024)
+            .await
+            .expect("ok")
+            .is_none());
+
+        // Oversized: refused before reading (nothing follows the header here).
+        h.data_length = u32::MAX;
+        let big = h.encode();
+        assert!(matches!(
+            read_request(&mut &big[..], MAX_PAYLOAD).await,
+            Err(FrameError::TooLarge { len: u32::MAX, .. })
+        ));
+
+        // Without WRITE a large data_length carries no payload.
+        let mut r = RequestHeader::new(op::GET_NODE_LIST);
+        r.data_length = 491_520;
+        let enc = r.encode();
+        let (got, p) = read_request(&mut &enc[..], 16)
+            .await
+            .expect("ok")
+            .expect("frame");
+        assert_eq!((got.opcode, p.len()), (op::GET_NODE_LIST, 0));
+    }
+
+    #[tokio::test]
+    async fn reply_longer_than_capacity_is_an_error() {
+        let rsp = ResponseHeader {
+            data_length: 10,
+            ..ResponseHeader::default()
+        };
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &rsp.encode(), &[7u8; 10])
+            .await
+            .expect("write");
+        assert!(read_response(&mut wire.as_slice(), 4).await.is_err());
+        let (h, p) = read_response(&mut wire.as_slice(), 10).await.expect("fits");
+        assert_eq!((h.data_length, p.len()), (10, 10));
+    }
+}

@@ -1,0 +1,22 @@
+//! The Sheepdog 1.0 client protocol and data model: pure types and functions, plus an async
+//! client shared by `dog` and `sheepfs`. Byte layouts follow `PROTOCOL.md`; every integer on the
+//! wire is little-endian.
+
+pub mod bitmap;
+mod bytes;
+pub mod client;
+pub mod cluster;
+pub mod frame;
+pub mod hash;
+pub mod header;
+pub mod inode;
+pub mod node;
+pub mod oid;
+pub mod opcode;
+pub mod placement;
+
+pub use bytes::{get_cstr, put_cstr};
+pub use client::{Client, ClientError, Reply};
+pub use header::{ClusterArgs, ObjArgs, RequestHeader, ResponseHeader, VdiArgs};
+pub use oid::{Oid, Vid};
+pub use opcode::{flags, op, ResultCode};
