@@ -52,7 +52,7 @@ async fn read_header<R: AsyncRead + Unpin>(
     Ok(Some(b))
 }
 
-async fn read_payload<R: AsyncRead + Unpin>(
+pub async fn read_payload<R: AsyncRead + Unpin>(
     r: &mut R,
     len: u32,
     limit: u32,
@@ -65,16 +65,22 @@ async fn read_payload<R: AsyncRead + Unpin>(
     Ok(buf)
 }
 
+/// Reads one request header. `Ok(None)` when the peer closed at a request boundary.
+pub async fn read_request_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<RequestHeader>, FrameError> {
+    Ok(read_header(r).await?.map(|b| RequestHeader::decode(&b)))
+}
+
 /// Reads one request and its payload (only when WRITE is set, PROTOCOL.md 1.5).
 /// `Ok(None)` when the peer closed at a request boundary.
 pub async fn read_request<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: u32,
 ) -> Result<Option<(RequestHeader, Vec<u8>)>, FrameError> {
-    let Some(b) = read_header(r).await? else {
+    let Some(h) = read_request_header(r).await? else {
         return Ok(None);
     };
-    let h = RequestHeader::decode(&b);
     let payload = read_payload(r, h.payload_len(), limit).await?;
     Ok(Some((h, payload)))
 }

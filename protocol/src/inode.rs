@@ -136,9 +136,11 @@ impl Inode {
         })
     }
 
-    /// Serialises to the full [`INODE_SIZE`] bytes (gref zeroed).
+    /// Serialises the header and the entries in use: the prefix of the inode object that
+    /// holds anything but zeros (`gref[]` is not kept). Creating an object of [`INODE_SIZE`]
+    /// from it zero-fills the rest.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = vec![0u8; INODE_SIZE];
+        let mut b = vec![0u8; INODE_HEADER_SIZE + 4 * self.data_vdi_id.len()];
         self.header.encode_into(&mut b);
         for (i, v) in self.data_vdi_id.iter().enumerate() {
             put_u32(&mut b, INODE_HEADER_SIZE + 4 * i, *v);
@@ -185,7 +187,7 @@ mod tests {
         };
         ino.data_vdi_id[5] = 0x7c2b25;
         let b = ino.encode();
-        assert_eq!(b.len(), INODE_SIZE);
+        assert_eq!(b.len(), INODE_HEADER_SIZE + 40);
         assert_eq!(&b[4684..4688], &[0x25, 0x2b, 0x7c, 0]);
         assert_eq!(&b[560..564], &[0x25, 0x2b, 0x7c, 0]);
         assert_eq!(Inode::decode(&b), Some(ino.clone()));

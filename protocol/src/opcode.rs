@@ -160,6 +160,7 @@ results! {
     INODE_INVALIDATED = 0x1d, "Inode object is invalidated";
     OLD_NODE_VER = 0x81, "Request has an old epoch";
     NEW_NODE_VER = 0x82, "Request has a new epoch";
+    NETWORK_ERROR = 0x86, "Network error between sheep";
     NOT_FORMATTED = 0x83, "Cluster has not been formatted";
     BUFFER_SMALL = 0x88, "The buffer is too small";
     NO_STORE = 0x8a, "Targeted backend store is not found";

@@ -1,1 +1,129 @@
-fn main() {}
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use protocol::node::Node;
+use sheep::cluster::{Driver, DriverSpec};
+use sheep::config::{Args, Config};
+use sheep::node::Sheep;
+use sheep::store::Store;
+use tokio::net::TcpListener;
+
+fn init_logging(cfg: &Config) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))
+        .map_err(|e| format!("bad log level {:?}: {e}", cfg.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match &cfg.log_file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init();
+        }
+        None => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).with_writer(std::io::stderr).init()
+        }
+    }
+    Ok(())
+}
+
+async fn run(cfg: Config) -> Result<(), String> {
+    let spec = DriverSpec::parse(&cfg.cluster).map_err(|e| e.to_string())?;
+    let addr = SocketAddr::new(cfg.bind, cfg.port);
+    std::fs::create_dir_all(&cfg.dir)
+        .map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
+    let store = Store::open(&cfg.dir)
+        .map_err(|e| format!("cannot open the store in {}: {e}", cfg.dir.display()))?;
+    let space = if cfg.gateway {
+        0
+    } else {
+        store
+            .space()
+            .map_err(|e| format!("cannot stat the store: {e}"))?
+            .0
+    };
+    let me = Node {
+        addr,
+        nr_vnodes: if cfg.gateway { 0 } else { cfg.vnodes },
+        zone: cfg.zone(),
+        space,
+    };
+    // Bind before joining, so a second sheep on the same port fails here, not in the cluster.
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = Driver::start(&spec, addr, tx).map_err(|e| e.to_string())?;
+    let sheep = Arc::new(Sheep::new(me.clone(), cfg.dir.clone(), store, driver));
+    tokio::spawn(sheep.clone().apply_loop(rx));
+    let pos = sheep
+        .driver
+        .join(me.clone())
+        .await
+        .map_err(|e| format!("cannot join the cluster: {e}"))?;
+    sheep.wait_applied(pos).await;
+    tracing::info!(%addr, zone = me.zone, vnodes = me.nr_vnodes, epoch = sheep.state().epoch(), dir = %cfg.dir.display(), "sheep is serving");
+    let server = tokio::spawn(sheep::server::serve(sheep.clone(), listener));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    tokio::select! {
+        _ = sheep.stop.notified() => {
+            // Let in-flight replies (the SHUTDOWN answer among them) reach their clients.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        _ = term.recv() => leave(&sheep).await,
+        _ = tokio::signal::ctrl_c() => leave(&sheep).await,
+    }
+    server.abort();
+    if let Err(e) = sheep.store.flush() {
+        tracing::error!(error = %e, "final flush failed");
+    }
+    tracing::info!("sheep stopped");
+    Ok(())
+}
+
+async fn leave(sheep: &Sheep) {
+    tracing::info!("stopping: leaving the cluster");
+    if let Err(e) = sheep.driver.leave().await {
+        tracing::error!(error = %e, "cannot announce the leave; the others will notice the exit");
+    }
+}
+
+fn main() -> ExitCode {
+    let cfg = match Config::load(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sheep: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(&cfg) {
+        eprintln!("sheep: {e}");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sheep: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("sheep: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Cluster drivers: how sheep find each other and agree on one total order of [`Event`]s.
+//!
+//! A driver offers four things: join and leave; `broadcast`, which appends an event to the
+//! total order; delivery of every event, in that order, to this node's apply loop (including
+//! events from before this node started, so a late or restarted node catches up); and a
+//! cluster-wide lock that serialises VDI operations, whose preparation reads shared state.
+
+pub mod local;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use protocol::node::Node;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::group::Event;
+
+/// An event and its position in the total order. Positions only grow.
+#[derive(Debug)]
+pub struct Delivery {
+    pub pos: u64,
+    pub event: Event,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("unknown cluster driver {0:?} (supported: local, local:PATH)")]
+    Unknown(String),
+    #[error("cluster driver i/o on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cluster driver task failed: {0}")]
+    Task(String),
+}
+
+/// Which driver to use, parsed from `-c`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriverSpec {
+    Local(PathBuf),
+}
+
+/// Rendezvous directory of the `local` driver when none is given.
+pub const DEFAULT_LOCAL_PATH: &str = "/tmp/sheepdog-local";
+
+impl DriverSpec {
+    pub fn parse(s: &str) -> Result<DriverSpec, DriverError> {
+        match s.split_once(':') {
+            None if s == "local" => Ok(DriverSpec::Local(PathBuf::from(DEFAULT_LOCAL_PATH))),
+            Some(("local", path)) if !path.is_empty() => Ok(DriverSpec::Local(PathBuf::from(path))),
+            _ => Err(DriverError::Unknown(s.to_string())),
+        }
+    }
+}
+
+pub enum Driver {
+    Local(local::LocalDriver),
+}
+
+/// Held while a node prepares and commits a VDI operation; dropping it releases the lock.
+pub enum OpsLock {
+    Local(std::fs::File),
+}
+
+impl Driver {
+    /// Starts the driver; every event (past and future) is sent to `tx` in order.
+    pub fn start(
+        spec: &DriverSpec,
+        me: SocketAddr,
+        tx: UnboundedSender<Delivery>,
+    ) -> Result<Driver, DriverError> {
+        match spec {
+            DriverSpec::Local(path) => Ok(Driver::Local(local::LocalDriver::start(path, me, tx)?)),
+        }
+    }
+
+    /// Announces this node. Returns the position of its join event.
+    pub async fn join(&self, node: Node) -> Result<u64, DriverError> {
+        match self {
+            Driver::Local(d) => d.join(node).await,
+        }
+    }
+
+    pub async fn leave(&self) -> Result<(), DriverError> {
+        match self {
+            Driver::Local(d) => d.leave().await,
+        }
+    }
+
+    /// Appends `ev` to the total order and returns its position.
+    pub async fn broadcast(&self, ev: Event) -> Result<u64, DriverError> {
+        match self {
+            Driver::Local(d) => d.broadcast(ev).await,
+        }
+    }
+
+    /// Takes the cluster-wide VDI-operation lock. Returns the position of the last event
+    /// ordered before it, which the caller must have applied before it reads shared state.
+    pub async fn lock_ops(&self) -> Result<(OpsLock, u64), DriverError> {
+        match self {
+            Driver::Local(d) => d.lock_ops().await,
+        }
+    }
+}
+
+impl Driver {
+    /// Tells the others that this node has applied every event up to `pos`.
+    pub async fn report_applied(&self, pos: u64) -> Result<(), DriverError> {
+        match self {
+            Driver::Local(d) => d.report_applied(pos).await,
+        }
+    }
+
+    /// Waits until each of `nodes` has applied the event at `pos`, or `limit` passes (a node
+    /// that died meanwhile is about to be removed by a new epoch). Returns the laggards.
+    pub async fn wait_applied_by(
+        &self,
+        nodes: &[SocketAddr],
+        pos: u64,
+        limit: Duration,
+    ) -> Vec<SocketAddr> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut waiting: Vec<SocketAddr> = nodes.to_vec();
+        loop {
+            let mut still = Vec::new();
+            for addr in waiting {
+                let done = match self {
+                    Driver::Local(d) => d.applied_by(addr).await,
+                };
+                if !matches!(done, Ok(p) if p >= pos) {
+                    still.push(addr);
+                }
+            }
+            if still.is_empty() || tokio::time::Instant::now() >= deadline {
+                return still;
+            }
+            waiting = still;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Seconds since the epoch, for event times.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_specs() {
+        assert_eq!(
+            DriverSpec::parse("local").ok(),
+            Some(DriverSpec::Local(DEFAULT_LOCAL_PATH.into()))
+        );
+        assert_eq!(
+            DriverSpec::parse("local:/x/y").ok(),
+            Some(DriverSpec::Local("/x/y".into()))
+        );
+        assert!(DriverSpec::parse("local:").is_err());
+        assert!(DriverSpec::parse("corosync").is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! Command-line options and the optional TOML config file. Flags override the file; the file
+//! overrides the defaults, which live in [`Config::default`].
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use protocol::node::DEFAULT_VNODES;
+
+/// The sheep storage daemon. Runs in the foreground (systemd style) and serves the Sheepdog
+/// 1.0 protocol: client I/O as a gateway, replicated objects in DIR/obj/, cluster membership
+/// through a cluster driver.
+#[derive(Parser, Debug)]
+#[command(name = "sheep", version, disable_version_flag = true)]
+pub struct Args {
+    /// Print the version.
+    #[arg(long, action = clap::ArgAction::Version)]
+    version: Option<bool>,
+    /// Directory for this node's objects (DIR/obj/), epoch log (DIR/epoch/) and state.
+    pub dir: PathBuf,
+    /// TCP port to listen on [default: 7000].
+    #[arg(short, long)]
+    pub port: Option<u16>,
+    /// Address to listen on and to advertise to the other nodes [default: 127.0.0.1]. Nothing
+    /// listens beyond loopback unless you say so; it must be an address the others can reach.
+    #[arg(short, long)]
+    pub bind: Option<IpAddr>,
+    /// Cluster driver: `local` (sheep on this host, rendezvous in /tmp/sheepdog-local) or
+    /// `local:PATH` (rendezvous directory PATH) [default: local].
+    #[arg(short, long)]
+    pub cluster: Option<String>,
+    /// Failure zone. Copies of an object go to distinct zones. Default: derived from the
+    /// address (the last four bytes); on loopback, where every sheep shares the address, the
+    /// port, so that sheep on one host count as separate failure domains.
+    #[arg(short, long)]
+    pub zone: Option<u32>,
+    /// Gateway only: store nothing (zero vnodes) but serve client I/O.
+    #[arg(short, long)]
+    pub gateway: bool,
+    /// Virtual nodes on the hash ring [default: 128].
+    #[arg(short = 'V', long)]
+    pub vnodes: Option<u16>,
+    /// Write logs to this file instead of stderr.
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `sheep=debug` [default: info; env RUST_LOG also works].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// TOML file with any of: port, bind, cluster, zone, gateway, vnodes, log_file, log_level.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The same settings, as read from a TOML file. Every field is optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub port: Option<u16>,
+    pub bind: Option<IpAddr>,
+    pub cluster: Option<String>,
+    pub zone: Option<u32>,
+    pub gateway: Option<bool>,
+    pub vnodes: Option<u16>,
+    pub log_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+/// Effective settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub bind: IpAddr,
+    pub cluster: String,
+    pub zone: Option<u32>,
+    pub gateway: bool,
+    pub vnodes: u16,
+    pub log_file: Option<PathBuf>,
+    pub log_level: String,
+}
+
+impl Config {
+    fn defaults(dir: PathBuf) -> Config {
+        Config {
+            dir,
+            port: 7000,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            cluster: "local".into(),
+            zone: None,
+            gateway: false,
+            vnodes: DEFAULT_VNODES,
+            log_file: None,
+            log_level: "info".into(),
+        }
+    }
+
+    pub fn load(args: Args) -> Result<Config, String> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let d = Config::defaults(args.dir);
+        let cfg = Config {
+            port: args.port.or(file.port).unwrap_or(d.port),
+            bind: args.bind.or(file.bind).unwrap_or(d.bind),
+            cluster: args.cluster.or(file.cluster).unwrap_or(d.cluster),
+            zone: args.zone.or(file.zone),
+            gateway: args.gateway || file.gateway.unwrap_or(d.gateway),
+            vnodes: args.vnodes.or(file.vnodes).unwrap_or(d.vnodes),
+            log_file: args.log_file.or(file.log_file),
+            log_level: args.log_level.or(file.log_level).unwrap_or(d.log_level),
+            dir: d.dir,
+        };
+        if cfg.bind.is_unspecified() {
+            return Err(format!(
+                "--bind {} is not an address other nodes can reach; give this host's address",
+                cfg.bind
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// The zone this node advertises.
+    pub fn zone(&self) -> u32 {
+        self.zone.unwrap_or(if self.bind.is_loopback() {
+            u32::from(self.port)
+        } else {
+            protocol::node::default_zone(self.bind)
+        })
+    }
+}
+
+fn read_file(p: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(p)
+        .map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
+    toml::from_str(&text).map_err(|e| format!("bad config {}: {e}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let t = tempfile::tempdir().expect("tmp");
+        let f = t.path().join("sheep.toml");
+        std::fs::write(&f, "port = 7100\nzone = 4\ncluster = \"local:/x\"\n").expect("write");
+        let args = Args::parse_from([
+            "sheep",
+            "--config",
+            f.to_str().expect("utf8"),
+            "-p",
+            "7200",
+            "/d",
+        ]);
+        let c = Config::load(args).expect("load");
+        assert_eq!(
+            (c.port, c.zone(), c.cluster.as_str()),
+            (7200, 4, "local:/x")
+        );
+        assert_eq!(c.vnodes, 128);
+        let c = Config::load(Args::parse_from(["sheep", "-p", "7003", "/d"])).expect("load");
+        assert_eq!(c.zone(), 7003);
+        let c = Config::load(Args::parse_from(["sheep", "-b", "10.0.0.5", "/d"])).expect("load");
+        assert_eq!(c.zone(), protocol::node::default_zone(c.bind));
+    }
+
+    #[test]
+    fn bad_configs_are_clear() {
+        let t = tempfile::tempdir().expect("tmp");
+        let f = t.path().join("sheep.toml");
+        std::fs::write(&f, "prot = 1\n").expect("write");
+        let e = Config::load(Args::parse_from([
+            "sheep",
+            "--config",
+            f.to_str().expect("utf8"),
+            "/d",
+        ]))
+        .expect_err("typo");
+        assert!(e.contains("unknown field"), "{e}");
+        let e = Config::load(Args::parse_from(["sheep", "-b", "0.0.0.0", "/d"]))
+            .expect_err("unspecified");
+        assert!(e.contains("not an address"), "{e}");
+    }
+}

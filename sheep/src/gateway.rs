@@ -1,0 +1,244 @@
+//! Gateway: turns client object I/O into peer requests on the object's replica set.
+//!
+//! Writes go to every replica in parallel and succeed only when all do. Reads try this node
+//! first when it is a replica, then the others in placement order. When a replica cannot be
+//! reached or answers with an epoch mismatch, the gateway waits for the membership to settle
+//! (the driver notices a dead node within a second) and retries with the new placement.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::inode::{ATTR_OBJ_SIZE, INODE_SIZE};
+use protocol::node::Node;
+use protocol::oid::ObjectKind;
+use protocol::{op, ObjArgs, Oid, RequestHeader, ResultCode};
+
+use crate::node::Sheep;
+
+/// Attempts per request across epoch changes.
+const ATTEMPTS: usize = 20;
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// Payload-less size of objects whose size is not per-VDI.
+const FIXED_OBJECT_SIZE: u64 = 1 << 22;
+
+/// The size of `oid`, or `None` when its VDI is unknown here.
+pub fn object_size(sheep: &Sheep, oid: Oid) -> Option<u64> {
+    match oid.kind() {
+        ObjectKind::Inode => Some(INODE_SIZE as u64),
+        ObjectKind::Attr => Some(ATTR_OBJ_SIZE as u64),
+        ObjectKind::Data => sheep
+            .state()
+            .vdis
+            .get(&oid.vid().get())
+            .map(|v| 1u64 << v.block_size_shift),
+        ObjectKind::VmState | ObjectKind::Btree | ObjectKind::Ledger => Some(FIXED_OBJECT_SIZE),
+    }
+}
+
+/// A write to one object.
+pub struct Write<'a> {
+    pub oid: Oid,
+    pub offset: u32,
+    pub data: &'a [u8],
+    /// Create (or replace) the object rather than write into an existing one.
+    pub create: bool,
+    /// Copies requested by the client; 0 = the VDI's.
+    pub copies: u8,
+}
+
+/// A failure that the next epoch may cure.
+fn retriable(code: ResultCode) -> bool {
+    matches!(
+        code,
+        ResultCode::OLD_NODE_VER | ResultCode::NEW_NODE_VER | ResultCode::NETWORK_ERROR
+    )
+}
+
+/// The replica set for `oid` now, and the epoch it belongs to.
+fn placement(sheep: &Sheep, oid: Oid, copies: u8) -> (Vec<Node>, u32) {
+    let st = sheep.state();
+    let copies = if copies == 0 {
+        st.copies_for(oid.vid().get())
+    } else {
+        copies
+    };
+    let ring = st.ring();
+    let nodes = ring
+        .replicas(oid.0, usize::from(copies))
+        .into_iter()
+        .cloned()
+        .collect();
+    (nodes, st.epoch())
+}
+
+async fn wait_for_new_epoch(sheep: &Sheep, epoch: u32) {
+    let deadline = tokio::time::Instant::now() + RETRY_PAUSE * 4;
+    while sheep.state().epoch() == epoch && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends one peer request (or serves it from the local store when `node` is this sheep).
+async fn to_replica(
+    sheep: &Arc<Sheep>,
+    node: &Node,
+    mut req: RequestHeader,
+    payload: &[u8],
+) -> Result<Vec<u8>, ResultCode> {
+    if node.addr == sheep.me.addr {
+        return crate::peer::serve_local(sheep, &req, payload).await;
+    }
+    req.proto_ver = protocol::opcode::SD_SHEEP_PROTO_VER;
+    match sheep.peer(node.addr).send(req, payload).await {
+        Ok(r) if r.header.result_code() == ResultCode::SUCCESS => Ok(r.data),
+        Ok(r) => Err(r.header.result_code()),
+        Err(e) => {
+            tracing::warn!(node = %node.addr, error = %e, "peer request failed");
+            Err(ResultCode::NETWORK_ERROR)
+        }
+    }
+}
+
+fn peer_req(opcode: u8, epoch: u32, oid: Oid, offset: u32, len: u32) -> RequestHeader {
+    let mut req = RequestHeader::new(opcode);
+    req.epoch = epoch;
+    req.data_length = len;
+    req.set_obj(&ObjArgs {
+        oid: oid.0,
+        offset,
+        ..ObjArgs::default()
+    });
+    req
+}
+
+/// Reads `len` bytes of `oid` at `offset` from one replica.
+pub async fn read(
+    sheep: &Arc<Sheep>,
+    oid: Oid,
+    offset: u32,
+    len: u32,
+    copies: u8,
+) -> Result<Vec<u8>, ResultCode> {
+    let mut errors = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let (mut nodes, epoch) = placement(sheep, oid, copies);
+        if nodes.is_empty() {
+            return Err(ResultCode::HALT);
+        }
+        // Our own copy first: no network hop.
+        if let Some(i) = nodes.iter().position(|n| n.addr == sheep.me.addr) {
+            nodes.swap(0, i);
+        }
+        errors.clear();
+        for node in &nodes {
+            match to_replica(
+                sheep,
+                node,
+                peer_req(op::READ_PEER, epoch, oid, offset, len),
+                &[],
+            )
+            .await
+            {
+                Ok(data) => return Ok(data),
+                Err(code) => {
+                    if code != ResultCode::NO_OBJ {
+                        tracing::warn!(%oid, node = %node.addr, epoch, result = %code, "replica read failed; trying the next copy");
+                    }
+                    errors.push(code);
+                }
+            }
+        }
+        if !errors.iter().copied().any(retriable) {
+            break;
+        }
+        wait_for_new_epoch(sheep, epoch).await;
+    }
+    if errors.iter().all(|&c| c == ResultCode::NO_OBJ) {
+        return Err(ResultCode::NO_OBJ);
+    }
+    tracing::error!(%oid, ?errors, epoch = sheep.state().epoch(), "no replica could serve the read");
+    Err(ResultCode::EIO)
+}
+
+/// Writes to every replica; succeeds only when all of them have the bytes.
+pub async fn write(sheep: &Arc<Sheep>, w: Write<'_>) -> Result<(), ResultCode> {
+    let opcode = if w.create {
+        op::CREATE_AND_WRITE_PEER
+    } else {
+        op::WRITE_PEER
+    };
+    let mut last = ResultCode::EIO;
+    for _ in 0..ATTEMPTS {
+        let (nodes, epoch) = placement(sheep, w.oid, w.copies);
+        if nodes.is_empty() {
+            return Err(ResultCode::HALT);
+        }
+        let sends = nodes.iter().map(|node| {
+            let req = peer_req(opcode, epoch, w.oid, w.offset, w.data.len() as u32);
+            async move { (node, to_replica(sheep, node, req, w.data).await) }
+        });
+        let results = join_all(sends).await;
+        let failed: Vec<(&Node, ResultCode)> = results
+            .into_iter()
+            .filter_map(|(n, r)| r.err().map(|c| (n, c)))
+            .collect();
+        let Some(&(node, code)) = failed.first() else {
+            return Ok(());
+        };
+        last = code;
+        if !failed.iter().all(|(_, c)| retriable(*c)) {
+            tracing::error!(oid = %w.oid, node = %node.addr, epoch, result = %code, "replica write failed");
+            break;
+        }
+        wait_for_new_epoch(sheep, epoch).await;
+    }
+    Err(if last == ResultCode::NETWORK_ERROR {
+        ResultCode::EIO
+    } else {
+        last
+    })
+}
+
+/// Removes `oid` from every replica. Missing copies are not an error.
+pub async fn remove(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCode> {
+    let (nodes, epoch) = placement(sheep, oid, 0);
+    for node in &nodes {
+        match to_replica(
+            sheep,
+            node,
+            peer_req(op::REMOVE_PEER, epoch, oid, 0, 0),
+            &[],
+        )
+        .await
+        {
+            Ok(_) | Err(ResultCode::NO_OBJ) => {}
+            Err(code) => return Err(code),
+        }
+    }
+    Ok(())
+}
+
+/// Runs futures concurrently on this task and collects their outputs in order.
+pub async fn join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}

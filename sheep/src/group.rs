@@ -1,0 +1,423 @@
+//! Cluster state as every node sees it: membership, epochs, the cluster's format, and the VDI
+//! bitmaps. It changes only by applying [`Event`]s that the cluster driver delivers in one
+//! total order, so every node that applies the same events holds the same state. Applying is
+//! pure; what a node must do locally as a consequence comes back as [`Effect`]s.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use protocol::bitmap::VdiBitmap;
+use protocol::cluster::{status, ClusterInfo, EpochRecord};
+use protocol::node::{sort_nodes, Node};
+use protocol::opcode::cluster_flags;
+use protocol::placement::{auto_vnodes, Ring};
+
+/// What MAKE_FS fixed for the cluster's lifetime.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Format {
+    pub ctime: u64,
+    pub copies: u8,
+    pub copy_policy: u8,
+    pub flags: u16,
+    pub block_size_shift: u8,
+    pub store: String,
+}
+
+/// A totally ordered cluster event. `time` is set once by the node that broadcasts it, so
+/// every node records the same epoch times.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    Join {
+        node: Node,
+        time: u64,
+    },
+    Leave {
+        addr: SocketAddr,
+        time: u64,
+    },
+    Format {
+        format: Format,
+        time: u64,
+    },
+    /// A new VDI (create, clone or snapshot) now exists. `snapshot_of` names the working vid
+    /// that this snapshot froze.
+    VdiAdd {
+        vid: u32,
+        copies: u8,
+        block_size_shift: u8,
+        snapshot_of: Option<u32>,
+    },
+    VdiDel {
+        vid: u32,
+    },
+    Shutdown,
+}
+
+/// Per-vid facts every node needs to route object I/O.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VdiState {
+    pub copies: u8,
+    pub block_size_shift: u8,
+    pub snapshot: bool,
+    pub deleted: bool,
+}
+
+/// One logged epoch: its members and when it started.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Epoch {
+    pub epoch: u32,
+    pub time: u64,
+    pub nodes: Vec<Node>,
+}
+
+/// A local consequence of an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// The cluster was (re)formatted: drop every stored object.
+    WipeStore,
+    /// A new epoch began.
+    NewEpoch(u32),
+    Shutdown,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterState {
+    /// Current members, sorted as GET_NODE_LIST returns them, with vnodes as joined.
+    members: Vec<Node>,
+    pub format: Option<Format>,
+    pub epochs: Vec<Epoch>,
+    pub in_use: VdiBitmap,
+    pub deleted: VdiBitmap,
+    pub vdis: BTreeMap<u32, VdiState>,
+    pub shutting_down: bool,
+    ring: Arc<Ring>,
+}
+
+impl Default for ClusterState {
+    fn default() -> Self {
+        ClusterState {
+            members: Vec::new(),
+            format: None,
+            epochs: Vec::new(),
+            in_use: VdiBitmap::default(),
+            deleted: VdiBitmap::default(),
+            vdis: BTreeMap::new(),
+            shutting_down: false,
+            ring: Arc::new(Ring::new(Vec::new())),
+        }
+    }
+}
+
+impl ClusterState {
+    /// The current epoch: 0 before format.
+    pub fn epoch(&self) -> u32 {
+        self.epochs.last().map_or(0, |e| e.epoch)
+    }
+
+    /// Members as clients see them (vnodes weighted when AUTO_VNODES is on).
+    pub fn nodes(&self) -> &[Node] {
+        self.ring.nodes()
+    }
+
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.clone()
+    }
+
+    pub fn is_member(&self, addr: SocketAddr) -> bool {
+        self.members.iter().any(|n| n.addr == addr)
+    }
+
+    /// Copies for objects of `vid`: the VDI's own count, else the cluster default.
+    pub fn copies_for(&self, vid: u32) -> u8 {
+        self.vdis
+            .get(&vid)
+            .map(|v| v.copies)
+            .or(self.format.as_ref().map(|f| f.copies))
+            .unwrap_or(1)
+    }
+
+    fn rebuild_ring(&mut self) {
+        let mut nodes = self.members.clone();
+        if self
+            .format
+            .as_ref()
+            .is_none_or(|f| f.flags & cluster_flags::AUTO_VNODES != 0)
+        {
+            auto_vnodes(&mut nodes);
+        }
+        self.ring = Arc::new(Ring::new(nodes));
+    }
+
+    fn new_epoch(&mut self, time: u64, effects: &mut Vec<Effect>) {
+        if self.format.is_none() {
+            return;
+        }
+        let epoch = self.epoch() + 1;
+        self.epochs.push(Epoch {
+            epoch,
+            time,
+            nodes: self.nodes().to_vec(),
+        });
+        effects.push(Effect::NewEpoch(epoch));
+    }
+
+    /// Applies one event and returns what this node must do about it.
+    pub fn apply(&mut self, ev: &Event) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match ev {
+            Event::Join { node, time } => {
+                if self.members.contains(node) {
+                    return fx;
+                }
+                self.members.retain(|n| n.addr != node.addr);
+                self.members.push(node.clone());
+                sort_nodes(&mut self.members);
+                self.shutting_down = false;
+                self.rebuild_ring();
+                self.new_epoch(*time, &mut fx);
+            }
+            Event::Leave { addr, time } => {
+                if !self.is_member(*addr) {
+                    return fx;
+                }
+                self.members.retain(|n| n.addr != *addr);
+                self.rebuild_ring();
+                self.new_epoch(*time, &mut fx);
+            }
+            Event::Format { format, time } => {
+                self.format = Some(format.clone());
+                self.in_use = VdiBitmap::default();
+                self.deleted = VdiBitmap::default();
+                self.vdis.clear();
+                self.epochs.clear();
+                self.rebuild_ring();
+                self.epochs.push(Epoch {
+                    epoch: 1,
+                    time: *time,
+                    nodes: self.nodes().to_vec(),
+                });
+                fx.push(Effect::WipeStore);
+                fx.push(Effect::NewEpoch(1));
+            }
+            Event::VdiAdd {
+                vid,
+                copies,
+                block_size_shift,
+                snapshot_of,
+            } => {
+                self.in_use.set(*vid);
+                self.vdis.insert(
+                    *vid,
+                    VdiState {
+                        copies: *copies,
+                        block_size_shift: *block_size_shift,
+                        snapshot: false,
+                        deleted: false,
+                    },
+                );
+                if let Some(cur) = snapshot_of.and_then(|c| self.vdis.get_mut(&c)) {
+                    cur.snapshot = true;
+                }
+            }
+            Event::VdiDel { vid } => {
+                self.deleted.set(*vid);
+                if let Some(v) = self.vdis.get_mut(vid) {
+                    v.deleted = true;
+                }
+            }
+            Event::Shutdown => {
+                // Nodes leave without a new epoch: the cluster resumes at this epoch.
+                self.shutting_down = true;
+                self.members.clear();
+                self.rebuild_ring();
+                fx.push(Effect::Shutdown);
+            }
+        }
+        fx
+    }
+
+    pub fn cluster_info(&self) -> ClusterInfo {
+        let (st, f) = match (&self.format, self.shutting_down) {
+            (_, true) => (status::SHUTDOWN, self.format.clone()),
+            (Some(f), false) => (status::OK, Some(f.clone())),
+            (None, false) => (status::WAIT, None),
+        };
+        let f = f.as_ref();
+        ClusterInfo {
+            disable_recovery: false,
+            epoch: self.epoch(),
+            ctime: f.map_or(0, |f| f.ctime),
+            flags: f.map_or(cluster_flags::AUTO_VNODES, |f| f.flags),
+            nr_copies: f.map_or(0, |f| f.copies),
+            copy_policy: f.map_or(0, |f| f.copy_policy),
+            status: st,
+            block_size_shift: f.map_or(0, |f| f.block_size_shift),
+            default_store: f.map_or_else(|| "plain".to_string(), |f| f.store.clone()),
+            nodes: self.nodes().to_vec(),
+        }
+    }
+
+    /// Epoch-log records, newest first, in the STAT_CLUSTER shape.
+    pub fn epoch_records(&self) -> Vec<EpochRecord> {
+        let f = self.format.clone();
+        self.epochs
+            .iter()
+            .rev()
+            .map(|e| EpochRecord {
+                ctime: f.as_ref().map_or(0, |f| f.ctime),
+                time: e.time,
+                epoch: e.epoch,
+                disable_recovery: false,
+                nr_copies: f.as_ref().map_or(0, |f| f.copies),
+                copy_policy: f.as_ref().map_or(0, |f| f.copy_policy),
+                flags: f.as_ref().map_or(0, |f| f.flags),
+                drv_name: f.as_ref().map_or_else(String::new, |f| f.store.clone()),
+                nodes: e.nodes.clone(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(port: u16) -> Node {
+        Node {
+            addr: format!("127.0.0.1:{port}").parse().expect("a"),
+            nr_vnodes: 128,
+            zone: port.into(),
+            space: 100,
+        }
+    }
+
+    fn format() -> Event {
+        let format = Format {
+            ctime: 1,
+            copies: 3,
+            copy_policy: 0,
+            flags: 4,
+            block_size_shift: 22,
+            store: "plain".into(),
+        };
+        Event::Format { format, time: 10 }
+    }
+
+    #[test]
+    fn epochs_start_at_format_and_follow_membership() {
+        let mut s = ClusterState::default();
+        s.apply(&Event::Join {
+            node: node(1),
+            time: 1,
+        });
+        s.apply(&Event::Join {
+            node: node(2),
+            time: 2,
+        });
+        assert_eq!(s.epoch(), 0);
+        assert_eq!(s.cluster_info().status, status::WAIT);
+        assert_eq!(
+            s.apply(&format()),
+            vec![Effect::WipeStore, Effect::NewEpoch(1)]
+        );
+        assert_eq!(s.epochs[0].nodes.len(), 2);
+        assert_eq!(
+            s.apply(&Event::Join {
+                node: node(3),
+                time: 11
+            }),
+            vec![Effect::NewEpoch(2)]
+        );
+        // A repeated identical join changes nothing; a leave of a stranger neither.
+        assert!(s
+            .apply(&Event::Join {
+                node: node(3),
+                time: 12
+            })
+            .is_empty());
+        assert!(s
+            .apply(&Event::Leave {
+                addr: node(9).addr,
+                time: 12
+            })
+            .is_empty());
+        assert_eq!(
+            s.apply(&Event::Leave {
+                addr: node(1).addr,
+                time: 13
+            }),
+            vec![Effect::NewEpoch(3)]
+        );
+        let recs = s.epoch_records();
+        assert_eq!(recs.iter().map(|r| r.epoch).collect::<Vec<_>>(), [3, 2, 1]);
+        assert_eq!(recs[0].nodes.len(), 2);
+        assert_eq!(s.cluster_info().status, status::OK);
+    }
+
+    #[test]
+    fn vdis_and_snapshots() {
+        let mut s = ClusterState::default();
+        s.apply(&format());
+        s.apply(&Event::VdiAdd {
+            vid: 5,
+            copies: 2,
+            block_size_shift: 22,
+            snapshot_of: None,
+        });
+        s.apply(&Event::VdiAdd {
+            vid: 6,
+            copies: 2,
+            block_size_shift: 22,
+            snapshot_of: Some(5),
+        });
+        assert!(s.vdis[&5].snapshot && !s.vdis[&6].snapshot);
+        assert!(s.in_use.get(5) && s.in_use.get(6));
+        s.apply(&Event::VdiDel { vid: 6 });
+        assert!(s.deleted.get(6) && s.vdis[&6].deleted);
+        assert_eq!(s.copies_for(5), 2);
+        assert_eq!(s.copies_for(99), 3);
+        // A re-format forgets all VDIs.
+        s.apply(&format());
+        assert!(s.vdis.is_empty() && !s.in_use.get(5));
+    }
+
+    #[test]
+    fn same_events_same_state() {
+        let evs = vec![
+            Event::Join {
+                node: node(1),
+                time: 1,
+            },
+            format(),
+            Event::Join {
+                node: node(2),
+                time: 2,
+            },
+            Event::VdiAdd {
+                vid: 7,
+                copies: 3,
+                block_size_shift: 22,
+                snapshot_of: None,
+            },
+            Event::Leave {
+                addr: node(1).addr,
+                time: 3,
+            },
+        ];
+        let run = || {
+            let mut s = ClusterState::default();
+            for e in &evs {
+                s.apply(e);
+            }
+            (s.epoch_records(), s.in_use.clone(), s.cluster_info())
+        };
+        assert_eq!(run(), run());
+        // Events survive the log's JSON encoding.
+        for e in &evs {
+            let j = serde_json::to_string(e).expect("ser");
+            assert_eq!(&serde_json::from_str::<Event>(&j).expect("de"), e);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The sheep daemon: server loop, op dispatch, gateway replication, cluster drivers and
+//! membership, VDI management and the plain object store. `ARCHITECTURE.md` at the
+//! repository root walks a request through these modules.
+
+pub mod cluster;
+pub mod config;
+pub mod gateway;
+pub mod group;
+pub mod node;
+pub mod ops;
+pub mod peer;
+pub mod server;
+pub mod store;
+pub mod vdi;

@@ -1,0 +1,180 @@
+//! One running sheep: its identity, store, view of the cluster, and the loop that applies
+//! cluster events in order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use protocol::node::Node;
+use protocol::Client;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::cluster::{Delivery, Driver, DriverError};
+use crate::group::{ClusterState, Effect, Event};
+use crate::store::Store;
+
+/// How long a VDI operation waits for every member to apply its event.
+const APPLY_BARRIER: Duration = Duration::from_secs(10);
+
+pub struct Sheep {
+    pub me: Node,
+    pub dir: PathBuf,
+    pub store: Store,
+    pub driver: Driver,
+    state: RwLock<ClusterState>,
+    applied: watch::Sender<u64>,
+    peers: Mutex<HashMap<SocketAddr, Arc<Client>>>,
+    /// Woken when this node must stop (cluster shutdown).
+    pub stop: Notify,
+}
+
+/// File under DIR holding the log position whose local effects (store wipes) are done.
+const APPLIED_FILE: &str = "applied";
+
+fn read_applied(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(APPLIED_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl Sheep {
+    pub fn new(me: Node, dir: PathBuf, store: Store, driver: Driver) -> Sheep {
+        Sheep {
+            me,
+            dir,
+            store,
+            driver,
+            state: RwLock::new(ClusterState::default()),
+            applied: watch::channel(0).0,
+            peers: Mutex::new(HashMap::new()),
+            stop: Notify::new(),
+        }
+    }
+
+    /// A consistent view of the cluster state. Hold it briefly: never across an await.
+    pub fn state(&self) -> RwLockReadGuard<'_, ClusterState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pooled client for another sheep.
+    pub fn peer(&self, addr: SocketAddr) -> Arc<Client> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .entry(addr)
+            .or_insert_with(|| Arc::new(Client::new(addr)))
+            .clone()
+    }
+
+    /// Waits until this node has applied every event up to `pos`.
+    pub async fn wait_applied(&self, pos: u64) {
+        let mut rx = self.applied.subscribe();
+        let _ = rx.wait_for(|&p| p >= pos).await;
+    }
+
+    /// Broadcasts `ev` and returns once this node and every member applied it.
+    pub async fn commit(&self, ev: Event) -> Result<(), DriverError> {
+        let pos = self.driver.broadcast(ev).await?;
+        self.wait_applied(pos).await;
+        let members: Vec<SocketAddr> = self.state().nodes().iter().map(|n| n.addr).collect();
+        let late = self
+            .driver
+            .wait_applied_by(&members, pos, APPLY_BARRIER)
+            .await;
+        if !late.is_empty() {
+            tracing::warn!(
+                ?late,
+                pos,
+                "members did not confirm a cluster event in time"
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies delivered events in order, forever.
+    pub async fn apply_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Delivery>) {
+        let done_before = read_applied(&self.dir);
+        while let Some(Delivery { pos, event }) = rx.recv().await {
+            let (effects, was_member, epoch) = {
+                let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
+                let was_member = st.is_member(self.me.addr);
+                let fx = st.apply(&event);
+                (fx, was_member, st.epoch())
+            };
+            let fresh = pos > done_before;
+            for fx in effects {
+                self.effect(fx, fresh, was_member, pos, epoch).await;
+            }
+            if let Err(e) = self.driver.report_applied(pos).await {
+                tracing::error!(error = %e, "cannot report applied position");
+            }
+            self.applied.send_replace(pos);
+        }
+    }
+
+    async fn effect(&self, fx: Effect, fresh: bool, was_member: bool, pos: u64, epoch: u32) {
+        match fx {
+            Effect::WipeStore => {
+                let _ = std::fs::remove_dir_all(self.dir.join("epoch"));
+                if fresh {
+                    match self.store.wipe() {
+                        Ok(n) => tracing::info!(
+                            objects = n,
+                            "cluster formatted: removed every stored object"
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cluster formatted but wiping the store failed")
+                        }
+                    }
+                    if let Err(e) =
+                        write_durably(&self.dir.join(APPLIED_FILE), pos.to_string().as_bytes())
+                    {
+                        tracing::error!(error = %e, "cannot record the applied position");
+                    }
+                }
+            }
+            Effect::NewEpoch(e) => {
+                tracing::info!(epoch = e, "new epoch");
+                if let Err(err) = self.persist_epoch(e) {
+                    tracing::error!(epoch = e, error = %err, "cannot persist the epoch log");
+                }
+            }
+            Effect::Shutdown => {
+                if fresh && was_member {
+                    tracing::info!(epoch, "cluster shutdown");
+                    if let Err(e) =
+                        write_durably(&self.dir.join(APPLIED_FILE), pos.to_string().as_bytes())
+                    {
+                        tracing::error!(error = %e, "cannot record the applied position");
+                    }
+                    self.stop.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Writes `DIR/epoch/NNNNNNNN`: the epoch's time and members, one JSON document.
+    fn persist_epoch(&self, epoch: u32) -> std::io::Result<()> {
+        let st = self.state();
+        let Some(e) = st.epochs.iter().find(|e| e.epoch == epoch) else {
+            return Ok(());
+        };
+        let dir = self.dir.join("epoch");
+        std::fs::create_dir_all(&dir)?;
+        let body = serde_json::to_vec_pretty(e).map_err(std::io::Error::other)?;
+        write_durably(&dir.join(format!("{epoch:08}")), &body)
+    }
+}

@@ -1,0 +1,459 @@
+//! Request dispatch. Every opcode has one entry in [`kind`], which says how it is served and
+//! whether it may run before the cluster is formatted (a "force" op, PROTOCOL.md 1.8).
+//!
+//! - **Gateway** ops are client object I/O, forwarded to the replicas ([`crate::gateway`]).
+//! - **Cluster** ops change shared state and are ordered through the cluster driver.
+//! - **Local** ops answer from this node's view.
+//! - **Peer** ops are node-to-node object I/O on this node's store ([`crate::peer`]).
+
+use std::sync::Arc;
+
+use protocol::bitmap::BITMAP_BYTES;
+use protocol::cluster::{EpochRecord, CLUSTER_INFO_SIZE};
+use protocol::frame::MAX_PAYLOAD;
+use protocol::inode::{DEFAULT_BLOCK_SIZE_SHIFT, MAX_BLOCK_SIZE_SHIFT, MIN_BLOCK_SIZE_SHIFT};
+use protocol::node::NODE_SIZE;
+use protocol::opcode::{flags, op_name, SD_PROTO_VER, SD_SHEEP_PROTO_VER};
+use protocol::{op, Oid, RequestHeader, ResponseHeader, ResultCode};
+
+use crate::gateway::{self, Write};
+use crate::group::{Event, Format};
+use crate::node::Sheep;
+use crate::vdi;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Gateway,
+    Cluster,
+    Local,
+    Peer,
+}
+
+/// How `opcode` is served and whether it works before format. `None`: unknown opcode.
+pub fn kind(opcode: u8) -> Option<(Kind, bool)> {
+    use Kind::*;
+    Some(match opcode {
+        op::CREATE_AND_WRITE_OBJ
+        | op::READ_OBJ
+        | op::WRITE_OBJ
+        | op::REMOVE_OBJ
+        | op::DISCARD_OBJ => (Gateway, false),
+        op::NEW_VDI | op::DEL_VDI | op::MAKE_FS | op::SHUTDOWN => {
+            (Cluster, matches!(opcode, op::MAKE_FS | op::SHUTDOWN))
+        }
+        op::GET_VDI_INFO
+        | op::LOCK_VDI
+        | op::RELEASE_VDI
+        | op::FLUSH_VDI
+        | op::STAT_SHEEP
+        | op::STAT_RECOVERY
+        | op::GET_HASH
+        | op::GET_EPOCH
+        | op::GET_VNODES
+        | op::STAT
+        | op::GET_VDI_ATTR
+        | op::GET_VDI_COPIES
+        | op::OIDS_EXIST => (Local, false),
+        op::READ_VDIS
+        | op::READ_DEL_VDIS
+        | op::GET_NODE_LIST
+        | op::STAT_CLUSTER
+        | op::CLUSTER_INFO
+        | op::GET_CLUSTER_DEFAULT
+        | op::GET_STORE_LIST
+        | op::EXIST => (Local, true),
+        op::GET_OBJ_LIST
+        | op::CREATE_AND_WRITE_PEER
+        | op::READ_PEER
+        | op::WRITE_PEER
+        | op::REMOVE_PEER
+        | op::FLUSH_PEER => (Peer, true),
+        _ => return None,
+    })
+}
+
+/// What a handler returns: the reply header's union fields and payload.
+#[derive(Default)]
+pub struct Answer {
+    pub rsp: ResponseHeader,
+    pub data: Vec<u8>,
+}
+
+impl Answer {
+    fn data(data: Vec<u8>) -> Answer {
+        Answer {
+            data,
+            ..Answer::default()
+        }
+    }
+}
+
+type OpResult = Result<Answer, ResultCode>;
+
+/// Serves one request and builds the whole reply.
+pub async fn handle(
+    sheep: &Arc<Sheep>,
+    req: &RequestHeader,
+    payload: Vec<u8>,
+) -> (ResponseHeader, Vec<u8>) {
+    let result = match admit(sheep, req) {
+        Ok(k) => dispatch(sheep, k, req, payload).await,
+        Err(code) => Err(code),
+    };
+    let (mut rsp, mut data) = match result {
+        Ok(a) => (a.rsp, a.data),
+        Err(code) => {
+            if !matches!(
+                code,
+                ResultCode::NO_OBJ | ResultCode::NO_VDI | ResultCode::NO_TAG
+            ) {
+                tracing::debug!(op = op_name(req.opcode), result = %code, "request failed");
+            }
+            let mut rsp = ResponseHeader::default();
+            rsp.result = code.0;
+            (rsp, Vec::new())
+        }
+    };
+    // Never send more than the client will read (PROTOCOL.md 1.5).
+    if data.len() > req.reply_capacity() as usize {
+        rsp.result = ResultCode::BUFFER_SMALL.0;
+        data.clear();
+    }
+    rsp.opcode = req.opcode;
+    rsp.id = req.id;
+    rsp.epoch = sheep.state().epoch();
+    rsp.data_length = data.len() as u32;
+    (rsp, data)
+}
+
+/// The checks of PROTOCOL.md 1.8, in order.
+fn admit(sheep: &Sheep, req: &RequestHeader) -> Result<Kind, ResultCode> {
+    if req.opcode >= 0x80 && req.proto_ver != SD_SHEEP_PROTO_VER {
+        return Err(ResultCode::VER_MISMATCH);
+    }
+    if req.opcode < 0x80 && req.proto_ver > SD_PROTO_VER {
+        return Err(ResultCode::VER_MISMATCH);
+    }
+    let Some((k, force)) = kind(req.opcode) else {
+        tracing::warn!(opcode = req.opcode, "unknown opcode");
+        return Err(if req.opcode < 0x80 {
+            ResultCode::INVALID_PARMS
+        } else {
+            ResultCode::NO_SUPPORT
+        });
+    };
+    let st = sheep.state();
+    if st.shutting_down && k != Kind::Peer {
+        return Err(ResultCode::SHUTDOWN);
+    }
+    if st.format.is_none() && !force {
+        return Err(ResultCode::WAIT_FOR_FORMAT);
+    }
+    Ok(k)
+}
+
+async fn dispatch(sheep: &Arc<Sheep>, k: Kind, req: &RequestHeader, payload: Vec<u8>) -> OpResult {
+    match k {
+        Kind::Peer => {
+            crate::peer::check_epoch(sheep, req).await?;
+            crate::peer::serve_local(sheep, req, &payload)
+                .await
+                .map(Answer::data)
+        }
+        Kind::Gateway => gateway_op(sheep, req, &payload).await,
+        Kind::Cluster => cluster_op(sheep, req, &payload).await,
+        Kind::Local => local_op(sheep, req, &payload).await,
+    }
+}
+
+/// Client object I/O.
+async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> OpResult {
+    let a = req.obj();
+    let oid = Oid(a.oid);
+    let size = gateway::object_size(sheep, oid).ok_or(ResultCode::NO_VDI)?;
+    let len = if req.flags & flags::WRITE != 0 {
+        payload.len() as u64
+    } else {
+        u64::from(req.data_length)
+    };
+    if u64::from(a.offset) + len > size {
+        tracing::warn!(%oid, offset = a.offset, len, size, "I/O past the object's end refused");
+        return Err(ResultCode::INVALID_PARMS);
+    }
+    let writes = matches!(req.opcode, op::WRITE_OBJ | op::CREATE_AND_WRITE_OBJ);
+    if writes
+        && oid.is_data()
+        && sheep
+            .state()
+            .vdis
+            .get(&oid.vid().get())
+            .is_some_and(|v| v.snapshot)
+    {
+        return Err(ResultCode::READONLY);
+    }
+    match req.opcode {
+        op::READ_OBJ => {
+            if req.data_length == 0 {
+                return Ok(Answer::default());
+            }
+            gateway::read(sheep, oid, a.offset, req.data_length, a.copies)
+                .await
+                .map(Answer::data)
+        }
+        op::WRITE_OBJ => {
+            if payload.is_empty() {
+                return Ok(Answer::default());
+            }
+            let w = Write {
+                oid,
+                offset: a.offset,
+                data: payload,
+                create: false,
+                copies: a.copies,
+            };
+            gateway::write(sheep, w).await.map(|()| Answer::default())
+        }
+        op::CREATE_AND_WRITE_OBJ => {
+            let cow = req.flags & flags::COW != 0;
+            if cow && payload.len() as u64 != size {
+                // Copy-on-write: start from the source object and lay the new bytes over it.
+                let mut whole =
+                    gateway::read(sheep, Oid(a.cow_oid), 0, size as u32, a.copies).await?;
+                let at = a.offset as usize;
+                whole[at..at + payload.len()].copy_from_slice(payload);
+                let w = Write {
+                    oid,
+                    offset: 0,
+                    data: &whole,
+                    create: true,
+                    copies: a.copies,
+                };
+                return gateway::write(sheep, w).await.map(|()| Answer::default());
+            }
+            let w = Write {
+                oid,
+                offset: a.offset,
+                data: payload,
+                create: true,
+                copies: a.copies,
+            };
+            gateway::write(sheep, w).await.map(|()| Answer::default())
+        }
+        op::REMOVE_OBJ => gateway::remove(sheep, oid)
+            .await
+            .map(|()| Answer::default()),
+        _ => Err(ResultCode::NO_SUPPORT),
+    }
+}
+
+async fn cluster_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> OpResult {
+    let mut ans = Answer::default();
+    match req.opcode {
+        op::NEW_VDI => {
+            let c = vdi::new_vdi(sheep, req, payload).await?;
+            ans.rsp.set_vdi(c.vid, c.copies, c.block_size_shift);
+        }
+        op::DEL_VDI => {
+            let vid = vdi::del_vdi(sheep, req, payload).await?;
+            ans.rsp.set_vdi(vid, 0, 0);
+        }
+        op::MAKE_FS => make_fs(sheep, req, payload).await?,
+        op::SHUTDOWN => {
+            sheep.driver.broadcast(Event::Shutdown).await.map_err(|e| {
+                tracing::error!(error = %e, "cannot broadcast shutdown");
+                ResultCode::CLUSTER_ERROR
+            })?;
+        }
+        _ => return Err(ResultCode::NO_SUPPORT),
+    }
+    Ok(ans)
+}
+
+async fn make_fs(
+    sheep: &Arc<Sheep>,
+    req: &RequestHeader,
+    payload: &[u8],
+) -> Result<(), ResultCode> {
+    let store = protocol::get_cstr(payload);
+    if store != "plain" {
+        tracing::warn!(%store, "format with an unknown store refused");
+        return Err(ResultCode::NO_STORE);
+    }
+    let a = req.cluster();
+    let copies = if a.copies == 0 { 3 } else { a.copies };
+    let bss = if a.block_size_shift == 0 {
+        DEFAULT_BLOCK_SIZE_SHIFT
+    } else {
+        a.block_size_shift
+    };
+    if copies > vdi::MAX_COPIES || !(MIN_BLOCK_SIZE_SHIFT..=MAX_BLOCK_SIZE_SHIFT).contains(&bss) {
+        return Err(ResultCode::INVALID_PARMS);
+    }
+    let format = Format {
+        ctime: a.ctime,
+        copies,
+        copy_policy: a.copy_policy,
+        flags: a.flags,
+        block_size_shift: bss,
+        store,
+    };
+    let fail = |e: crate::cluster::DriverError| {
+        tracing::error!(error = %e, "format failed in the cluster driver");
+        ResultCode::CLUSTER_ERROR
+    };
+    let (_lock, end) = sheep.driver.lock_ops().await.map_err(fail)?;
+    sheep.wait_applied(end).await;
+    sheep
+        .commit(Event::Format {
+            format,
+            time: crate::cluster::now_secs(),
+        })
+        .await
+        .map_err(fail)
+}
+
+fn bitmap_reply(req: &RequestHeader, bits: &protocol::bitmap::VdiBitmap) -> OpResult {
+    if req.data_length as usize != BITMAP_BYTES {
+        return Err(ResultCode::INVALID_PARMS);
+    }
+    Ok(Answer::data(bits.as_bytes().to_vec()))
+}
+
+async fn local_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> OpResult {
+    let mut ans = Answer::default();
+    match req.opcode {
+        op::GET_VDI_INFO | op::LOCK_VDI => {
+            let (name, tag) = vdi::name_and_tag(payload)?;
+            let vid = vdi::lookup(sheep, &name, &tag, req.vdi().snapid)
+                .await
+                .found?;
+            let st = sheep.state();
+            let v = st.vdis.get(&vid).copied();
+            ans.rsp.set_vdi(
+                vid,
+                v.map_or(0, |v| v.copies),
+                v.map_or(0, |v| v.block_size_shift),
+            );
+        }
+        op::RELEASE_VDI => {}
+        op::READ_VDIS => return bitmap_reply(req, &sheep.state().in_use),
+        op::READ_DEL_VDIS => return bitmap_reply(req, &sheep.state().deleted),
+        op::FLUSH_VDI => flush_all(sheep).await?,
+        op::GET_CLUSTER_DEFAULT => {
+            let st = sheep.state();
+            let f = st.format.as_ref();
+            ans.rsp.set_cluster_default(
+                f.map_or(0, |f| f.copies),
+                f.map_or(0, |f| f.copy_policy),
+                f.map_or(0, |f| f.block_size_shift),
+            );
+        }
+        op::GET_NODE_LIST => {
+            let st = sheep.state();
+            let nodes = st.nodes();
+            let fit = (req.data_length as usize / NODE_SIZE).min(nodes.len());
+            if fit < nodes.len() {
+                return Err(ResultCode::BUFFER_SMALL);
+            }
+            ans.data = nodes.iter().flat_map(|n| n.encode()).collect();
+            ans.rsp.set_node(nodes.len() as u32, 0, 0);
+        }
+        op::STAT_CLUSTER => return stat_cluster(sheep, req),
+        op::CLUSTER_INFO => {
+            if (req.data_length as usize) < CLUSTER_INFO_SIZE {
+                return Err(ResultCode::BUFFER_SMALL);
+            }
+            ans.data = sheep.state().cluster_info().encode();
+        }
+        op::GET_STORE_LIST => ans.data = b"plain \0".to_vec(),
+        op::STAT_SHEEP => {
+            let (size, free) = if sheep.me.is_gateway() {
+                (0, 0)
+            } else {
+                sheep.store.space().map_err(|_| ResultCode::EIO)?
+            };
+            ans.rsp
+                .set_node(sheep.state().nodes().len() as u32, size, free);
+        }
+        op::STAT_RECOVERY => ans.data = vec![0u8; 24],
+        op::EXIST => {
+            if !sheep.store.exists(Oid(req.obj().oid)) {
+                return Err(ResultCode::NO_OBJ);
+            }
+        }
+        op::GET_HASH => {
+            let oid = Oid(req.obj().oid);
+            let size = gateway::object_size(sheep, oid).ok_or(ResultCode::NO_VDI)? as usize;
+            let s = sheep.clone();
+            let h = tokio::task::spawn_blocking(move || s.store.hash(oid, size))
+                .await
+                .map_err(|_| ResultCode::SYSTEM_ERROR)?
+                .map_err(|e| e.code())?;
+            ans.rsp.set_hash(&h);
+        }
+        op::GET_EPOCH => {
+            let st = sheep.state();
+            let want = req.obj().tgt_epoch;
+            let e = st
+                .epochs
+                .iter()
+                .find(|e| e.epoch == want)
+                .ok_or(ResultCode::NO_TAG)?;
+            ans.data = e.nodes.iter().flat_map(|n| n.encode()).collect();
+            ans.data.extend_from_slice(&e.time.to_le_bytes());
+        }
+        op::GET_VNODES => ans.data = u32::from(sheep.me.nr_vnodes).to_le_bytes().to_vec(),
+        _ => return Err(ResultCode::NO_SUPPORT),
+    }
+    Ok(ans)
+}
+
+/// FLUSH_VDI: every storage node makes its writes durable.
+async fn flush_all(sheep: &Arc<Sheep>) -> Result<(), ResultCode> {
+    let nodes: Vec<_> = sheep
+        .state()
+        .nodes()
+        .iter()
+        .filter(|n| !n.is_gateway())
+        .cloned()
+        .collect();
+    let results = gateway::join_all(nodes.iter().map(|n| async move {
+        if n.addr == sheep.me.addr {
+            crate::peer::serve_local(sheep, &RequestHeader::new(op::FLUSH_PEER), &[])
+                .await
+                .map(|_| ())
+        } else {
+            sheep
+                .peer(n.addr)
+                .call(RequestHeader::new(op::FLUSH_PEER), &[])
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    tracing::error!(node = %n.addr, error = %e, "flush failed");
+                    ResultCode::EIO
+                })
+        }
+    }))
+    .await;
+    results.into_iter().collect()
+}
+
+fn stat_cluster(sheep: &Sheep, req: &RequestHeader) -> OpResult {
+    let st = sheep.state();
+    if st.format.is_none() {
+        return Err(ResultCode::WAIT_FOR_FORMAT);
+    }
+    let nodes_nr = req.cluster().nodes_nr as usize;
+    let stride = EpochRecord::stride(nodes_nr);
+    let max = (req.data_length as usize).min(MAX_PAYLOAD as usize) / stride;
+    let records = st.epoch_records();
+    let records = &records[..records.len().min(max)];
+    if nodes_nr > 0 && records.iter().any(|r| r.nodes.len() > nodes_nr) {
+        return Err(ResultCode::BUFFER_SMALL);
+    }
+    let mut data = Vec::with_capacity(records.len() * stride);
+    for r in records {
+        r.encode_into(&mut data, nodes_nr);
+    }
+    Ok(Answer::data(data))
+}

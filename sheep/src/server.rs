@@ -1,0 +1,90 @@
+//! The TCP server: one task reads requests from a connection, each request is served on its
+//! own task, and one writer task sends the replies (in completion order, ids echoed, as the
+//! original server does; clients that pipeline match replies by id).
+
+use std::sync::Arc;
+
+use protocol::frame::{read_payload, read_request_header, write_frame, FrameError, MAX_PAYLOAD};
+use protocol::opcode::op_name;
+use protocol::{ResponseHeader, ResultCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::node::Sheep;
+
+/// Requests served at once per connection; a client that pipelines more waits.
+const MAX_IN_FLIGHT: usize = 64;
+
+pub async fn serve(sheep: Arc<Sheep>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let sheep = sheep.clone();
+                tokio::spawn(async move {
+                    connection(sheep, stream).await;
+                    tracing::trace!(%peer, "connection closed");
+                });
+            }
+            Err(e) => {
+                // Out of descriptors and similar: wait a moment rather than spin.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(sheep: Arc<Sheep>, stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<(ResponseHeader, Vec<u8>)>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some((rsp, data)) = rx.recv().await {
+            if let Err(e) = write_frame(&mut wr, &rsp.encode(), &data).await {
+                tracing::debug!(error = %e, "cannot send a reply; client gone");
+                return;
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let req = match read_request_header(&mut rd).await {
+            Ok(Some(req)) => req,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(?peer, error = %e, "bad request header; closing the connection");
+                break;
+            }
+        };
+        let payload = match read_payload(&mut rd, req.payload_len(), MAX_PAYLOAD).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(?peer, op = op_name(req.opcode), error = %e, "bad request payload; closing the connection");
+                if let FrameError::TooLarge { .. } = e {
+                    // The stream cannot be resynchronised, but the client hears why.
+                    let mut rsp = ResponseHeader::reply_to(
+                        &req,
+                        ResultCode::INVALID_PARMS,
+                        sheep.state().epoch(),
+                    );
+                    rsp.data_length = 0;
+                    let _ = tx.send((rsp, Vec::new())).await;
+                }
+                break;
+            }
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let sheep = sheep.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let reply = crate::ops::handle(&sheep, &req, payload).await;
+            let _ = tx.send(reply).await;
+            drop(permit);
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}

@@ -1,0 +1,435 @@
+//! VDI operations: name lookup and vid allocation (PROTOCOL.md 3.3), create, snapshot,
+//! clone, delete, and removal of data objects nothing refers to any more.
+//!
+//! Operations that change the VDI set run under the cluster-wide ops lock: the node that
+//! received the request reads the shared bitmaps and inodes, writes inode objects through
+//! the gateway, then commits one event that every node applies.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use protocol::bitmap::VdiBitmap;
+use protocol::hash::sd_hash_vdi;
+use protocol::inode::{
+    sd_time, Inode, InodeHeader, INODE_HEADER_SIZE, MAX_BLOCK_SIZE_SHIFT, MAX_DATA_OBJS,
+    MAX_NAME_LEN, MIN_BLOCK_SIZE_SHIFT,
+};
+use protocol::oid::NR_VIDS;
+use protocol::{op, ObjArgs, Oid, RequestHeader, ResultCode, Vid};
+
+use crate::gateway::{self, join_all, Write};
+use crate::group::Event;
+use crate::node::Sheep;
+
+/// Most copies a VDI may ask for.
+pub const MAX_COPIES: u8 = 31;
+
+/// What a lookup found.
+pub struct Lookup {
+    /// The matching vid, or why there is none (NO_VDI, NO_TAG, or an I/O failure).
+    pub found: Result<u32, ResultCode>,
+    /// The vid a new VDI of this name would get.
+    pub free: u32,
+    /// The snap_id a new working VDI of this name would get.
+    pub next_snap_id: u32,
+}
+
+/// Parses a NUL-padded name field; `None` if it is empty, unterminated or too long.
+pub fn parse_name(field: &[u8]) -> Option<Vec<u8>> {
+    let end = field.iter().position(|&b| b == 0)?;
+    (end > 0 && end <= MAX_NAME_LEN).then(|| field[..end].to_vec())
+}
+
+/// The first clear in-use bit at or after `left`, wrapping to 1. `None` if the bitmap is full.
+fn free_slot(in_use: &VdiBitmap, left: u32) -> Option<(u32, bool)> {
+    in_use.next_clear(left).map(|v| (v, false)).or_else(|| {
+        in_use
+            .next_clear(1)
+            .filter(|&v| v < left)
+            .map(|v| (v, true))
+    })
+}
+
+pub async fn read_header(sheep: &Arc<Sheep>, vid: u32) -> Result<InodeHeader, ResultCode> {
+    let oid = Vid::new(vid).ok_or(ResultCode::INVALID_PARMS)?.inode_oid();
+    let b = gateway::read(sheep, oid, 0, INODE_HEADER_SIZE as u32, 0).await?;
+    InodeHeader::decode(&b).ok_or(ResultCode::EIO)
+}
+
+/// Reads the header and the `data_vdi_id[]` entries in use.
+pub async fn read_inode(sheep: &Arc<Sheep>, vid: u32) -> Result<Inode, ResultCode> {
+    let h = read_header(sheep, vid).await?;
+    let n = h.nr_objects().min(MAX_DATA_OBJS as u32);
+    let oid = Vid::new(vid).ok_or(ResultCode::INVALID_PARMS)?.inode_oid();
+    let b = gateway::read(sheep, oid, 0, INODE_HEADER_SIZE as u32 + 4 * n, 0).await?;
+    Inode::decode(&b).ok_or(ResultCode::EIO)
+}
+
+/// Looks `name` up as PROTOCOL.md 3.3 describes: the in-use bitmap is an open-addressing
+/// table keyed by the name's hash.
+pub async fn lookup(sheep: &Arc<Sheep>, name: &[u8], tag: &[u8], snapid: u32) -> Lookup {
+    let left = sd_hash_vdi(name).max(1);
+    let (in_use, deleted) = {
+        let st = sheep.state();
+        (st.in_use.clone(), st.deleted.clone())
+    };
+    let Some((right, wrapped)) = free_slot(&in_use, left) else {
+        return Lookup {
+            found: Err(ResultCode::FULL_VDI),
+            free: 0,
+            next_snap_id: 1,
+        };
+    };
+    let mut lookup = Lookup {
+        found: Err(ResultCode::NO_VDI),
+        free: right,
+        next_snap_id: 1,
+    };
+    let candidates: Box<dyn Iterator<Item = u32> + Send> = if wrapped {
+        Box::new((1..right).rev().chain((left..NR_VIDS).rev()))
+    } else {
+        Box::new((left..right).rev())
+    };
+    let want_working = tag.is_empty() && snapid == 0;
+    let mut saw_working = false;
+    for vid in candidates.filter(|&v| in_use.get(v) || deleted.get(v)) {
+        let h = match read_header(sheep, vid).await {
+            Ok(h) => h,
+            Err(code) => {
+                lookup.found = Err(code);
+                return lookup;
+            }
+        };
+        if h.name.as_bytes() != name {
+            continue;
+        }
+        if want_working {
+            lookup.next_snap_id = h.snap_id + 1;
+            // The newest inode of this name is a snapshot: the working VDI was deleted.
+            lookup.found = if h.is_snapshot() {
+                Err(ResultCode::NO_VDI)
+            } else {
+                Ok(vid)
+            };
+            return lookup;
+        }
+        if !h.is_snapshot() {
+            saw_working = true;
+            continue;
+        }
+        if (!tag.is_empty() && h.tag.as_bytes() == tag) || (snapid != 0 && h.snap_id == snapid) {
+            lookup.found = Ok(vid);
+            return lookup;
+        }
+    }
+    if !want_working && saw_working {
+        lookup.found = Err(ResultCode::NO_TAG);
+    }
+    lookup
+}
+
+/// Parses the name (+ tag) payload of GET_VDI_INFO, LOCK_VDI and DEL_VDI.
+pub fn name_and_tag(payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ResultCode> {
+    if payload.len() != 256 && payload.len() != 512 {
+        return Err(ResultCode::INVALID_PARMS);
+    }
+    let name = parse_name(&payload[..256]).ok_or(ResultCode::INVALID_PARMS)?;
+    let tag = if payload.len() == 512 {
+        let t = &payload[256..];
+        let end = t
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(ResultCode::INVALID_PARMS)?;
+        t[..end].to_vec()
+    } else {
+        Vec::new()
+    };
+    Ok((name, tag))
+}
+
+/// The result of a successful NEW_VDI.
+pub struct Created {
+    pub vid: u32,
+    pub copies: u8,
+    pub block_size_shift: u8,
+}
+
+async fn create_inode(sheep: &Arc<Sheep>, ino: &Inode) -> Result<(), ResultCode> {
+    let oid = Vid::new(ino.header.vdi_id)
+        .ok_or(ResultCode::INVALID_PARMS)?
+        .inode_oid();
+    let data = ino.encode();
+    let copies = ino.header.nr_copies;
+    gateway::write(
+        sheep,
+        Write {
+            oid,
+            offset: 0,
+            data: &data,
+            create: true,
+            copies,
+        },
+    )
+    .await
+}
+
+/// NEW_VDI: create, clone (base set, snapid 0) or snapshot (snapid set).
+pub async fn new_vdi(
+    sheep: &Arc<Sheep>,
+    req: &RequestHeader,
+    payload: &[u8],
+) -> Result<Created, ResultCode> {
+    if payload.len() != 256 {
+        return Err(ResultCode::INVALID_PARMS);
+    }
+    let name = parse_name(payload).ok_or(ResultCode::INVALID_PARMS)?;
+    let a = req.vdi();
+    let format = sheep
+        .state()
+        .format
+        .clone()
+        .ok_or(ResultCode::WAIT_FOR_FORMAT)?;
+    let copies = if a.copies == 0 {
+        format.copies
+    } else {
+        a.copies
+    };
+    let bss = if a.block_size_shift == 0 {
+        format.block_size_shift
+    } else {
+        a.block_size_shift
+    };
+    if copies > MAX_COPIES || !(MIN_BLOCK_SIZE_SHIFT..=MAX_BLOCK_SIZE_SHIFT).contains(&bss) {
+        return Err(ResultCode::INVALID_PARMS);
+    }
+    if a.vdi_size > (MAX_DATA_OBJS as u64) << bss {
+        tracing::warn!(
+            size = a.vdi_size,
+            "VDI size beyond the inode's reach refused"
+        );
+        return Err(ResultCode::INVALID_PARMS);
+    }
+    if a.store_policy != 0 {
+        return Err(ResultCode::NO_SUPPORT);
+    }
+    let (_lock, end) = sheep.driver.lock_ops().await.map_err(driver_failed)?;
+    sheep.wait_applied(end).await;
+    let found = lookup(sheep, &name, &[], 0).await;
+    let now = sd_time(std::time::SystemTime::now());
+    let mut header = InodeHeader {
+        name: String::from_utf8_lossy(&name).into_owned(),
+        create_time: now,
+        vdi_size: a.vdi_size,
+        copy_policy: a.copy_policy,
+        nr_copies: copies,
+        block_size_shift: bss,
+        vdi_id: found.free,
+        ..InodeHeader::default()
+    };
+    let snapshot_of = if a.snapid == 0 {
+        match found.found {
+            Ok(_) => return Err(ResultCode::VDI_EXIST),
+            Err(ResultCode::NO_VDI) => {}
+            Err(code) => return Err(code),
+        }
+        header.snap_id = found.next_snap_id;
+        None
+    } else {
+        let cur = found.found?;
+        let cur_header = read_header(sheep, cur).await?;
+        header.snap_id = cur_header.snap_id + 1;
+        header.vdi_size = if a.vdi_size == 0 {
+            cur_header.vdi_size
+        } else {
+            a.vdi_size
+        };
+        Some(cur)
+    };
+    let mut ino = Inode {
+        header,
+        data_vdi_id: Vec::new(),
+    };
+    if a.base_vdi_id != 0 {
+        let base = read_inode(sheep, a.base_vdi_id).await.map_err(|code| {
+            tracing::warn!(base = a.base_vdi_id, result = %code, "cannot read the base VDI");
+            ResultCode::NO_BASE_VDI
+        })?;
+        ino.header.parent_vdi_id = a.base_vdi_id;
+        ino.data_vdi_id = base.data_vdi_id;
+    }
+    ino.data_vdi_id.resize(ino.header.nr_objects() as usize, 0);
+    let vid = ino.header.vdi_id;
+    if found.free == 0 {
+        return Err(ResultCode::FULL_VDI);
+    }
+    create_inode(sheep, &ino).await?;
+    if let Some(cur) = snapshot_of {
+        // Freeze the old working VDI: a non-zero snap_ctime makes it a snapshot.
+        let oid = Vid::new(cur).ok_or(ResultCode::INVALID_PARMS)?.inode_oid();
+        let stamp = now.to_le_bytes();
+        gateway::write(
+            sheep,
+            Write {
+                oid,
+                offset: 520,
+                data: &stamp,
+                create: false,
+                copies: 0,
+            },
+        )
+        .await?;
+    }
+    sheep
+        .commit(Event::VdiAdd {
+            vid,
+            copies,
+            block_size_shift: bss,
+            snapshot_of,
+        })
+        .await
+        .map_err(driver_failed)?;
+    tracing::info!(vid = %format_args!("{vid:x}"), name = %ino.header.name, ?snapshot_of, "VDI created");
+    Ok(Created {
+        vid,
+        copies,
+        block_size_shift: bss,
+    })
+}
+
+fn driver_failed(e: crate::cluster::DriverError) -> ResultCode {
+    tracing::error!(error = %e, "cluster driver failed");
+    ResultCode::CLUSTER_ERROR
+}
+
+/// DEL_VDI: clears the inode's name and size, marks the vid deleted, then removes the data
+/// objects that no live VDI refers to. The inode itself stays, so lookups keep probing past it.
+pub async fn del_vdi(
+    sheep: &Arc<Sheep>,
+    req: &RequestHeader,
+    payload: &[u8],
+) -> Result<u32, ResultCode> {
+    let (name, tag) = name_and_tag(payload)?;
+    let (_lock, end) = sheep.driver.lock_ops().await.map_err(driver_failed)?;
+    sheep.wait_applied(end).await;
+    let vid = lookup(sheep, &name, &tag, req.vdi().snapid).await.found?;
+    let h = read_header(sheep, vid).await?;
+    if h.is_deleted() {
+        return Ok(vid);
+    }
+    let cleared = Inode {
+        header: InodeHeader {
+            name: String::new(),
+            vdi_size: 0,
+            ..h
+        },
+        data_vdi_id: Vec::new(),
+    };
+    create_inode(sheep, &cleared).await?;
+    sheep
+        .commit(Event::VdiDel { vid })
+        .await
+        .map_err(driver_failed)?;
+    tracing::info!(vid = %format_args!("{vid:x}"), "VDI deleted");
+    match collect_garbage(sheep).await {
+        Ok(n) => tracing::info!(removed = n, "removed unreferenced data objects"),
+        Err(code) => {
+            tracing::error!(result = %code, "garbage collection failed; unreferenced objects remain until the next delete")
+        }
+    }
+    Ok(vid)
+}
+
+/// Removes data objects owned by deleted VDIs that no live VDI (working, snapshot or clone)
+/// refers to. Objects of live VDIs are never touched: a write may be between creating an
+/// object and recording it in the inode.
+async fn collect_garbage(sheep: &Arc<Sheep>) -> Result<usize, ResultCode> {
+    let (live, deleted, nodes, epoch) = {
+        let st = sheep.state();
+        let live: Vec<u32> = st.in_use.iter().filter(|&v| !st.deleted.get(v)).collect();
+        let nodes: Vec<_> = st
+            .nodes()
+            .iter()
+            .filter(|n| !n.is_gateway())
+            .cloned()
+            .collect();
+        (live, st.deleted.clone(), nodes, st.epoch())
+    };
+    let mut referenced: HashSet<(u32, u32)> = HashSet::new();
+    for vid in live {
+        let ino = read_inode(sheep, vid).await?;
+        referenced.extend(
+            ino.data_vdi_id
+                .iter()
+                .enumerate()
+                .filter(|(_, &v)| v != 0)
+                .map(|(i, &v)| (v, i as u32)),
+        );
+    }
+    let lists = join_all(nodes.iter().map(|n| async move {
+        let mut req = RequestHeader::new(op::GET_OBJ_LIST);
+        req.data_length = protocol::frame::MAX_PAYLOAD;
+        (n, sheep.peer(n.addr).call(req, &[]).await)
+    }))
+    .await;
+    let mut removed = 0;
+    for (node, reply) in lists {
+        let reply = reply.map_err(|e| {
+            tracing::error!(node = %node.addr, error = %e, "cannot list objects");
+            ResultCode::EIO
+        })?;
+        for chunk in reply.data.chunks_exact(8) {
+            let oid = Oid(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+            let key = (oid.vid().get(), oid.index());
+            if oid.is_data() && deleted.get(key.0) && !referenced.contains(&key) {
+                let mut req = RequestHeader::new(op::REMOVE_PEER);
+                req.epoch = epoch;
+                req.set_obj(&ObjArgs {
+                    oid: oid.0,
+                    ..ObjArgs::default()
+                });
+                match sheep.peer(node.addr).send(req, &[]).await {
+                    Ok(r) if r.header.result_code() == ResultCode::SUCCESS => removed += 1,
+                    Ok(r) => {
+                        tracing::warn!(%oid, node = %node.addr, result = %r.header.result_code(), "cannot remove unreferenced object")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%oid, node = %node.addr, error = %e, "cannot remove unreferenced object")
+                    }
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let mut f = [0u8; 256];
+        assert_eq!(parse_name(&f), None);
+        f[..4].copy_from_slice(b"test");
+        assert_eq!(parse_name(&f), Some(b"test".to_vec()));
+        assert_eq!(parse_name(&[b'a'; 256]), None);
+        let mut both = vec![0u8; 512];
+        both[..4].copy_from_slice(b"test");
+        both[256..258].copy_from_slice(b"t1");
+        assert_eq!(name_and_tag(&both), Ok((b"test".to_vec(), b"t1".to_vec())));
+        assert_eq!(name_and_tag(&both[..300]), Err(ResultCode::INVALID_PARMS));
+    }
+
+    #[test]
+    fn free_slots_wrap() {
+        let mut b = VdiBitmap::default();
+        assert_eq!(free_slot(&b, 5), Some((5, false)));
+        b.set(5);
+        b.set(6);
+        assert_eq!(free_slot(&b, 5), Some((7, false)));
+        for v in (NR_VIDS - 2)..NR_VIDS {
+            b.set(v);
+        }
+        assert_eq!(free_slot(&b, NR_VIDS - 2), Some((1, true)));
+    }
+}
