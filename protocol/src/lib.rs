@@ -14,6 +14,7 @@ pub mod node;
 pub mod oid;
 pub mod opcode;
 pub mod placement;
+pub mod requests;
 
 pub use bytes::{get_cstr, put_cstr};
 pub use client::{Client, ClientError, Reply};

@@ -417,7 +417,7 @@ async fn flush_all(sheep: &Arc<Sheep>) -> Result<(), ResultCode> {
         .filter(|n| !n.is_gateway())
         .cloned()
         .collect();
-    let results = gateway::join_all(nodes.iter().map(|n| async move {
+    let results = futures::future::join_all(nodes.iter().map(|n| async move {
         if n.addr == sheep.me.addr {
             crate::peer::serve_local(sheep, &RequestHeader::new(op::FLUSH_PEER), &[])
                 .await

@@ -17,7 +17,9 @@ use protocol::inode::{
 use protocol::oid::NR_VIDS;
 use protocol::{op, ObjArgs, Oid, RequestHeader, ResultCode, Vid};
 
-use crate::gateway::{self, join_all, Write};
+use futures::future::join_all;
+
+use crate::gateway::{self, Write};
 use crate::group::Event;
 use crate::node::Sheep;
 

@@ -1,1 +1,225 @@
-fn main() {}
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use fuser::{Config, MountOption, Session, SessionACL};
+use sheepfs::backend::{Backend, ClusterBackend};
+use sheepfs::fs::Fs;
+use sheepfs::fuse::SheepFuse;
+
+/// Mounts a Sheepdog cluster as a filesystem: every VDI is a directory holding its bytes
+/// (`volume`), control files (`snapshot`, `snapshots/<id>/clone`) and an `info` file;
+/// `/cluster/info`, `/node/list` and `/node/info` are monitoring files for `cat`.
+///
+/// Returns once the mount is ready and keeps serving in the background (`-f` stays in the
+/// foreground). `umount MOUNTPOINT` or SIGTERM flushes everything and exits.
+#[derive(Parser, Debug)]
+#[command(name = "sheepfs", version)]
+struct Args {
+    /// Where to mount.
+    mountpoint: PathBuf,
+    /// Address of the gateway sheep.
+    #[arg(short, long, default_value = "127.0.0.1", env = "SHEEPDOG_DOG_ADDR")]
+    address: IpAddr,
+    /// Port of the gateway sheep.
+    #[arg(short, long, default_value_t = 7000, env = "SHEEPDOG_DOG_PORT")]
+    port: u16,
+    /// Stay in the foreground.
+    #[arg(short, long)]
+    foreground: bool,
+    /// How long to keep retrying while the gateway is unreachable before failing with EIO.
+    #[arg(long, default_value_t = 15)]
+    retry_secs: u64,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+    /// Write logs here (in the background they are discarded otherwise).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
+}
+
+/// Forks; the parent waits for the child's word on the mount and exits with it.
+fn daemonize() -> std::io::Result<std::fs::File> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills two descriptors; fork happens before any thread is started.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => {
+            // SAFETY: the read end belongs to the parent; the write end is ours to own.
+            unsafe {
+                libc::close(fds[0]);
+                libc::setsid();
+            }
+            Ok(unsafe { std::fs::File::from_raw_fd(fds[1]) })
+        }
+        _ => {
+            // SAFETY: as above, the other way round.
+            unsafe { libc::close(fds[1]) };
+            let mut r = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+            let mut word = String::new();
+            let _ = r.read_to_string(&mut word);
+            if word == "ok" {
+                std::process::exit(0);
+            }
+            let word = if word.is_empty() {
+                "sheepfs: the mount process died before the mount was ready".to_string()
+            } else {
+                word
+            };
+            eprintln!("{word}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+        // SAFETY: dup2 onto the standard descriptors of this process.
+        unsafe {
+            libc::dup2(fd, 0);
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+        }
+    }
+}
+
+fn init_logging(args: &Args) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match &args.log_file {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("cannot open log file {}: {e}", p.display()))?;
+            b.with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .init();
+        }
+        None => b
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    Ok(())
+}
+
+/// Mounts and serves until unmounted. `ready` is called once the mount is usable.
+fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let gateway = SocketAddr::new(args.address, args.port);
+    let backend = Arc::new(ClusterBackend::new(
+        gateway,
+        Duration::from_secs(args.retry_secs),
+    ));
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), backend.cluster_info()).await
+    })
+    .map_err(|_| format!("gateway {gateway} did not answer"))?
+    .map_err(|e| format!("cannot reach the gateway {gateway}: {e}"))?;
+    let fs = Arc::new(Fs::new(backend));
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("sheepdog@{gateway}")),
+        MountOption::Subtype("sheepfs".into()),
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(args.threads.max(1));
+    let session = Session::new(
+        SheepFuse::new(fs.clone(), rt.handle().clone()),
+        &args.mountpoint,
+        &config,
+    )
+    .map_err(|e| format!("cannot mount at {}: {e}", args.mountpoint.display()))?;
+    let mountpoint = args.mountpoint.clone();
+    rt.spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => return tracing::error!("cannot handle SIGTERM: {e}"),
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received: flushing and unmounting");
+        if let Err(e) = fs.flush_all().await {
+            tracing::error!("flush failed: {e}");
+        }
+        if let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid NUL-terminated path. When the mount is busy, detach it: the
+            // kernel finishes once the last user lets go.
+            unsafe {
+                if libc::umount2(c.as_ptr(), 0) != 0 {
+                    libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+                }
+            }
+        }
+    });
+    tracing::info!(%gateway, mountpoint = %args.mountpoint.display(), "mounted");
+    ready(Ok(()));
+    let bg = session
+        .spawn()
+        .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
+    bg.join().map_err(|e| format!("FUSE session failed: {e}"))?;
+    tracing::info!("unmounted");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut pipe = None;
+    if !args.foreground {
+        match daemonize() {
+            Ok(p) => pipe = Some(p),
+            Err(e) => {
+                eprintln!("sheepfs: cannot go to the background: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if let Err(e) = init_logging(&args) {
+        eprintln!("sheepfs: {e}");
+        return ExitCode::from(2);
+    }
+    let mut tell = |r: Result<(), String>| {
+        if let Some(mut p) = pipe.take() {
+            let word = match r {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("sheepfs: {e}"),
+            };
+            let _ = p.write_all(word.as_bytes());
+            detach_stdio();
+        }
+    };
+    match serve(&args, &mut tell) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            tell(Err(e.clone()));
+            eprintln!("sheepfs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

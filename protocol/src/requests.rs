@@ -1,0 +1,370 @@
+//! Typed requests: one method per request shape that clients (`dog`, `sheepfs`) send, so the
+//! byte-level sequences of PROTOCOL.md sections 4-5 are written once.
+
+use crate::bitmap::{VdiBitmap, BITMAP_BYTES};
+use crate::bytes::put_cstr;
+use crate::client::{Client, ClientError};
+use crate::cluster::{ClusterInfo, EpochRecord, CLUSTER_INFO_SIZE};
+use crate::header::{ObjArgs, RequestHeader, VdiArgs};
+use crate::inode::{data_vdi_id_offset, Inode, InodeHeader, INODE_HEADER_SIZE};
+use crate::node::{Node, NODE_SIZE, SD_MAX_NODES};
+use crate::oid::{Oid, Vid};
+use crate::opcode::{flags, op, ResultCode};
+
+/// A name (and optional tag) as the 256- or 512-byte payload of VDI requests.
+pub fn name_payload(name: &str, tag: Option<&str>) -> Vec<u8> {
+    let mut b = vec![0u8; if tag.is_some() { 512 } else { 256 }];
+    put_cstr(&mut b[..256], name.as_bytes());
+    if let Some(t) = tag {
+        put_cstr(&mut b[256..], t.as_bytes());
+    }
+    b
+}
+
+/// How a new VDI comes to be.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NewVdi {
+    pub size: u64,
+    /// Parent to clone or snapshot from (0 = a fresh VDI).
+    pub base: u32,
+    /// Non-zero: take a snapshot of the working VDI of this name.
+    pub snapid: u32,
+    /// 0 = the cluster default.
+    pub copies: u8,
+    /// 0 = the cluster default.
+    pub block_size_shift: u8,
+}
+
+/// A VDI located by name: its vid and layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VdiInfo {
+    pub vid: u32,
+    pub copies: u8,
+    pub block_size_shift: u8,
+}
+
+fn obj_req(opcode: u8, oid: Oid, offset: u32) -> RequestHeader {
+    let mut req = RequestHeader::new(opcode);
+    req.set_obj(&ObjArgs {
+        oid: oid.0,
+        offset,
+        ..ObjArgs::default()
+    });
+    req
+}
+
+impl Client {
+    /// READ_OBJ of `len` bytes at `offset`.
+    pub async fn read_obj(&self, oid: Oid, offset: u32, len: u32) -> Result<Vec<u8>, ClientError> {
+        let mut req = obj_req(op::READ_OBJ, oid, offset);
+        req.data_length = len;
+        Ok(self.call(req, &[]).await?.data)
+    }
+
+    /// WRITE_OBJ into an existing object. A zero-length write is sent as such.
+    pub async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> Result<(), ClientError> {
+        let mut req = obj_req(op::WRITE_OBJ, oid, offset);
+        req.flags |= flags::WRITE;
+        self.call(req, data).await.map(|_| ())
+    }
+
+    /// CREATE_AND_WRITE_OBJ; with `cow` the new object starts as a copy of that one.
+    pub async fn create_obj(
+        &self,
+        oid: Oid,
+        cow: Option<Oid>,
+        offset: u32,
+        data: &[u8],
+    ) -> Result<(), ClientError> {
+        let mut req = obj_req(op::CREATE_AND_WRITE_OBJ, oid, offset);
+        req.flags |= flags::WRITE;
+        if let Some(src) = cow {
+            req.flags |= flags::COW;
+            let mut a = req.obj();
+            a.cow_oid = src.0;
+            req.set_obj(&a);
+        }
+        self.call(req, data).await.map(|_| ())
+    }
+
+    /// Points entry `idx` of `vid`'s inode at `owner`.
+    pub async fn set_data_vdi_id(&self, vid: Vid, idx: u32, owner: u32) -> Result<(), ClientError> {
+        self.write_obj(
+            vid.inode_oid(),
+            data_vdi_id_offset(idx),
+            &owner.to_le_bytes(),
+        )
+        .await
+    }
+
+    /// GET_VDI_INFO: the vid of a working VDI (`snapid` 0, no tag) or of a snapshot.
+    pub async fn vdi_info(
+        &self,
+        name: &str,
+        tag: Option<&str>,
+        snapid: u32,
+    ) -> Result<VdiInfo, ClientError> {
+        let mut req = RequestHeader::new(op::GET_VDI_INFO);
+        req.set_vdi(&VdiArgs {
+            snapid,
+            ..VdiArgs::default()
+        });
+        let r = self
+            .call(req, &name_payload(name, Some(tag.unwrap_or(""))))
+            .await?;
+        Ok(VdiInfo {
+            vid: r.header.vdi_id(),
+            copies: r.header.vdi_copies(),
+            block_size_shift: r.header.vdi_block_size_shift(),
+        })
+    }
+
+    /// The inode header.
+    pub async fn inode_header(&self, vid: Vid) -> Result<InodeHeader, ClientError> {
+        let b = self
+            .read_obj(vid.inode_oid(), 0, INODE_HEADER_SIZE as u32)
+            .await?;
+        InodeHeader::decode(&b).ok_or_else(|| self.short_reply(op::READ_OBJ))
+    }
+
+    /// The inode header and every `data_vdi_id` entry in use.
+    pub async fn inode(&self, vid: Vid) -> Result<Inode, ClientError> {
+        let h = self.inode_header(vid).await?;
+        let n = h.nr_objects();
+        let entries = if n == 0 {
+            Vec::new()
+        } else {
+            self.read_obj(vid.inode_oid(), INODE_HEADER_SIZE as u32, 4 * n)
+                .await?
+        };
+        let mut whole = vec![0u8; INODE_HEADER_SIZE];
+        h.encode_into(&mut whole);
+        whole.extend_from_slice(&entries);
+        Inode::decode(&whole).ok_or_else(|| self.short_reply(op::READ_OBJ))
+    }
+
+    fn short_reply(&self, opcode: u8) -> ClientError {
+        ClientError::Result {
+            addr: self.addr(),
+            op: crate::opcode::op_name(opcode),
+            result: ResultCode::EIO,
+        }
+    }
+
+    /// NEW_VDI. Returns the new vid.
+    pub async fn new_vdi(&self, name: &str, v: NewVdi) -> Result<VdiInfo, ClientError> {
+        let mut req = RequestHeader::new(op::NEW_VDI);
+        req.set_vdi(&VdiArgs {
+            vdi_size: v.size,
+            base_vdi_id: v.base,
+            copies: v.copies,
+            block_size_shift: v.block_size_shift,
+            snapid: v.snapid,
+            ..VdiArgs::default()
+        });
+        let r = self.call(req, &name_payload(name, None)).await?;
+        Ok(VdiInfo {
+            vid: r.header.vdi_id(),
+            copies: r.header.vdi_copies(),
+            block_size_shift: r.header.vdi_block_size_shift(),
+        })
+    }
+
+    /// Snapshots the working VDI `name` (PROTOCOL.md 5.4): the tag goes into the current inode,
+    /// then NEW_VDI makes a new working VDI. Returns the new working VDI.
+    pub async fn snapshot(&self, name: &str, tag: &str) -> Result<VdiInfo, ClientError> {
+        let cur = self.vdi_info(name, None, 0).await?;
+        let vid = Vid::new(cur.vid).ok_or_else(|| self.short_reply(op::GET_VDI_INFO))?;
+        let h = self.inode_header(vid).await?;
+        let mut t = [0u8; 256];
+        put_cstr(&mut t, tag.as_bytes());
+        self.write_obj(vid.inode_oid(), 256, &t).await?;
+        let v = NewVdi {
+            size: h.vdi_size,
+            base: cur.vid,
+            snapid: 1,
+            copies: h.nr_copies,
+            block_size_shift: h.block_size_shift,
+        };
+        self.new_vdi(name, v).await
+    }
+
+    /// Deletes a VDI as `dog vdi delete` does (PROTOCOL.md 5.8): its `data_vdi_id` entries
+    /// are cleared in runs, then DEL_VDI.
+    pub async fn delete_vdi(
+        &self,
+        name: &str,
+        snapid: u32,
+        tag: Option<&str>,
+    ) -> Result<u32, ClientError> {
+        let info = self.vdi_info(name, tag, snapid).await?;
+        let vid = Vid::new(info.vid).ok_or_else(|| self.short_reply(op::GET_VDI_INFO))?;
+        let ino = self.inode(vid).await?;
+        let runs = zero_runs(&ino.data_vdi_id);
+        if runs.is_empty() {
+            self.write_obj(
+                vid.inode_oid(),
+                data_vdi_id_offset(ino.data_vdi_id.len() as u32),
+                &[],
+            )
+            .await?;
+        }
+        for (start, len) in runs {
+            self.write_obj(
+                vid.inode_oid(),
+                data_vdi_id_offset(start),
+                &vec![0u8; 4 * len as usize],
+            )
+            .await?;
+        }
+        let mut req = RequestHeader::new(op::DEL_VDI);
+        req.set_vdi(&VdiArgs {
+            snapid,
+            ..VdiArgs::default()
+        });
+        let r = self
+            .call(req, &name_payload(name, Some(tag.unwrap_or(""))))
+            .await?;
+        Ok(r.header.vdi_id())
+    }
+
+    /// Sets a VDI's size (PROTOCOL.md 5.11 `vdi resize`).
+    pub async fn set_vdi_size(&self, vid: Vid, size: u64) -> Result<(), ClientError> {
+        self.write_obj(vid.inode_oid(), 536, &size.to_le_bytes())
+            .await
+    }
+
+    /// READ_VDIS or READ_DEL_VDIS.
+    pub async fn vdi_bitmap(&self, deleted: bool) -> Result<VdiBitmap, ClientError> {
+        let mut req = RequestHeader::new(if deleted {
+            op::READ_DEL_VDIS
+        } else {
+            op::READ_VDIS
+        });
+        req.data_length = BITMAP_BYTES as u32;
+        let r = self.call(req, &[]).await?;
+        VdiBitmap::from_bytes(r.data).ok_or_else(|| self.short_reply(req_op(deleted)))
+    }
+
+    /// Headers of every VDI in use and not deleted, in vid order.
+    pub async fn vdi_headers(&self) -> Result<Vec<InodeHeader>, ClientError> {
+        let in_use = self.vdi_bitmap(false).await?;
+        let deleted = self.vdi_bitmap(true).await?;
+        let mut out = Vec::new();
+        for vid in in_use
+            .iter()
+            .filter(|&v| !deleted.get(v))
+            .filter_map(Vid::new)
+        {
+            let h = self.inode_header(vid).await?;
+            if !h.is_deleted() {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// GET_NODE_LIST.
+    pub async fn nodes(&self) -> Result<Vec<Node>, ClientError> {
+        let mut req = RequestHeader::new(op::GET_NODE_LIST);
+        req.data_length = (SD_MAX_NODES * NODE_SIZE) as u32;
+        Ok(Node::decode_list(&self.call(req, &[]).await?.data))
+    }
+
+    /// CLUSTER_INFO.
+    pub async fn cluster_info(&self) -> Result<ClusterInfo, ClientError> {
+        let mut req = RequestHeader::new(op::CLUSTER_INFO);
+        req.data_length = CLUSTER_INFO_SIZE as u32;
+        let r = self.call(req, &[]).await?;
+        ClusterInfo::decode(&r.data).ok_or_else(|| self.short_reply(op::CLUSTER_INFO))
+    }
+
+    /// STAT_CLUSTER with room for `nodes_nr` nodes per record; doubles on BUFFER_SMALL.
+    pub async fn epoch_log(
+        &self,
+        epochs: u32,
+        mut nodes_nr: u32,
+    ) -> Result<Vec<EpochRecord>, ClientError> {
+        loop {
+            let mut req = RequestHeader::new(op::STAT_CLUSTER);
+            req.data_length = epochs.max(1) * EpochRecord::stride(nodes_nr as usize) as u32;
+            let mut a = req.cluster();
+            a.nodes_nr = nodes_nr;
+            req.set_cluster(&a);
+            match self.call(req, &[]).await {
+                Ok(r) => return Ok(EpochRecord::decode_all(&r.data, nodes_nr as usize)),
+                Err(e)
+                    if e.result() == Some(ResultCode::BUFFER_SMALL)
+                        && nodes_nr < SD_MAX_NODES as u32 =>
+                {
+                    nodes_nr = (nodes_nr * 2).max(1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// STAT_SHEEP: (store size, store free) of the node this client talks to.
+    pub async fn stat_sheep(&self) -> Result<(u64, u64), ClientError> {
+        let r = self.call(RequestHeader::new(op::STAT_SHEEP), &[]).await?;
+        Ok((r.header.store_size(), r.header.store_free()))
+    }
+
+    /// FLUSH_VDI: every write so far becomes durable on every replica.
+    pub async fn flush_vdi(&self, vid: Vid) -> Result<(), ClientError> {
+        let req = obj_req(op::FLUSH_VDI, vid.inode_oid(), 0);
+        self.call(req, &[]).await.map(|_| ())
+    }
+}
+
+fn req_op(deleted: bool) -> u8 {
+    if deleted {
+        op::READ_DEL_VDIS
+    } else {
+        op::READ_VDIS
+    }
+}
+
+/// The inode-entry runs `dog vdi delete` clears: from each non-zero entry, a run that holds
+/// up to 128 non-zero entries (zeros inside included) or reaches the end.
+pub fn zero_runs(entries: &[u32]) -> Vec<(u32, u32)> {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < entries.len() {
+        if entries[i] == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut used = 0;
+        while i < entries.len() && used < 128 {
+            used += usize::from(entries[i] != 0);
+            i += 1;
+        }
+        runs.push((start as u32, (i - start) as u32));
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delete_runs() {
+        assert!(zero_runs(&[0, 0, 0]).is_empty());
+        assert_eq!(zero_runs(&[0, 5, 0, 5, 0]), vec![(1, 4)]);
+        let mut v = vec![7u32; 300];
+        v[0] = 0;
+        assert_eq!(zero_runs(&v), vec![(1, 128), (129, 128), (257, 43)]);
+    }
+
+    #[test]
+    fn name_payloads() {
+        let p = name_payload("test", Some("t"));
+        assert_eq!(p.len(), 512);
+        assert_eq!(&p[..5], b"test\0");
+        assert_eq!(&p[256..258], b"t\0");
+        assert_eq!(name_payload("x", None).len(), 256);
+    }
+}

@@ -1,0 +1,94 @@
+//! Control files: what may be written to them. Parsing happens before anything is changed,
+//! so bad input leaves the cluster as it was.
+
+use protocol::inode::MAX_NAME_LEN;
+
+use crate::error::{FsError, FsResult};
+
+/// What a write to `/vdi/<name>/snapshot` asks for: `1` (no tag) or `tag=NAME`.
+pub fn parse_snapshot(input: &[u8]) -> FsResult<String> {
+    let s = one_line(input)?;
+    if s == "1" {
+        return Ok(String::new());
+    }
+    match s.strip_prefix("tag=") {
+        Some(tag) if !tag.is_empty() && tag.len() <= MAX_NAME_LEN => Ok(tag.to_string()),
+        Some(_) => Err(FsError::invalid(format!(
+            "snapshot tag must be 1 to {MAX_NAME_LEN} bytes"
+        ))),
+        None => Err(FsError::invalid(format!(
+            "snapshot: write 1 or tag=NAME, not {s:?}"
+        ))),
+    }
+}
+
+/// A new VDI name written to a `clone` file.
+pub fn parse_clone(input: &[u8]) -> FsResult<String> {
+    let s = one_line(input)?;
+    check_name(s)?;
+    Ok(s.to_string())
+}
+
+/// A VDI name usable as a directory name and on the wire.
+pub fn check_name(name: &str) -> FsResult<()> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(FsError::invalid(format!(
+            "VDI names are 1 to {MAX_NAME_LEN} bytes"
+        )));
+    }
+    if name == "."
+        || name == ".."
+        || name == "list"
+        || name.contains(['/', '\0'])
+        || name.chars().any(char::is_whitespace)
+    {
+        return Err(FsError::invalid(format!(
+            "{name:?} is not a valid VDI name"
+        )));
+    }
+    Ok(())
+}
+
+/// The input as one line of UTF-8, without its trailing newline.
+fn one_line(input: &[u8]) -> FsResult<&str> {
+    let s =
+        std::str::from_utf8(input).map_err(|_| FsError::invalid("control input is not UTF-8"))?;
+    let s = s.strip_suffix('\n').unwrap_or(s);
+    if s.contains('\n') {
+        return Err(FsError::invalid("control input must be one line"));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_inputs() {
+        assert_eq!(parse_snapshot(b"1\n").ok(), Some(String::new()));
+        assert_eq!(
+            parse_snapshot(b"tag=before-upgrade\n").ok(),
+            Some("before-upgrade".into())
+        );
+        for bad in [&b"banana\n"[..], b"", b"0", b"tag=", b"1\n2\n", b"\xff"] {
+            assert_eq!(
+                parse_snapshot(bad).map_err(|e| e.errno).err(),
+                Some(libc::EINVAL),
+                "{bad:?}"
+            );
+        }
+        let long = format!("tag={}", "x".repeat(256));
+        assert!(parse_snapshot(long.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn clone_names() {
+        assert_eq!(parse_clone(b"web02\n").ok(), Some("web02".into()));
+        assert!(parse_clone("x".repeat(256).as_bytes()).is_err());
+        assert!(parse_clone(&[b'x'; 255]).is_ok());
+        for bad in ["", "a/b", "list", "..", "a b"] {
+            assert!(parse_clone(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}

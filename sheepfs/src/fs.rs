@@ -1,0 +1,552 @@
+//! The filesystem core: the tree of VDIs, control files and monitoring files, with inode
+//! numbers, attributes and file handles. It knows nothing of FUSE (see `fuse.rs`), so tests
+//! drive it directly.
+//!
+//! ```text
+//! /vdi/list  /vdi/<name>/{volume,snapshot,info,snapshots/<id>/{volume,clone}}
+//! /cluster/info  /node/list  /node/info
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use protocol::inode::InodeHeader;
+use protocol::requests::NewVdi;
+
+use crate::backend::Backend;
+use crate::control;
+use crate::error::{FsError, FsResult};
+use crate::monitor;
+use crate::volume::Volume;
+
+/// What a path names.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Entry {
+    Root,
+    VdiDir,
+    ClusterDir,
+    NodeDir,
+    VdiList,
+    ClusterInfo,
+    NodeList,
+    NodeInfo,
+    Vdi(String),
+    Volume(String),
+    SnapshotCtl(String),
+    Info(String),
+    Snapshots(String),
+    Snapshot(String, u32),
+    SnapVolume(String, u32),
+    CloneCtl(String, u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// Attributes of one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub perm: u16,
+    /// Content changes behind the kernel's back: no attribute caching, direct I/O.
+    pub volatile: bool,
+}
+
+/// An open file: what it reads from.
+enum Handle {
+    /// A monitoring file's content, rendered at open.
+    Text(Vec<u8>),
+}
+
+impl Entry {
+    fn kind(&self) -> Kind {
+        match self {
+            Entry::Root
+            | Entry::VdiDir
+            | Entry::ClusterDir
+            | Entry::NodeDir
+            | Entry::Vdi(_)
+            | Entry::Snapshots(_)
+            | Entry::Snapshot(..) => Kind::Dir,
+            _ => Kind::File,
+        }
+    }
+
+    fn is_monitor(&self) -> bool {
+        matches!(
+            self,
+            Entry::VdiList
+                | Entry::ClusterInfo
+                | Entry::NodeList
+                | Entry::NodeInfo
+                | Entry::Info(_)
+        )
+    }
+}
+
+struct Table {
+    by_entry: HashMap<Entry, u64>,
+    by_ino: HashMap<u64, Entry>,
+    next: u64,
+}
+
+impl Table {
+    fn new() -> Table {
+        let mut t = Table {
+            by_entry: HashMap::new(),
+            by_ino: HashMap::new(),
+            next: 1,
+        };
+        for e in [
+            Entry::Root,
+            Entry::VdiDir,
+            Entry::ClusterDir,
+            Entry::NodeDir,
+            Entry::VdiList,
+            Entry::ClusterInfo,
+            Entry::NodeList,
+            Entry::NodeInfo,
+        ] {
+            t.ino(e);
+        }
+        t
+    }
+
+    fn ino(&mut self, e: Entry) -> u64 {
+        if let Some(&i) = self.by_entry.get(&e) {
+            return i;
+        }
+        let i = self.next;
+        self.next += 1;
+        self.by_entry.insert(e.clone(), i);
+        self.by_ino.insert(i, e);
+        i
+    }
+}
+
+pub const ROOT_INO: u64 = 1;
+
+type VolKey = (String, Option<u32>);
+
+pub struct Fs<B> {
+    backend: Arc<B>,
+    table: Mutex<Table>,
+    volumes: Mutex<HashMap<VolKey, Arc<Volume<B>>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<B: Backend> Fs<B> {
+    pub fn new(backend: Arc<B>) -> Fs<B> {
+        Fs {
+            backend,
+            table: Mutex::new(Table::new()),
+            volumes: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    fn entry(&self, ino: u64) -> FsResult<Entry> {
+        lock(&self.table)
+            .by_ino
+            .get(&ino)
+            .cloned()
+            .ok_or_else(|| FsError::not_found(format!("inode {ino}")))
+    }
+
+    fn ino(&self, e: Entry) -> u64 {
+        lock(&self.table).ino(e)
+    }
+
+    /// The volume of a working VDI or snapshot, loaded on first use.
+    pub async fn volume(&self, name: &str, snap: Option<u32>) -> FsResult<Arc<Volume<B>>> {
+        let key = (name.to_string(), snap);
+        if let Some(v) = lock(&self.volumes).get(&key) {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(Volume::open(self.backend.clone(), name, snap).await?);
+        Ok(lock(&self.volumes).entry(key).or_insert(v).clone())
+    }
+
+    /// Does the VDI (or snapshot) behind `e` exist now?
+    async fn check(&self, e: &Entry) -> FsResult<()> {
+        match e {
+            Entry::Vdi(n)
+            | Entry::Volume(n)
+            | Entry::SnapshotCtl(n)
+            | Entry::Info(n)
+            | Entry::Snapshots(n) => self.backend.vdi_info(n, 0).await.map(|_| ()),
+            Entry::Snapshot(n, s) | Entry::SnapVolume(n, s) | Entry::CloneCtl(n, s) => {
+                self.backend.vdi_info(n, *s).await.map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn attr_of(&self, e: Entry) -> FsResult<Attr> {
+        self.check(&e).await?;
+        let size = match &e {
+            Entry::Volume(n) => self.volume(n, None).await?.size().await,
+            Entry::SnapVolume(n, s) => self.volume(n, Some(*s)).await?.size().await,
+            _ => 0,
+        };
+        let perm = match &e {
+            _ if e.kind() == Kind::Dir => 0o755,
+            Entry::Volume(_) => 0o644,
+            Entry::SnapshotCtl(_) | Entry::CloneCtl(..) => 0o200,
+            _ => 0o444,
+        };
+        let volatile = e.is_monitor() || matches!(e, Entry::SnapshotCtl(_) | Entry::CloneCtl(..));
+        Ok(Attr {
+            ino: self.ino(e.clone()),
+            kind: e.kind(),
+            size,
+            perm,
+            volatile,
+        })
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let e = self.entry(ino)?;
+        self.attr_of(e).await
+    }
+
+    fn child(parent: &Entry, name: &str) -> Option<Entry> {
+        Some(match (parent, name) {
+            (Entry::Root, "vdi") => Entry::VdiDir,
+            (Entry::Root, "cluster") => Entry::ClusterDir,
+            (Entry::Root, "node") => Entry::NodeDir,
+            (Entry::VdiDir, "list") => Entry::VdiList,
+            (Entry::VdiDir, n) => {
+                control::check_name(n).ok()?;
+                Entry::Vdi(n.to_string())
+            }
+            (Entry::ClusterDir, "info") => Entry::ClusterInfo,
+            (Entry::NodeDir, "list") => Entry::NodeList,
+            (Entry::NodeDir, "info") => Entry::NodeInfo,
+            (Entry::Vdi(v), "volume") => Entry::Volume(v.clone()),
+            (Entry::Vdi(v), "snapshot") => Entry::SnapshotCtl(v.clone()),
+            (Entry::Vdi(v), "info") => Entry::Info(v.clone()),
+            (Entry::Vdi(v), "snapshots") => Entry::Snapshots(v.clone()),
+            (Entry::Snapshots(v), id) => {
+                Entry::Snapshot(v.clone(), id.parse().ok().filter(|&s| s > 0)?)
+            }
+            (Entry::Snapshot(v, s), "volume") => Entry::SnapVolume(v.clone(), *s),
+            (Entry::Snapshot(v, s), "clone") => Entry::CloneCtl(v.clone(), *s),
+            _ => return None,
+        })
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        let p = self.entry(parent)?;
+        let e = Self::child(&p, name).ok_or_else(|| FsError::not_found(name))?;
+        self.attr_of(e).await
+    }
+
+    async fn snapshot_ids(&self, name: &str) -> FsResult<Vec<u32>> {
+        let hs = self.backend.vdi_headers().await?;
+        Ok(hs
+            .iter()
+            .filter(|h| h.name == name && h.is_snapshot())
+            .map(|h| h.snap_id)
+            .collect())
+    }
+
+    /// Directory entries (without `.` and `..`).
+    pub async fn readdir(&self, ino: u64) -> FsResult<Vec<(u64, Kind, String)>> {
+        let e = self.entry(ino)?;
+        self.check(&e).await?;
+        let names: Vec<String> = match &e {
+            Entry::Root => vec!["vdi".into(), "cluster".into(), "node".into()],
+            Entry::VdiDir => {
+                let mut v = vec!["list".to_string()];
+                let hs = self.backend.vdi_headers().await?;
+                v.extend(hs.into_iter().filter(|h| !h.is_snapshot()).map(|h| h.name));
+                v
+            }
+            Entry::ClusterDir => vec!["info".into()],
+            Entry::NodeDir => vec!["list".into(), "info".into()],
+            Entry::Vdi(_) => vec![
+                "volume".into(),
+                "snapshot".into(),
+                "info".into(),
+                "snapshots".into(),
+            ],
+            Entry::Snapshots(n) => self
+                .snapshot_ids(n)
+                .await?
+                .iter()
+                .map(u32::to_string)
+                .collect(),
+            Entry::Snapshot(..) => vec!["volume".into(), "clone".into()],
+            _ => return Err(FsError::new(libc::ENOTDIR, "not a directory")),
+        };
+        Ok(names
+            .into_iter()
+            .filter_map(|n| Self::child(&e, &n).map(|c| (self.ino(c.clone()), c.kind(), n)))
+            .collect())
+    }
+
+    /// Opens a file. Returns the handle and whether the kernel must bypass its page cache.
+    pub async fn open(&self, ino: u64, write: bool) -> FsResult<(u64, bool)> {
+        let e = self.entry(ino)?;
+        self.check(&e).await?;
+        match &e {
+            _ if e.kind() == Kind::Dir => Err(FsError::new(libc::EISDIR, "is a directory")),
+            Entry::SnapVolume(..) if write => {
+                Err(FsError::new(libc::EROFS, "snapshots are read-only"))
+            }
+            _ if e.is_monitor() && write => {
+                Err(FsError::new(libc::EACCES, "monitoring files are read-only"))
+            }
+            _ if e.is_monitor() => {
+                let text = self.render(&e).await?;
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                lock(&self.handles).insert(fh, Handle::Text(text.into_bytes()));
+                Ok((fh, true))
+            }
+            Entry::SnapshotCtl(_) | Entry::CloneCtl(..) => Ok((0, true)),
+            _ => Ok((0, false)),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        lock(&self.handles).remove(&fh);
+    }
+
+    async fn render(&self, e: &Entry) -> FsResult<String> {
+        match e {
+            Entry::VdiList => {
+                let hs = self.backend.vdi_headers().await?;
+                let mut rows = Vec::with_capacity(hs.len());
+                for h in hs {
+                    let (used, shared) = self.usage(&h).await?;
+                    rows.push((h, used, shared));
+                }
+                Ok(monitor::vdi_list(&rows))
+            }
+            Entry::Info(n) => {
+                let info = self.backend.vdi_info(n, 0).await?;
+                let vid = protocol::Vid::new(info.vid)
+                    .ok_or_else(|| FsError::new(libc::EIO, "bad vid"))?;
+                let ino = self.backend.inode(vid).await?;
+                Ok(monitor::vdi_info(&ino.header, &self.snapshot_ids(n).await?))
+            }
+            Entry::ClusterInfo => {
+                let ci = self.backend.cluster_info().await?;
+                let epochs = if ci.ctime == 0 {
+                    Vec::new()
+                } else {
+                    self.backend
+                        .epoch_log(ci.epoch, ci.nodes.len() as u32)
+                        .await?
+                };
+                Ok(monitor::cluster_info(&ci, &epochs))
+            }
+            Entry::NodeList => {
+                let nodes = self.backend.nodes().await?;
+                let mut rows = Vec::with_capacity(nodes.len());
+                for n in nodes {
+                    let stat = self.backend.stat_sheep(Some(n.addr)).await.ok();
+                    rows.push((n, stat));
+                }
+                Ok(monitor::node_list(&rows))
+            }
+            Entry::NodeInfo => {
+                let (size, free) = self.backend.stat_sheep(None).await?;
+                let nodes = self.backend.nodes().await?;
+                let addr = self.backend.gateway();
+                Ok(monitor::node_info(
+                    nodes.iter().find(|n| n.addr == addr),
+                    addr,
+                    size,
+                    free,
+                ))
+            }
+            _ => Err(FsError::invalid("not a monitoring file")),
+        }
+    }
+
+    /// Bytes this VDI owns, and bytes it shares with its ancestors.
+    async fn usage(&self, h: &InodeHeader) -> FsResult<(u64, u64)> {
+        let Some(vid) = protocol::Vid::new(h.vdi_id) else {
+            return Ok((0, 0));
+        };
+        let ino = self.backend.inode(vid).await?;
+        let own = ino.data_vdi_id.iter().filter(|&&v| v == h.vdi_id).count() as u64;
+        let shared = ino
+            .data_vdi_id
+            .iter()
+            .filter(|&&v| v != 0 && v != h.vdi_id)
+            .count() as u64;
+        Ok((own * h.object_size(), shared * h.object_size()))
+    }
+
+    pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        if let Some(Handle::Text(t)) = lock(&self.handles).get(&fh) {
+            return Ok(slice(t, offset, size));
+        }
+        match self.entry(ino)? {
+            Entry::Volume(n) => self.volume(&n, None).await?.read(offset, size).await,
+            Entry::SnapVolume(n, s) => self.volume(&n, Some(s)).await?.read(offset, size).await,
+            Entry::SnapshotCtl(_) => Ok(slice(
+                b"write 1 or tag=NAME here to take a snapshot\n",
+                offset,
+                size,
+            )),
+            Entry::CloneCtl(..) => Ok(slice(
+                b"write a new VDI name here to clone this snapshot\n",
+                offset,
+                size,
+            )),
+            _ => Err(FsError::invalid("not readable")),
+        }
+    }
+
+    /// Writes to a volume, or performs a control file's action inside the write.
+    pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        match self.entry(ino)? {
+            Entry::Volume(n) => self.volume(&n, None).await?.write(offset, data).await,
+            Entry::SnapVolume(..) => Err(FsError::new(libc::EROFS, "snapshots are read-only")),
+            Entry::SnapshotCtl(n) => {
+                control_offset(offset)?;
+                let tag = control::parse_snapshot(data)?;
+                self.volume(&n, None).await?.snapshot(&tag).await?;
+                Ok(data.len())
+            }
+            Entry::CloneCtl(n, s) => {
+                control_offset(offset)?;
+                let new = control::parse_clone(data)?;
+                match self.backend.vdi_info(&new, 0).await {
+                    Ok(_) => {
+                        return Err(FsError::new(
+                            libc::EEXIST,
+                            format!("VDI {new} exists already"),
+                        ))
+                    }
+                    Err(e) if e.errno == libc::ENOENT => {}
+                    Err(e) => return Err(e),
+                }
+                self.volume(&n, Some(s)).await?.clone_to(&new).await?;
+                tracing::info!(from = %n, snapshot = s, to = %new, "cloned");
+                Ok(data.len())
+            }
+            _ => Err(FsError::new(libc::EACCES, "not writable")),
+        }
+    }
+
+    /// `truncate`: grows a volume. A truncation to 0 is ignored, as a block device ignores
+    /// O_TRUNC, so `cp image volume` works; any other shrink is refused.
+    pub async fn set_size(&self, ino: u64, size: u64) -> FsResult<Attr> {
+        match self.entry(ino)? {
+            Entry::Volume(n) => {
+                if size > 0 {
+                    self.volume(&n, None)
+                        .await?
+                        .resize(size)
+                        .await
+                        .inspect_err(|e| tracing::warn!(volume = %n, "{e}"))?;
+                }
+            }
+            Entry::SnapshotCtl(_) | Entry::CloneCtl(..) => {}
+            _ => return Err(FsError::new(libc::EACCES, "size cannot change")),
+        }
+        self.getattr(ino).await
+    }
+
+    /// `mkdir /vdi/<name>`: creates an empty VDI (grow it with truncate).
+    pub async fn mkdir(&self, parent: u64, name: &str) -> FsResult<Attr> {
+        if self.entry(parent)? != Entry::VdiDir {
+            return Err(FsError::new(libc::EPERM, "VDIs are created in /vdi only"));
+        }
+        control::check_name(name)?;
+        self.backend.new_vdi(name, NewVdi::default()).await?;
+        tracing::info!(vdi = name, "created");
+        self.attr_of(Entry::Vdi(name.to_string())).await
+    }
+
+    /// `rmdir /vdi/<name>` deletes the working VDI (refused while it has snapshots);
+    /// `rmdir /vdi/<name>/snapshots/<id>` deletes that snapshot.
+    pub async fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        let p = self.entry(parent)?;
+        let e = Self::child(&p, name).ok_or_else(|| FsError::not_found(name))?;
+        match &e {
+            Entry::Vdi(n) => {
+                self.backend.vdi_info(n, 0).await?;
+                if !self.snapshot_ids(n).await?.is_empty() {
+                    return Err(FsError::new(
+                        libc::ENOTEMPTY,
+                        format!("{n} has snapshots; remove them first"),
+                    ));
+                }
+                if let Some(v) = lock(&self.volumes).get(&(n.clone(), None)).cloned() {
+                    v.flush().await?;
+                }
+                self.backend.delete_vdi(n, 0).await?;
+                lock(&self.volumes).remove(&(n.clone(), None));
+            }
+            Entry::Snapshot(n, s) => {
+                self.backend.vdi_info(n, *s).await?;
+                self.backend.delete_vdi(n, *s).await?;
+                lock(&self.volumes).remove(&(n.clone(), Some(*s)));
+            }
+            _ => {
+                return Err(FsError::new(
+                    libc::EPERM,
+                    "only VDIs and snapshots can be removed",
+                ))
+            }
+        }
+        tracing::info!(?e, "deleted");
+        Ok(())
+    }
+
+    /// `fsync`: durable on every replica before it returns.
+    pub async fn fsync(&self, ino: u64) -> FsResult<()> {
+        match self.entry(ino)? {
+            Entry::Volume(n) => self.volume(&n, None).await?.flush().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Flushes every loaded volume (unmount, SIGTERM).
+    pub async fn flush_all(&self) -> FsResult<()> {
+        let vols: Vec<_> = lock(&self.volumes)
+            .iter()
+            .filter(|(k, _)| k.1.is_none())
+            .map(|(_, v)| v.clone())
+            .collect();
+        for v in vols {
+            v.flush().await?;
+        }
+        Ok(())
+    }
+}
+
+fn control_offset(offset: u64) -> FsResult<()> {
+    if offset != 0 {
+        return Err(FsError::invalid("control files take one write at offset 0"));
+    }
+    Ok(())
+}
+
+fn slice(b: &[u8], offset: u64, size: u32) -> Vec<u8> {
+    let start = (offset as usize).min(b.len());
+    let end = (start + size as usize).min(b.len());
+    b[start..end].to_vec()
+}

@@ -1,0 +1,314 @@
+//! The FUSE adapter: converts fuser callbacks into calls on [`Fs`] and results back. Each
+//! FUSE worker thread blocks on the shared tokio runtime for the duration of one call, so
+//! several requests are in flight at once.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use tokio::runtime::Handle;
+
+use crate::backend::Backend;
+use crate::error::{FsError, FsResult};
+use crate::fs::{Attr, Fs, Kind};
+
+/// Attribute and entry lifetime for entries whose content does not change behind our back.
+const TTL: Duration = Duration::from_secs(1);
+/// FUSE requests carry at most this much data.
+pub const MAX_WRITE: u32 = 1 << 20;
+
+pub struct SheepFuse<B: Backend> {
+    fs: Arc<Fs<B>>,
+    rt: Handle,
+    mounted_at: SystemTime,
+}
+
+impl<B: Backend> SheepFuse<B> {
+    pub fn new(fs: Arc<Fs<B>>, rt: Handle) -> SheepFuse<B> {
+        SheepFuse {
+            fs,
+            rt,
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    fn run<T>(
+        &self,
+        what: &str,
+        f: impl std::future::Future<Output = FsResult<T>>,
+    ) -> Result<T, Errno> {
+        self.rt.block_on(f).map_err(|e: FsError| {
+            if e.errno != libc::ENOENT {
+                tracing::warn!("{what}: {e}");
+            }
+            Errno::from_i32(e.errno)
+        })
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        let volume = a.kind == Kind::File && !a.volatile;
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: self.mounted_at,
+            mtime: self.mounted_at,
+            ctime: self.mounted_at,
+            crtime: self.mounted_at,
+            kind: if a.kind == Kind::Dir {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            },
+            perm: a.perm,
+            nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: if volume { MAX_WRITE } else { 4096 },
+            flags: 0,
+        }
+    }
+
+    fn ttl(a: &Attr) -> Duration {
+        if a.volatile {
+            Duration::ZERO
+        } else {
+            TTL
+        }
+    }
+}
+
+impl<B: Backend> Filesystem for SheepFuse<B> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(e) = self.rt.block_on(self.fs.flush_all()) {
+            tracing::error!("flush at unmount failed: {e}");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.run("lookup", self.fs.lookup(parent.0, name)) {
+            Ok(a) => reply.entry(&Self::ttl(&a), &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.run("getattr", self.fs.getattr(ino.0)) {
+            Ok(a) => reply.attr(&Self::ttl(&a), &self.attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let r = match size {
+            Some(s) => self.run("truncate", self.fs.set_size(ino.0, s)),
+            // Modes, owners and times are fixed; accept the request so tools that set them
+            // (cp -p, touch) do not fail.
+            None => self.run("setattr", self.fs.getattr(ino.0)),
+        };
+        match r {
+            Ok(a) => reply.attr(&Self::ttl(&a), &self.attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self.run("mkdir", self.fs.mkdir(parent.0, name)) {
+            Ok(a) => reply.entry(&Self::ttl(&a), &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.run("rmdir", self.fs.rmdir(parent.0, name)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        match self.run("open", self.fs.open(ino.0, write)) {
+            Ok((fh, direct)) => {
+                let f = if direct {
+                    FopenFlags::FOPEN_DIRECT_IO
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), f)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.run("read", self.fs.read(ino.0, fh.0, offset, size)) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.run("write", self.fs.write(ino.0, offset, data)) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes are on every replica when write() returns; durability is fsync's job.
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.run("fsync", self.fs.fsync(ino.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.run("readdir", self.fs.readdir(ino.0)) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        let all = [
+            (ino.0, Kind::Dir, ".".to_string()),
+            (ino.0, Kind::Dir, "..".to_string()),
+        ]
+        .into_iter()
+        .chain(entries);
+        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
+            let t = if kind == Kind::Dir {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            };
+            if reply.add(INodeNo(child), (i + 1) as u64, t, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let (size, free) = self
+            .run("statfs", self.fs.backend().stat_sheep(None))
+            .unwrap_or((0, 0));
+        let bsize = 4096u64;
+        reply.statfs(
+            size / bsize,
+            free / bsize,
+            free / bsize,
+            0,
+            0,
+            bsize as u32,
+            255,
+            bsize as u32,
+        );
+    }
+}

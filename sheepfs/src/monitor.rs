@@ -1,0 +1,148 @@
+//! Monitoring files: stable, line-oriented text for `cat` and `awk`. Each format is
+//! documented in `sheepfs/SEMANTICS.md`; tests there check the examples.
+
+use std::fmt::Write;
+
+use protocol::cluster::{status, ClusterInfo, EpochRecord};
+use protocol::inode::InodeHeader;
+use protocol::node::Node;
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds (UTC).
+pub fn utc(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn field(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// `/vdi/list`: a header line, then one line per VDI (working and snapshots).
+pub fn vdi_list(headers: &[(InodeHeader, u64, u64)]) -> String {
+    let mut out = String::from(
+        "# name snap_id size used shared created vdi_id copies tag block_size_shift\n",
+    );
+    for (h, used, shared) in headers {
+        let snap = if h.is_snapshot() { h.snap_id } else { 0 };
+        let _ = writeln!(
+            out,
+            "{} {snap} {} {used} {shared} {} {:x} {} {} {}",
+            h.name,
+            h.vdi_size,
+            utc(h.create_time >> 32),
+            h.vdi_id,
+            h.nr_copies,
+            field(&h.tag),
+            h.block_size_shift
+        );
+    }
+    out
+}
+
+/// `/vdi/<name>/info`: `key: value` lines.
+pub fn vdi_info(h: &InodeHeader, snapshots: &[u32]) -> String {
+    let snaps: Vec<String> = snapshots.iter().map(u32::to_string).collect();
+    format!(
+        "name: {}\nvid: {:x}\nsize: {}\ncopies: {}\nobject_size: {}\ncreated: {}\nparent: {}\nsnapshots: {}\n",
+        h.name,
+        h.vdi_id,
+        h.vdi_size,
+        h.nr_copies,
+        h.object_size(),
+        utc(h.create_time >> 32),
+        if h.parent_vdi_id == 0 { "-".to_string() } else { format!("{:x}", h.parent_vdi_id) },
+        if snaps.is_empty() { "-".to_string() } else { snaps.join(",") }
+    )
+}
+
+fn status_word(ci: &ClusterInfo) -> &'static str {
+    match ci.status {
+        status::OK => "running",
+        status::WAIT if ci.ctime == 0 => "waiting-for-format",
+        status::WAIT => "waiting-for-join",
+        status::SHUTDOWN => "shutdown",
+        status::KILLED => "killed",
+        _ => "unknown",
+    }
+}
+
+/// `/cluster/info`: `key: value` lines, then one `epoch:` line per epoch, newest first.
+pub fn cluster_info(ci: &ClusterInfo, epochs: &[EpochRecord]) -> String {
+    let mut out = format!(
+        "status: {}\nepoch: {}\ncopies: {}\nblock_size_shift: {}\nstore: {}\ncreated: {}\nnodes: {}\n",
+        status_word(ci),
+        ci.epoch,
+        ci.nr_copies,
+        ci.block_size_shift,
+        field(&ci.default_store),
+        if ci.ctime == 0 { "-".to_string() } else { utc(ci.ctime >> 32) },
+        ci.nodes.len()
+    );
+    for e in epochs {
+        let nodes: Vec<String> = e.nodes.iter().map(|n| n.addr.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "epoch: {} {} {}",
+            e.epoch,
+            utc(e.time),
+            field(&nodes.join(","))
+        );
+    }
+    out
+}
+
+/// `/node/list`: a header, then `addr zone vnodes size free` per node (`-` when a node
+/// could not be asked).
+pub fn node_list(nodes: &[(Node, Option<(u64, u64)>)]) -> String {
+    let mut out = String::from("# addr zone vnodes size free\n");
+    for (n, stat) in nodes {
+        let (size, free) = match stat {
+            Some((s, f)) => (s.to_string(), f.to_string()),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(out, "{} {} {} {size} {free}", n.addr, n.zone, n.nr_vnodes);
+    }
+    out
+}
+
+/// `/node/info`: the gateway node's own figures.
+pub fn node_info(node: Option<&Node>, addr: std::net::SocketAddr, size: u64, free: u64) -> String {
+    format!(
+        "addr: {addr}\nzone: {}\nvnodes: {}\nsize: {size}\nused: {}\nfree: {free}\n",
+        node.map_or("-".to_string(), |n| n.zone.to_string()),
+        node.map_or("-".to_string(), |n| n.nr_vnodes.to_string()),
+        size.saturating_sub(free)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_795_620_173), "2026-11-25T15:22:53Z");
+        assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

@@ -1,0 +1,249 @@
+//! A VDI's bytes as a file: reads and writes at any offset, split at object boundaries,
+//! with copy-on-write after a snapshot (PROTOCOL.md 5.12).
+//!
+//! The inode's `data_vdi_id[]` is held in memory (4 bytes per object). Object I/O of one
+//! request runs concurrently. Creating an object (first write, or copy-on-write) is
+//! serialised per object, so two writers never both create it; writes into objects this VDI
+//! already owns go straight through. Snapshot and resize take the volume exclusively.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use futures::future::join_all;
+use protocol::inode::{Inode, MAX_DATA_OBJS};
+use protocol::requests::NewVdi;
+use protocol::Vid;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::backend::Backend;
+use crate::error::{FsError, FsResult};
+use crate::span::pieces;
+
+const CREATE_STRIPES: usize = 256;
+
+struct Layout {
+    vid: Vid,
+    size: u64,
+    block_size_shift: u8,
+    /// `data_vdi_id[]`, one entry per object of the current size.
+    entries: Vec<AtomicU32>,
+}
+
+impl Layout {
+    fn from_inode(ino: Inode) -> FsResult<Layout> {
+        let vid = Vid::new(ino.header.vdi_id)
+            .ok_or_else(|| FsError::new(libc::EIO, "inode with a bad vid"))?;
+        Ok(Layout {
+            vid,
+            size: ino.header.vdi_size,
+            block_size_shift: ino.header.block_size_shift,
+            entries: ino.data_vdi_id.into_iter().map(AtomicU32::new).collect(),
+        })
+    }
+
+    fn object_size(&self) -> u64 {
+        1 << self.block_size_shift
+    }
+}
+
+pub struct Volume<B> {
+    backend: Arc<B>,
+    name: String,
+    /// Set for a snapshot's volume, which is read-only.
+    snap_id: Option<u32>,
+    layout: RwLock<Layout>,
+    creating: Vec<Mutex<()>>,
+}
+
+impl<B: Backend> Volume<B> {
+    /// Loads the working VDI `name` (`snap_id` None) or one of its snapshots.
+    pub async fn open(backend: Arc<B>, name: &str, snap_id: Option<u32>) -> FsResult<Volume<B>> {
+        let layout = Self::load(&backend, name, snap_id).await?;
+        Ok(Volume {
+            backend,
+            name: name.to_string(),
+            snap_id,
+            layout: RwLock::new(layout),
+            creating: (0..CREATE_STRIPES).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    async fn load(backend: &B, name: &str, snap_id: Option<u32>) -> FsResult<Layout> {
+        let info = backend.vdi_info(name, snap_id.unwrap_or(0)).await?;
+        let vid = Vid::new(info.vid)
+            .ok_or_else(|| FsError::new(libc::EIO, "lookup returned a bad vid"))?;
+        Layout::from_inode(backend.inode(vid).await?)
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.snap_id.is_some()
+    }
+
+    pub async fn size(&self) -> u64 {
+        self.layout.read().await.size
+    }
+
+    pub async fn vid(&self) -> Vid {
+        self.layout.read().await.vid
+    }
+
+    /// Reads up to `len` bytes at `offset`; short at the end of the volume. Never-written
+    /// blocks read as zeros; a block that cannot be read fails the whole read with EIO.
+    pub async fn read(&self, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        let l = self.layout.read().await;
+        let end = (offset + u64::from(len)).min(l.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        let reads = pieces(offset, end - offset, l.object_size()).map(|p| {
+            let owner = l
+                .entries
+                .get(p.idx as usize)
+                .map_or(0, |e| e.load(Ordering::Acquire));
+            async move {
+                if owner == 0 {
+                    return Ok((p, None));
+                }
+                let oid = Vid::new(owner)
+                    .ok_or_else(|| FsError::new(libc::EIO, "bad owner vid"))?
+                    .data_oid(p.idx);
+                let data = self.backend.read_obj(oid, p.offset, p.len).await.inspect_err(|e| {
+                    tracing::error!(volume = %self.name, %oid, error = %e, "volume read failed");
+                })?;
+                Ok::<_, FsError>((p, Some(data)))
+            }
+        });
+        for r in join_all(reads).await {
+            if let (p, Some(data)) = r? {
+                buf[p.buf..p.buf + p.len as usize].copy_from_slice(&data);
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset`. Returns when every replica has the bytes.
+    pub async fn write(&self, offset: u64, data: &[u8]) -> FsResult<usize> {
+        if self.read_only() {
+            return Err(FsError::new(
+                libc::EROFS,
+                format!("{}: snapshots are read-only", self.name),
+            ));
+        }
+        let l = self.layout.read().await;
+        if offset + data.len() as u64 > l.size {
+            return Err(FsError::new(
+                libc::ENOSPC,
+                format!("{}: write past the end of the volume", self.name),
+            ));
+        }
+        let writes = pieces(offset, data.len() as u64, l.object_size())
+            .map(|p| self.write_piece(&l, p.idx, p.offset, &data[p.buf..p.buf + p.len as usize]));
+        for r in join_all(writes).await {
+            r?;
+        }
+        Ok(data.len())
+    }
+
+    async fn write_piece(&self, l: &Layout, idx: u32, offset: u32, data: &[u8]) -> FsResult<()> {
+        let entry = l
+            .entries
+            .get(idx as usize)
+            .ok_or_else(|| FsError::invalid("index past the volume"))?;
+        let oid = l.vid.data_oid(idx);
+        let log = |e: FsError| {
+            tracing::error!(volume = %self.name, %oid, error = %e, "volume write failed");
+            e
+        };
+        if entry.load(Ordering::Acquire) == l.vid.get() {
+            return self.backend.write_obj(oid, offset, data).await.map_err(log);
+        }
+        let _creating = self.creating[idx as usize % CREATE_STRIPES].lock().await;
+        let owner = entry.load(Ordering::Acquire);
+        if owner == l.vid.get() {
+            return self.backend.write_obj(oid, offset, data).await.map_err(log);
+        }
+        let cow = Vid::new(owner)
+            .filter(|v| v.get() != 0)
+            .map(|v| v.data_oid(idx));
+        self.backend
+            .create_obj(oid, cow, offset, data)
+            .await
+            .map_err(log)?;
+        self.backend
+            .write_obj(
+                l.vid.inode_oid(),
+                protocol::inode::data_vdi_id_offset(idx),
+                &l.vid.get().to_le_bytes(),
+            )
+            .await
+            .map_err(log)?;
+        entry.store(l.vid.get(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Grows the volume. Shrinking is refused: it would silently drop data.
+    pub async fn resize(&self, size: u64) -> FsResult<()> {
+        if self.read_only() {
+            return Err(FsError::new(
+                libc::EROFS,
+                format!("{}: snapshots are read-only", self.name),
+            ));
+        }
+        let mut l = self.layout.write().await;
+        if size < l.size {
+            return Err(FsError::invalid(format!(
+                "{}: shrinking from {} to {size} bytes is refused (it would drop data)",
+                self.name, l.size
+            )));
+        }
+        if size > (MAX_DATA_OBJS as u64) << l.block_size_shift {
+            return Err(FsError::new(
+                libc::EFBIG,
+                format!("{}: {size} bytes is beyond the largest VDI", self.name),
+            ));
+        }
+        if size == l.size {
+            return Ok(());
+        }
+        self.backend.set_vdi_size(l.vid, size).await?;
+        l.size = size;
+        let n = size.div_ceil(l.object_size()) as usize;
+        l.entries.resize_with(n, || AtomicU32::new(0));
+        Ok(())
+    }
+
+    /// Takes a snapshot (tag may be empty) and carries on writing into the new working VDI.
+    pub async fn snapshot(&self, tag: &str) -> FsResult<()> {
+        if self.read_only() {
+            return Err(FsError::invalid(format!(
+                "{}: cannot snapshot a snapshot",
+                self.name
+            )));
+        }
+        let mut l = self.layout.write().await;
+        self.backend.flush(l.vid).await?;
+        self.backend.snapshot(&self.name, tag).await?;
+        *l = Self::load(&self.backend, &self.name, None).await?;
+        tracing::info!(volume = %self.name, vid = %l.vid, tag, "snapshot taken");
+        Ok(())
+    }
+
+    /// Makes every write so far durable on every replica.
+    pub async fn flush(&self) -> FsResult<()> {
+        let vid = self.layout.read().await.vid;
+        self.backend.flush(vid).await
+    }
+
+    /// Creates a new VDI `name` from this snapshot.
+    pub async fn clone_to(&self, name: &str) -> FsResult<()> {
+        let l = self.layout.read().await;
+        let v = NewVdi {
+            size: l.size,
+            base: l.vid.get(),
+            block_size_shift: l.block_size_shift,
+            ..NewVdi::default()
+        };
+        self.backend.new_vdi(name, v).await.map(|_| ())
+    }
+}
