@@ -48,15 +48,11 @@ impl VdiBitmap {
 
     /// Set bits in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b != 0)
-            .flat_map(|(i, &b)| {
-                (0..8)
-                    .filter(move |k| b & (1 << k) != 0)
-                    .map(move |k| (i as u32) * 8 + k)
-            })
+        self.0.iter().enumerate().filter(|(_, &b)| b != 0).flat_map(|(i, &b)| {
+            (0..8)
+                .filter(move |k| b & (1 << k) != 0)
+                .map(move |k| (i as u32) * 8 + k)
+        })
     }
 }
 

@@ -17,10 +17,7 @@ use crate::opcode::{flags, op_name, ResultCode};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Connect { addr: SocketAddr, source: std::io::Error },
     #[error("{op} to {addr} failed: {source}")]
     Transport {
         addr: SocketAddr,
@@ -141,11 +138,15 @@ impl Client {
                 op: opname,
                 after: self.timeout,
             }),
-            Ok(Err(source)) => Err(ClientError::Transport {
-                addr: self.addr,
-                op: opname,
-                source,
-            }),
+            Ok(Err(source)) => {
+                // The peer likely restarted: every pooled connection to it is dead too.
+                self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                Err(ClientError::Transport {
+                    addr: self.addr,
+                    op: opname,
+                    source,
+                })
+            }
             Ok(Ok((header, data))) => {
                 self.put_back(s);
                 Ok(Reply { header, data })
@@ -228,11 +229,7 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let c = c.clone();
-                tokio::spawn(async move {
-                    c.call(RequestHeader::new(op::STAT_SHEEP), &[])
-                        .await
-                        .is_ok()
-                })
+                tokio::spawn(async move { c.call(RequestHeader::new(op::STAT_SHEEP), &[]).await.is_ok() })
             })
             .collect();
         for t in tasks {

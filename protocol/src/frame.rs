@@ -33,9 +33,7 @@ fn eof_is_truncation(e: std::io::Error) -> FrameError {
 }
 
 /// Reads the 48-byte header. `Ok(None)` on a clean close (EOF or reset) before its first byte.
-async fn read_header<R: AsyncRead + Unpin>(
-    r: &mut R,
-) -> Result<Option<[u8; HEADER_SIZE]>, FrameError> {
+async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<[u8; HEADER_SIZE]>, FrameError> {
     let mut b = [0u8; HEADER_SIZE];
     let mut got = 0;
     while got < HEADER_SIZE {
@@ -43,20 +41,14 @@ async fn read_header<R: AsyncRead + Unpin>(
             Ok(0) if got == 0 => return Ok(None),
             Ok(0) => return Err(FrameError::Truncated),
             Ok(n) => got += n,
-            Err(e) if got == 0 && e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Ok(None)
-            }
+            Err(e) if got == 0 && e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
             Err(e) => return Err(FrameError::Io(e)),
         }
     }
     Ok(Some(b))
 }
 
-pub async fn read_payload<R: AsyncRead + Unpin>(
-    r: &mut R,
-    len: u32,
-    limit: u32,
-) -> Result<Vec<u8>, FrameError> {
+pub async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32, limit: u32) -> Result<Vec<u8>, FrameError> {
     if len > limit {
         return Err(FrameError::TooLarge { len, limit });
     }
@@ -66,9 +58,7 @@ pub async fn read_payload<R: AsyncRead + Unpin>(
 }
 
 /// Reads one request header. `Ok(None)` when the peer closed at a request boundary.
-pub async fn read_request_header<R: AsyncRead + Unpin>(
-    r: &mut R,
-) -> Result<Option<RequestHeader>, FrameError> {
+pub async fn read_request_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<RequestHeader>, FrameError> {
     Ok(read_header(r).await?.map(|b| RequestHeader::decode(&b)))
 }
 
@@ -126,9 +116,7 @@ mod tests {
         h.flags = flags::WRITE;
         h.data_length = 5;
         let mut wire = Vec::new();
-        write_frame(&mut wire, &h.encode(), b"hello")
-            .await
-            .expect("write");
+        write_frame(&mut wire, &h.encode(), b"hello").await.expect("write");
         let (got, p) = read_request(&mut wire.as_slice(), 1024)
             .await
             .expect("ok")
@@ -145,10 +133,7 @@ mod tests {
             Err(FrameError::Truncated)
         ));
         // Clean close.
-        assert!(read_request(&mut &wire[..0], 1024)
-            .await
-            .expect("ok")
-            .is_none());
+        assert!(read_request(&mut &wire[..0], 1024).await.expect("ok").is_none());
 
         // Oversized: refused before reading (nothing follows the header here).
         h.data_length = u32::MAX;
@@ -162,10 +147,7 @@ mod tests {
         let mut r = RequestHeader::new(op::GET_NODE_LIST);
         r.data_length = 491_520;
         let enc = r.encode();
-        let (got, p) = read_request(&mut &enc[..], 16)
-            .await
-            .expect("ok")
-            .expect("frame");
+        let (got, p) = read_request(&mut &enc[..], 16).await.expect("ok").expect("frame");
         assert_eq!((got.opcode, p.len()), (op::GET_NODE_LIST, 0));
     }
 
@@ -176,9 +158,7 @@ mod tests {
             ..ResponseHeader::default()
         };
         let mut wire = Vec::new();
-        write_frame(&mut wire, &rsp.encode(), &[7u8; 10])
-            .await
-            .expect("write");
+        write_frame(&mut wire, &rsp.encode(), &[7u8; 10]).await.expect("write");
         assert!(read_response(&mut wire.as_slice(), 4).await.is_err());
         let (h, p) = read_response(&mut wire.as_slice(), 10).await.expect("fits");
         assert_eq!((h.data_length, p.len()), (10, 10));

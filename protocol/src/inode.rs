@@ -28,9 +28,7 @@ pub fn data_vdi_id_offset(idx: u32) -> u32 {
 
 /// Converts a wall-clock time into Sheepdog's `(sec << 32) | (usec * 1000)` format.
 pub fn sd_time(now: std::time::SystemTime) -> u64 {
-    let d = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     (d.as_secs() << 32) | u64::from(d.subsec_micros() * 1000)
 }
 
@@ -130,10 +128,7 @@ impl Inode {
                 }
             })
             .collect();
-        Some(Inode {
-            header,
-            data_vdi_id,
-        })
+        Some(Inode { header, data_vdi_id })
     }
 
     /// Serialises the header and the entries in use: the prefix of the inode object that

@@ -163,10 +163,7 @@ mod tests {
         ];
         sort_nodes(&mut v);
         let order: Vec<String> = v.iter().map(|n| n.addr.to_string()).collect();
-        assert_eq!(
-            order,
-            ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.2:7000"]
-        );
+        assert_eq!(order, ["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.2:7000"]);
         assert!(Node::decode(&[0u8; 79]).is_none());
     }
 }

@@ -103,10 +103,7 @@ mod tests {
     }
 
     fn ports(r: &Ring, oid: u64, copies: usize) -> Vec<u16> {
-        r.replicas(oid, copies)
-            .iter()
-            .map(|n| n.addr.port())
-            .collect()
+        r.replicas(oid, copies).iter().map(|n| n.addr.port()).collect()
     }
 
     #[test]
@@ -119,11 +116,7 @@ mod tests {
         let v3 = sd_hash_next(v2);
         assert_eq!(
             [v1, v2, v3],
-            [
-                0x3af2_cba6_e538_cdf3,
-                0xfd38_432f_d111_924b,
-                0x2ad2_bef8_f506_e35d
-            ]
+            [0x3af2_cba6_e538_cdf3, 0xfd38_432f_d111_924b, 0x2ad2_bef8_f506_e35d]
         );
         let m = node(7201, 0);
         let h = sd_hash(&m.id_bytes());
@@ -162,10 +155,7 @@ mod tests {
         v[1].space = 100;
         v[2].space = 200;
         auto_vnodes(&mut v);
-        assert_eq!(
-            v.iter().map(|n| n.nr_vnodes).collect::<Vec<_>>(),
-            [96, 96, 192]
-        );
+        assert_eq!(v.iter().map(|n| n.nr_vnodes).collect::<Vec<_>>(), [96, 96, 192]);
     }
 
     proptest::proptest! {

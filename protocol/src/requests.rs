@@ -69,13 +69,7 @@ impl Client {
     }
 
     /// CREATE_AND_WRITE_OBJ; with `cow` the new object starts as a copy of that one.
-    pub async fn create_obj(
-        &self,
-        oid: Oid,
-        cow: Option<Oid>,
-        offset: u32,
-        data: &[u8],
-    ) -> Result<(), ClientError> {
+    pub async fn create_obj(&self, oid: Oid, cow: Option<Oid>, offset: u32, data: &[u8]) -> Result<(), ClientError> {
         let mut req = obj_req(op::CREATE_AND_WRITE_OBJ, oid, offset);
         req.flags |= flags::WRITE;
         if let Some(src) = cow {
@@ -89,29 +83,18 @@ impl Client {
 
     /// Points entry `idx` of `vid`'s inode at `owner`.
     pub async fn set_data_vdi_id(&self, vid: Vid, idx: u32, owner: u32) -> Result<(), ClientError> {
-        self.write_obj(
-            vid.inode_oid(),
-            data_vdi_id_offset(idx),
-            &owner.to_le_bytes(),
-        )
-        .await
+        self.write_obj(vid.inode_oid(), data_vdi_id_offset(idx), &owner.to_le_bytes())
+            .await
     }
 
     /// GET_VDI_INFO: the vid of a working VDI (`snapid` 0, no tag) or of a snapshot.
-    pub async fn vdi_info(
-        &self,
-        name: &str,
-        tag: Option<&str>,
-        snapid: u32,
-    ) -> Result<VdiInfo, ClientError> {
+    pub async fn vdi_info(&self, name: &str, tag: Option<&str>, snapid: u32) -> Result<VdiInfo, ClientError> {
         let mut req = RequestHeader::new(op::GET_VDI_INFO);
         req.set_vdi(&VdiArgs {
             snapid,
             ..VdiArgs::default()
         });
-        let r = self
-            .call(req, &name_payload(name, Some(tag.unwrap_or(""))))
-            .await?;
+        let r = self.call(req, &name_payload(name, Some(tag.unwrap_or("")))).await?;
         Ok(VdiInfo {
             vid: r.header.vdi_id(),
             copies: r.header.vdi_copies(),
@@ -121,9 +104,7 @@ impl Client {
 
     /// The inode header.
     pub async fn inode_header(&self, vid: Vid) -> Result<InodeHeader, ClientError> {
-        let b = self
-            .read_obj(vid.inode_oid(), 0, INODE_HEADER_SIZE as u32)
-            .await?;
+        let b = self.read_obj(vid.inode_oid(), 0, INODE_HEADER_SIZE as u32).await?;
         InodeHeader::decode(&b).ok_or_else(|| self.short_reply(op::READ_OBJ))
     }
 
@@ -134,8 +115,7 @@ impl Client {
         let entries = if n == 0 {
             Vec::new()
         } else {
-            self.read_obj(vid.inode_oid(), INODE_HEADER_SIZE as u32, 4 * n)
-                .await?
+            self.read_obj(vid.inode_oid(), INODE_HEADER_SIZE as u32, 4 * n).await?
         };
         let mut whole = vec![0u8; INODE_HEADER_SIZE];
         h.encode_into(&mut whole);
@@ -191,56 +171,36 @@ impl Client {
 
     /// Deletes a VDI as `dog vdi delete` does (PROTOCOL.md 5.8): its `data_vdi_id` entries
     /// are cleared in runs, then DEL_VDI.
-    pub async fn delete_vdi(
-        &self,
-        name: &str,
-        snapid: u32,
-        tag: Option<&str>,
-    ) -> Result<u32, ClientError> {
+    pub async fn delete_vdi(&self, name: &str, snapid: u32, tag: Option<&str>) -> Result<u32, ClientError> {
         let info = self.vdi_info(name, tag, snapid).await?;
         let vid = Vid::new(info.vid).ok_or_else(|| self.short_reply(op::GET_VDI_INFO))?;
         let ino = self.inode(vid).await?;
         let runs = zero_runs(&ino.data_vdi_id);
         if runs.is_empty() {
-            self.write_obj(
-                vid.inode_oid(),
-                data_vdi_id_offset(ino.data_vdi_id.len() as u32),
-                &[],
-            )
-            .await?;
+            self.write_obj(vid.inode_oid(), data_vdi_id_offset(ino.data_vdi_id.len() as u32), &[])
+                .await?;
         }
         for (start, len) in runs {
-            self.write_obj(
-                vid.inode_oid(),
-                data_vdi_id_offset(start),
-                &vec![0u8; 4 * len as usize],
-            )
-            .await?;
+            self.write_obj(vid.inode_oid(), data_vdi_id_offset(start), &vec![0u8; 4 * len as usize])
+                .await?;
         }
         let mut req = RequestHeader::new(op::DEL_VDI);
         req.set_vdi(&VdiArgs {
             snapid,
             ..VdiArgs::default()
         });
-        let r = self
-            .call(req, &name_payload(name, Some(tag.unwrap_or(""))))
-            .await?;
+        let r = self.call(req, &name_payload(name, Some(tag.unwrap_or("")))).await?;
         Ok(r.header.vdi_id())
     }
 
     /// Sets a VDI's size (PROTOCOL.md 5.11 `vdi resize`).
     pub async fn set_vdi_size(&self, vid: Vid, size: u64) -> Result<(), ClientError> {
-        self.write_obj(vid.inode_oid(), 536, &size.to_le_bytes())
-            .await
+        self.write_obj(vid.inode_oid(), 536, &size.to_le_bytes()).await
     }
 
     /// READ_VDIS or READ_DEL_VDIS.
     pub async fn vdi_bitmap(&self, deleted: bool) -> Result<VdiBitmap, ClientError> {
-        let mut req = RequestHeader::new(if deleted {
-            op::READ_DEL_VDIS
-        } else {
-            op::READ_VDIS
-        });
+        let mut req = RequestHeader::new(if deleted { op::READ_DEL_VDIS } else { op::READ_VDIS });
         req.data_length = BITMAP_BYTES as u32;
         let r = self.call(req, &[]).await?;
         VdiBitmap::from_bytes(r.data).ok_or_else(|| self.short_reply(req_op(deleted)))
@@ -251,11 +211,7 @@ impl Client {
         let in_use = self.vdi_bitmap(false).await?;
         let deleted = self.vdi_bitmap(true).await?;
         let mut out = Vec::new();
-        for vid in in_use
-            .iter()
-            .filter(|&v| !deleted.get(v))
-            .filter_map(Vid::new)
-        {
+        for vid in in_use.iter().filter(|&v| !deleted.get(v)).filter_map(Vid::new) {
             let h = self.inode_header(vid).await?;
             if !h.is_deleted() {
                 out.push(h);
@@ -280,11 +236,7 @@ impl Client {
     }
 
     /// STAT_CLUSTER with room for `nodes_nr` nodes per record; doubles on BUFFER_SMALL.
-    pub async fn epoch_log(
-        &self,
-        epochs: u32,
-        mut nodes_nr: u32,
-    ) -> Result<Vec<EpochRecord>, ClientError> {
+    pub async fn epoch_log(&self, epochs: u32, mut nodes_nr: u32) -> Result<Vec<EpochRecord>, ClientError> {
         loop {
             let mut req = RequestHeader::new(op::STAT_CLUSTER);
             req.data_length = epochs.max(1) * EpochRecord::stride(nodes_nr as usize) as u32;
@@ -293,10 +245,7 @@ impl Client {
             req.set_cluster(&a);
             match self.call(req, &[]).await {
                 Ok(r) => return Ok(EpochRecord::decode_all(&r.data, nodes_nr as usize)),
-                Err(e)
-                    if e.result() == Some(ResultCode::BUFFER_SMALL)
-                        && nodes_nr < SD_MAX_NODES as u32 =>
-                {
+                Err(e) if e.result() == Some(ResultCode::BUFFER_SMALL) && nodes_nr < SD_MAX_NODES as u32 => {
                     nodes_nr = (nodes_nr * 2).max(1);
                 }
                 Err(e) => return Err(e),

@@ -131,8 +131,7 @@ impl Config {
 }
 
 fn read_file(p: &Path) -> Result<FileConfig, String> {
-    let text = std::fs::read_to_string(p)
-        .map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
+    let text = std::fs::read_to_string(p).map_err(|e| format!("cannot read config {}: {e}", p.display()))?;
     toml::from_str(&text).map_err(|e| format!("bad config {}: {e}", p.display()))
 }
 
@@ -151,19 +150,9 @@ mod tests {
         let t = tempfile::tempdir().expect("tmp");
         let f = t.path().join("sheep.toml");
         std::fs::write(&f, "port = 7100\nzone = 4\ncluster = \"local:/x\"\n").expect("write");
-        let args = Args::parse_from([
-            "sheep",
-            "--config",
-            f.to_str().expect("utf8"),
-            "-p",
-            "7200",
-            "/d",
-        ]);
+        let args = Args::parse_from(["sheep", "--config", f.to_str().expect("utf8"), "-p", "7200", "/d"]);
         let c = Config::load(args).expect("load");
-        assert_eq!(
-            (c.port, c.zone(), c.cluster.as_str()),
-            (7200, 4, "local:/x")
-        );
+        assert_eq!((c.port, c.zone(), c.cluster.as_str()), (7200, 4, "local:/x"));
         assert_eq!(c.vnodes, 128);
         let c = Config::load(Args::parse_from(["sheep", "-p", "7003", "/d"])).expect("load");
         assert_eq!(c.zone(), 7003);
@@ -176,16 +165,10 @@ mod tests {
         let t = tempfile::tempdir().expect("tmp");
         let f = t.path().join("sheep.toml");
         std::fs::write(&f, "prot = 1\n").expect("write");
-        let e = Config::load(Args::parse_from([
-            "sheep",
-            "--config",
-            f.to_str().expect("utf8"),
-            "/d",
-        ]))
-        .expect_err("typo");
+        let e =
+            Config::load(Args::parse_from(["sheep", "--config", f.to_str().expect("utf8"), "/d"])).expect_err("typo");
         assert!(e.contains("unknown field"), "{e}");
-        let e = Config::load(Args::parse_from(["sheep", "-b", "0.0.0.0", "/d"]))
-            .expect_err("unspecified");
+        let e = Config::load(Args::parse_from(["sheep", "-b", "0.0.0.0", "/d"])).expect_err("unspecified");
         assert!(e.contains("not an address"), "{e}");
     }
 }

@@ -65,11 +65,7 @@ fn placement(sheep: &Sheep, oid: Oid, copies: u8) -> (Vec<Node>, u32) {
         copies
     };
     let ring = st.ring();
-    let nodes = ring
-        .replicas(oid.0, usize::from(copies))
-        .into_iter()
-        .cloned()
-        .collect();
+    let nodes = ring.replicas(oid.0, usize::from(copies)).into_iter().cloned().collect();
     (nodes, st.epoch())
 }
 
@@ -114,13 +110,7 @@ fn peer_req(opcode: u8, epoch: u32, oid: Oid, offset: u32, len: u32) -> RequestH
 }
 
 /// Reads `len` bytes of `oid` at `offset` from one replica.
-pub async fn read(
-    sheep: &Arc<Sheep>,
-    oid: Oid,
-    offset: u32,
-    len: u32,
-    copies: u8,
-) -> Result<Vec<u8>, ResultCode> {
+pub async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u32, len: u32, copies: u8) -> Result<Vec<u8>, ResultCode> {
     let mut errors = Vec::new();
     for _ in 0..ATTEMPTS {
         let (mut nodes, epoch) = placement(sheep, oid, copies);
@@ -133,14 +123,7 @@ pub async fn read(
         }
         errors.clear();
         for node in &nodes {
-            match to_replica(
-                sheep,
-                node,
-                peer_req(op::READ_PEER, epoch, oid, offset, len),
-                &[],
-            )
-            .await
-            {
+            match to_replica(sheep, node, peer_req(op::READ_PEER, epoch, oid, offset, len), &[]).await {
                 Ok(data) => return Ok(data),
                 Err(code) => {
                     if code != ResultCode::NO_OBJ {
@@ -205,14 +188,7 @@ pub async fn write(sheep: &Arc<Sheep>, w: Write<'_>) -> Result<(), ResultCode> {
 pub async fn remove(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCode> {
     let (nodes, epoch) = placement(sheep, oid, 0);
     for node in &nodes {
-        match to_replica(
-            sheep,
-            node,
-            peer_req(op::REMOVE_PEER, epoch, oid, 0, 0),
-            &[],
-        )
-        .await
-        {
+        match to_replica(sheep, node, peer_req(op::REMOVE_PEER, epoch, oid, 0, 0), &[]).await {
             Ok(_) | Err(ResultCode::NO_OBJ) => {}
             Err(code) => return Err(code),
         }

@@ -308,20 +308,11 @@ mod tests {
     #[test]
     fn epochs_start_at_format_and_follow_membership() {
         let mut s = ClusterState::default();
-        s.apply(&Event::Join {
-            node: node(1),
-            time: 1,
-        });
-        s.apply(&Event::Join {
-            node: node(2),
-            time: 2,
-        });
+        s.apply(&Event::Join { node: node(1), time: 1 });
+        s.apply(&Event::Join { node: node(2), time: 2 });
         assert_eq!(s.epoch(), 0);
         assert_eq!(s.cluster_info().status, status::WAIT);
-        assert_eq!(
-            s.apply(&format()),
-            vec![Effect::WipeStore, Effect::NewEpoch(1)]
-        );
+        assert_eq!(s.apply(&format()), vec![Effect::WipeStore, Effect::NewEpoch(1)]);
         assert_eq!(s.epochs[0].nodes.len(), 2);
         assert_eq!(
             s.apply(&Event::Join {
@@ -386,15 +377,9 @@ mod tests {
     #[test]
     fn same_events_same_state() {
         let evs = vec![
-            Event::Join {
-                node: node(1),
-                time: 1,
-            },
+            Event::Join { node: node(1), time: 1 },
             format(),
-            Event::Join {
-                node: node(2),
-                time: 2,
-            },
+            Event::Join { node: node(2), time: 2 },
             Event::VdiAdd {
                 vid: 7,
                 copies: 3,

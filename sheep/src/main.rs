@@ -14,9 +14,7 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log_level))
         .map_err(|e| format!("bad log level {:?}: {e}", cfg.log_level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     match &cfg.log_file {
         Some(path) => {
             let f = std::fs::OpenOptions::new()
@@ -24,10 +22,7 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
                 .append(true)
                 .open(path)
                 .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .init();
+            builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
         }
         None => {
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -40,17 +35,12 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
 async fn run(cfg: Config) -> Result<(), String> {
     let spec = DriverSpec::parse(&cfg.cluster).map_err(|e| e.to_string())?;
     let addr = SocketAddr::new(cfg.bind, cfg.port);
-    std::fs::create_dir_all(&cfg.dir)
-        .map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
-    let store = Store::open(&cfg.dir)
-        .map_err(|e| format!("cannot open the store in {}: {e}", cfg.dir.display()))?;
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
+    let store = Store::open(&cfg.dir).map_err(|e| format!("cannot open the store in {}: {e}", cfg.dir.display()))?;
     let space = if cfg.gateway {
         0
     } else {
-        store
-            .space()
-            .map_err(|e| format!("cannot stat the store: {e}"))?
-            .0
+        store.space().map_err(|e| format!("cannot stat the store: {e}"))?.0
     };
     let me = Node {
         addr,

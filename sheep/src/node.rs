@@ -73,10 +73,7 @@ impl Sheep {
     /// The pooled client for another sheep.
     pub fn peer(&self, addr: SocketAddr) -> Arc<Client> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        peers
-            .entry(addr)
-            .or_insert_with(|| Arc::new(Client::new(addr)))
-            .clone()
+        peers.entry(addr).or_insert_with(|| Arc::new(Client::new(addr))).clone()
     }
 
     /// Waits until this node has applied every event up to `pos`.
@@ -90,16 +87,9 @@ impl Sheep {
         let pos = self.driver.broadcast(ev).await?;
         self.wait_applied(pos).await;
         let members: Vec<SocketAddr> = self.state().nodes().iter().map(|n| n.addr).collect();
-        let late = self
-            .driver
-            .wait_applied_by(&members, pos, APPLY_BARRIER)
-            .await;
+        let late = self.driver.wait_applied_by(&members, pos, APPLY_BARRIER).await;
         if !late.is_empty() {
-            tracing::warn!(
-                ?late,
-                pos,
-                "members did not confirm a cluster event in time"
-            );
+            tracing::warn!(?late, pos, "members did not confirm a cluster event in time");
         }
         Ok(())
     }
@@ -131,17 +121,12 @@ impl Sheep {
                 let _ = std::fs::remove_dir_all(self.dir.join("epoch"));
                 if fresh {
                     match self.store.wipe() {
-                        Ok(n) => tracing::info!(
-                            objects = n,
-                            "cluster formatted: removed every stored object"
-                        ),
+                        Ok(n) => tracing::info!(objects = n, "cluster formatted: removed every stored object"),
                         Err(e) => {
                             tracing::error!(error = %e, "cluster formatted but wiping the store failed")
                         }
                     }
-                    if let Err(e) =
-                        write_durably(&self.dir.join(APPLIED_FILE), pos.to_string().as_bytes())
-                    {
+                    if let Err(e) = write_durably(&self.dir.join(APPLIED_FILE), pos.to_string().as_bytes()) {
                         tracing::error!(error = %e, "cannot record the applied position");
                     }
                 }
@@ -155,9 +140,7 @@ impl Sheep {
             Effect::Shutdown => {
                 if fresh && was_member {
                     tracing::info!(epoch, "cluster shutdown");
-                    if let Err(e) =
-                        write_durably(&self.dir.join(APPLIED_FILE), pos.to_string().as_bytes())
-                    {
+                    if let Err(e) = write_durably(&self.dir.join(APPLIED_FILE), pos.to_string().as_bytes()) {
                         tracing::error!(error = %e, "cannot record the applied position");
                     }
                     self.stop.notify_one();

@@ -33,11 +33,7 @@ pub enum Kind {
 pub fn kind(opcode: u8) -> Option<(Kind, bool)> {
     use Kind::*;
     Some(match opcode {
-        op::CREATE_AND_WRITE_OBJ
-        | op::READ_OBJ
-        | op::WRITE_OBJ
-        | op::REMOVE_OBJ
-        | op::DISCARD_OBJ => (Gateway, false),
+        op::CREATE_AND_WRITE_OBJ | op::READ_OBJ | op::WRITE_OBJ | op::REMOVE_OBJ | op::DISCARD_OBJ => (Gateway, false),
         op::NEW_VDI | op::DEL_VDI | op::MAKE_FS | op::SHUTDOWN => {
             (Cluster, matches!(opcode, op::MAKE_FS | op::SHUTDOWN))
         }
@@ -91,11 +87,7 @@ impl Answer {
 type OpResult = Result<Answer, ResultCode>;
 
 /// Serves one request and builds the whole reply.
-pub async fn handle(
-    sheep: &Arc<Sheep>,
-    req: &RequestHeader,
-    payload: Vec<u8>,
-) -> (ResponseHeader, Vec<u8>) {
+pub async fn handle(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Vec<u8>) -> (ResponseHeader, Vec<u8>) {
     let result = match admit(sheep, req) {
         Ok(k) => dispatch(sheep, k, req, payload).await,
         Err(code) => Err(code),
@@ -103,15 +95,16 @@ pub async fn handle(
     let (mut rsp, mut data) = match result {
         Ok(a) => (a.rsp, a.data),
         Err(code) => {
-            if !matches!(
-                code,
-                ResultCode::NO_OBJ | ResultCode::NO_VDI | ResultCode::NO_TAG
-            ) {
+            if !matches!(code, ResultCode::NO_OBJ | ResultCode::NO_VDI | ResultCode::NO_TAG) {
                 tracing::debug!(op = op_name(req.opcode), result = %code, "request failed");
             }
-            let mut rsp = ResponseHeader::default();
-            rsp.result = code.0;
-            (rsp, Vec::new())
+            (
+                ResponseHeader {
+                    result: code.0,
+                    ..ResponseHeader::default()
+                },
+                Vec::new(),
+            )
         }
     };
     // Never send more than the client will read (PROTOCOL.md 1.5).
@@ -156,9 +149,7 @@ async fn dispatch(sheep: &Arc<Sheep>, k: Kind, req: &RequestHeader, payload: Vec
     match k {
         Kind::Peer => {
             crate::peer::check_epoch(sheep, req).await?;
-            crate::peer::serve_local(sheep, req, &payload)
-                .await
-                .map(Answer::data)
+            crate::peer::serve_local(sheep, req, &payload).await.map(Answer::data)
         }
         Kind::Gateway => gateway_op(sheep, req, &payload).await,
         Kind::Cluster => cluster_op(sheep, req, &payload).await,
@@ -181,14 +172,7 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> 
         return Err(ResultCode::INVALID_PARMS);
     }
     let writes = matches!(req.opcode, op::WRITE_OBJ | op::CREATE_AND_WRITE_OBJ);
-    if writes
-        && oid.is_data()
-        && sheep
-            .state()
-            .vdis
-            .get(&oid.vid().get())
-            .is_some_and(|v| v.snapshot)
-    {
+    if writes && oid.is_data() && sheep.state().vdis.get(&oid.vid().get()).is_some_and(|v| v.snapshot) {
         return Err(ResultCode::READONLY);
     }
     match req.opcode {
@@ -217,8 +201,7 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> 
             let cow = req.flags & flags::COW != 0;
             if cow && payload.len() as u64 != size {
                 // Copy-on-write: start from the source object and lay the new bytes over it.
-                let mut whole =
-                    gateway::read(sheep, Oid(a.cow_oid), 0, size as u32, a.copies).await?;
+                let mut whole = gateway::read(sheep, Oid(a.cow_oid), 0, size as u32, a.copies).await?;
                 let at = a.offset as usize;
                 whole[at..at + payload.len()].copy_from_slice(payload);
                 let w = Write {
@@ -239,9 +222,7 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> 
             };
             gateway::write(sheep, w).await.map(|()| Answer::default())
         }
-        op::REMOVE_OBJ => gateway::remove(sheep, oid)
-            .await
-            .map(|()| Answer::default()),
+        op::REMOVE_OBJ => gateway::remove(sheep, oid).await.map(|()| Answer::default()),
         _ => Err(ResultCode::NO_SUPPORT),
     }
 }
@@ -269,11 +250,7 @@ async fn cluster_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> 
     Ok(ans)
 }
 
-async fn make_fs(
-    sheep: &Arc<Sheep>,
-    req: &RequestHeader,
-    payload: &[u8],
-) -> Result<(), ResultCode> {
+async fn make_fs(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Result<(), ResultCode> {
     let store = protocol::get_cstr(payload);
     if store != "plain" {
         tracing::warn!(%store, "format with an unknown store refused");
@@ -324,16 +301,11 @@ async fn local_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Op
     match req.opcode {
         op::GET_VDI_INFO | op::LOCK_VDI => {
             let (name, tag) = vdi::name_and_tag(payload)?;
-            let vid = vdi::lookup(sheep, &name, &tag, req.vdi().snapid)
-                .await
-                .found?;
+            let vid = vdi::lookup(sheep, &name, &tag, req.vdi().snapid).await.found?;
             let st = sheep.state();
             let v = st.vdis.get(&vid).copied();
-            ans.rsp.set_vdi(
-                vid,
-                v.map_or(0, |v| v.copies),
-                v.map_or(0, |v| v.block_size_shift),
-            );
+            ans.rsp
+                .set_vdi(vid, v.map_or(0, |v| v.copies), v.map_or(0, |v| v.block_size_shift));
         }
         op::RELEASE_VDI => {}
         op::READ_VDIS => return bitmap_reply(req, &sheep.state().in_use),
@@ -372,8 +344,7 @@ async fn local_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Op
             } else {
                 sheep.store.space().map_err(|_| ResultCode::EIO)?
             };
-            ans.rsp
-                .set_node(sheep.state().nodes().len() as u32, size, free);
+            ans.rsp.set_node(sheep.state().nodes().len() as u32, size, free);
         }
         op::STAT_RECOVERY => ans.data = vec![0u8; 24],
         op::EXIST => {
@@ -394,11 +365,7 @@ async fn local_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Op
         op::GET_EPOCH => {
             let st = sheep.state();
             let want = req.obj().tgt_epoch;
-            let e = st
-                .epochs
-                .iter()
-                .find(|e| e.epoch == want)
-                .ok_or(ResultCode::NO_TAG)?;
+            let e = st.epochs.iter().find(|e| e.epoch == want).ok_or(ResultCode::NO_TAG)?;
             ans.data = e.nodes.iter().flat_map(|n| n.encode()).collect();
             ans.data.extend_from_slice(&e.time.to_le_bytes());
         }

@@ -57,11 +57,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Executes a peer op against this node's store.
-pub async fn serve_local(
-    sheep: &Arc<Sheep>,
-    req: &RequestHeader,
-    payload: &[u8],
-) -> Result<Vec<u8>, ResultCode> {
+pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Result<Vec<u8>, ResultCode> {
     let a = req.obj();
     let oid = Oid(a.oid);
     let offset = u64::from(a.offset);
@@ -91,22 +87,14 @@ pub async fn serve_local(
             .await
             .map(|()| Vec::new())
         }
-        op::REMOVE_PEER => blocking(sheep, move |s| s.store.remove(oid))
-            .await
-            .map(|()| Vec::new()),
+        op::REMOVE_PEER => blocking(sheep, move |s| s.store.remove(oid)).await.map(|()| Vec::new()),
         op::FLUSH_PEER => blocking(sheep, |s| {
-            s.store.flush().map_err(|e| StoreError::Io {
-                oid: Oid(0),
-                source: e,
-            })
+            s.store.flush().map_err(|e| StoreError::Io { oid: Oid(0), source: e })
         })
         .await
         .map(|()| Vec::new()),
         op::GET_OBJ_LIST => blocking(sheep, |s| {
-            s.store.list().map_err(|e| StoreError::Io {
-                oid: Oid(0),
-                source: e,
-            })
+            s.store.list().map_err(|e| StoreError::Io { oid: Oid(0), source: e })
         })
         .await
         .map(|oids| oids.iter().flat_map(|o| o.0.to_le_bytes()).collect()),

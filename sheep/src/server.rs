@@ -63,11 +63,7 @@ async fn connection(sheep: Arc<Sheep>, stream: TcpStream) {
                 tracing::warn!(?peer, op = op_name(req.opcode), error = %e, "bad request payload; closing the connection");
                 if let FrameError::TooLarge { .. } = e {
                     // The stream cannot be resynchronised, but the client hears why.
-                    let mut rsp = ResponseHeader::reply_to(
-                        &req,
-                        ResultCode::INVALID_PARMS,
-                        sheep.state().epoch(),
-                    );
+                    let mut rsp = ResponseHeader::reply_to(&req, ResultCode::INVALID_PARMS, sheep.state().epoch());
                     rsp.data_length = 0;
                     let _ = tx.send((rsp, Vec::new())).await;
                 }

@@ -110,8 +110,7 @@ impl Store {
             .write(true)
             .open(self.path(oid))
             .map_err(|e| StoreError::from_io(oid, e))?;
-        f.write_all_at(data, offset)
-            .map_err(|e| StoreError::from_io(oid, e))
+        f.write_all_at(data, offset).map_err(|e| StoreError::from_io(oid, e))
     }
 
     /// Creates (or replaces) an object of `size` bytes, zero-filled, with `data` at `offset`.
@@ -119,11 +118,7 @@ impl Store {
         let _g = self.lock(oid);
         let tmp = self.dir.join(format!("{TMP_PREFIX}{}", oid.file_name()));
         let res = (|| {
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
+            let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
             f.set_len(size)?;
             f.write_all_at(data, offset)?;
             f.sync_all()?;
@@ -189,8 +184,7 @@ impl Store {
 
 fn statvfs(p: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
     // SAFETY: `st` is plain old data that statvfs fills; `c` is a valid NUL-terminated path.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
@@ -211,10 +205,7 @@ mod tests {
         let s = Store::open(t.path()).expect("open");
         let oid = Oid(0x007c_2b25_0000_0001);
         assert!(matches!(s.read(oid, 0, 1), Err(StoreError::NotFound(_))));
-        assert!(matches!(
-            s.write(oid, 0, b"x"),
-            Err(StoreError::NotFound(_))
-        ));
+        assert!(matches!(s.write(oid, 0, b"x"), Err(StoreError::NotFound(_))));
         s.create(oid, 4096, 10, b"abc").expect("create");
         assert_eq!(s.read(oid, 8, 6).expect("read"), b"\0\0abc\0");
         s.write(oid, 11, b"ZZ").expect("write");

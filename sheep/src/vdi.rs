@@ -11,8 +11,8 @@ use std::sync::Arc;
 use protocol::bitmap::VdiBitmap;
 use protocol::hash::sd_hash_vdi;
 use protocol::inode::{
-    sd_time, Inode, InodeHeader, INODE_HEADER_SIZE, MAX_BLOCK_SIZE_SHIFT, MAX_DATA_OBJS,
-    MAX_NAME_LEN, MIN_BLOCK_SIZE_SHIFT,
+    sd_time, Inode, InodeHeader, INODE_HEADER_SIZE, MAX_BLOCK_SIZE_SHIFT, MAX_DATA_OBJS, MAX_NAME_LEN,
+    MIN_BLOCK_SIZE_SHIFT,
 };
 use protocol::oid::NR_VIDS;
 use protocol::{op, ObjArgs, Oid, RequestHeader, ResultCode, Vid};
@@ -44,12 +44,10 @@ pub fn parse_name(field: &[u8]) -> Option<Vec<u8>> {
 
 /// The first clear in-use bit at or after `left`, wrapping to 1. `None` if the bitmap is full.
 fn free_slot(in_use: &VdiBitmap, left: u32) -> Option<(u32, bool)> {
-    in_use.next_clear(left).map(|v| (v, false)).or_else(|| {
-        in_use
-            .next_clear(1)
-            .filter(|&v| v < left)
-            .map(|v| (v, true))
-    })
+    in_use
+        .next_clear(left)
+        .map(|v| (v, false))
+        .or_else(|| in_use.next_clear(1).filter(|&v| v < left).map(|v| (v, true)))
 }
 
 pub async fn read_header(sheep: &Arc<Sheep>, vid: u32) -> Result<InodeHeader, ResultCode> {
@@ -138,10 +136,7 @@ pub fn name_and_tag(payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), ResultCode> {
     let name = parse_name(&payload[..256]).ok_or(ResultCode::INVALID_PARMS)?;
     let tag = if payload.len() == 512 {
         let t = &payload[256..];
-        let end = t
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(ResultCode::INVALID_PARMS)?;
+        let end = t.iter().position(|&b| b == 0).ok_or(ResultCode::INVALID_PARMS)?;
         t[..end].to_vec()
     } else {
         Vec::new()
@@ -176,26 +171,14 @@ async fn create_inode(sheep: &Arc<Sheep>, ino: &Inode) -> Result<(), ResultCode>
 }
 
 /// NEW_VDI: create, clone (base set, snapid 0) or snapshot (snapid set).
-pub async fn new_vdi(
-    sheep: &Arc<Sheep>,
-    req: &RequestHeader,
-    payload: &[u8],
-) -> Result<Created, ResultCode> {
+pub async fn new_vdi(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Result<Created, ResultCode> {
     if payload.len() != 256 {
         return Err(ResultCode::INVALID_PARMS);
     }
     let name = parse_name(payload).ok_or(ResultCode::INVALID_PARMS)?;
     let a = req.vdi();
-    let format = sheep
-        .state()
-        .format
-        .clone()
-        .ok_or(ResultCode::WAIT_FOR_FORMAT)?;
-    let copies = if a.copies == 0 {
-        format.copies
-    } else {
-        a.copies
-    };
+    let format = sheep.state().format.clone().ok_or(ResultCode::WAIT_FOR_FORMAT)?;
+    let copies = if a.copies == 0 { format.copies } else { a.copies };
     let bss = if a.block_size_shift == 0 {
         format.block_size_shift
     } else {
@@ -205,10 +188,7 @@ pub async fn new_vdi(
         return Err(ResultCode::INVALID_PARMS);
     }
     if a.vdi_size > (MAX_DATA_OBJS as u64) << bss {
-        tracing::warn!(
-            size = a.vdi_size,
-            "VDI size beyond the inode's reach refused"
-        );
+        tracing::warn!(size = a.vdi_size, "VDI size beyond the inode's reach refused");
         return Err(ResultCode::INVALID_PARMS);
     }
     if a.store_policy != 0 {
@@ -245,8 +225,18 @@ pub async fn new_vdi(
         } else {
             a.vdi_size
         };
+        // Unless told otherwise, the new working VDI keeps the layout of the one it follows.
+        if a.copies == 0 {
+            header.nr_copies = cur_header.nr_copies;
+        }
+        if a.block_size_shift == 0 {
+            header.block_size_shift = cur_header.block_size_shift;
+        }
         Some(cur)
     };
+    if found.free == 0 {
+        return Err(ResultCode::FULL_VDI);
+    }
     let mut ino = Inode {
         header,
         data_vdi_id: Vec::new(),
@@ -260,13 +250,19 @@ pub async fn new_vdi(
         ino.data_vdi_id = base.data_vdi_id;
     }
     ino.data_vdi_id.resize(ino.header.nr_objects() as usize, 0);
-    let vid = ino.header.vdi_id;
-    if found.free == 0 {
-        return Err(ResultCode::FULL_VDI);
-    }
+    let h = &ino.header;
     create_inode(sheep, &ino).await?;
+    // The new vid becomes visible (and the old working VDI read-only) everywhere before the
+    // old inode is marked a snapshot, so a concurrent lookup by name always finds a working
+    // VDI: the old one until the bitmap changes, the new one after.
+    let add = Event::VdiAdd {
+        vid: h.vdi_id,
+        copies: h.nr_copies,
+        block_size_shift: h.block_size_shift,
+        snapshot_of,
+    };
+    sheep.commit(add).await.map_err(driver_failed)?;
     if let Some(cur) = snapshot_of {
-        // Freeze the old working VDI: a non-zero snap_ctime makes it a snapshot.
         let oid = Vid::new(cur).ok_or(ResultCode::INVALID_PARMS)?.inode_oid();
         let stamp = now.to_le_bytes();
         gateway::write(
@@ -281,20 +277,11 @@ pub async fn new_vdi(
         )
         .await?;
     }
-    sheep
-        .commit(Event::VdiAdd {
-            vid,
-            copies,
-            block_size_shift: bss,
-            snapshot_of,
-        })
-        .await
-        .map_err(driver_failed)?;
-    tracing::info!(vid = %format_args!("{vid:x}"), name = %ino.header.name, ?snapshot_of, "VDI created");
+    tracing::info!(vid = %format_args!("{:x}", h.vdi_id), name = %h.name, ?snapshot_of, "VDI created");
     Ok(Created {
-        vid,
-        copies,
-        block_size_shift: bss,
+        vid: h.vdi_id,
+        copies: h.nr_copies,
+        block_size_shift: h.block_size_shift,
     })
 }
 
@@ -305,11 +292,7 @@ fn driver_failed(e: crate::cluster::DriverError) -> ResultCode {
 
 /// DEL_VDI: clears the inode's name and size, marks the vid deleted, then removes the data
 /// objects that no live VDI refers to. The inode itself stays, so lookups keep probing past it.
-pub async fn del_vdi(
-    sheep: &Arc<Sheep>,
-    req: &RequestHeader,
-    payload: &[u8],
-) -> Result<u32, ResultCode> {
+pub async fn del_vdi(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Result<u32, ResultCode> {
     let (name, tag) = name_and_tag(payload)?;
     let (_lock, end) = sheep.driver.lock_ops().await.map_err(driver_failed)?;
     sheep.wait_applied(end).await;
@@ -327,10 +310,7 @@ pub async fn del_vdi(
         data_vdi_id: Vec::new(),
     };
     create_inode(sheep, &cleared).await?;
-    sheep
-        .commit(Event::VdiDel { vid })
-        .await
-        .map_err(driver_failed)?;
+    sheep.commit(Event::VdiDel { vid }).await.map_err(driver_failed)?;
     tracing::info!(vid = %format_args!("{vid:x}"), "VDI deleted");
     match collect_garbage(sheep).await {
         Ok(n) => tracing::info!(removed = n, "removed unreferenced data objects"),
@@ -348,12 +328,7 @@ async fn collect_garbage(sheep: &Arc<Sheep>) -> Result<usize, ResultCode> {
     let (live, deleted, nodes, epoch) = {
         let st = sheep.state();
         let live: Vec<u32> = st.in_use.iter().filter(|&v| !st.deleted.get(v)).collect();
-        let nodes: Vec<_> = st
-            .nodes()
-            .iter()
-            .filter(|n| !n.is_gateway())
-            .cloned()
-            .collect();
+        let nodes: Vec<_> = st.nodes().iter().filter(|n| !n.is_gateway()).cloned().collect();
         (live, st.deleted.clone(), nodes, st.epoch())
     };
     let mut referenced: HashSet<(u32, u32)> = HashSet::new();

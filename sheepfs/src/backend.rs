@@ -17,18 +17,8 @@ use crate::error::{FsError, FsResult};
 pub trait Backend: Send + Sync + 'static {
     /// The gateway sheep this backend talks to.
     fn gateway(&self) -> SocketAddr;
-    fn read_obj(
-        &self,
-        oid: Oid,
-        offset: u32,
-        len: u32,
-    ) -> impl Future<Output = FsResult<Vec<u8>>> + Send;
-    fn write_obj(
-        &self,
-        oid: Oid,
-        offset: u32,
-        data: &[u8],
-    ) -> impl Future<Output = FsResult<()>> + Send;
+    fn read_obj(&self, oid: Oid, offset: u32, len: u32) -> impl Future<Output = FsResult<Vec<u8>>> + Send;
+    fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> impl Future<Output = FsResult<()>> + Send;
     fn create_obj(
         &self,
         oid: Oid,
@@ -48,17 +38,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Makes every acknowledged write durable on every replica.
     fn flush(&self, vid: Vid) -> impl Future<Output = FsResult<()>> + Send;
     fn cluster_info(&self) -> impl Future<Output = FsResult<ClusterInfo>> + Send;
-    fn epoch_log(
-        &self,
-        epochs: u32,
-        nodes: u32,
-    ) -> impl Future<Output = FsResult<Vec<EpochRecord>>> + Send;
+    fn epoch_log(&self, epochs: u32, nodes: u32) -> impl Future<Output = FsResult<Vec<EpochRecord>>> + Send;
     fn nodes(&self) -> impl Future<Output = FsResult<Vec<Node>>> + Send;
     /// (size, free) of one node's store; `None` for the gateway this backend talks to.
-    fn stat_sheep(
-        &self,
-        node: Option<SocketAddr>,
-    ) -> impl Future<Output = FsResult<(u64, u64)>> + Send;
+    fn stat_sheep(&self, node: Option<SocketAddr>) -> impl Future<Output = FsResult<(u64, u64)>> + Send;
 }
 
 /// The cluster, reached through one gateway sheep.
@@ -120,13 +103,7 @@ impl Backend for ClusterBackend {
         .await
     }
 
-    async fn create_obj(
-        &self,
-        oid: Oid,
-        cow: Option<Oid>,
-        offset: u32,
-        data: &[u8],
-    ) -> FsResult<()> {
+    async fn create_obj(&self, oid: Oid, cow: Option<Oid>, offset: u32, data: &[u8]) -> FsResult<()> {
         self.retry(&format!("create of object {oid}"), || {
             self.gateway.create_obj(oid, cow, offset, data)
         })
@@ -146,22 +123,17 @@ impl Backend for ClusterBackend {
     }
 
     async fn vdi_headers(&self) -> FsResult<Vec<InodeHeader>> {
-        self.retry("VDI listing", || self.gateway.vdi_headers())
-            .await
+        self.retry("VDI listing", || self.gateway.vdi_headers()).await
     }
 
     async fn new_vdi(&self, name: &str, v: NewVdi) -> FsResult<VdiInfo> {
-        self.retry(&format!("creation of VDI {name}"), || {
-            self.gateway.new_vdi(name, v)
-        })
-        .await
+        self.retry(&format!("creation of VDI {name}"), || self.gateway.new_vdi(name, v))
+            .await
     }
 
     async fn snapshot(&self, name: &str, tag: &str) -> FsResult<VdiInfo> {
-        self.retry(&format!("snapshot of VDI {name}"), || {
-            self.gateway.snapshot(name, tag)
-        })
-        .await
+        self.retry(&format!("snapshot of VDI {name}"), || self.gateway.snapshot(name, tag))
+            .await
     }
 
     async fn delete_vdi(&self, name: &str, snapid: u32) -> FsResult<()> {
@@ -173,27 +145,21 @@ impl Backend for ClusterBackend {
     }
 
     async fn set_vdi_size(&self, vid: Vid, size: u64) -> FsResult<()> {
-        self.retry(&format!("resize of VDI {vid}"), || {
-            self.gateway.set_vdi_size(vid, size)
-        })
-        .await
+        self.retry(&format!("resize of VDI {vid}"), || self.gateway.set_vdi_size(vid, size))
+            .await
     }
 
     async fn flush(&self, vid: Vid) -> FsResult<()> {
-        self.retry(&format!("flush of VDI {vid}"), || {
-            self.gateway.flush_vdi(vid)
-        })
-        .await
+        self.retry(&format!("flush of VDI {vid}"), || self.gateway.flush_vdi(vid))
+            .await
     }
 
     async fn cluster_info(&self) -> FsResult<ClusterInfo> {
-        self.retry("cluster info", || self.gateway.cluster_info())
-            .await
+        self.retry("cluster info", || self.gateway.cluster_info()).await
     }
 
     async fn epoch_log(&self, epochs: u32, nodes: u32) -> FsResult<Vec<EpochRecord>> {
-        self.retry("epoch log", || self.gateway.epoch_log(epochs, nodes))
-            .await
+        self.retry("epoch log", || self.gateway.epoch_log(epochs, nodes)).await
     }
 
     async fn nodes(&self) -> FsResult<Vec<Node>> {

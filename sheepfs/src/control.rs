@@ -16,9 +16,7 @@ pub fn parse_snapshot(input: &[u8]) -> FsResult<String> {
         Some(_) => Err(FsError::invalid(format!(
             "snapshot tag must be 1 to {MAX_NAME_LEN} bytes"
         ))),
-        None => Err(FsError::invalid(format!(
-            "snapshot: write 1 or tag=NAME, not {s:?}"
-        ))),
+        None => Err(FsError::invalid(format!("snapshot: write 1 or tag=NAME, not {s:?}"))),
     }
 }
 
@@ -32,9 +30,7 @@ pub fn parse_clone(input: &[u8]) -> FsResult<String> {
 /// A VDI name usable as a directory name and on the wire.
 pub fn check_name(name: &str) -> FsResult<()> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(FsError::invalid(format!(
-            "VDI names are 1 to {MAX_NAME_LEN} bytes"
-        )));
+        return Err(FsError::invalid(format!("VDI names are 1 to {MAX_NAME_LEN} bytes")));
     }
     if name == "."
         || name == ".."
@@ -42,17 +38,14 @@ pub fn check_name(name: &str) -> FsResult<()> {
         || name.contains(['/', '\0'])
         || name.chars().any(char::is_whitespace)
     {
-        return Err(FsError::invalid(format!(
-            "{name:?} is not a valid VDI name"
-        )));
+        return Err(FsError::invalid(format!("{name:?} is not a valid VDI name")));
     }
     Ok(())
 }
 
 /// The input as one line of UTF-8, without its trailing newline.
 fn one_line(input: &[u8]) -> FsResult<&str> {
-    let s =
-        std::str::from_utf8(input).map_err(|_| FsError::invalid("control input is not UTF-8"))?;
+    let s = std::str::from_utf8(input).map_err(|_| FsError::invalid("control input is not UTF-8"))?;
     let s = s.strip_suffix('\n').unwrap_or(s);
     if s.contains('\n') {
         return Err(FsError::invalid("control input must be one line"));

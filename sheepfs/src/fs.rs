@@ -81,11 +81,7 @@ impl Entry {
     fn is_monitor(&self) -> bool {
         matches!(
             self,
-            Entry::VdiList
-                | Entry::ClusterInfo
-                | Entry::NodeList
-                | Entry::NodeInfo
-                | Entry::Info(_)
+            Entry::VdiList | Entry::ClusterInfo | Entry::NodeList | Entry::NodeInfo | Entry::Info(_)
         )
     }
 }
@@ -186,11 +182,9 @@ impl<B: Backend> Fs<B> {
     /// Does the VDI (or snapshot) behind `e` exist now?
     async fn check(&self, e: &Entry) -> FsResult<()> {
         match e {
-            Entry::Vdi(n)
-            | Entry::Volume(n)
-            | Entry::SnapshotCtl(n)
-            | Entry::Info(n)
-            | Entry::Snapshots(n) => self.backend.vdi_info(n, 0).await.map(|_| ()),
+            Entry::Vdi(n) | Entry::Volume(n) | Entry::SnapshotCtl(n) | Entry::Info(n) | Entry::Snapshots(n) => {
+                self.backend.vdi_info(n, 0).await.map(|_| ())
+            }
             Entry::Snapshot(n, s) | Entry::SnapVolume(n, s) | Entry::CloneCtl(n, s) => {
                 self.backend.vdi_info(n, *s).await.map(|_| ())
             }
@@ -243,9 +237,7 @@ impl<B: Backend> Fs<B> {
             (Entry::Vdi(v), "snapshot") => Entry::SnapshotCtl(v.clone()),
             (Entry::Vdi(v), "info") => Entry::Info(v.clone()),
             (Entry::Vdi(v), "snapshots") => Entry::Snapshots(v.clone()),
-            (Entry::Snapshots(v), id) => {
-                Entry::Snapshot(v.clone(), id.parse().ok().filter(|&s| s > 0)?)
-            }
+            (Entry::Snapshots(v), id) => Entry::Snapshot(v.clone(), id.parse().ok().filter(|&s| s > 0)?),
             (Entry::Snapshot(v, s), "volume") => Entry::SnapVolume(v.clone(), *s),
             (Entry::Snapshot(v, s), "clone") => Entry::CloneCtl(v.clone(), *s),
             _ => return None,
@@ -281,18 +273,8 @@ impl<B: Backend> Fs<B> {
             }
             Entry::ClusterDir => vec!["info".into()],
             Entry::NodeDir => vec!["list".into(), "info".into()],
-            Entry::Vdi(_) => vec![
-                "volume".into(),
-                "snapshot".into(),
-                "info".into(),
-                "snapshots".into(),
-            ],
-            Entry::Snapshots(n) => self
-                .snapshot_ids(n)
-                .await?
-                .iter()
-                .map(u32::to_string)
-                .collect(),
+            Entry::Vdi(_) => vec!["volume".into(), "snapshot".into(), "info".into(), "snapshots".into()],
+            Entry::Snapshots(n) => self.snapshot_ids(n).await?.iter().map(u32::to_string).collect(),
             Entry::Snapshot(..) => vec!["volume".into(), "clone".into()],
             _ => return Err(FsError::new(libc::ENOTDIR, "not a directory")),
         };
@@ -308,12 +290,8 @@ impl<B: Backend> Fs<B> {
         self.check(&e).await?;
         match &e {
             _ if e.kind() == Kind::Dir => Err(FsError::new(libc::EISDIR, "is a directory")),
-            Entry::SnapVolume(..) if write => {
-                Err(FsError::new(libc::EROFS, "snapshots are read-only"))
-            }
-            _ if e.is_monitor() && write => {
-                Err(FsError::new(libc::EACCES, "monitoring files are read-only"))
-            }
+            Entry::SnapVolume(..) if write => Err(FsError::new(libc::EROFS, "snapshots are read-only")),
+            _ if e.is_monitor() && write => Err(FsError::new(libc::EACCES, "monitoring files are read-only")),
             _ if e.is_monitor() => {
                 let text = self.render(&e).await?;
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -342,8 +320,7 @@ impl<B: Backend> Fs<B> {
             }
             Entry::Info(n) => {
                 let info = self.backend.vdi_info(n, 0).await?;
-                let vid = protocol::Vid::new(info.vid)
-                    .ok_or_else(|| FsError::new(libc::EIO, "bad vid"))?;
+                let vid = protocol::Vid::new(info.vid).ok_or_else(|| FsError::new(libc::EIO, "bad vid"))?;
                 let ino = self.backend.inode(vid).await?;
                 Ok(monitor::vdi_info(&ino.header, &self.snapshot_ids(n).await?))
             }
@@ -352,9 +329,7 @@ impl<B: Backend> Fs<B> {
                 let epochs = if ci.ctime == 0 {
                     Vec::new()
                 } else {
-                    self.backend
-                        .epoch_log(ci.epoch, ci.nodes.len() as u32)
-                        .await?
+                    self.backend.epoch_log(ci.epoch, ci.nodes.len() as u32).await?
                 };
                 Ok(monitor::cluster_info(&ci, &epochs))
             }
@@ -389,11 +364,7 @@ impl<B: Backend> Fs<B> {
         };
         let ino = self.backend.inode(vid).await?;
         let own = ino.data_vdi_id.iter().filter(|&&v| v == h.vdi_id).count() as u64;
-        let shared = ino
-            .data_vdi_id
-            .iter()
-            .filter(|&&v| v != 0 && v != h.vdi_id)
-            .count() as u64;
+        let shared = ino.data_vdi_id.iter().filter(|&&v| v != 0 && v != h.vdi_id).count() as u64;
         Ok((own * h.object_size(), shared * h.object_size()))
     }
 
@@ -404,11 +375,7 @@ impl<B: Backend> Fs<B> {
         match self.entry(ino)? {
             Entry::Volume(n) => self.volume(&n, None).await?.read(offset, size).await,
             Entry::SnapVolume(n, s) => self.volume(&n, Some(s)).await?.read(offset, size).await,
-            Entry::SnapshotCtl(_) => Ok(slice(
-                b"write 1 or tag=NAME here to take a snapshot\n",
-                offset,
-                size,
-            )),
+            Entry::SnapshotCtl(_) => Ok(slice(b"write 1 or tag=NAME here to take a snapshot\n", offset, size)),
             Entry::CloneCtl(..) => Ok(slice(
                 b"write a new VDI name here to clone this snapshot\n",
                 offset,
@@ -433,12 +400,7 @@ impl<B: Backend> Fs<B> {
                 control_offset(offset)?;
                 let new = control::parse_clone(data)?;
                 match self.backend.vdi_info(&new, 0).await {
-                    Ok(_) => {
-                        return Err(FsError::new(
-                            libc::EEXIST,
-                            format!("VDI {new} exists already"),
-                        ))
-                    }
+                    Ok(_) => return Err(FsError::new(libc::EEXIST, format!("VDI {new} exists already"))),
                     Err(e) if e.errno == libc::ENOENT => {}
                     Err(e) => return Err(e),
                 }
@@ -494,7 +456,8 @@ impl<B: Backend> Fs<B> {
                         format!("{n} has snapshots; remove them first"),
                     ));
                 }
-                if let Some(v) = lock(&self.volumes).get(&(n.clone(), None)).cloned() {
+                let loaded = lock(&self.volumes).get(&(n.clone(), None)).cloned();
+                if let Some(v) = loaded {
                     v.flush().await?;
                 }
                 self.backend.delete_vdi(n, 0).await?;
@@ -505,12 +468,7 @@ impl<B: Backend> Fs<B> {
                 self.backend.delete_vdi(n, *s).await?;
                 lock(&self.volumes).remove(&(n.clone(), Some(*s)));
             }
-            _ => {
-                return Err(FsError::new(
-                    libc::EPERM,
-                    "only VDIs and snapshots can be removed",
-                ))
-            }
+            _ => return Err(FsError::new(libc::EPERM, "only VDIs and snapshots can be removed")),
         }
         tracing::info!(?e, "deleted");
         Ok(())

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -37,11 +37,7 @@ impl<B: Backend> SheepFuse<B> {
         }
     }
 
-    fn run<T>(
-        &self,
-        what: &str,
-        f: impl std::future::Future<Output = FsResult<T>>,
-    ) -> Result<T, Errno> {
+    fn run<T>(&self, what: &str, f: impl std::future::Future<Output = FsResult<T>>) -> Result<T, Errno> {
         self.rt.block_on(f).map_err(|e: FsError| {
             if e.errno != libc::ENOENT {
                 tracing::warn!("{what}: {e}");
@@ -146,15 +142,7 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
         }
     }
 
-    fn mkdir(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
         let Some(name) = name.to_str() else {
             return reply.error(Errno::EINVAL);
         };
@@ -224,26 +212,12 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
         // Writes are on every replica when write() returns; durability is fsync's job.
         reply.ok();
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         match self.run("fsync", self.fs.fsync(ino.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -264,14 +238,7 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
         reply.ok();
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let entries = match self.run("readdir", self.fs.readdir(ino.0)) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
@@ -296,9 +263,7 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let (size, free) = self
-            .run("statfs", self.fs.backend().stat_sheep(None))
-            .unwrap_or((0, 0));
+        let (size, free) = self.run("statfs", self.fs.backend().stat_sheep(None)).unwrap_or((0, 0));
         let bsize = 4096u64;
         reply.statfs(
             size / bsize,

@@ -81,11 +81,7 @@ fn daemonize() -> std::io::Result<std::fs::File> {
 }
 
 fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
         // SAFETY: dup2 onto the standard descriptors of this process.
         unsafe {
@@ -99,9 +95,7 @@ fn detach_stdio() {
 fn init_logging(args: &Args) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     match &args.log_file {
         Some(p) => {
             let f = std::fs::OpenOptions::new()
@@ -109,9 +103,7 @@ fn init_logging(args: &Args) -> Result<(), String> {
                 .append(true)
                 .open(p)
                 .map_err(|e| format!("cannot open log file {}: {e}", p.display()))?;
-            b.with_ansi(false)
-                .with_writer(std::sync::Mutex::new(f))
-                .init();
+            b.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init();
         }
         None => b
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -129,15 +121,10 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let gateway = SocketAddr::new(args.address, args.port);
-    let backend = Arc::new(ClusterBackend::new(
-        gateway,
-        Duration::from_secs(args.retry_secs),
-    ));
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), backend.cluster_info()).await
-    })
-    .map_err(|_| format!("gateway {gateway} did not answer"))?
-    .map_err(|e| format!("cannot reach the gateway {gateway}: {e}"))?;
+    let backend = Arc::new(ClusterBackend::new(gateway, Duration::from_secs(args.retry_secs)));
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), backend.cluster_info()).await })
+        .map_err(|_| format!("gateway {gateway} did not answer"))?
+        .map_err(|e| format!("cannot reach the gateway {gateway}: {e}"))?;
     let fs = Arc::new(Fs::new(backend));
     let mut config = Config::default();
     config.mount_options = vec![
@@ -154,11 +141,10 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     .map_err(|e| format!("cannot mount at {}: {e}", args.mountpoint.display()))?;
     let mountpoint = args.mountpoint.clone();
     rt.spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => return tracing::error!("cannot handle SIGTERM: {e}"),
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => return tracing::error!("cannot handle SIGTERM: {e}"),
+        };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

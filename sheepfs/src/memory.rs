@@ -87,9 +87,7 @@ impl Backend for MemoryBackend {
 
     async fn read_obj(&self, oid: Oid, offset: u32, len: u32) -> FsResult<Vec<u8>> {
         let objs = self.objects();
-        let b = objs
-            .get(&oid)
-            .ok_or_else(|| eio(format!("object {oid} missing")))?;
+        let b = objs.get(&oid).ok_or_else(|| eio(format!("object {oid} missing")))?;
         let mut out = vec![0u8; len as usize];
         let start = (offset as usize).min(b.len());
         let end = (offset as usize + len as usize).min(b.len());
@@ -99,15 +97,10 @@ impl Backend for MemoryBackend {
 
     async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> FsResult<()> {
         if self.is_snapshot_data(oid) {
-            return Err(FsError::new(
-                libc::EROFS,
-                format!("object {oid} belongs to a snapshot"),
-            ));
+            return Err(FsError::new(libc::EROFS, format!("object {oid} belongs to a snapshot")));
         }
         let mut objs = self.objects();
-        let b = objs
-            .get_mut(&oid)
-            .ok_or_else(|| eio(format!("object {oid} missing")))?;
+        let b = objs.get_mut(&oid).ok_or_else(|| eio(format!("object {oid} missing")))?;
         let end = offset as usize + data.len();
         if b.len() < end {
             b.resize(end, 0);
@@ -116,18 +109,9 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn create_obj(
-        &self,
-        oid: Oid,
-        cow: Option<Oid>,
-        offset: u32,
-        data: &[u8],
-    ) -> FsResult<()> {
+    async fn create_obj(&self, oid: Oid, cow: Option<Oid>, offset: u32, data: &[u8]) -> FsResult<()> {
         if self.is_snapshot_data(oid) {
-            return Err(FsError::new(
-                libc::EROFS,
-                format!("object {oid} belongs to a snapshot"),
-            ));
+            return Err(FsError::new(libc::EROFS, format!("object {oid} belongs to a snapshot")));
         }
         let mut objs = self.objects();
         let mut b = match cow {
@@ -199,9 +183,7 @@ impl Backend for MemoryBackend {
             return Err(FsError::new(libc::EEXIST, format!("{name} exists")));
         }
         if v.base != 0 {
-            let base = self
-                .inode(Vid::new(v.base).ok_or_else(|| eio("bad base"))?)
-                .await?;
+            let base = self.inode(Vid::new(v.base).ok_or_else(|| eio("bad base"))?).await?;
             h.parent_vdi_id = v.base;
             entries = base.data_vdi_id;
         }
@@ -222,7 +204,8 @@ impl Backend for MemoryBackend {
             size: cur.header.vdi_size,
             base: cur.header.vdi_id,
             snapid: 1,
-            ..NewVdi::default()
+            copies: cur.header.nr_copies,
+            block_size_shift: cur.header.block_size_shift,
         };
         self.new_vdi(name, v).await
     }
@@ -236,8 +219,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn set_vdi_size(&self, vid: Vid, size: u64) -> FsResult<()> {
-        self.write_obj(vid.inode_oid(), 536, &size.to_le_bytes())
-            .await
+        self.write_obj(vid.inode_oid(), 536, &size.to_le_bytes()).await
     }
 
     async fn flush(&self, _vid: Vid) -> FsResult<()> {

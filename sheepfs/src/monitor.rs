@@ -39,9 +39,7 @@ fn field(s: &str) -> &str {
 
 /// `/vdi/list`: a header line, then one line per VDI (working and snapshots).
 pub fn vdi_list(headers: &[(InodeHeader, u64, u64)]) -> String {
-    let mut out = String::from(
-        "# name snap_id size used shared created vdi_id copies tag block_size_shift\n",
-    );
+    let mut out = String::from("# name snap_id size used shared created vdi_id copies tag block_size_shift\n");
     for (h, used, shared) in headers {
         let snap = if h.is_snapshot() { h.snap_id } else { 0 };
         let _ = writeln!(
@@ -70,8 +68,16 @@ pub fn vdi_info(h: &InodeHeader, snapshots: &[u32]) -> String {
         h.nr_copies,
         h.object_size(),
         utc(h.create_time >> 32),
-        if h.parent_vdi_id == 0 { "-".to_string() } else { format!("{:x}", h.parent_vdi_id) },
-        if snaps.is_empty() { "-".to_string() } else { snaps.join(",") }
+        if h.parent_vdi_id == 0 {
+            "-".to_string()
+        } else {
+            format!("{:x}", h.parent_vdi_id)
+        },
+        if snaps.is_empty() {
+            "-".to_string()
+        } else {
+            snaps.join(",")
+        }
     )
 }
 
@@ -95,18 +101,16 @@ pub fn cluster_info(ci: &ClusterInfo, epochs: &[EpochRecord]) -> String {
         ci.nr_copies,
         ci.block_size_shift,
         field(&ci.default_store),
-        if ci.ctime == 0 { "-".to_string() } else { utc(ci.ctime >> 32) },
+        if ci.ctime == 0 {
+            "-".to_string()
+        } else {
+            utc(ci.ctime >> 32)
+        },
         ci.nodes.len()
     );
     for e in epochs {
         let nodes: Vec<String> = e.nodes.iter().map(|n| n.addr.to_string()).collect();
-        let _ = writeln!(
-            out,
-            "epoch: {} {} {}",
-            e.epoch,
-            utc(e.time),
-            field(&nodes.join(","))
-        );
+        let _ = writeln!(out, "epoch: {} {} {}", e.epoch, utc(e.time), field(&nodes.join(",")));
     }
     out
 }

@@ -1,1 +1,1184 @@
+//! Harness for end-to-end tests: starts real `sheep` daemons on loopback ports in a temporary
+//! directory, runs the real `dog` against them, and cleans up on drop, even on panic.
+//!
+//! Every daemon writes its log to `<tmp>/node<i>.log` (its raw stdout/stderr, for panics and
+//! start-up failures, go to `<tmp>/node<i>.out`). When a test panics while a [`Cluster`] is
+//! alive, the cluster's drop kills the daemons and prints the tail of each node's files, so a
+//! failed run shows what the daemons did. Set `SHEEP_TEST_KEEP=1` to keep the directory.
+//!
+//! Waiting is always a poll against a condition with a deadline ([`wait_until`]), never a
+//! fixed sleep.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol::cluster::ClusterInfo;
+use protocol::node::{sort_nodes, Node, DEFAULT_VNODES, SD_MAX_NODES};
+use protocol::placement::Ring;
+use protocol::{op, Client, ClientError, Oid, Reply, RequestHeader, ResponseHeader, VdiArgs};
+
+/// How long a cluster may take to start, join or restart.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one `dog` run may take before the harness kills it and fails the test.
+pub const DOG_TIMEOUT: Duration = Duration::from_secs(120);
+/// Per-request timeout for protocol calls made by the harness.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of each log printed when a test fails.
+const LOG_TAIL_LINES: usize = 300;
+
+// ---------------------------------------------------------------------------------------------
+// Binaries
+
+/// The directory holding the built binaries: the test executable lives in
+/// `target/<profile>/deps/NAME-hash`, the binaries in `target/<profile>/`.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("cannot find the path of the test executable");
+    let deps = exe.parent().expect("test executable has no parent directory");
+    let dir = if deps.file_name().is_some_and(|n| n == "deps") {
+        deps.parent().expect("deps directory has no parent")
+    } else {
+        deps
+    };
+    dir.to_path_buf()
+}
+
+fn binary(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --bins` first",
+        p.display()
+    );
+    p
+}
+
+pub fn sheep_bin() -> PathBuf {
+    binary("sheep")
+}
+
+pub fn dog_bin() -> PathBuf {
+    binary("dog")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small utilities
+
+/// Polls `f` until it returns `Some`, with a short growing interval, and panics with `what`
+/// and the last observation when `timeout` passes.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut interval = Duration::from_millis(20);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) => {
+                if Instant::now() >= deadline {
+                    panic!("timed out after {timeout:?} waiting for {what}; last: {last}");
+                }
+            }
+        }
+        std::thread::sleep(interval);
+        interval = (interval * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Reserves `n` distinct free loopback ports: all are bound at once, then released.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local_addr of a probe listener").port())
+        .collect()
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so payloads need no `rand` dependency and
+/// a failure reproduces exactly.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
+    if x == 0 {
+        x = 1;
+    }
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Compares two byte strings and panics with the first differing offset and a short excerpt
+/// instead of dumping megabytes.
+#[track_caller]
+pub fn assert_same_bytes(what: &str, got: &[u8], want: &[u8]) {
+    if got == want {
+        return;
+    }
+    let first = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let differing = got.iter().zip(want).filter(|(a, b)| a != b).count();
+    let excerpt = |b: &[u8]| -> String {
+        b.iter()
+            .skip(first)
+            .take(16)
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    panic!(
+        "{what}: bytes differ: got {} bytes, want {} bytes; first difference at offset {first} \
+         ({first:#x}); {differing} differing bytes in the common length\n  got  @{first}: {}\n  \
+         want @{first}: {}",
+        got.len(),
+        want.len(),
+        excerpt(got),
+        excerpt(want)
+    );
+}
+
+/// Parses a size as dog does: plain bytes or a K/M/G/T suffix (powers of 1024).
+pub fn parse_size(s: &str) -> u64 {
+    let (num, mult) = match s.chars().last() {
+        Some('k' | 'K') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&s[..s.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
+        Some('t' | 'T') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().unwrap_or_else(|e| panic!("bad size {s:?}: {e}")) * mult
+}
+
+fn tail_of_file(path: &Path, lines: usize) -> String {
+    match fs::read(path) {
+        Ok(b) => {
+            let text = String::from_utf8_lossy(&b);
+            let all: Vec<&str> = text.lines().collect();
+            let start = all.len().saturating_sub(lines);
+            let mut s = String::new();
+            if start > 0 {
+                s.push_str(&format!("[... {start} earlier lines ...]\n"));
+            }
+            for l in &all[start..] {
+                s.push_str(l);
+                s.push('\n');
+            }
+            s
+        }
+        Err(e) => format!("[cannot read {}: {e}]\n", path.display()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dog
+
+/// What one `dog` run produced.
+#[derive(Debug)]
+pub struct DogOutput {
+    pub args: Vec<String>,
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl DogOutput {
+    pub fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stdout and stderr together, for checking a message wherever dog chose to print it.
+    pub fn all_text(&self) -> String {
+        format!("{}{}", self.stdout_str(), self.stderr)
+    }
+
+    /// Panics with the command, status and stderr unless dog succeeded.
+    #[track_caller]
+    pub fn expect_ok(self) -> DogOutput {
+        if !self.success() {
+            panic!(
+                "`dog {}` failed with {}\nstderr: {}\nstdout: {}",
+                self.args.join(" "),
+                self.status,
+                self.stderr,
+                truncate_for_message(&self.stdout_str())
+            );
+        }
+        self
+    }
+
+    /// Panics unless dog failed (non-zero exit) and said something on stderr.
+    #[track_caller]
+    pub fn expect_failure(self) -> DogOutput {
+        if self.success() {
+            panic!(
+                "`dog {}` was expected to fail but exited with {}\nstdout: {}\nstderr: {}",
+                self.args.join(" "),
+                self.status,
+                truncate_for_message(&self.stdout_str()),
+                self.stderr
+            );
+        }
+        assert!(
+            !self.stderr.trim().is_empty(),
+            "`dog {}` failed with {} but printed no message on stderr",
+            self.args.join(" "),
+            self.status
+        );
+        self
+    }
+}
+
+fn truncate_for_message(s: &str) -> String {
+    if s.len() > 2000 {
+        let mut end = 2000;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}... [{} bytes]", &s[..end], s.len())
+    } else {
+        s.to_string()
+    }
+}
+
+/// Runs `dog ARGS -a 127.0.0.1 -p PORT` with optional stdin, with a deadline.
+pub fn run_dog(port: u16, args: &[&str], stdin: Option<&[u8]>) -> DogOutput {
+    let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    full.extend(["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()]);
+    let mut cmd = Command::new(dog_bin());
+    cmd.args(&full)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `dog {}`: {e}", full.join(" ")));
+
+    let writer = stdin.map(|data| {
+        let mut pipe = child.stdin.take().expect("dog stdin pipe");
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            // dog may legitimately stop reading early (e.g. on an error); that is not ours
+            // to judge here, its exit status tells.
+            let _ = pipe.write_all(&data);
+        })
+    });
+    let mut out_pipe = child.stdout.take().expect("dog stdout pipe");
+    let mut err_pipe = child.stderr.take().expect("dog stderr pipe");
+    let out_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        out_pipe.read_to_end(&mut b).map(|_| b)
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        err_pipe.read_to_end(&mut b).map(|_| b)
+    });
+
+    let deadline = Instant::now() + DOG_TIMEOUT;
+    let status = loop {
+        match child.try_wait().expect("waiting for dog") {
+            Some(s) => break s,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`dog {}` did not finish within {DOG_TIMEOUT:?}; killed", full.join(" "));
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    if let Some(w) = writer {
+        w.join().expect("dog stdin writer thread panicked");
+    }
+    let stdout = out_reader
+        .join()
+        .expect("dog stdout reader thread panicked")
+        .expect("reading dog's stdout");
+    let stderr = err_reader
+        .join()
+        .expect("dog stderr reader thread panicked")
+        .expect("reading dog's stderr");
+    DogOutput {
+        args: full,
+        status,
+        stdout,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One sheep
+
+/// One daemon the harness started (or will start again).
+pub struct Sheep {
+    pub index: usize,
+    port: u16,
+    dir: PathBuf,
+    log: PathBuf,
+    out: PathBuf,
+    rendezvous: PathBuf,
+    zone: Option<u32>,
+    gateway: bool,
+    child: Option<Child>,
+}
+
+impl Sheep {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The daemon's DIR.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn zone(&self) -> Option<u32> {
+        self.zone
+    }
+
+    pub fn is_gateway(&self) -> bool {
+        self.gateway
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// How this node should appear in GET_NODE_LIST and on the placement ring.
+    pub fn protocol_node(&self) -> Node {
+        Node {
+            addr: self.addr(),
+            nr_vnodes: if self.gateway { 0 } else { DEFAULT_VNODES },
+            zone: self
+                .zone
+                .unwrap_or_else(|| protocol::node::default_zone(self.addr().ip())),
+            space: 0,
+        }
+    }
+
+    /// Starts the daemon. Panics if it is already running.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} is already running", self.index);
+        fs::create_dir_all(&self.dir).unwrap_or_else(|e| panic!("creating {}: {e}", self.dir.display()));
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.out)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", self.out.display()));
+        let err = out
+            .try_clone()
+            .unwrap_or_else(|e| panic!("duplicating {}: {e}", self.out.display()));
+        let mut cmd = Command::new(sheep_bin());
+        cmd.arg("-p")
+            .arg(self.port.to_string())
+            .arg("-b")
+            .arg("127.0.0.1")
+            .arg("-c")
+            .arg(format!("local:{}", self.rendezvous.display()))
+            .arg("--log-file")
+            .arg(&self.log);
+        if let Some(z) = self.zone {
+            cmd.arg("-z").arg(z.to_string());
+        }
+        if self.gateway {
+            cmd.arg("-g");
+        }
+        cmd.arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. It makes the
+        // kernel kill the daemon if the thread that started it dies (e.g. the test binary is
+        // killed), so a crashed test run leaks no daemons.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start sheep for node {}: {e}", self.index));
+        self.child = Some(child);
+    }
+
+    /// True while the process runs; reaps it if it has exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => false,
+            Some(c) => c.try_wait().expect("try_wait on sheep").is_none(),
+        }
+    }
+
+    /// The exit status if the process has exited (and reaps it), `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait on sheep"))
+    }
+
+    /// SIGKILL and reap. A no-op when not running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // The process may already have exited; kill then fails harmlessly.
+            let _ = c.kill();
+            c.wait()
+                .unwrap_or_else(|e| panic!("waiting for killed node {}: {e}", self.index));
+        }
+    }
+
+    /// SIGTERM, wait up to 10 s, then SIGKILL. Returns the exit status, if it exited by itself.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) on a pid we own and have not reaped.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = c.try_wait().expect("try_wait on stopping sheep") {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                c.wait()
+                    .unwrap_or_else(|e| panic!("waiting for node {}: {e}", self.index));
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills (if running) and starts the daemon again on the same DIR and port. The caller
+    /// waits for it to rejoin (see [`Cluster::restart`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+
+    /// Object ids stored in `DIR/obj/`: regular files named by exactly 16 hex digits.
+    /// Temporary files and sub-directories are ignored.
+    pub fn objects(&self) -> BTreeSet<Oid> {
+        let dir = self.dir.join("obj");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeSet::new(),
+            Err(e) => panic!("listing {}: {e}", dir.display()),
+        };
+        let mut set = BTreeSet::new();
+        for entry in rd {
+            let entry = entry.unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.len() != 16 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            // A file can vanish between readdir and stat (deletion in progress): skip it.
+            let Ok(ft) = entry.file_type() else { continue };
+            if !ft.is_file() {
+                continue;
+            }
+            if let Some(oid) = Oid::from_file_name(name) {
+                set.insert(oid);
+            }
+        }
+        set
+    }
+
+    /// The contents of one object file, if this node stores it.
+    pub fn object_bytes(&self, oid: Oid) -> Option<Vec<u8>> {
+        fs::read(self.dir.join("obj").join(oid.file_name())).ok()
+    }
+
+    /// The last `lines` lines of this node's log file and of its raw stdout/stderr.
+    pub fn log_tail(&self, lines: usize) -> String {
+        format!(
+            "--- {} ---\n{}--- {} ---\n{}",
+            self.log.display(),
+            tail_of_file(&self.log, lines),
+            self.out.display(),
+            tail_of_file(&self.out, lines)
+        )
+    }
+
+    /// Accepts a TCP connection right now.
+    pub fn accepts_tcp(&self) -> bool {
+        TcpStream::connect_timeout(&self.addr(), Duration::from_millis(500)).is_ok()
+    }
+}
+
+impl Drop for Sheep {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A cluster
+
+/// How to start a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterBuilder {
+    nodes: usize,
+    gateways: usize,
+    zones: Option<Vec<Option<u32>>>,
+}
+
+impl Default for ClusterBuilder {
+    fn default() -> Self {
+        ClusterBuilder {
+            nodes: 1,
+            gateways: 0,
+            zones: None,
+        }
+    }
+}
+
+impl ClusterBuilder {
+    /// Storage nodes (default 1).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// Gateway-only nodes (`-g`), started after the storage nodes, with `-z 100+i`.
+    pub fn gateways(mut self, n: usize) -> Self {
+        self.gateways = n;
+        self
+    }
+
+    /// Zones for the storage nodes, in order. By default storage node `i` gets `-z i+1`: all
+    /// daemons share 127.0.0.1, so with PROTOCOL.md's address-derived default zone they would
+    /// all fall in one zone and every object would get a single copy. `None` leaves `-z` off;
+    /// the harness then expects that address-derived zone (`default_zone(127.0.0.1)`), which
+    /// this daemon replaces by the port on loopback, so [`Cluster::ring`] is only exact for
+    /// nodes given a zone.
+    pub fn zones(mut self, zones: Vec<Option<u32>>) -> Self {
+        self.zones = Some(zones);
+        self
+    }
+
+    pub fn start(self) -> Cluster {
+        let tmp = tempfile::Builder::new()
+            .prefix("sheep-test-")
+            .tempdir()
+            .expect("creating the cluster's temporary directory");
+        let rendezvous = tmp.path().join("rv");
+        fs::create_dir_all(&rendezvous).expect("creating the rendezvous directory");
+        let total = self.nodes + self.gateways;
+        let ports = free_ports(total);
+        let nodes = (0..total)
+            .map(|i| {
+                let gateway = i >= self.nodes;
+                // Gateways get an explicit zone too, so what every node advertises is known
+                // exactly without depending on the daemon's default-zone policy.
+                let zone = if gateway {
+                    Some(100 + i as u32)
+                } else {
+                    match &self.zones {
+                        Some(z) => z.get(i).copied().flatten(),
+                        None => Some(i as u32 + 1),
+                    }
+                };
+                Sheep {
+                    index: i,
+                    port: ports[i],
+                    dir: tmp.path().join(format!("node{i}")),
+                    log: tmp.path().join(format!("node{i}.log")),
+                    out: tmp.path().join(format!("node{i}.out")),
+                    rendezvous: rendezvous.clone(),
+                    zone,
+                    gateway,
+                    child: None,
+                }
+            })
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("building the harness's tokio runtime");
+        let mut c = Cluster { tmp, nodes, rt };
+        for i in 0..total {
+            c.nodes[i].start();
+        }
+        c.wait_for_membership();
+        c
+    }
+}
+
+/// A running set of sheep sharing one rendezvous directory.
+pub struct Cluster {
+    tmp: tempfile::TempDir,
+    nodes: Vec<Sheep>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    /// `n` storage nodes in distinct zones, not formatted.
+    pub fn start(n: usize) -> Cluster {
+        Cluster::builder().nodes(n).start()
+    }
+
+    /// `n` storage nodes in distinct zones, formatted with `copies` copies.
+    pub fn start_formatted(n: usize, copies: usize) -> Cluster {
+        let c = Cluster::start(n);
+        c.format(copies);
+        c
+    }
+
+    pub fn root(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn node(&self, i: usize) -> &Sheep {
+        &self.nodes[i]
+    }
+
+    pub fn node_mut(&mut self, i: usize) -> &mut Sheep {
+        &mut self.nodes[i]
+    }
+
+    pub fn nodes(&self) -> &[Sheep] {
+        &self.nodes
+    }
+
+    /// Every node as the protocol should list it, sorted as GET_NODE_LIST sorts.
+    pub fn expected_nodes(&self) -> Vec<Node> {
+        let mut v: Vec<Node> = self.nodes.iter().map(Sheep::protocol_node).collect();
+        sort_nodes(&mut v);
+        v
+    }
+
+    /// The placement ring of the full membership, built from what the harness knows (address,
+    /// zone, 128 vnodes or 0 for a gateway), independently of the daemons.
+    pub fn ring(&self) -> Ring {
+        Ring::new(self.expected_nodes())
+    }
+
+    /// Indices of the nodes that `ring().replicas(oid, copies)` names.
+    pub fn replica_nodes(&self, oid: Oid, copies: usize) -> BTreeSet<usize> {
+        let ring = self.ring();
+        ring.replicas(oid.0, copies)
+            .iter()
+            .map(|n| self.index_of(n.addr))
+            .collect()
+    }
+
+    /// The node index listening on `addr`.
+    pub fn index_of(&self, addr: SocketAddr) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.addr() == addr)
+            .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"))
+    }
+
+    /// For every object found on any node's disk, the indices of the nodes that hold it.
+    pub fn object_holders(&self) -> BTreeMap<Oid, BTreeSet<usize>> {
+        let mut m: BTreeMap<Oid, BTreeSet<usize>> = BTreeMap::new();
+        for n in &self.nodes {
+            for oid in n.objects() {
+                m.entry(oid).or_default().insert(n.index);
+            }
+        }
+        m
+    }
+
+    // --- protocol calls -------------------------------------------------------------------
+
+    /// Sends one request to node `i` on a fresh connection and returns the reply, whatever
+    /// its result code.
+    pub fn send(&self, i: usize, req: RequestHeader, payload: &[u8]) -> Result<Reply, ClientError> {
+        let client = Client::with_timeout(self.nodes[i].addr(), CALL_TIMEOUT);
+        self.rt.block_on(client.send(req, payload))
+    }
+
+    /// Like [`Cluster::send`], but a non-SUCCESS result is an error.
+    pub fn call(&self, i: usize, req: RequestHeader, payload: &[u8]) -> Result<Reply, ClientError> {
+        let client = Client::with_timeout(self.nodes[i].addr(), CALL_TIMEOUT);
+        self.rt.block_on(client.call(req, payload))
+    }
+
+    /// GET_NODE_LIST from node `i`.
+    pub fn node_list(&self, i: usize) -> Result<Vec<Node>, ClientError> {
+        let mut req = RequestHeader::new(op::GET_NODE_LIST);
+        req.data_length = (SD_MAX_NODES * protocol::node::NODE_SIZE) as u32;
+        let r = self.call(i, req, &[])?;
+        Ok(Node::decode_list(&r.data))
+    }
+
+    /// CLUSTER_INFO from node `i`.
+    pub fn cluster_info(&self, i: usize) -> Result<ClusterInfo, String> {
+        let mut req = RequestHeader::new(op::CLUSTER_INFO);
+        req.data_length = protocol::cluster::CLUSTER_INFO_SIZE as u32;
+        let r = self.call(i, req, &[]).map_err(|e| e.to_string())?;
+        ClusterInfo::decode(&r.data).ok_or_else(|| format!("short CLUSTER_INFO: {} bytes", r.data.len()))
+    }
+
+    /// GET_VDI_INFO(name, snapid) through node `i`: the vid.
+    pub fn vdi_id(&self, i: usize, name: &str, snapid: u32) -> Result<u32, ClientError> {
+        let mut payload = vec![0u8; 512];
+        protocol::put_cstr(&mut payload[..256], name.as_bytes());
+        let mut req = RequestHeader::new(op::GET_VDI_INFO);
+        req.set_vdi(&VdiArgs {
+            snapid,
+            ..VdiArgs::default()
+        });
+        let r = self.call(i, req, &payload)?;
+        Ok(r.header.vdi_id())
+    }
+
+    // --- waiting --------------------------------------------------------------------------
+
+    /// Panics with the node's log if a node that should run has exited.
+    fn check_alive(&mut self) {
+        for n in &mut self.nodes {
+            if n.child.is_some() {
+                if let Some(s) = n.exit_status() {
+                    panic!(
+                        "node {} (port {}) exited with {s}\n{}",
+                        n.index,
+                        n.port,
+                        n.log_tail(LOG_TAIL_LINES)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits until every running node accepts TCP and its GET_NODE_LIST names exactly the
+    /// running nodes (as a set; order, zones and vnodes are for the tests to check).
+    pub fn wait_for_membership(&mut self) {
+        let want: BTreeSet<SocketAddr> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(Sheep::addr)
+            .collect();
+        let running: Vec<usize> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.index)
+            .collect();
+        wait_until("every node to accept TCP and list every node", START_TIMEOUT, || {
+            self.check_alive();
+            for &i in &running {
+                if !self.nodes[i].accepts_tcp() {
+                    return Err(format!("node {i} does not accept TCP yet"));
+                }
+                let got = self.node_list(i).map_err(|e| format!("node {i}: GET_NODE_LIST: {e}"))?;
+                let got: BTreeSet<SocketAddr> = got.iter().map(|n| n.addr).collect();
+                if got != want {
+                    return Err(format!("node {i} lists {got:?}, want {want:?}"));
+                }
+            }
+            Ok(())
+        });
+    }
+
+    /// Waits until every running node reports a formatted, running cluster (CLUSTER_INFO
+    /// status OK with a non-zero ctime).
+    pub fn wait_running(&mut self) {
+        let running: Vec<usize> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.index)
+            .collect();
+        wait_until("every node to report the cluster running", START_TIMEOUT, || {
+            self.check_alive();
+            for &i in &running {
+                let ci = self.cluster_info(i).map_err(|e| format!("node {i}: {e}"))?;
+                if ci.status != protocol::cluster::status::OK || ci.ctime == 0 {
+                    return Err(format!("node {i}: status {} ctime {:#x}", ci.status, ci.ctime));
+                }
+            }
+            Ok(())
+        });
+    }
+
+    // --- lifecycle ------------------------------------------------------------------------
+
+    /// `dog cluster format -c COPIES` through node 0, then waits until every node runs.
+    pub fn format(&self, copies: usize) {
+        self.dog_ok(&["cluster", "format", "-c", &copies.to_string()]);
+        // Formatting is a cluster operation; dog returns once node 0 applied it.
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect();
+        wait_until("every node to see the format", START_TIMEOUT, || {
+            for &i in &running {
+                let ci = self.cluster_info(i).map_err(|e| format!("node {i}: {e}"))?;
+                if ci.ctime == 0 || ci.status != protocol::cluster::status::OK {
+                    return Err(format!("node {i}: status {} ctime {:#x}", ci.status, ci.ctime));
+                }
+            }
+            Ok(())
+        });
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// SIGKILL every node.
+    pub fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+
+    /// Restarts node `i` on its DIR and port and waits until the membership includes it.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+        self.wait_for_membership();
+    }
+
+    /// Starts every node that is not running, on its old DIR and port, and waits for the full
+    /// membership.
+    pub fn start_all(&mut self) {
+        for n in &mut self.nodes {
+            if !n.is_running() {
+                n.child = None;
+                n.start();
+            }
+        }
+        self.wait_for_membership();
+    }
+
+    // --- dog ------------------------------------------------------------------------------
+
+    /// Runs dog against node 0.
+    pub fn dog(&self, args: &[&str]) -> DogOutput {
+        run_dog(self.nodes[0].port, args, None)
+    }
+
+    /// Runs dog against node 0 and panics (with stderr) unless it succeeds.
+    #[track_caller]
+    pub fn dog_ok(&self, args: &[&str]) -> DogOutput {
+        run_dog(self.nodes[0].port, args, None).expect_ok()
+    }
+
+    /// Runs dog against node 0 with `stdin` as its standard input.
+    pub fn dog_with_input(&self, args: &[&str], stdin: &[u8]) -> DogOutput {
+        run_dog(self.nodes[0].port, args, Some(stdin))
+    }
+
+    /// Runs dog against node `i` with optional stdin.
+    pub fn dog_at(&self, i: usize, args: &[&str], stdin: Option<&[u8]>) -> DogOutput {
+        run_dog(self.nodes[i].port, args, stdin)
+    }
+
+    /// `dog vdi write NAME OFFSET LEN < data` through node 0; panics on failure.
+    #[track_caller]
+    pub fn write_vdi(&self, name: &str, offset: u64, data: &[u8]) {
+        run_dog(
+            self.nodes[0].port,
+            &["vdi", "write", name, &offset.to_string(), &data.len().to_string()],
+            Some(data),
+        )
+        .expect_ok();
+    }
+
+    /// `dog vdi read NAME OFFSET LEN [-s SNAP]` through node 0; panics on failure.
+    #[track_caller]
+    pub fn read_vdi(&self, name: &str, offset: u64, len: u64, snap: Option<&str>) -> Vec<u8> {
+        let off = offset.to_string();
+        let len = len.to_string();
+        let mut args = vec!["vdi", "read", name, off.as_str(), len.as_str()];
+        if let Some(s) = snap {
+            args.extend(["-s", s]);
+        }
+        self.dog_ok(&args).stdout
+    }
+
+    /// `dog vdi list -r` through node `i`, parsed.
+    #[track_caller]
+    pub fn vdi_list(&self, i: usize) -> Vec<VdiLine> {
+        let out = self.dog_at(i, &["vdi", "list", "-r"], None).expect_ok();
+        parse_vdi_list(&out.stdout_str())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                eprintln!(
+                    "===== node {} (port {}, zone {:?}{}) =====\n{}",
+                    n.index,
+                    n.port,
+                    n.zone,
+                    if n.gateway { ", gateway" } else { "" },
+                    n.log_tail(LOG_TAIL_LINES)
+                );
+            }
+        }
+        if std::env::var_os("SHEEP_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(
+                &mut self.tmp,
+                tempfile::tempdir().expect("creating a placeholder temporary directory"),
+            );
+            eprintln!("keeping {}", dir.keep().display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `dog vdi list -r`
+
+/// One line of `dog vdi list -r`:
+/// `FLAG NAME SNAPID SIZE USED SHARED CTIME VID COPIES TAG BSS` (TAG may be empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VdiLine {
+    /// `=` working VDI, `s` snapshot, `c` clone.
+    pub flag: String,
+    pub name: String,
+    pub snap_id: u32,
+    pub size: u64,
+    pub used: u64,
+    pub shared: u64,
+    pub vid: u32,
+    pub copies: u32,
+    pub tag: String,
+    pub raw: String,
+}
+
+/// Parses `dog vdi list -r` output; panics on a line it cannot read.
+pub fn parse_vdi_list(text: &str) -> Vec<VdiLine> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert!(
+                f.len() == 10 || f.len() == 11,
+                "cannot parse `vdi list -r` line {l:?}: {} fields",
+                f.len()
+            );
+            let num = |s: &str, what: &str| -> u64 {
+                s.parse()
+                    .unwrap_or_else(|e| panic!("`vdi list -r` line {l:?}: {what} {s:?}: {e}"))
+            };
+            let vid_str = f[7].trim_start_matches("0x");
+            VdiLine {
+                flag: f[0].to_string(),
+                name: f[1].to_string(),
+                snap_id: num(f[2], "snap id") as u32,
+                size: num(f[3], "size"),
+                used: num(f[4], "used"),
+                shared: num(f[5], "shared"),
+                vid: u32::from_str_radix(vid_str, 16)
+                    .unwrap_or_else(|e| panic!("`vdi list -r` line {l:?}: vid {vid_str:?}: {e}")),
+                copies: num(f[8], "copies") as u32,
+                tag: if f.len() == 11 { f[9].to_string() } else { String::new() },
+                raw: l.to_string(),
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A blocking protocol client, for threads of a test
+
+/// [`protocol::Client`] with its own small runtime, so test threads can make protocol calls
+/// without sharing the cluster's runtime.
+pub struct BlockingClient {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl BlockingClient {
+    pub fn new(addr: SocketAddr) -> BlockingClient {
+        BlockingClient {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building a client runtime"),
+            client: Client::with_timeout(addr, CALL_TIMEOUT),
+        }
+    }
+
+    /// The reply, whatever its result code.
+    pub fn send(&self, req: RequestHeader, payload: &[u8]) -> Result<Reply, ClientError> {
+        self.rt.block_on(self.client.send(req, payload))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw TCP, for malformed traffic
+
+/// A blocking connection that sends exactly the bytes it is given, for tests that must send
+/// what a well-behaved client never would.
+pub struct RawConn {
+    pub stream: TcpStream,
+}
+
+impl RawConn {
+    /// Connects with `timeout` as the read and write timeout.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> RawConn {
+        let stream = TcpStream::connect_timeout(&addr, timeout).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(timeout))
+            .expect("setting the read timeout");
+        stream
+            .set_write_timeout(Some(timeout))
+            .expect("setting the write timeout");
+        let _ = stream.set_nodelay(true);
+        RawConn { stream }
+    }
+
+    pub fn send_bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(b)?;
+        self.stream.flush()
+    }
+
+    /// Sends a header as given (no flag or length fix-ups) followed by `payload`.
+    pub fn send(&mut self, h: &RequestHeader, payload: &[u8]) -> std::io::Result<()> {
+        let mut b = h.encode().to_vec();
+        b.extend_from_slice(payload);
+        self.send_bytes(&b)
+    }
+
+    /// Reads one reply: the 48-byte header, then `data_length` bytes (refusing more than
+    /// `limit`).
+    pub fn read_reply(&mut self, limit: usize) -> std::io::Result<(ResponseHeader, Vec<u8>)> {
+        let mut hb = [0u8; protocol::header::HEADER_SIZE];
+        self.stream.read_exact(&mut hb)?;
+        let h = ResponseHeader::decode(&hb);
+        if h.data_length as usize > limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("reply announces {} bytes, more than {limit}", h.data_length),
+            ));
+        }
+        let mut data = vec![0u8; h.data_length as usize];
+        self.stream.read_exact(&mut data)?;
+        Ok((h, data))
+    }
+
+    /// Sends a request and reads its reply.
+    pub fn exchange(
+        &mut self,
+        h: &RequestHeader,
+        payload: &[u8],
+        limit: usize,
+    ) -> std::io::Result<(ResponseHeader, Vec<u8>)> {
+        self.send(h, payload)?;
+        self.read_reply(limit)
+    }
+
+    /// Reads until EOF, an error or the timeout; returns how many bytes came and how it ended.
+    pub fn drain(&mut self) -> (usize, String) {
+        let mut n = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return (n, "eof".into()),
+                Ok(k) => n += k,
+                Err(e) => return (n, format!("{:?}: {e}", e.kind())),
+            }
+        }
+    }
+}
+
+/// Reads a `/proc/PID/status` field in kB (e.g. `VmPeak`, `VmHWM`, `VmRSS`).
+pub fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Reads a whole file, with a message naming it on failure.
+pub fn read_file(path: &Path) -> Vec<u8> {
+    let mut f = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let mut b = Vec::new();
+    f.read_to_end(&mut b)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudo_random_is_deterministic_and_varied() {
+        let a = pseudo_random(7, 1000);
+        assert_eq!(a, pseudo_random(7, 1000));
+        assert_ne!(a, pseudo_random(8, 1000));
+        assert_eq!(&pseudo_random(7, 10)[..], &a[..10]);
+        let zeros = a.iter().filter(|&&b| b == 0).count();
+        assert!(zeros < 30, "{zeros} zero bytes in 1000");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1G"), 1 << 30);
+        assert_eq!(parse_size("64M"), 64 << 20);
+        assert_eq!(parse_size("4096"), 4096);
+    }
+
+    #[test]
+    fn vdi_list_lines() {
+        let v = parse_vdi_list(
+            "s alpha 1 268435456 4194304 0 1700000000 5e3d0b 3  22\n\
+             = alpha 0 268435456 0 4194304 1700000001 5e3d0c 3 mytag 22\n",
+        );
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].flag.as_str(), v[0].snap_id, v[0].vid), ("s", 1, 0x5e3d0b));
+        assert_eq!(v[0].tag, "");
+        assert_eq!((v[1].tag.as_str(), v[1].shared, v[1].copies), ("mytag", 4194304, 3));
+    }
+
+    #[test]
+    fn bin_dir_is_the_profile_dir() {
+        let d = bin_dir();
+        assert!(d.join("deps").is_dir(), "{}", d.display());
+    }
+}

@@ -29,6 +29,9 @@ use crate::group::Event;
 const POLL: Duration = Duration::from_millis(20);
 const LIVENESS: Duration = Duration::from_millis(500);
 
+/// A log line and the position of its end.
+type Line = (u64, Vec<u8>);
+
 struct Paths {
     log: PathBuf,
     log_lock: PathBuf,
@@ -97,7 +100,7 @@ impl Paths {
     }
 
     /// Reads complete lines after `from`. Returns (events with end positions, new offset).
-    fn read_from(&self, from: u64) -> Result<(Vec<(u64, Vec<u8>)>, u64), DriverError> {
+    fn read_from(&self, from: u64) -> Result<(Vec<Line>, u64), DriverError> {
         let len = match fs::metadata(&self.log) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), from)),
@@ -133,20 +136,13 @@ impl Paths {
         if rc != 0 {
             return Ok(false);
         }
-        self.append(&Event::Leave {
-            addr,
-            time: now_secs(),
-        })?;
+        self.append(&Event::Leave { addr, time: now_secs() })?;
         Ok(true)
     }
 }
 
 impl LocalDriver {
-    pub fn start(
-        dir: &Path,
-        me: SocketAddr,
-        tx: UnboundedSender<Delivery>,
-    ) -> Result<LocalDriver, DriverError> {
+    pub fn start(dir: &Path, me: SocketAddr, tx: UnboundedSender<Delivery>) -> Result<LocalDriver, DriverError> {
         let paths = Arc::new(Paths {
             log: dir.join("log"),
             log_lock: dir.join("log.lock"),
@@ -185,10 +181,7 @@ impl LocalDriver {
                 let path = p.member(me);
                 let f = open_rw(&path)?;
                 flock(&f, libc::LOCK_EX).map_err(io_err(&path))?;
-                let pos = p.append(&Event::Join {
-                    node,
-                    time: now_secs(),
-                })?;
+                let pos = p.append(&Event::Join { node, time: now_secs() })?;
                 Ok((f, pos))
             })
             .await?;
@@ -205,10 +198,7 @@ impl LocalDriver {
             })
         })
         .await?;
-        self.member_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.member_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
         Ok(())
     }
 

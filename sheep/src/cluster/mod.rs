@@ -28,10 +28,7 @@ pub enum DriverError {
     #[error("unknown cluster driver {0:?} (supported: local, local:PATH)")]
     Unknown(String),
     #[error("cluster driver i/o on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("cluster driver task failed: {0}")]
     Task(String),
 }
@@ -66,11 +63,7 @@ pub enum OpsLock {
 
 impl Driver {
     /// Starts the driver; every event (past and future) is sent to `tx` in order.
-    pub fn start(
-        spec: &DriverSpec,
-        me: SocketAddr,
-        tx: UnboundedSender<Delivery>,
-    ) -> Result<Driver, DriverError> {
+    pub fn start(spec: &DriverSpec, me: SocketAddr, tx: UnboundedSender<Delivery>) -> Result<Driver, DriverError> {
         match spec {
             DriverSpec::Local(path) => Ok(Driver::Local(local::LocalDriver::start(path, me, tx)?)),
         }
@@ -115,12 +108,7 @@ impl Driver {
 
     /// Waits until each of `nodes` has applied the event at `pos`, or `limit` passes (a node
     /// that died meanwhile is about to be removed by a new epoch). Returns the laggards.
-    pub async fn wait_applied_by(
-        &self,
-        nodes: &[SocketAddr],
-        pos: u64,
-        limit: Duration,
-    ) -> Vec<SocketAddr> {
+    pub async fn wait_applied_by(&self, nodes: &[SocketAddr], pos: u64, limit: Duration) -> Vec<SocketAddr> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut waiting: Vec<SocketAddr> = nodes.to_vec();
         loop {

@@ -1,0 +1,133 @@
+//! `dog node list | info` (PROTOCOL.md 5.9, 5.11).
+
+use std::net::SocketAddr;
+
+use protocol::{op, RequestHeader};
+
+use crate::error::{warn, why, Failure};
+use crate::fmt::size_str;
+use crate::net;
+use crate::vdi;
+use crate::Out;
+
+pub async fn list(addr: SocketAddr, raw: bool) -> Result<(), Failure> {
+    let c = net::connect(addr).await?;
+    let list = net::node_list(&c).await?;
+    let mut out = Out::new();
+    if !raw {
+        out.line("  Id   Host:Port         V-Nodes       Zone");
+    }
+    for (i, n) in list.nodes.iter().enumerate() {
+        let host = n.addr.to_string();
+        if raw {
+            out.line(format!("{i} {host} {} {}", n.nr_vnodes, n.zone));
+        } else {
+            out.line(format!("{i:4}   {host:<20}\t{:2}{:11}", n.nr_vnodes, n.zone));
+        }
+    }
+    out.print()
+}
+
+/// Percentage used, truncated like the original's `(int)` cast; 0 for an empty store.
+fn use_ratio(size: u64, free: u64) -> u64 {
+    if size == 0 {
+        0
+    } else {
+        ((size.saturating_sub(free)) as f64 / size as f64 * 100.0) as u64
+    }
+}
+
+pub async fn info(addr: SocketAddr, raw: bool) -> Result<(), Failure> {
+    let c = net::connect(addr).await?;
+    let list = net::node_list(&c).await?;
+    let mut out = Out::new();
+    if !raw {
+        out.line("Id\tSize\tUsed\tAvail\tUse%");
+    }
+    let (mut total_size, mut total_free, mut answered) = (0u64, 0u64, 0usize);
+    for (i, n) in list.nodes.iter().enumerate() {
+        let node = match net::connect(n.addr).await {
+            Ok(node) => node,
+            Err(e) => {
+                warn(e);
+                continue;
+            }
+        };
+        let r = match node.call(RequestHeader::new(op::STAT_SHEEP), &[]).await {
+            Ok(r) => r,
+            Err(e) => {
+                warn(format!("Failed to get the status of {}: {}", n.addr, why(&e)));
+                continue;
+            }
+        };
+        let (size, free) = (r.header.store_size(), r.header.store_free());
+        let used = size.saturating_sub(free);
+        if raw {
+            out.line(format!(
+                "{i} {} {} {} {}%",
+                size_str(size, raw),
+                size_str(used, raw),
+                size_str(free, raw),
+                use_ratio(size, free)
+            ));
+        } else {
+            out.line(format!(
+                "{i:2}\t{}\t{}\t{}\t{:3}%",
+                size_str(size, raw),
+                size_str(used, raw),
+                size_str(free, raw),
+                use_ratio(size, free)
+            ));
+        }
+        total_size += size;
+        total_free += free;
+        answered += 1;
+    }
+    if answered == 0 {
+        out.print()?;
+        return Err(Failure::new("Cannot get information from any nodes"));
+    }
+
+    let mut virtual_size = 0u64;
+    vdi::for_each_vdi(&c, false, |h, _| {
+        if !h.is_snapshot() {
+            virtual_size += h.vdi_size;
+        }
+    })
+    .await?;
+
+    let used = total_size.saturating_sub(total_free);
+    if raw {
+        out.line(format!(
+            "Total {} {} {} {}% {}",
+            size_str(total_size, raw),
+            size_str(used, raw),
+            size_str(total_free, raw),
+            use_ratio(total_size, total_free),
+            size_str(virtual_size, raw)
+        ));
+    } else {
+        out.line(format!(
+            "Total\t{}\t{}\t{}\t{:3}%\n\nTotal virtual image size\t{}",
+            size_str(total_size, raw),
+            size_str(used, raw),
+            size_str(total_free, raw),
+            use_ratio(total_size, total_free),
+            size_str(virtual_size, raw)
+        ));
+    }
+    out.print()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios() {
+        assert_eq!(use_ratio(0, 0), 0);
+        assert_eq!(use_ratio(100, 97), 3);
+        assert_eq!(use_ratio(107_287_605_248, 103_663_707_894), 3);
+        assert_eq!(use_ratio(10, 0), 100);
+    }
+}
