@@ -324,6 +324,15 @@ impl ResponseHeader {
         self.rest[4..24].copy_from_slice(h);
     }
 
+    /// STAT_RECOVERY (this implementation): the last epoch whose recovery finished on the node.
+    pub fn recovered_epoch(&self) -> u32 {
+        get_u32(&self.rest, 0)
+    }
+
+    pub fn set_recovered_epoch(&mut self, epoch: u32) {
+        put_u32(&mut self.rest, 0, epoch);
+    }
+
     /// Sets the `cluster_default` reply variant.
     pub fn set_cluster_default(&mut self, copies: u8, copy_policy: u8, block_size_shift: u8) {
         self.rest[0] = copies;

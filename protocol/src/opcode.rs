@@ -12,6 +12,8 @@ pub mod flags {
     pub const CACHE: u16 = 0x0004;
     pub const DIRECT: u16 = 0x0008;
     pub const PIGGYBACK: u16 = 0x0010;
+    /// Internal: a recovery read, served whatever the epochs say.
+    pub const RECOVERY: u16 = 0x0080;
 }
 
 /// Cluster flag bits stored by MAKE_FS.
@@ -69,6 +71,7 @@ opcodes! {
     WRITE_PEER = 0xa5,
     REMOVE_PEER = 0xa6,
     FLUSH_PEER = 0xa7,
+    GET_OBJ_EPOCH = 0xa8,
     GET_VDI_COPIES = 0xab,
     GET_HASH = 0xb4,
     STAT = 0xb8,
@@ -89,6 +92,7 @@ pub fn is_peer_op(op: u8) -> bool {
             | op::WRITE_PEER
             | op::REMOVE_PEER
             | op::FLUSH_PEER
+            | op::GET_OBJ_EPOCH
     )
 }
 

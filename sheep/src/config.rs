@@ -43,10 +43,15 @@ pub struct Args {
     /// Write logs to this file instead of stderr.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Recovery speed limit in objects per second, so client I/O keeps going while nodes
+    /// come and go [default: 0 = no limit].
+    #[arg(long)]
+    pub recovery_rate: Option<u32>,
     /// Log filter, e.g. `info` or `sheep=debug` [default: info; env RUST_LOG also works].
     #[arg(long)]
     pub log_level: Option<String>,
-    /// TOML file with any of: port, bind, cluster, zone, gateway, vnodes, log_file, log_level.
+    /// TOML file with any of: port, bind, cluster, zone, gateway, vnodes, log_file, log_level,
+    /// recovery_rate.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -63,6 +68,7 @@ pub struct FileConfig {
     pub vnodes: Option<u16>,
     pub log_file: Option<PathBuf>,
     pub log_level: Option<String>,
+    pub recovery_rate: Option<u32>,
 }
 
 /// Effective settings.
@@ -77,6 +83,7 @@ pub struct Config {
     pub vnodes: u16,
     pub log_file: Option<PathBuf>,
     pub log_level: String,
+    pub recovery_rate: u32,
 }
 
 impl Config {
@@ -91,6 +98,7 @@ impl Config {
             vnodes: DEFAULT_VNODES,
             log_file: None,
             log_level: "info".into(),
+            recovery_rate: 0,
         }
     }
 
@@ -109,6 +117,7 @@ impl Config {
             vnodes: args.vnodes.or(file.vnodes).unwrap_or(d.vnodes),
             log_file: args.log_file.or(file.log_file),
             log_level: args.log_level.or(file.log_level).unwrap_or(d.log_level),
+            recovery_rate: args.recovery_rate.or(file.recovery_rate).unwrap_or(d.recovery_rate),
             dir: d.dir,
         };
         if cfg.bind.is_unspecified() {

@@ -9,6 +9,7 @@ pub mod group;
 pub mod node;
 pub mod ops;
 pub mod peer;
+pub mod recovery;
 pub mod server;
 pub mod store;
 pub mod vdi;

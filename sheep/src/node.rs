@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::cluster::{Delivery, Driver, DriverError};
 use crate::group::{ClusterState, Effect, Event};
+use crate::recovery::Recovery;
 use crate::store::Store;
 
 /// How long a VDI operation waits for every member to apply its event.
@@ -23,6 +24,7 @@ pub struct Sheep {
     pub dir: PathBuf,
     pub store: Store,
     pub driver: Driver,
+    pub recovery: Recovery,
     state: RwLock<ClusterState>,
     applied: watch::Sender<u64>,
     peers: Mutex<HashMap<SocketAddr, Arc<Client>>>,
@@ -40,7 +42,7 @@ fn read_applied(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data)?;
     std::fs::File::open(&tmp)?.sync_all()?;
@@ -52,12 +54,13 @@ fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 impl Sheep {
-    pub fn new(me: Node, dir: PathBuf, store: Store, driver: Driver) -> Sheep {
+    pub fn new(me: Node, dir: PathBuf, store: Store, driver: Driver, recovery: Recovery) -> Sheep {
         Sheep {
             me,
             dir,
             store,
             driver,
+            recovery,
             state: RwLock::new(ClusterState::default()),
             applied: watch::channel(0).0,
             peers: Mutex::new(HashMap::new()),
@@ -119,6 +122,7 @@ impl Sheep {
         match fx {
             Effect::WipeStore => {
                 let _ = std::fs::remove_dir_all(self.dir.join("epoch"));
+                self.recovery.reset(self, fresh);
                 if fresh {
                     match self.store.wipe() {
                         Ok(n) => tracing::info!(objects = n, "cluster formatted: removed every stored object"),
@@ -136,6 +140,7 @@ impl Sheep {
                 if let Err(err) = self.persist_epoch(e) {
                     tracing::error!(epoch = e, error = %err, "cannot persist the epoch log");
                 }
+                self.recovery.kick(e);
             }
             Effect::Shutdown => {
                 if fresh && was_member {

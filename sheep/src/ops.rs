@@ -63,7 +63,8 @@ pub fn kind(opcode: u8) -> Option<(Kind, bool)> {
         | op::READ_PEER
         | op::WRITE_PEER
         | op::REMOVE_PEER
-        | op::FLUSH_PEER => (Peer, true),
+        | op::FLUSH_PEER
+        | op::GET_OBJ_EPOCH => (Peer, true),
         _ => return None,
     })
 }
@@ -346,7 +347,15 @@ async fn local_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Op
             };
             ans.rsp.set_node(sheep.state().nodes().len() as u32, size, free);
         }
-        op::STAT_RECOVERY => ans.data = vec![0u8; 24],
+        op::STAT_RECOVERY => {
+            let p = sheep.recovery.progress();
+            ans.data = vec![0u8; 24];
+            ans.data[0] = u8::from(p.running);
+            ans.data[4..8].copy_from_slice(&u32::from(p.running).to_le_bytes());
+            ans.data[8..16].copy_from_slice(&p.done.to_le_bytes());
+            ans.data[16..24].copy_from_slice(&p.total.to_le_bytes());
+            ans.rsp.set_recovered_epoch(sheep.recovery.recovered_epoch());
+        }
         op::EXIST => {
             if !sheep.store.exists(Oid(req.obj().oid)) {
                 return Err(ResultCode::NO_OBJ);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::{op, Oid, RequestHeader, ResultCode};
+use protocol::{flags, op, Oid, RequestHeader, ResultCode};
 
 use crate::gateway::object_size;
 use crate::node::Sheep;
@@ -15,7 +15,7 @@ const EPOCH_WAIT: Duration = Duration::from_secs(2);
 
 /// Answers OLD_NODE_VER to a request from an older epoch; waits a little for a newer one.
 pub async fn check_epoch(sheep: &Sheep, req: &RequestHeader) -> Result<(), ResultCode> {
-    if matches!(req.opcode, op::GET_OBJ_LIST | op::FLUSH_PEER) {
+    if matches!(req.opcode, op::GET_OBJ_LIST | op::FLUSH_PEER | op::GET_OBJ_EPOCH) || req.flags & flags::RECOVERY != 0 {
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + EPOCH_WAIT;
@@ -56,13 +56,29 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Makes this node's copy of `oid` current before a gateway's I/O touches it, when this
+/// node owns the object now (recovery may not have reached it yet). Holds the object's
+/// stripe only on that slow path.
+async fn current_for_io(sheep: &Arc<Sheep>, oid: Oid, epoch: u32) -> Result<(), ResultCode> {
+    let rec = &sheep.recovery;
+    if rec.effective_good(sheep, oid) == Some(epoch) || !rec.owns_at(sheep, oid, epoch) {
+        return Ok(());
+    }
+    let _g = rec.stripe(oid).lock().await;
+    crate::recovery::ensure_current(sheep, oid).await
+}
+
 /// Executes a peer op against this node's store.
 pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Result<Vec<u8>, ResultCode> {
     let a = req.obj();
     let oid = Oid(a.oid);
     let offset = u64::from(a.offset);
+    let epoch = sheep.state().epoch();
     match req.opcode {
         op::READ_PEER => {
+            if req.flags & flags::RECOVERY == 0 {
+                current_for_io(sheep, oid, epoch).await?;
+            }
             let len = req.data_length as usize;
             blocking(sheep, move |s| s.store.read(oid, offset, len)).await
         }
@@ -77,6 +93,13 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]
             }
             let data = payload.to_vec();
             let create = req.opcode == op::CREATE_AND_WRITE_PEER;
+            // A create replaces the whole object; a write needs the current bytes around it.
+            let _g = if create {
+                Some(sheep.recovery.stripe(oid).lock().await)
+            } else {
+                current_for_io(sheep, oid, epoch).await?;
+                None
+            };
             blocking(sheep, move |s| {
                 if create {
                     s.store.create(oid, size, offset, &data)
@@ -84,20 +107,25 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]
                     s.store.write(oid, offset, &data)
                 }
             })
-            .await
-            .map(|()| Vec::new())
+            .await?;
+            sheep.recovery.mark(oid, epoch);
+            Ok(Vec::new())
         }
-        op::REMOVE_PEER => blocking(sheep, move |s| s.store.remove(oid)).await.map(|()| Vec::new()),
+        op::REMOVE_PEER => {
+            blocking(sheep, move |s| s.store.remove(oid)).await?;
+            sheep.recovery.forget(oid);
+            Ok(Vec::new())
+        }
         op::FLUSH_PEER => blocking(sheep, |s| {
             s.store.flush().map_err(|e| StoreError::Io { oid: Oid(0), source: e })
         })
         .await
         .map(|()| Vec::new()),
-        op::GET_OBJ_LIST => blocking(sheep, |s| {
-            s.store.list().map_err(|e| StoreError::Io { oid: Oid(0), source: e })
-        })
-        .await
-        .map(|oids| oids.iter().flat_map(|o| o.0.to_le_bytes()).collect()),
+        op::GET_OBJ_LIST => Ok(sheep.store.list().iter().flat_map(|o| o.0.to_le_bytes()).collect()),
+        op::GET_OBJ_EPOCH => match sheep.recovery.effective_good(sheep, oid) {
+            Some(g) => Ok(g.to_le_bytes().to_vec()),
+            None => Err(ResultCode::NO_OBJ),
+        },
         _ => Err(ResultCode::INVALID_PARMS),
     }
 }

@@ -6,6 +6,7 @@
 //! positioned writes; [`Store::flush`] makes everything durable. All calls block: the server
 //! runs them on tokio's blocking pool.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
@@ -48,6 +49,8 @@ const TMP_PREFIX: &str = ".tmp-";
 
 pub struct Store {
     dir: PathBuf,
+    /// The object list cache: every stored oid, read from disk once at open.
+    oids: Mutex<BTreeSet<Oid>>,
     /// Serialises create/write/remove of the same object (striped by oid).
     stripes: Vec<Mutex<()>>,
 }
@@ -58,16 +61,26 @@ impl Store {
     pub fn open(base: &Path) -> io::Result<Store> {
         let dir = base.join("obj");
         fs::create_dir_all(&dir)?;
+        let mut oids = BTreeSet::new();
         for e in fs::read_dir(&dir)? {
             let e = e?;
-            if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(TMP_PREFIX) {
                 fs::remove_file(e.path())?;
+            } else if let Some(oid) = Oid::from_file_name(&name) {
+                oids.insert(oid);
             }
         }
         Ok(Store {
             dir,
+            oids: Mutex::new(oids),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         })
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, BTreeSet<Oid>> {
+        self.oids.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn dir(&self) -> &Path {
@@ -84,7 +97,7 @@ impl Store {
     }
 
     pub fn exists(&self, oid: Oid) -> bool {
-        self.path(oid).exists()
+        self.cached().contains(&oid)
     }
 
     /// Reads `len` bytes at `offset`. Bytes past the end of the file read as zeros.
@@ -129,31 +142,32 @@ impl Store {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::from_io(oid, e));
         }
+        self.cached().insert(oid);
         Ok(())
     }
 
     pub fn remove(&self, oid: Oid) -> Result<(), StoreError> {
         let _g = self.lock(oid);
-        fs::remove_file(self.path(oid)).map_err(|e| StoreError::from_io(oid, e))
+        fs::remove_file(self.path(oid)).map_err(|e| StoreError::from_io(oid, e))?;
+        self.cached().remove(&oid);
+        Ok(())
     }
 
-    /// Every stored oid.
-    pub fn list(&self) -> io::Result<Vec<Oid>> {
-        let mut v = Vec::new();
-        for e in fs::read_dir(&self.dir)? {
-            if let Some(oid) = Oid::from_file_name(&e?.file_name().to_string_lossy()) {
-                v.push(oid);
-            }
-        }
-        v.sort();
-        Ok(v)
+    /// Every stored oid, from the object list cache (no directory scan).
+    pub fn list(&self) -> Vec<Oid> {
+        self.cached().iter().copied().collect()
     }
 
     /// Removes every object (cluster format).
     pub fn wipe(&self) -> io::Result<usize> {
-        let all = self.list()?;
+        let all = self.list();
         for oid in &all {
-            fs::remove_file(self.path(*oid))?;
+            match fs::remove_file(self.path(*oid)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            self.cached().remove(oid);
         }
         Ok(all.len())
     }
@@ -212,7 +226,12 @@ mod tests {
         assert_eq!(s.read(oid, 10, 3).expect("read"), b"aZZ");
         // Past the end reads as zeros.
         assert_eq!(s.read(oid, 4095, 3).expect("read"), b"\0\0\0");
-        assert_eq!(s.list().expect("list"), vec![oid]);
+        assert_eq!(s.list(), vec![oid]);
+        assert_eq!(
+            Store::open(t.path()).expect("reopen").list(),
+            vec![oid],
+            "the cache is rebuilt from disk"
+        );
         assert!(t.path().join("obj/007c2b2500000001").exists());
         s.remove(oid).expect("remove");
         assert!(!s.exists(oid));
@@ -229,7 +248,7 @@ mod tests {
         s.create(Oid(1), 10, 0, b"").expect("create");
         s.create(Oid(2), 10, 0, b"").expect("create");
         assert_eq!(s.wipe().expect("wipe"), 2);
-        assert!(s.list().expect("list").is_empty());
+        assert!(s.list().is_empty());
         s.flush().expect("flush");
         let (cap, free) = s.space().expect("space");
         assert!(cap >= free && cap > 0);

@@ -86,6 +86,8 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
         let _ = config.set_max_readahead(MAX_WRITE);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
+        // Let the kernel keep several O_DIRECT requests of one file in flight (fio, qemu).
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ASYNC_DIO);
         Ok(())
     }
 

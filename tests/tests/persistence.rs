@@ -79,7 +79,6 @@ fn data_survives_kill_and_restart() {
 /// One node killed: the others keep serving the data (2 of 3 copies left); once it is back
 /// it serves the same bytes, including those written while it was away.
 #[test]
-#[ignore = "a restarted node serves its stale copies until recovery exists (issue 4)"]
 fn one_node_killed_and_restarted() {
     let mut c = Cluster::start_formatted(3, 3);
     c.dog_ok(&["vdi", "create", "alpha", "32M"]);
