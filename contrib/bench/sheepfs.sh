@@ -3,7 +3,7 @@
 # in-memory FUSE filesystem with the same FUSE settings (the FUSE-layer ceiling).
 #
 # Usage (as root, from anywhere in the repository; needs /dev/fuse, python3, apt-get):
-#   contrib/bench/sheepfs.sh            # full run: 1G volume, 15 s per fio job (~6 min)
+#   contrib/bench/sheepfs.sh            # full run: 1G volume, 15 s per fio job (~4 min plus the build)
 #   contrib/bench/sheepfs.sh --quick    # smoke run: 256M volume, 5 s per fio job
 # Environment:
 #   BENCH_SIZE=1G       size of the volume, the plain file and memfs (K, M, G, T = powers of 1024)

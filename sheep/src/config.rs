@@ -170,6 +170,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let f: FileConfig =
+            toml::from_str(include_str!("../../contrib/sheep.toml")).expect("contrib/sheep.toml parses");
+        assert_eq!((f.port, f.vnodes, f.recovery_rate), (Some(7000), Some(128), Some(0)));
+    }
+
+    #[test]
     fn bad_configs_are_clear() {
         let t = tempfile::tempdir().expect("tmp");
         let f = t.path().join("sheep.toml");

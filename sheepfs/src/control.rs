@@ -58,6 +58,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn documented_examples() {
+        for line in crate::semantics_example("control").lines() {
+            let (file, rest) = line.split_once(' ').expect("file");
+            let rest = rest.trim_start().strip_prefix('"').expect("quoted input");
+            let (input, expect) = rest.split_once('"').expect("closing quote");
+            let got = match file {
+                "snapshot" => parse_snapshot(input.as_bytes()).map(|t| {
+                    if t.is_empty() {
+                        "ok, no tag".to_string()
+                    } else {
+                        format!("ok, tag {t}")
+                    }
+                }),
+                "clone" => parse_clone(input.as_bytes()).map(|_| "ok".to_string()),
+                other => panic!("unknown control file {other}"),
+            };
+            let got = got.unwrap_or_else(|e| {
+                if e.errno == libc::EINVAL {
+                    "EINVAL".into()
+                } else {
+                    format!("errno {}", e.errno)
+                }
+            });
+            assert_eq!(got, expect.trim(), "{line}");
+        }
+    }
+
+    #[test]
     fn snapshot_inputs() {
         assert_eq!(parse_snapshot(b"1\n").ok(), Some(String::new()));
         assert_eq!(

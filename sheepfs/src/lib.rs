@@ -11,3 +11,18 @@ mod memory;
 pub mod monitor;
 pub mod span;
 pub mod volume;
+
+/// The examples of `SEMANTICS.md`, for the tests that keep code and page in step.
+#[cfg(test)]
+pub(crate) fn semantics_example(name: &str) -> String {
+    let page = include_str!("../SEMANTICS.md");
+    let open = format!("```example:{name}\n");
+    let start = page
+        .find(&open)
+        .map(|i| i + open.len())
+        .unwrap_or_else(|| panic!("no example {name} in SEMANTICS.md"));
+    let len = page[start..]
+        .find("```")
+        .unwrap_or_else(|| panic!("example {name} is not closed"));
+    page[start..start + len].to_string()
+}

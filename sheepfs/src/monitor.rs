@@ -142,6 +142,89 @@ pub fn node_info(node: Option<&Node>, addr: std::net::SocketAddr, size: u64, fre
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::semantics_example;
+    use protocol::cluster::status;
+
+    const T0: u64 = 1_795_620_173; // 2026-11-25T15:22:53Z
+    const T1: u64 = 1_795_620_600; // 2026-11-25T15:30:00Z
+
+    fn node(port: u16, zone: u32) -> Node {
+        Node {
+            addr: format!("127.0.0.1:{port}").parse().expect("addr"),
+            nr_vnodes: 128,
+            zone,
+            space: 0,
+        }
+    }
+
+    fn alpha() -> (InodeHeader, InodeHeader) {
+        let snap = InodeHeader {
+            name: "alpha".into(),
+            tag: "before".into(),
+            create_time: T0 << 32,
+            snap_ctime: T1 << 32,
+            vdi_size: 1 << 30,
+            nr_copies: 3,
+            block_size_shift: 22,
+            snap_id: 1,
+            vdi_id: 0x7c2b25,
+            ..InodeHeader::default()
+        };
+        let work = InodeHeader {
+            tag: String::new(),
+            create_time: T1 << 32,
+            snap_ctime: 0,
+            snap_id: 2,
+            vdi_id: 0x7c2b26,
+            parent_vdi_id: 0x7c2b25,
+            ..snap.clone()
+        };
+        (snap, work)
+    }
+
+    #[test]
+    fn documented_vdi_files() {
+        let (snap, work) = alpha();
+        let list = vdi_list(&[(snap, 8 << 20, 0), (work.clone(), 4 << 20, 4 << 20)]);
+        assert_eq!(list, semantics_example("vdi-list"));
+        assert_eq!(vdi_info(&work, &[1]), semantics_example("vdi-info"));
+    }
+
+    #[test]
+    fn documented_cluster_and_node_files() {
+        let ci = ClusterInfo {
+            epoch: 2,
+            ctime: T0 << 32,
+            nr_copies: 3,
+            status: status::OK,
+            block_size_shift: 22,
+            default_store: "plain".into(),
+            nodes: vec![node(7000, 1), node(7001, 2)],
+            ..ClusterInfo::default()
+        };
+        let epochs = vec![
+            EpochRecord {
+                epoch: 2,
+                time: T1,
+                nodes: vec![node(7000, 1), node(7001, 2)],
+                ..EpochRecord::default()
+            },
+            EpochRecord {
+                epoch: 1,
+                time: T0,
+                nodes: vec![node(7000, 1), node(7001, 2), node(7002, 3)],
+                ..EpochRecord::default()
+            },
+        ];
+        assert_eq!(cluster_info(&ci, &epochs), semantics_example("cluster-info"));
+        let rows = vec![
+            (node(7000, 1), Some((270_553_174_016, 82_765_303_808))),
+            (node(7001, 2), None),
+        ];
+        assert_eq!(node_list(&rows), semantics_example("node-list"));
+        let n = node(7000, 1);
+        assert_eq!(node_info(Some(&n), n.addr, 1000, 600), semantics_example("node-info"));
+    }
 
     #[test]
     fn dates() {
