@@ -35,6 +35,15 @@ pub struct NewVdi {
     pub block_size_shift: u8,
 }
 
+/// One node's recovery progress.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryState {
+    pub running: bool,
+    pub done: u64,
+    pub total: u64,
+    pub recovered_epoch: u32,
+}
+
 /// A VDI located by name: its vid and layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VdiInfo {
@@ -257,6 +266,24 @@ impl Client {
     pub async fn stat_sheep(&self) -> Result<(u64, u64), ClientError> {
         let r = self.call(RequestHeader::new(op::STAT_SHEEP), &[]).await?;
         Ok((r.header.store_size(), r.header.store_free()))
+    }
+
+    /// STAT_RECOVERY: the node's recovery progress (PROTOCOL.md 2.7), plus the last epoch
+    /// whose recovery finished there.
+    pub async fn stat_recovery(&self) -> Result<RecoveryState, ClientError> {
+        let mut req = RequestHeader::new(op::STAT_RECOVERY);
+        req.data_length = 24;
+        let r = self.call(req, &[]).await?;
+        if r.data.len() < 24 {
+            return Err(self.short_reply(op::STAT_RECOVERY));
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(r.data[o..o + 8].try_into().unwrap_or_default());
+        Ok(RecoveryState {
+            running: r.data[0] != 0,
+            done: u64_at(8),
+            total: u64_at(16),
+            recovered_epoch: r.header.recovered_epoch(),
+        })
     }
 
     /// FLUSH_VDI: every write so far becomes durable on every replica.

@@ -57,6 +57,27 @@ fn retriable(code: ResultCode) -> bool {
 }
 
 /// The replica set for `oid` now, and the epoch it belongs to.
+/// The replica set for `oid` now, and the epoch it belongs to. In strict mode (format -t) a
+/// write needs all its copies: with fewer zones than copies, the set is empty (HALT).
+fn write_placement(sheep: &Sheep, oid: Oid, copies: u8) -> (Vec<Node>, u32) {
+    let (nodes, epoch) = placement(sheep, oid, copies);
+    let st = sheep.state();
+    let want = if copies == 0 {
+        st.copies_for(oid.vid().get())
+    } else {
+        copies
+    };
+    let strict = st
+        .format
+        .as_ref()
+        .is_some_and(|f| f.flags & protocol::opcode::cluster_flags::STRICT != 0);
+    if strict && nodes.len() < usize::from(want) {
+        tracing::warn!(%oid, zones = nodes.len(), copies = want, "write halted: fewer zones than copies (strict mode)");
+        return (Vec::new(), epoch);
+    }
+    (nodes, epoch)
+}
+
 fn placement(sheep: &Sheep, oid: Oid, copies: u8) -> (Vec<Node>, u32) {
     let st = sheep.state();
     let copies = if copies == 0 {
@@ -154,7 +175,7 @@ pub async fn write(sheep: &Arc<Sheep>, w: Write<'_>) -> Result<(), ResultCode> {
     };
     let mut last = ResultCode::EIO;
     for _ in 0..ATTEMPTS {
-        let (nodes, epoch) = placement(sheep, w.oid, w.copies);
+        let (nodes, epoch) = write_placement(sheep, w.oid, w.copies);
         if nodes.is_empty() {
             return Err(ResultCode::HALT);
         }

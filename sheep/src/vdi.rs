@@ -194,6 +194,10 @@ pub async fn new_vdi(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) ->
     if a.store_policy != 0 {
         return Err(ResultCode::NO_SUPPORT);
     }
+    if sheep.state().ring().nr_zones() == 0 {
+        tracing::warn!(name = %String::from_utf8_lossy(&name), "VDI creation refused: the cluster has no storage node, only gateways");
+        return Err(ResultCode::HALT);
+    }
     let (_lock, end) = sheep.driver.lock_ops().await.map_err(driver_failed)?;
     sheep.wait_applied(end).await;
     let found = lookup(sheep, &name, &[], 0).await;

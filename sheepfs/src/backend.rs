@@ -9,7 +9,7 @@ use std::time::Duration;
 use protocol::cluster::{ClusterInfo, EpochRecord};
 use protocol::inode::{Inode, InodeHeader};
 use protocol::node::Node;
-use protocol::requests::{NewVdi, VdiInfo};
+use protocol::requests::{NewVdi, RecoveryState, VdiInfo};
 use protocol::{Client, ClientError, Oid, Vid};
 
 use crate::error::{FsError, FsResult};
@@ -40,6 +40,8 @@ pub trait Backend: Send + Sync + 'static {
     fn cluster_info(&self) -> impl Future<Output = FsResult<ClusterInfo>> + Send;
     fn epoch_log(&self, epochs: u32, nodes: u32) -> impl Future<Output = FsResult<Vec<EpochRecord>>> + Send;
     fn nodes(&self) -> impl Future<Output = FsResult<Vec<Node>>> + Send;
+    /// Recovery progress of one node.
+    fn stat_recovery(&self, node: SocketAddr) -> impl Future<Output = FsResult<RecoveryState>> + Send;
     /// (size, free) of one node's store; `None` for the gateway this backend talks to.
     fn stat_sheep(&self, node: Option<SocketAddr>) -> impl Future<Output = FsResult<(u64, u64)>> + Send;
 }
@@ -164,6 +166,13 @@ impl Backend for ClusterBackend {
 
     async fn nodes(&self) -> FsResult<Vec<Node>> {
         self.retry("node list", || self.gateway.nodes()).await
+    }
+
+    async fn stat_recovery(&self, node: SocketAddr) -> FsResult<RecoveryState> {
+        Client::with_timeout(node, Duration::from_secs(2))
+            .stat_recovery()
+            .await
+            .map_err(|e| FsError::cluster("recovery state", &e))
     }
 
     async fn stat_sheep(&self, node: Option<SocketAddr>) -> FsResult<(u64, u64)> {

@@ -29,6 +29,7 @@ pub enum Entry {
     NodeDir,
     VdiList,
     ClusterInfo,
+    ClusterRecovery,
     NodeList,
     NodeInfo,
     Vdi(String),
@@ -231,6 +232,7 @@ impl<B: Backend> Fs<B> {
                 Entry::Vdi(n.to_string())
             }
             (Entry::ClusterDir, "info") => Entry::ClusterInfo,
+            (Entry::ClusterDir, "recovery") => Entry::ClusterRecovery,
             (Entry::NodeDir, "list") => Entry::NodeList,
             (Entry::NodeDir, "info") => Entry::NodeInfo,
             (Entry::Vdi(v), "volume") => Entry::Volume(v.clone()),
@@ -271,7 +273,7 @@ impl<B: Backend> Fs<B> {
                 v.extend(hs.into_iter().filter(|h| !h.is_snapshot()).map(|h| h.name));
                 v
             }
-            Entry::ClusterDir => vec!["info".into()],
+            Entry::ClusterDir => vec!["info".into(), "recovery".into()],
             Entry::NodeDir => vec!["list".into(), "info".into()],
             Entry::Vdi(_) => vec!["volume".into(), "snapshot".into(), "info".into(), "snapshots".into()],
             Entry::Snapshots(n) => self.snapshot_ids(n).await?.iter().map(u32::to_string).collect(),
@@ -332,6 +334,15 @@ impl<B: Backend> Fs<B> {
                     self.backend.epoch_log(ci.epoch, ci.nodes.len() as u32).await?
                 };
                 Ok(monitor::cluster_info(&ci, &epochs))
+            }
+            Entry::ClusterRecovery => {
+                let nodes = self.backend.nodes().await?;
+                let mut rows = Vec::with_capacity(nodes.len());
+                for n in nodes {
+                    let st = self.backend.stat_recovery(n.addr).await.ok();
+                    rows.push((n, st));
+                }
+                Ok(monitor::recovery(&rows))
             }
             Entry::NodeList => {
                 let nodes = self.backend.nodes().await?;

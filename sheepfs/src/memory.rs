@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use protocol::cluster::{ClusterInfo, EpochRecord};
 use protocol::inode::{Inode, InodeHeader, DEFAULT_BLOCK_SIZE_SHIFT, INODE_HEADER_SIZE};
 use protocol::node::Node;
-use protocol::requests::{NewVdi, VdiInfo};
+use protocol::requests::{NewVdi, RecoveryState, VdiInfo};
 use protocol::{Oid, Vid};
 
 use crate::backend::Backend;
@@ -246,6 +246,10 @@ impl Backend for MemoryBackend {
 
     async fn nodes(&self) -> FsResult<Vec<Node>> {
         Ok(Vec::new())
+    }
+
+    async fn stat_recovery(&self, _node: SocketAddr) -> FsResult<RecoveryState> {
+        Ok(RecoveryState::default())
     }
 
     async fn stat_sheep(&self, _node: Option<SocketAddr>) -> FsResult<(u64, u64)> {

@@ -129,6 +129,24 @@ pub fn node_list(nodes: &[(Node, Option<(u64, u64)>)]) -> String {
     out
 }
 
+/// `/cluster/recovery`: a header, then `addr state done total recovered_epoch` per node
+/// (`-` fields when a node could not be asked).
+pub fn recovery(nodes: &[(Node, Option<protocol::requests::RecoveryState>)]) -> String {
+    let mut out = String::from("# addr state done total recovered_epoch\n");
+    for (n, st) in nodes {
+        match st {
+            Some(s) => {
+                let state = if s.running { "recovering" } else { "idle" };
+                let _ = writeln!(out, "{} {state} {} {} {}", n.addr, s.done, s.total, s.recovered_epoch);
+            }
+            None => {
+                let _ = writeln!(out, "{} - - - -", n.addr);
+            }
+        }
+    }
+    out
+}
+
 /// `/node/info`: the gateway node's own figures.
 pub fn node_info(node: Option<&Node>, addr: std::net::SocketAddr, size: u64, free: u64) -> String {
     format!(
@@ -224,6 +242,24 @@ mod tests {
         assert_eq!(node_list(&rows), semantics_example("node-list"));
         let n = node(7000, 1);
         assert_eq!(node_info(Some(&n), n.addr, 1000, 600), semantics_example("node-info"));
+        let busy = protocol::requests::RecoveryState {
+            running: true,
+            done: 10,
+            total: 42,
+            recovered_epoch: 2,
+        };
+        let idle = protocol::requests::RecoveryState {
+            running: false,
+            done: 0,
+            total: 0,
+            recovered_epoch: 3,
+        };
+        let rows = vec![
+            (node(7000, 1), Some(busy)),
+            (node(7001, 2), Some(idle)),
+            (node(7002, 3), None),
+        ];
+        assert_eq!(recovery(&rows), semantics_example("cluster-recovery"));
     }
 
     #[test]

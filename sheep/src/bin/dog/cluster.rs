@@ -148,6 +148,27 @@ pub async fn info(addr: SocketAddr, raw: bool, verbose: bool) -> Result<(), Fail
             "running, auto-recovery {}",
             if disabled { "disabled" } else { "enabled" }
         ));
+        if let Some(f) = first {
+            let zones = nodes
+                .iter()
+                .filter(|n| !n.is_gateway())
+                .map(|n| n.zone)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            if zones < usize::from(f.nr_copies) {
+                out.line(if f.flags & cluster_flags::STRICT != 0 {
+                    format!(
+                        "Fewer zones ({zones}) than copies ({}): writes are halted (strict mode)",
+                        f.nr_copies
+                    )
+                } else {
+                    format!(
+                        "Fewer zones ({zones}) than copies ({}): running degraded, {zones} copies per object",
+                        f.nr_copies
+                    )
+                });
+            }
+        }
     } else {
         out.line(code.message());
     }

@@ -132,6 +132,12 @@ enum NodeCmd {
         #[arg(short = 'r', long = "raw")]
         raw: bool,
     },
+    /// Show each node's recovery: objects done and to do, and the last epoch it recovered
+    Recovery {
+        /// Raw output: no header, fields separated by single spaces
+        #[arg(short = 'r', long = "raw")]
+        raw: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -350,6 +356,7 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
         Cmd::Node(n) => match n {
             NodeCmd::List { raw } => node::list(addr, raw).await,
             NodeCmd::Info { raw } => node::info(addr, raw).await,
+            NodeCmd::Recovery { raw } => node::recovery(addr, raw).await,
         },
         Cmd::Vdi(v) => match v {
             VdiCmd::Create {

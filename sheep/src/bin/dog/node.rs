@@ -28,6 +28,39 @@ pub async fn list(addr: SocketAddr, raw: bool) -> Result<(), Failure> {
     out.print()
 }
 
+/// `dog node recovery`: STAT_RECOVERY to every node.
+pub async fn recovery(addr: SocketAddr, raw: bool) -> Result<(), Failure> {
+    let c = net::connect(addr).await?;
+    let list = net::node_list(&c).await?;
+    let mut out = Out::new();
+    if !raw {
+        out.line("  Id   Host:Port              State        Done      Total  Recovered epoch");
+    }
+    for (i, n) in list.nodes.iter().enumerate() {
+        let st = match protocol::Client::new(n.addr).stat_recovery().await {
+            Ok(st) => st,
+            Err(e) => {
+                warn(format!("Failed to get the recovery state of {}: {}", n.addr, why(&e)));
+                continue;
+            }
+        };
+        let state = if st.running { "recovering" } else { "idle" };
+        let host = n.addr.to_string();
+        if raw {
+            out.line(format!(
+                "{i} {host} {state} {} {} {}",
+                st.done, st.total, st.recovered_epoch
+            ));
+        } else {
+            out.line(format!(
+                "{i:4}   {host:<22} {state:<10} {:>6} {:>10}  {:>15}",
+                st.done, st.total, st.recovered_epoch
+            ));
+        }
+    }
+    out.print()
+}
+
 /// Percentage used, truncated like the original's `(int)` cast; 0 for an empty store.
 fn use_ratio(size: u64, free: u64) -> u64 {
     if size == 0 {
