@@ -29,13 +29,20 @@ pub struct Format {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
+    /// `incarnation` tells apart two lives of one address (the ZooKeeper session id).
     Join {
         node: Node,
         time: u64,
+        #[serde(default)]
+        incarnation: u64,
     },
+    /// With an incarnation, only that life of the node leaves (a late notice about a previous
+    /// life is ignored).
     Leave {
         addr: SocketAddr,
         time: u64,
+        #[serde(default)]
+        incarnation: Option<u64>,
     },
     Format {
         format: Format,
@@ -86,6 +93,8 @@ pub enum Effect {
 pub struct ClusterState {
     /// Current members, sorted as GET_NODE_LIST returns them, with vnodes as joined.
     members: Vec<Node>,
+    /// The life (session) of each member, as its last join said.
+    incarnations: BTreeMap<SocketAddr, u64>,
     pub format: Option<Format>,
     pub epochs: Vec<Epoch>,
     pub in_use: VdiBitmap,
@@ -99,6 +108,7 @@ impl Default for ClusterState {
     fn default() -> Self {
         ClusterState {
             members: Vec::new(),
+            incarnations: BTreeMap::new(),
             format: None,
             epochs: Vec::new(),
             in_use: VdiBitmap::default(),
@@ -167,7 +177,12 @@ impl ClusterState {
     pub fn apply(&mut self, ev: &Event) -> Vec<Effect> {
         let mut fx = Vec::new();
         match ev {
-            Event::Join { node, time } => {
+            Event::Join {
+                node,
+                time,
+                incarnation,
+            } => {
+                self.incarnations.insert(node.addr, *incarnation);
                 if self.members.contains(node) {
                     return fx;
                 }
@@ -178,11 +193,17 @@ impl ClusterState {
                 self.rebuild_ring();
                 self.new_epoch(*time, &mut fx);
             }
-            Event::Leave { addr, time } => {
-                if !self.is_member(*addr) {
+            Event::Leave {
+                addr,
+                time,
+                incarnation,
+            } => {
+                let stale = incarnation.is_some_and(|i| self.incarnations.get(addr) != Some(&i));
+                if !self.is_member(*addr) || stale {
                     return fx;
                 }
                 self.members.retain(|n| n.addr != *addr);
+                self.incarnations.remove(addr);
                 self.rebuild_ring();
                 self.new_epoch(*time, &mut fx);
             }
@@ -231,6 +252,7 @@ impl ClusterState {
                 // Nodes leave without a new epoch: the cluster resumes at this epoch.
                 self.shutting_down = true;
                 self.members.clear();
+                self.incarnations.clear();
                 self.rebuild_ring();
                 fx.push(Effect::Shutdown);
             }
@@ -308,8 +330,16 @@ mod tests {
     #[test]
     fn epochs_start_at_format_and_follow_membership() {
         let mut s = ClusterState::default();
-        s.apply(&Event::Join { node: node(1), time: 1 });
-        s.apply(&Event::Join { node: node(2), time: 2 });
+        s.apply(&Event::Join {
+            node: node(1),
+            time: 1,
+            incarnation: 0,
+        });
+        s.apply(&Event::Join {
+            node: node(2),
+            time: 2,
+            incarnation: 0,
+        });
         assert_eq!(s.epoch(), 0);
         assert_eq!(s.cluster_info().status, status::WAIT);
         assert_eq!(s.apply(&format()), vec![Effect::WipeStore, Effect::NewEpoch(1)]);
@@ -317,7 +347,8 @@ mod tests {
         assert_eq!(
             s.apply(&Event::Join {
                 node: node(3),
-                time: 11
+                time: 11,
+                incarnation: 0
             }),
             vec![Effect::NewEpoch(2)]
         );
@@ -325,19 +356,22 @@ mod tests {
         assert!(s
             .apply(&Event::Join {
                 node: node(3),
-                time: 12
+                time: 12,
+                incarnation: 0
             })
             .is_empty());
         assert!(s
             .apply(&Event::Leave {
                 addr: node(9).addr,
-                time: 12
+                time: 12,
+                incarnation: None
             })
             .is_empty());
         assert_eq!(
             s.apply(&Event::Leave {
                 addr: node(1).addr,
-                time: 13
+                time: 13,
+                incarnation: None
             }),
             vec![Effect::NewEpoch(3)]
         );
@@ -345,6 +379,41 @@ mod tests {
         assert_eq!(recs.iter().map(|r| r.epoch).collect::<Vec<_>>(), [3, 2, 1]);
         assert_eq!(recs[0].nodes.len(), 2);
         assert_eq!(s.cluster_info().status, status::OK);
+    }
+
+    #[test]
+    fn a_late_leave_of_a_previous_life_is_ignored() {
+        let mut s = ClusterState::default();
+        s.apply(&format());
+        s.apply(&Event::Join {
+            node: node(1),
+            time: 1,
+            incarnation: 7,
+        });
+        let e = s.epoch();
+        // The node restarted (new session 8) before its old session's departure was seen.
+        assert!(s
+            .apply(&Event::Join {
+                node: node(1),
+                time: 2,
+                incarnation: 8
+            })
+            .is_empty());
+        assert!(s
+            .apply(&Event::Leave {
+                addr: node(1).addr,
+                time: 3,
+                incarnation: Some(7)
+            })
+            .is_empty());
+        assert!(s.is_member(node(1).addr));
+        assert_eq!(s.epoch(), e);
+        let left = s.apply(&Event::Leave {
+            addr: node(1).addr,
+            time: 4,
+            incarnation: Some(8),
+        });
+        assert_eq!(left, vec![Effect::NewEpoch(e + 1)]);
     }
 
     #[test]
@@ -377,9 +446,17 @@ mod tests {
     #[test]
     fn same_events_same_state() {
         let evs = vec![
-            Event::Join { node: node(1), time: 1 },
+            Event::Join {
+                node: node(1),
+                time: 1,
+                incarnation: 0,
+            },
             format(),
-            Event::Join { node: node(2), time: 2 },
+            Event::Join {
+                node: node(2),
+                time: 2,
+                incarnation: 0,
+            },
             Event::VdiAdd {
                 vid: 7,
                 copies: 3,
@@ -389,6 +466,7 @@ mod tests {
             Event::Leave {
                 addr: node(1).addr,
                 time: 3,
+                incarnation: None,
             },
         ];
         let run = || {

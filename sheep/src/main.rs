@@ -53,7 +53,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let driver = Driver::start(&spec, addr, tx).map_err(|e| e.to_string())?;
+    let driver = Driver::start(&spec, addr, tx).await.map_err(|e| e.to_string())?;
     let recovery = sheep::recovery::Recovery::new(cfg.recovery_rate);
     let sheep = Arc::new(Sheep::new(me.clone(), cfg.dir.clone(), store, driver, recovery));
     tokio::spawn(sheep.clone().apply_loop(rx));

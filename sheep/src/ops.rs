@@ -136,6 +136,22 @@ fn admit(sheep: &Sheep, req: &RequestHeader) -> Result<Kind, ResultCode> {
             ResultCode::NO_SUPPORT
         });
     };
+    let changes_data = matches!(
+        req.opcode,
+        op::CREATE_AND_WRITE_OBJ
+            | op::WRITE_OBJ
+            | op::REMOVE_OBJ
+            | op::DISCARD_OBJ
+            | op::NEW_VDI
+            | op::DEL_VDI
+            | op::CREATE_AND_WRITE_PEER
+            | op::WRITE_PEER
+            | op::REMOVE_PEER
+    );
+    if changes_data && !sheep.driver.healthy() {
+        // Our cluster session lapsed: others may already have moved on without us.
+        return Err(ResultCode::HALT);
+    }
     let st = sheep.state();
     if st.shutting_down && k != Kind::Peer {
         return Err(ResultCode::SHUTDOWN);

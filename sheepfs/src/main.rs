@@ -189,6 +189,12 @@ fn main() -> ExitCode {
         eprintln!("sheepfs: {e}");
         return ExitCode::from(2);
     }
+    // In the background stderr is gone: a panic must reach the log file.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("panic: {info}");
+        default_hook(info);
+    }));
     let mut tell = |r: Result<(), String>| {
         if let Some(mut p) = pipe.take() {
             let word = match r {

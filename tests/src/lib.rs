@@ -1143,6 +1143,491 @@ pub fn read_file(path: &Path) -> Vec<u8> {
     b
 }
 
+// ---------------------------------------------------------------------------------------------
+// External tools and sheepfs mounts
+
+/// How long one external tool (dd, cp, mkfs.ext4, qemu-img, fio...) may run by default.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long `sheepfs` may take to report its mount ready, and to exit after `umount`.
+pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines of sheepfs's log printed when a test fails.
+const SHEEPFS_LOG_TAIL_LINES: usize = 200;
+
+pub fn sheepfs_bin() -> PathBuf {
+    binary("sheepfs")
+}
+
+/// What one external command produced.
+#[derive(Debug)]
+pub struct ToolOutput {
+    /// The command line, for messages.
+    pub cmdline: String,
+    /// `None` when the harness killed the command at its deadline.
+    pub status: Option<ExitStatus>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl ToolOutput {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    pub fn timed_out(&self) -> bool {
+        self.status.is_none()
+    }
+
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// The command, how it ended, and what it printed.
+    pub fn describe(&self) -> String {
+        let how = match self.status {
+            Some(s) => s.to_string(),
+            None => format!("no exit: killed by the harness after {:?}", self.elapsed),
+        };
+        format!(
+            "`{}` ended with {how} after {:?}\nstderr: {}\nstdout: {}",
+            self.cmdline,
+            self.elapsed,
+            self.stderr.trim_end(),
+            truncate_for_message(self.stdout_str().trim_end())
+        )
+    }
+
+    /// Panics with the command, status, stderr and stdout unless it exited 0.
+    #[track_caller]
+    pub fn expect_ok(self) -> ToolOutput {
+        if !self.success() {
+            panic!("expected success: {}", self.describe());
+        }
+        self
+    }
+
+    /// Panics unless the command exited by itself with a non-zero status.
+    #[track_caller]
+    pub fn expect_failure(self) -> ToolOutput {
+        if self.success() || self.timed_out() {
+            panic!("expected a non-zero exit: {}", self.describe());
+        }
+        self
+    }
+}
+
+/// Runs `cmd` (stdin from /dev/null, stdout and stderr captured) and kills it if it is still
+/// running after `timeout`: a hung tool fails the test instead of hanging it.
+pub fn run_command(cmd: Command, timeout: Duration) -> ToolOutput {
+    run_command_with_stdin(cmd, Stdio::null(), timeout)
+}
+
+/// [`run_command`] with the given standard input (e.g. a file the test opened itself).
+pub fn run_command_with_stdin(mut cmd: Command, stdin: Stdio, timeout: Duration) -> ToolOutput {
+    let cmdline = {
+        let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+        parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+        parts.join(" ")
+    };
+    cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{cmdline}`: {e}"));
+    let mut out_pipe = child.stdout.take().expect("stdout pipe");
+    let mut err_pipe = child.stderr.take().expect("stderr pipe");
+    let out_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out_pipe.read_to_end(&mut b);
+        b
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err_pipe.read_to_end(&mut b);
+        b
+    });
+    let deadline = start + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("waiting for `{cmdline}`: {e}"),
+        }
+    };
+    let elapsed = start.elapsed();
+    // A tool that left a background child holding the pipes (sheepfs does not: it detaches
+    // its stdio) would block these joins; none of the tools used here does.
+    let stdout = out_reader.join().expect("stdout reader thread panicked");
+    let stderr = err_reader.join().expect("stderr reader thread panicked");
+    ToolOutput {
+        cmdline,
+        status,
+        stdout,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        elapsed,
+    }
+}
+
+/// Runs `program args...` with [`TOOL_TIMEOUT`].
+pub fn tool(program: &str, args: &[&str]) -> ToolOutput {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    run_command(cmd, TOOL_TIMEOUT)
+}
+
+/// Runs `program args...` with [`TOOL_TIMEOUT`] and panics unless it exits 0.
+#[track_caller]
+pub fn tool_ok(program: &str, args: &[&str]) -> ToolOutput {
+    tool(program, args).expect_ok()
+}
+
+/// Is `path` a mount point right now (as listed in /proc/self/mountinfo)?
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    // Field 5 is the mount point, with spaces and friends escaped as \040 etc.
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+/// Is process `pid` alive (present and not a zombie)?
+fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S ...`: the state follows the last ')'.
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The pid of the `sheepfs` process serving `mountpoint`: its command line names the
+/// binary and ends with the (unique, per-test) mount point.
+fn find_sheepfs_pid(mountpoint: &Path) -> Option<u32> {
+    let want = mountpoint.as_os_str().as_encoded_bytes();
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
+        let is_sheepfs = args
+            .first()
+            .is_some_and(|a0| *a0 == b"sheepfs" || a0.ends_with(b"/sheepfs"));
+        if is_sheepfs && args.last() == Some(&want) && process_alive(pid) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// A `sheepfs` mounted on a directory inside the cluster's temporary directory, talking to one
+/// node as its gateway. It holds no borrow of the [`Cluster`], so a test can kill and restart
+/// nodes under it. Declare it after the cluster so that it drops first.
+///
+/// On drop it unmounts (`umount`, then `umount -l`), waits for the sheepfs process to exit
+/// (SIGKILL after [`MOUNT_TIMEOUT`]) and, when the test is failing, prints the tail of the
+/// sheepfs log. [`Mount::unmount`] does the same but fails the test if anything went wrong.
+pub struct Mount {
+    mountpoint: PathBuf,
+    log: PathBuf,
+    node: usize,
+    pid: Option<u32>,
+    done: bool,
+}
+
+impl Mount {
+    /// `sheepfs -a 127.0.0.1 -p <port of node> --log-file <tmp>/sheepfs.log <tmp>/mnt`.
+    #[track_caller]
+    pub fn start(c: &Cluster, node: usize) -> Mount {
+        Mount::start_with(c, node, &[])
+    }
+
+    /// Like [`Mount::start`] with extra sheepfs flags (e.g. `--retry-secs 3`). The first
+    /// mount of a cluster uses `mnt` and `sheepfs.log`, later ones `mnt1`, `sheepfs1.log`...
+    #[track_caller]
+    pub fn start_with(c: &Cluster, node: usize, extra: &[&str]) -> Mount {
+        let (mountpoint, log) = (0..)
+            .map(|k| {
+                let suffix = if k == 0 { String::new() } else { k.to_string() };
+                (
+                    c.root().join(format!("mnt{suffix}")),
+                    c.root().join(format!("sheepfs{suffix}.log")),
+                )
+            })
+            .find(|(m, _)| !m.exists())
+            .expect("some mount point name is free");
+        fs::create_dir_all(&mountpoint).unwrap_or_else(|e| panic!("creating {}: {e}", mountpoint.display()));
+        let port = c.node(node).port().to_string();
+        let mut cmd = Command::new(sheepfs_bin());
+        cmd.args(["-a", "127.0.0.1", "-p", &port, "--log-file"])
+            .arg(&log)
+            .args(extra)
+            .arg(&mountpoint);
+        let out = run_command(cmd, MOUNT_TIMEOUT);
+        let mut m = Mount {
+            mountpoint,
+            log,
+            node,
+            pid: None,
+            done: false,
+        };
+        m.pid = find_sheepfs_pid(&m.mountpoint);
+        if !out.success() || !is_mount_point(&m.mountpoint) || m.pid.is_none() {
+            panic!(
+                "sheepfs did not mount {} through node {node}: {}\nmounted: {}, sheepfs pid: {:?}\n{}",
+                m.mountpoint.display(),
+                out.describe(),
+                is_mount_point(&m.mountpoint),
+                m.pid,
+                m.log_tail(SHEEPFS_LOG_TAIL_LINES)
+            );
+        }
+        m
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// A path inside the mount: `join("vdi/list")`.
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
+
+    /// `/vdi/<name>`.
+    pub fn vdi_dir(&self, name: &str) -> PathBuf {
+        self.mountpoint.join("vdi").join(name)
+    }
+
+    /// `/vdi/<name>/volume`.
+    pub fn volume(&self, name: &str) -> PathBuf {
+        self.vdi_dir(name).join("volume")
+    }
+
+    /// The node this mount uses as its gateway.
+    pub fn node(&self) -> usize {
+        self.node
+    }
+
+    /// The pid of the sheepfs process serving the mount.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The whole sheepfs log so far.
+    pub fn log_text(&self) -> String {
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        format!("--- {} ---\n{}", self.log.display(), tail_of_file(&self.log, lines))
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        is_mount_point(&self.mountpoint)
+    }
+
+    /// Is the sheepfs process still running?
+    pub fn process_alive(&self) -> bool {
+        self.pid.is_some_and(process_alive)
+    }
+
+    /// Unmounts and waits for sheepfs to exit; panics (with the log) if `umount` failed or
+    /// the process had to be killed.
+    #[track_caller]
+    pub fn unmount(mut self) {
+        let problems = self.teardown();
+        if !problems.is_empty() {
+            panic!(
+                "unmounting {} did not go cleanly:\n  {}\n{}",
+                self.mountpoint.display(),
+                problems.join("\n  "),
+                self.log_tail(SHEEPFS_LOG_TAIL_LINES)
+            );
+        }
+    }
+
+    /// Unmounts, waits for the process, kills it if need be. Returns what went wrong.
+    fn teardown(&mut self) -> Vec<String> {
+        if self.done {
+            return Vec::new();
+        }
+        self.done = true;
+        let mut problems = Vec::new();
+        let mp = self.mountpoint.to_string_lossy().into_owned();
+        if self.is_mounted() {
+            let out = tool("umount", &[&mp]);
+            if !out.success() {
+                problems.push(format!("umount failed: {}", out.describe()));
+                if self.is_mounted() {
+                    let lazy = tool("umount", &["-l", &mp]);
+                    if !lazy.success() {
+                        problems.push(format!("umount -l failed: {}", lazy.describe()));
+                    }
+                }
+            }
+        } else {
+            problems.push(format!("{mp} was no longer mounted before the unmount"));
+        }
+        if let Some(pid) = self.pid {
+            let deadline = Instant::now() + MOUNT_TIMEOUT;
+            while process_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if process_alive(pid) {
+                problems.push(format!(
+                    "sheepfs (pid {pid}) still ran {MOUNT_TIMEOUT:?} after the unmount; sent SIGKILL"
+                ));
+                // SAFETY: kill(2) on the pid found serving this mount; checked alive just now.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while process_alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        if self.is_mounted() {
+            // The process is gone; a mount left behind is a dead FUSE connection.
+            let _ = tool("umount", &["-l", &mp]);
+            problems.push(format!("{mp} was still mounted after sheepfs exited"));
+        }
+        let log = self.log_text();
+        if !log.lines().any(|l| l.trim_end().ends_with(" unmounted")) {
+            problems.push(
+                "sheepfs's log has no `unmounted` line: it did not exit through its normal path \
+                 (in the background its stderr, and so any panic message, goes to /dev/null)"
+                    .to_string(),
+            );
+        }
+        for l in log
+            .lines()
+            .filter(|l| l.contains("flush at unmount failed") || l.contains("flush failed"))
+        {
+            problems.push(format!("sheepfs could not flush: {l}"));
+        }
+        problems
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let problems = self.teardown();
+        if std::thread::panicking() || !problems.is_empty() {
+            for p in &problems {
+                eprintln!("sheepfs mount {}: {p}", self.mountpoint.display());
+            }
+            eprintln!(
+                "===== sheepfs on {} (node {}, pid {:?}) =====\n{}",
+                self.mountpoint.display(),
+                self.node,
+                self.pid,
+                self.log_tail(SHEEPFS_LOG_TAIL_LINES)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Growing a running cluster, and daemons with extra flags (recovery scenarios)
+
+impl Sheep {
+    /// [`Sheep::start`] with extra daemon flags for this start only (e.g.
+    /// `["--recovery-rate", "5"]`). Panics if the daemon is already running.
+    pub fn start_with_args(&mut self, extra: &[&str]) {
+        assert!(self.child.is_none(), "node {} is already running", self.index);
+        fs::create_dir_all(&self.dir).unwrap_or_else(|e| panic!("creating {}: {e}", self.dir.display()));
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.out)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", self.out.display()));
+        let err = out
+            .try_clone()
+            .unwrap_or_else(|e| panic!("duplicating {}: {e}", self.out.display()));
+        let mut cmd = Command::new(sheep_bin());
+        cmd.arg("-p")
+            .arg(self.port.to_string())
+            .arg("-b")
+            .arg("127.0.0.1")
+            .arg("-c")
+            .arg(format!("local:{}", self.rendezvous.display()))
+            .arg("--log-file")
+            .arg(&self.log);
+        if let Some(z) = self.zone {
+            cmd.arg("-z").arg(z.to_string());
+        }
+        if self.gateway {
+            cmd.arg("-g");
+        }
+        cmd.args(extra)
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        // SAFETY: as in `start`: prctl is async-signal-safe and touches no parent memory.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start sheep for node {}: {e}", self.index));
+        self.child = Some(child);
+    }
+}
+
+impl Cluster {
+    /// Starts one more storage node, in zone `zone`, on a fresh DIR and a port that no node of
+    /// this cluster uses (running or not), and waits until every running node lists it.
+    /// Returns its index.
+    pub fn add_node(&mut self, zone: u32) -> usize {
+        let taken: BTreeSet<u16> = self.nodes.iter().map(|n| n.port).collect();
+        let port = wait_until("a free port that no node of this cluster uses", START_TIMEOUT, || {
+            let p = free_ports(1)[0];
+            if taken.contains(&p) {
+                Err(format!("port {p} belongs to a stopped node"))
+            } else {
+                Ok(p)
+            }
+        });
+        let i = self.nodes.len();
+        let root = self.tmp.path().to_path_buf();
+        self.nodes.push(Sheep {
+            index: i,
+            port,
+            dir: root.join(format!("node{i}")),
+            log: root.join(format!("node{i}.log")),
+            out: root.join(format!("node{i}.out")),
+            rendezvous: root.join("rv"),
+            zone: Some(zone),
+            gateway: false,
+            child: None,
+        });
+        self.nodes[i].start();
+        self.wait_for_membership();
+        i
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

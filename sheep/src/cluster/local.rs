@@ -136,7 +136,11 @@ impl Paths {
         if rc != 0 {
             return Ok(false);
         }
-        self.append(&Event::Leave { addr, time: now_secs() })?;
+        self.append(&Event::Leave {
+            addr,
+            time: now_secs(),
+            incarnation: None,
+        })?;
         Ok(true)
     }
 }
@@ -181,7 +185,11 @@ impl LocalDriver {
                 let path = p.member(me);
                 let f = open_rw(&path)?;
                 flock(&f, libc::LOCK_EX).map_err(io_err(&path))?;
-                let pos = p.append(&Event::Join { node, time: now_secs() })?;
+                let pos = p.append(&Event::Join {
+                    node,
+                    time: now_secs(),
+                    incarnation: 0,
+                })?;
                 Ok((f, pos))
             })
             .await?;
@@ -195,6 +203,7 @@ impl LocalDriver {
             p.append(&Event::Leave {
                 addr: me,
                 time: now_secs(),
+                incarnation: None,
             })
         })
         .await?;

@@ -6,6 +6,7 @@
 //! cluster-wide lock that serialises VDI operations, whose preparation reads shared state.
 
 pub mod local;
+pub mod zookeeper;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ pub struct Delivery {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("unknown cluster driver {0:?} (supported: local, local:PATH)")]
+    #[error("unknown cluster driver {0:?} (supported: local, local:PATH, zookeeper:HOST:PORT[,HOST:PORT...][,timeout=SECONDS])")]
     Unknown(String),
     #[error("cluster driver i/o on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -37,6 +38,7 @@ pub enum DriverError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DriverSpec {
     Local(PathBuf),
+    Zookeeper(zookeeper::ZkSpec),
 }
 
 /// Rendezvous directory of the `local` driver when none is given.
@@ -47,6 +49,9 @@ impl DriverSpec {
         match s.split_once(':') {
             None if s == "local" => Ok(DriverSpec::Local(PathBuf::from(DEFAULT_LOCAL_PATH))),
             Some(("local", path)) if !path.is_empty() => Ok(DriverSpec::Local(PathBuf::from(path))),
+            Some(("zookeeper", rest)) => zookeeper::ZkSpec::parse(rest)
+                .map(DriverSpec::Zookeeper)
+                .ok_or_else(|| DriverError::Unknown(s.to_string())),
             _ => Err(DriverError::Unknown(s.to_string())),
         }
     }
@@ -54,18 +59,34 @@ impl DriverSpec {
 
 pub enum Driver {
     Local(local::LocalDriver),
+    Zookeeper(zookeeper::ZkDriver),
 }
 
 /// Held while a node prepares and commits a VDI operation; dropping it releases the lock.
 pub enum OpsLock {
     Local(std::fs::File),
+    Zookeeper(zookeeper::ZkLock),
 }
 
 impl Driver {
     /// Starts the driver; every event (past and future) is sent to `tx` in order.
-    pub fn start(spec: &DriverSpec, me: SocketAddr, tx: UnboundedSender<Delivery>) -> Result<Driver, DriverError> {
+    pub async fn start(
+        spec: &DriverSpec,
+        me: SocketAddr,
+        tx: UnboundedSender<Delivery>,
+    ) -> Result<Driver, DriverError> {
         match spec {
             DriverSpec::Local(path) => Ok(Driver::Local(local::LocalDriver::start(path, me, tx)?)),
+            DriverSpec::Zookeeper(z) => Ok(Driver::Zookeeper(zookeeper::ZkDriver::start(z, me, tx).await?)),
+        }
+    }
+
+    /// False while this node must not accept writes (its ZooKeeper session expired and it has
+    /// not joined again yet).
+    pub fn healthy(&self) -> bool {
+        match self {
+            Driver::Local(_) => true,
+            Driver::Zookeeper(d) => d.healthy(),
         }
     }
 
@@ -73,12 +94,14 @@ impl Driver {
     pub async fn join(&self, node: Node) -> Result<u64, DriverError> {
         match self {
             Driver::Local(d) => d.join(node).await,
+            Driver::Zookeeper(d) => d.join(node).await,
         }
     }
 
     pub async fn leave(&self) -> Result<(), DriverError> {
         match self {
             Driver::Local(d) => d.leave().await,
+            Driver::Zookeeper(d) => d.leave().await,
         }
     }
 
@@ -86,6 +109,7 @@ impl Driver {
     pub async fn broadcast(&self, ev: Event) -> Result<u64, DriverError> {
         match self {
             Driver::Local(d) => d.broadcast(ev).await,
+            Driver::Zookeeper(d) => d.broadcast(ev).await,
         }
     }
 
@@ -94,6 +118,7 @@ impl Driver {
     pub async fn lock_ops(&self) -> Result<(OpsLock, u64), DriverError> {
         match self {
             Driver::Local(d) => d.lock_ops().await,
+            Driver::Zookeeper(d) => d.lock_ops().await.map(|(l, end)| (OpsLock::Zookeeper(l), end)),
         }
     }
 }
@@ -103,6 +128,7 @@ impl Driver {
     pub async fn report_applied(&self, pos: u64) -> Result<(), DriverError> {
         match self {
             Driver::Local(d) => d.report_applied(pos).await,
+            Driver::Zookeeper(d) => d.report_applied(pos).await,
         }
     }
 
@@ -116,6 +142,7 @@ impl Driver {
             for addr in waiting {
                 let done = match self {
                     Driver::Local(d) => d.applied_by(addr).await,
+                    Driver::Zookeeper(d) => d.applied_by(addr).await,
                 };
                 if !matches!(done, Ok(p) if p >= pos) {
                     still.push(addr);

@@ -1,0 +1,543 @@
+//! The `zookeeper` driver: sheep on many hosts agree through a ZooKeeper ensemble.
+//!
+//! Znodes (all under `/sheepdog`):
+//! - `queue/ev-NNNNNNNNNN`: the total order. Persistent sequential znodes, one event each,
+//!   as JSON `{"id": <random u64>, "event": {...}}`. A position is the sequence number + 1.
+//!   The id makes a retried append (after a connection loss) harmless: readers skip an id
+//!   they have already delivered.
+//! - `members/<addr:port>`: one ephemeral znode per live sheep, holding its node record and
+//!   incarnation (its session id). When a session ends, the znode goes; the live member with
+//!   the lowest address then appends that member's `Leave` (with its incarnation, so a late
+//!   notice never removes the member's next life).
+//! - `lock/l-NNNNNNNNNN`: the cluster-wide VDI operation lock (ephemeral sequential; the
+//!   lowest holds it).
+//! - `applied/<addr:port>`: how far each sheep has applied the queue.
+//!
+//! When this sheep's session expires, it stops accepting writes at once, connects anew and
+//! joins again as a new incarnation; the others have seen it leave meanwhile.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use protocol::node::Node;
+use tokio::sync::mpsc::UnboundedSender;
+use zookeeper_client as zk;
+
+use super::{now_secs, Delivery, DriverError};
+use crate::group::Event;
+
+const ROOT: &str = "/sheepdog";
+const QUEUE: &str = "/sheepdog/queue";
+const MEMBERS: &str = "/sheepdog/members";
+const LOCK: &str = "/sheepdog/lock";
+const APPLIED: &str = "/sheepdog/applied";
+/// How often watchers also look without a notification (a cheap safety net).
+const TICK: Duration = Duration::from_secs(1);
+/// Attempts for an operation that fails with a transient connection error.
+const ATTEMPTS: usize = 30;
+
+/// Where the ensemble is, from `-c zookeeper:HOST:PORT[,HOST:PORT...][,timeout=SECONDS]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZkSpec {
+    pub hosts: String,
+    pub session_timeout: Duration,
+}
+
+impl ZkSpec {
+    pub fn parse(rest: &str) -> Option<ZkSpec> {
+        let mut hosts = Vec::new();
+        let mut session_timeout = Duration::from_secs(10);
+        for item in rest.split(',') {
+            if let Some(t) = item.strip_prefix("timeout=") {
+                session_timeout = Duration::from_secs(t.parse().ok().filter(|&s: &u64| s > 0)?);
+            } else if item
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            {
+                hosts.push(item);
+            } else {
+                return None;
+            }
+        }
+        (!hosts.is_empty()).then(|| ZkSpec {
+            hosts: hosts.join(","),
+            session_timeout,
+        })
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Envelope {
+    id: u64,
+    event: Event,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MemberRecord {
+    node: Node,
+    incarnation: u64,
+}
+
+struct Shared {
+    spec: ZkSpec,
+    me: SocketAddr,
+    client: RwLock<zk::Client>,
+    /// False from a session expiry until this sheep has joined again.
+    healthy: AtomicBool,
+    /// Our node record, kept to join again after an expiry.
+    node: Mutex<Option<Node>>,
+    /// Members as the delivered events say, with their incarnations.
+    members: Mutex<BTreeMap<SocketAddr, u64>>,
+}
+
+pub struct ZkDriver {
+    shared: Arc<Shared>,
+}
+
+fn zk_err(what: &str, e: zk::Error) -> DriverError {
+    DriverError::Task(format!("ZooKeeper {what}: {e}"))
+}
+
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+fn transient(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionMoved | zk::Error::Throttled
+    )
+}
+
+fn sequence(name: &str) -> Option<u64> {
+    name.rsplit_once('-').and_then(|(_, n)| n.parse().ok())
+}
+
+async fn connect(spec: &ZkSpec) -> Result<zk::Client, DriverError> {
+    zk::Client::connector()
+        .with_session_timeout(spec.session_timeout)
+        .connect(&spec.hosts)
+        .await
+        .map_err(|e| zk_err(&format!("connect to {}", spec.hosts), e))
+}
+
+impl Shared {
+    fn client(&self) -> zk::Client {
+        self.client.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn incarnation(&self) -> u64 {
+        self.client().session_id().0 as u64
+    }
+
+    /// Runs `f` with the current client, retrying transient failures.
+    async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T, DriverError>
+    where
+        F: Fn(zk::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, zk::Error>>,
+    {
+        let mut pause = Duration::from_millis(50);
+        for _ in 0..ATTEMPTS {
+            match f(self.client()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if transient(&e) || e == zk::Error::SessionExpired => {
+                    tracing::warn!(error = %e, "ZooKeeper {what}: retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(zk_err(what, e)),
+            }
+        }
+        Err(DriverError::Task(format!(
+            "ZooKeeper {what}: gave up after {ATTEMPTS} attempts"
+        )))
+    }
+
+    async fn append(&self, event: &Event) -> Result<u64, DriverError> {
+        let body = serde_json::to_vec(&Envelope {
+            id: random_id(),
+            event: event.clone(),
+        })
+        .map_err(|e| DriverError::Task(e.to_string()))?;
+        let opts = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+        let (_, seq) = self
+            .retry("append", |c| {
+                let body = body.clone();
+                let opts = opts.clone();
+                async move { c.create(&format!("{QUEUE}/ev-"), &body, &opts).await }
+            })
+            .await?;
+        Ok(seq.into_i64() as u64 + 1)
+    }
+
+    /// Creates our member znode (waiting out a previous life's) and announces the join.
+    async fn join(&self, node: Node) -> Result<u64, DriverError> {
+        *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+        let incarnation = self.incarnation();
+        let record = serde_json::to_vec(&MemberRecord {
+            node: node.clone(),
+            incarnation,
+        })
+        .map_err(|e| DriverError::Task(e.to_string()))?;
+        let path = format!("{MEMBERS}/{}", self.me);
+        let opts = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+        let deadline = tokio::time::Instant::now() + self.spec.session_timeout * 3;
+        loop {
+            match self.client().create(&path, &record, &opts).await {
+                Ok(_) => break,
+                Err(zk::Error::NodeExists) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!("a previous life of this sheep is still registered; waiting for its session to end");
+                    if let Ok((Some(_), w)) = self.client().check_and_watch_stat(&path).await {
+                        let _ = tokio::time::timeout(TICK, w.changed()).await;
+                    }
+                }
+                Err(e) if transient(&e) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => return Err(zk_err("register member", e)),
+            }
+        }
+        let pos = self
+            .append(&Event::Join {
+                node,
+                time: now_secs(),
+                incarnation,
+            })
+            .await?;
+        self.healthy.store(true, Ordering::Release);
+        Ok(pos)
+    }
+}
+
+impl ZkDriver {
+    pub async fn start(spec: &ZkSpec, me: SocketAddr, tx: UnboundedSender<Delivery>) -> Result<ZkDriver, DriverError> {
+        let client = connect(spec).await?;
+        let dir = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        for p in [ROOT, QUEUE, MEMBERS, LOCK, APPLIED] {
+            client
+                .mkdir(p, &dir)
+                .await
+                .map_err(|e| zk_err(&format!("create {p}"), e))?;
+        }
+        let shared = Arc::new(Shared {
+            spec: spec.clone(),
+            me,
+            client: RwLock::new(client),
+            healthy: AtomicBool::new(false),
+            node: Mutex::new(None),
+            members: Mutex::new(BTreeMap::new()),
+        });
+        tokio::spawn(read_queue(shared.clone(), tx));
+        tokio::spawn(watch_members(shared.clone()));
+        tokio::spawn(watch_session(shared.clone()));
+        Ok(ZkDriver { shared })
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    pub async fn join(&self, node: Node) -> Result<u64, DriverError> {
+        self.shared.join(node).await
+    }
+
+    pub async fn leave(&self) -> Result<(), DriverError> {
+        let s = &self.shared;
+        s.healthy.store(false, Ordering::Release);
+        s.append(&Event::Leave {
+            addr: s.me,
+            time: now_secs(),
+            incarnation: Some(s.incarnation()),
+        })
+        .await?;
+        let _ = s.client().delete(&format!("{MEMBERS}/{}", s.me), None).await;
+        Ok(())
+    }
+
+    pub async fn broadcast(&self, ev: Event) -> Result<u64, DriverError> {
+        self.shared.append(&ev).await
+    }
+
+    /// The lock recipe: an ephemeral sequential znode; the lowest holds the lock, the others
+    /// watch their predecessor.
+    pub async fn lock_ops(&self) -> Result<(ZkLock, u64), DriverError> {
+        let s = &self.shared;
+        let opts = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+        let (_, seq) = s
+            .retry("lock", |c| {
+                let opts = opts.clone();
+                async move { c.create(&format!("{LOCK}/l-"), &[], &opts).await }
+            })
+            .await?;
+        let mine = seq.into_i64() as u64;
+        let path = format!("{LOCK}/l-{seq}");
+        loop {
+            let children = s.retry("lock", |c| async move { c.list_children(LOCK).await }).await?;
+            let before = children
+                .iter()
+                .filter_map(|n| sequence(n).filter(|&q| q < mine).map(|q| (q, n)))
+                .max();
+            let Some((_, pred)) = before else { break };
+            let pred = format!("{LOCK}/{pred}");
+            if let Ok((Some(_), w)) = s.client().check_and_watch_stat(&pred).await {
+                let _ = tokio::time::timeout(TICK, w.changed()).await;
+            }
+        }
+        let end = s
+            .retry("queue listing", |c| async move { c.list_children(QUEUE).await })
+            .await?
+            .iter()
+            .filter_map(|n| sequence(n))
+            .max()
+            .map_or(0, |q| q + 1);
+        Ok((
+            ZkLock {
+                client: s.client(),
+                path,
+            },
+            end,
+        ))
+    }
+
+    pub async fn report_applied(&self, pos: u64) -> Result<(), DriverError> {
+        let s = &self.shared;
+        let path = format!("{APPLIED}/{}", s.me);
+        let body = pos.to_string().into_bytes();
+        match s.client().set_data(&path, &body, None).await {
+            Ok(_) => Ok(()),
+            Err(zk::Error::NoNode) => {
+                let opts = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                match s.client().create(&path, &body, &opts).await {
+                    Ok(_) | Err(zk::Error::NodeExists) => Ok(()),
+                    Err(e) => Err(zk_err("report applied", e)),
+                }
+            }
+            Err(e) => Err(zk_err("report applied", e)),
+        }
+    }
+
+    pub async fn applied_by(&self, addr: SocketAddr) -> Result<u64, DriverError> {
+        match self.shared.client().get_data(&format!("{APPLIED}/{addr}")).await {
+            Ok((d, _)) => Ok(String::from_utf8_lossy(&d).trim().parse().unwrap_or(0)),
+            Err(zk::Error::NoNode) => Ok(0),
+            Err(e) => Err(zk_err("read applied", e)),
+        }
+    }
+}
+
+/// The VDI operation lock; released when dropped (or when the session ends).
+pub struct ZkLock {
+    client: zk::Client,
+    path: String,
+}
+
+impl Drop for ZkLock {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let path = std::mem::take(&mut self.path);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = client.delete(&path, None).await {
+                    tracing::warn!(%path, error = %e, "cannot release the ZooKeeper lock; it goes with the session");
+                }
+            });
+        }
+    }
+}
+
+/// Delivers every queued event, in sequence order, exactly once.
+async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
+    let mut next: u64 = 0;
+    let mut seen: VecDeque<u64> = VecDeque::new();
+    let mut seen_set: HashSet<u64> = HashSet::new();
+    loop {
+        let client = s.client();
+        let (children, watcher) = match client.get_and_watch_children(QUEUE).await {
+            Ok((c, _, w)) => (c, Some(w)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the ZooKeeper queue");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                (Vec::new(), None)
+            }
+        };
+        let mut seqs: Vec<(u64, &String)> = children
+            .iter()
+            .filter_map(|n| sequence(n).map(|q| (q, n)))
+            .filter(|(q, _)| *q >= next)
+            .collect();
+        seqs.sort();
+        for (q, name) in seqs {
+            let data = match client.get_data(&format!("{QUEUE}/{name}")).await {
+                Ok((d, _)) => d,
+                Err(e) => {
+                    tracing::warn!(event = %name, error = %e, "cannot read a queued event; retrying");
+                    break;
+                }
+            };
+            next = q + 1;
+            let env: Envelope = match serde_json::from_slice(&data) {
+                Ok(env) => env,
+                Err(e) => {
+                    tracing::error!(event = %name, error = %e, "skipping an unreadable queued event");
+                    continue;
+                }
+            };
+            if !seen_set.insert(env.id) {
+                continue;
+            }
+            seen.push_back(env.id);
+            if seen.len() > 4096 {
+                if let Some(old) = seen.pop_front() {
+                    seen_set.remove(&old);
+                }
+            }
+            {
+                let mut m = s.members.lock().unwrap_or_else(|p| p.into_inner());
+                match &env.event {
+                    Event::Join { node, incarnation, .. } => {
+                        m.insert(node.addr, *incarnation);
+                    }
+                    Event::Leave { addr, incarnation, .. } => {
+                        if incarnation.is_none_or(|i| m.get(addr) == Some(&i)) {
+                            m.remove(addr);
+                        }
+                    }
+                    Event::Shutdown => m.clear(),
+                    _ => {}
+                }
+            }
+            if tx
+                .send(Delivery {
+                    pos: q + 1,
+                    event: env.event,
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Some(w) = watcher {
+            let _ = tokio::time::timeout(TICK, w.changed()).await;
+        }
+    }
+}
+
+/// Appends a `Leave` for every member whose znode is gone. Only the live member with the
+/// lowest address does it, so a thousand nodes do not all write the same notice.
+async fn watch_members(s: Arc<Shared>) {
+    let mut reaped: HashSet<(SocketAddr, u64)> = HashSet::new();
+    loop {
+        let client = s.client();
+        let (live, watcher) = match client.get_and_watch_children(MEMBERS).await {
+            Ok((c, _, w)) => (
+                c.iter()
+                    .filter_map(|n| n.parse::<SocketAddr>().ok())
+                    .collect::<Vec<_>>(),
+                Some(w),
+            ),
+            Err(_) => (Vec::new(), None),
+        };
+        let reaper = s.healthy.load(Ordering::Acquire) && live.iter().min() == Some(&s.me);
+        if watcher.is_some() && reaper {
+            let gone: Vec<(SocketAddr, u64)> = s
+                .members
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(a, _)| !live.contains(a))
+                .map(|(a, i)| (*a, *i))
+                .collect();
+            for (addr, inc) in gone {
+                if reaped.insert((addr, inc)) {
+                    tracing::warn!(node = %addr, "node's ZooKeeper session ended; announcing its leave");
+                    let leave = Event::Leave {
+                        addr,
+                        time: now_secs(),
+                        incarnation: Some(inc),
+                    };
+                    if let Err(e) = s.append(&leave).await {
+                        tracing::error!(node = %addr, error = %e, "cannot announce a leave");
+                        reaped.remove(&(addr, inc));
+                    }
+                }
+            }
+        }
+        match watcher {
+            Some(w) => {
+                let _ = tokio::time::timeout(TICK, w.changed()).await;
+            }
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// On session expiry: stop writes, connect anew, join again.
+async fn watch_session(s: Arc<Shared>) {
+    loop {
+        let mut states = s.client().state_watcher();
+        loop {
+            match states.changed().await {
+                zk::SessionState::Expired | zk::SessionState::Closed => break,
+                zk::SessionState::Disconnected => {
+                    tracing::warn!("ZooKeeper connection lost; the session may still be saved")
+                }
+                zk::SessionState::SyncConnected => tracing::info!("ZooKeeper connection back"),
+                other => tracing::warn!(state = ?other, "ZooKeeper session state"),
+            }
+        }
+        if s.node.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            return;
+        }
+        s.healthy.store(false, Ordering::Release);
+        tracing::error!("ZooKeeper session expired: this sheep stops accepting writes and joins again as a new member");
+        let client = loop {
+            match connect(&s.spec).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconnecting to ZooKeeper");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        *s.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+        let node = s.node.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(node) = node {
+            match s.join(node).await {
+                Ok(_) => tracing::info!(incarnation = s.incarnation(), "joined again after the session expiry"),
+                Err(e) => tracing::error!(error = %e, "cannot join again after the session expiry"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs() {
+        let s = ZkSpec::parse("127.0.0.1:2181").expect("one host");
+        assert_eq!(
+            (s.hosts.as_str(), s.session_timeout),
+            ("127.0.0.1:2181", Duration::from_secs(10))
+        );
+        let s = ZkSpec::parse("a:1,b:2,timeout=3").expect("two hosts");
+        assert_eq!(
+            (s.hosts.as_str(), s.session_timeout),
+            ("a:1,b:2", Duration::from_secs(3))
+        );
+        for bad in ["", "timeout=3", "a", "a:x", "a:1,timeout=0", "a:1,timeout=x"] {
+            assert!(ZkSpec::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(sequence("ev-0000000012"), Some(12));
+        assert_eq!(sequence("l-0000000000"), Some(0));
+    }
+}
