@@ -405,10 +405,8 @@ async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
                     Event::Join { node, incarnation, .. } => {
                         m.insert(node.addr, *incarnation);
                     }
-                    Event::Leave { addr, incarnation, .. } => {
-                        if incarnation.is_none_or(|i| m.get(addr) == Some(&i)) {
-                            m.remove(addr);
-                        }
+                    Event::Leave { addr, incarnation, .. } if incarnation.is_none_or(|i| m.get(addr) == Some(&i)) => {
+                        m.remove(addr);
                     }
                     Event::Shutdown => m.clear(),
                     _ => {}
