@@ -4,7 +4,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 
-pkgs="fio e2fsprogs qemu-utils util-linux fuse3 procps"
+pkgs="fio e2fsprogs qemu-utils util-linux fuse3 procps zookeeper iproute2 python3"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

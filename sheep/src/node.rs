@@ -111,10 +111,13 @@ impl Sheep {
             for fx in effects {
                 self.effect(fx, fresh, was_member, pos, epoch).await;
             }
-            if let Err(e) = self.driver.report_applied(pos).await {
-                tracing::error!(error = %e, "cannot report applied position");
-            }
             self.applied.send_replace(pos);
+            // Tell the others only once caught up: a burst of events costs one report.
+            if rx.is_empty() {
+                if let Err(e) = self.driver.report_applied(pos).await {
+                    tracing::error!(error = %e, "cannot report applied position");
+                }
+            }
         }
     }
 

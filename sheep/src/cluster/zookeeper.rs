@@ -91,6 +91,8 @@ struct Shared {
     node: Mutex<Option<Node>>,
     /// Members as the delivered events say, with their incarnations.
     members: Mutex<BTreeMap<SocketAddr, u64>>,
+    /// Set by [`ZkDriver::close`]: the background tasks end and the session closes.
+    stopped: AtomicBool,
 }
 
 pub struct ZkDriver {
@@ -234,6 +236,7 @@ impl ZkDriver {
             healthy: AtomicBool::new(false),
             node: Mutex::new(None),
             members: Mutex::new(BTreeMap::new()),
+            stopped: AtomicBool::new(false),
         });
         tokio::spawn(read_queue(shared.clone(), tx));
         tokio::spawn(watch_members(shared.clone()));
@@ -243,6 +246,13 @@ impl ZkDriver {
 
     pub fn healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    /// Stops the background tasks; the session closes once they are gone (within a tick),
+    /// as if the process had ended.
+    pub fn close(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
+        self.shared.healthy.store(false, Ordering::Release);
     }
 
     pub async fn join(&self, node: Node) -> Result<u64, DriverError> {
@@ -358,7 +368,7 @@ async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
     let mut next: u64 = 0;
     let mut seen: VecDeque<u64> = VecDeque::new();
     let mut seen_set: HashSet<u64> = HashSet::new();
-    loop {
+    while !s.stopped.load(Ordering::Acquire) {
         let client = s.client();
         let (children, watcher) = match client.get_and_watch_children(QUEUE).await {
             Ok((c, _, w)) => (c, Some(w)),
@@ -429,22 +439,35 @@ async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
 }
 
 /// Appends a `Leave` for every member whose znode is gone. Only the live member with the
-/// lowest address does it, so a thousand nodes do not all write the same notice.
+/// lowest address does it, so a thousand nodes do not all write the same notice; it watches
+/// the member list, the others only look once a [`TICK`] in case they become the lowest.
 async fn watch_members(s: Arc<Shared>) {
     let mut reaped: HashSet<(SocketAddr, u64)> = HashSet::new();
-    loop {
+    let mut reaper = false;
+    while !s.stopped.load(Ordering::Acquire) {
         let client = s.client();
-        let (live, watcher) = match client.get_and_watch_children(MEMBERS).await {
-            Ok((c, _, w)) => (
+        let listed = if reaper {
+            client
+                .get_and_watch_children(MEMBERS)
+                .await
+                .map(|(c, _, w)| (c, Some(w)))
+        } else {
+            client.list_children(MEMBERS).await.map(|c| (c, None))
+        };
+        let (live, watcher) = match listed {
+            Ok((c, w)) => (
                 c.iter()
                     .filter_map(|n| n.parse::<SocketAddr>().ok())
                     .collect::<Vec<_>>(),
-                Some(w),
+                w,
             ),
-            Err(_) => (Vec::new(), None),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
         };
-        let reaper = s.healthy.load(Ordering::Acquire) && live.iter().min() == Some(&s.me);
-        if watcher.is_some() && reaper {
+        reaper = s.healthy.load(Ordering::Acquire) && live.iter().min() == Some(&s.me);
+        if reaper {
             let gone: Vec<(SocketAddr, u64)> = s
                 .members
                 .lock()
@@ -472,7 +495,7 @@ async fn watch_members(s: Arc<Shared>) {
             Some(w) => {
                 let _ = tokio::time::timeout(TICK, w.changed()).await;
             }
-            None => tokio::time::sleep(Duration::from_millis(200)).await,
+            None => tokio::time::sleep(TICK).await,
         }
     }
 }
@@ -482,7 +505,12 @@ async fn watch_session(s: Arc<Shared>) {
     loop {
         let mut states = s.client().state_watcher();
         loop {
-            match states.changed().await {
+            let state = tokio::time::timeout(TICK, states.changed()).await;
+            if s.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            let Ok(state) = state else { continue };
+            match state {
                 zk::SessionState::Expired | zk::SessionState::Closed => break,
                 zk::SessionState::Disconnected => {
                     tracing::warn!("ZooKeeper connection lost; the session may still be saved")
