@@ -84,30 +84,23 @@ impl Client {
         self.addr
     }
 
-    async fn connection(&self) -> Result<TcpStream, ClientError> {
+    /// An idle pooled connection (`true`) or a new one (`false`).
+    async fn connection(&self) -> Result<(TcpStream, bool), ClientError> {
         if let Some(s) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(s);
+            return Ok((s, true));
         }
         let connect = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr));
         let s = match connect.await {
             Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                return Err(ClientError::Connect {
-                    addr: self.addr,
-                    source,
-                })
-            }
+            Ok(Err(source)) => return Err(ClientError::Connect { addr: self.addr, source }),
             Err(_) => {
                 let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
-                return Err(ClientError::Connect {
-                    addr: self.addr,
-                    source,
-                });
+                return Err(ClientError::Connect { addr: self.addr, source });
             }
         };
         // Latency matters more than packet count for small control requests.
         let _ = s.set_nodelay(true);
-        Ok(s)
+        Ok((s, false))
     }
 
     fn put_back(&self, s: TcpStream) {
@@ -127,29 +120,27 @@ impl Client {
             req.data_length = payload.len() as u32;
         }
         let capacity = req.reply_capacity();
-        let mut s = self.connection().await?;
-        let exchange = async {
-            write_frame(&mut s, &req.encode(), payload).await?;
-            read_response(&mut s, capacity).await
-        };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => Err(ClientError::Timeout {
-                addr: self.addr,
-                op: opname,
-                after: self.timeout,
-            }),
-            Ok(Err(source)) => {
-                // The peer likely restarted: every pooled connection to it is dead too.
-                self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                Err(ClientError::Transport {
-                    addr: self.addr,
-                    op: opname,
-                    source,
-                })
-            }
-            Ok(Ok((header, data))) => {
-                self.put_back(s);
-                Ok(Reply { header, data })
+        loop {
+            let (mut s, pooled) = self.connection().await?;
+            let exchange = async {
+                write_frame(&mut s, &req.encode(), payload).await?;
+                read_response(&mut s, capacity).await
+            };
+            match tokio::time::timeout(self.timeout, exchange).await {
+                Err(_) => return Err(ClientError::Timeout { addr: self.addr, op: opname, after: self.timeout }),
+                Ok(Err(source)) => {
+                    // The peer went away or restarted: every pooled connection to it is dead
+                    // too. A request that failed on an idle pooled connection is sent once
+                    // more on a fresh one; a fresh connection's failure is final.
+                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    if !pooled {
+                        return Err(ClientError::Transport { addr: self.addr, op: opname, source });
+                    }
+                }
+                Ok(Ok((header, data))) => {
+                    self.put_back(s);
+                    return Ok(Reply { header, data });
+                }
             }
         }
     }

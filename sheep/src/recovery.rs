@@ -298,10 +298,19 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
         .collect();
     let mut all = BTreeSet::new();
     for n in &nodes {
-        match list_objects(sheep, n).await {
-            Some(l) => all.extend(l),
-            // A member we cannot list is about to leave; the next epoch recovers again.
-            None => return,
+        // A member that cannot be listed is restarting or about to leave: keep asking until it
+        // answers or a new epoch takes over.
+        let mut pause = Duration::from_millis(100);
+        loop {
+            if let Some(l) = list_objects(sheep, n).await {
+                all.extend(l);
+                break;
+            }
+            if superseded() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
     let mine: Vec<Oid> = all.iter().copied().filter(|&o| rec.owns_at(sheep, o, epoch)).collect();

@@ -9,6 +9,7 @@
 //! Waiting is always a poll against a condition with a deadline ([`wait_until`]), never a
 //! fixed sleep.
 
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -330,7 +331,8 @@ pub struct Sheep {
     dir: PathBuf,
     log: PathBuf,
     out: PathBuf,
-    rendezvous: PathBuf,
+    /// The `-c` argument: the cluster driver and where it rendezvous.
+    cluster: String,
     zone: Option<u32>,
     gateway: bool,
     child: Option<Child>,
@@ -396,7 +398,7 @@ impl Sheep {
             .arg("-b")
             .arg("127.0.0.1")
             .arg("-c")
-            .arg(format!("local:{}", self.rendezvous.display()))
+            .arg(&self.cluster)
             .arg("--log-file")
             .arg(&self.log);
         if let Some(z) = self.zone {
@@ -547,6 +549,7 @@ pub struct ClusterBuilder {
     nodes: usize,
     gateways: usize,
     zones: Option<Vec<Option<u32>>>,
+    driver: Option<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -555,6 +558,7 @@ impl Default for ClusterBuilder {
             nodes: 1,
             gateways: 0,
             zones: None,
+            driver: None,
         }
     }
 }
@@ -583,6 +587,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// The cluster driver (`-c`), e.g. `zookeeper:127.0.0.1:PORT,timeout=2`. Default: the
+    /// local driver with a rendezvous directory inside the cluster's temp dir.
+    pub fn driver(mut self, spec: impl Into<String>) -> Self {
+        self.driver = Some(spec.into());
+        self
+    }
+
     pub fn start(self) -> Cluster {
         let tmp = tempfile::Builder::new()
             .prefix("sheep-test-")
@@ -590,6 +601,10 @@ impl ClusterBuilder {
             .expect("creating the cluster's temporary directory");
         let rendezvous = tmp.path().join("rv");
         fs::create_dir_all(&rendezvous).expect("creating the rendezvous directory");
+        let cluster = self
+            .driver
+            .clone()
+            .unwrap_or_else(|| format!("local:{}", rendezvous.display()));
         let total = self.nodes + self.gateways;
         let ports = free_ports(total);
         let nodes = (0..total)
@@ -611,7 +626,7 @@ impl ClusterBuilder {
                     dir: tmp.path().join(format!("node{i}")),
                     log: tmp.path().join(format!("node{i}.log")),
                     out: tmp.path().join(format!("node{i}.out")),
-                    rendezvous: rendezvous.clone(),
+                    cluster: cluster.clone(),
                     zone,
                     gateway,
                     child: None,
@@ -1567,7 +1582,7 @@ impl Sheep {
             .arg("-b")
             .arg("127.0.0.1")
             .arg("-c")
-            .arg(format!("local:{}", self.rendezvous.display()))
+            .arg(&self.cluster)
             .arg("--log-file")
             .arg(&self.log);
         if let Some(z) = self.zone {
@@ -1617,7 +1632,7 @@ impl Cluster {
             dir: root.join(format!("node{i}")),
             log: root.join(format!("node{i}.log")),
             out: root.join(format!("node{i}.out")),
-            rendezvous: root.join("rv"),
+            cluster: self.nodes[0].cluster.clone(),
             zone: Some(zone),
             gateway: false,
             child: None,
