@@ -1148,3 +1148,61 @@ fn node_recovery_shows_progress_of_a_throttled_node() {
     wait_placement(&c, 3, &vdi_objects(vid, 0..16));
     check_replica_bytes(&c, vid, &model);
 }
+
+/// `kill -9` of one of three sheep while `dd` writes 512 MiB into a volume mounted through
+/// another one: `dd` succeeds, and the bytes read back through the third gateway match.
+#[test]
+fn sheep_killed_while_dd_writes_into_a_mounted_volume() {
+    let mut c = Cluster::start_formatted(3, 3);
+    let size = 512 * MIB;
+    c.dog_ok(&["vdi", "create", "vm", "600M"]);
+    let source = pseudo_random(512, size as usize);
+    let src = c.root().join("source.raw");
+    std::fs::write(&src, &source).expect("writing the source image");
+    let m = tests::Mount::start(&c, 0);
+    let vol = m.volume("vm");
+    let mut dd = Command::new("dd")
+        .arg(format!("if={}", src.display()))
+        .arg(format!("of={}", vol.display()))
+        .args(["bs=1M", "conv=fsync,notrunc"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting dd");
+    // Kill node 2 once part of the volume is on disk.
+    let victim = 2;
+    let v = Vid::new(vid_of(&c, "vm")).expect("vid");
+    wait_until("dd to write the first objects", Duration::from_secs(60), || {
+        let n = c
+            .node(victim)
+            .objects()
+            .iter()
+            .filter(|o| o.vid() == v && o.is_data())
+            .count();
+        if n >= 8 {
+            Ok(())
+        } else {
+            Err(format!("{n} objects on node {victim}"))
+        }
+    });
+    c.node_mut(victim).kill();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(s) = dd.try_wait().expect("waiting for dd") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dd did not finish within 300 s after the kill"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = dd.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert!(status.success(), "dd failed after a sheep was killed: {status}: {err}");
+    let got = run_dog(c.node(1).port(), &["vdi", "read", "vm", "0", &size.to_string()], None).expect_ok();
+    assert_same_bytes("the volume read through node 1 after the kill", &got.stdout, &source);
+    m.unmount();
+}
