@@ -174,7 +174,14 @@ pub async fn write(sheep: &Arc<Sheep>, w: Write<'_>) -> Result<(), ResultCode> {
         op::WRITE_PEER
     };
     let mut last = ResultCode::EIO;
+    // A write accepted by one life of this node must not land in a later one: once the
+    // cluster has dropped us, others may have written the same blocks since.
+    let life = sheep.driver.incarnation();
     for _ in 0..ATTEMPTS {
+        if !sheep.driver.healthy() || sheep.driver.incarnation() != life {
+            tracing::warn!(oid = %w.oid, "write abandoned: this node left the cluster while it was in flight");
+            return Err(ResultCode::HALT);
+        }
         let (nodes, epoch) = write_placement(sheep, w.oid, w.copies);
         if nodes.is_empty() {
             return Err(ResultCode::HALT);

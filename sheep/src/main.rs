@@ -57,6 +57,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     let recovery = sheep::recovery::Recovery::new(cfg.recovery_rate);
     let sheep = Arc::new(Sheep::new(me.clone(), cfg.dir.clone(), store, driver, recovery));
     tokio::spawn(sheep.clone().apply_loop(rx));
+    tokio::spawn(sheep.clone().report_loop());
     let pos = sheep
         .driver
         .join(me.clone())

@@ -112,10 +112,28 @@ impl Sheep {
                 self.effect(fx, fresh, was_member, pos, epoch).await;
             }
             self.applied.send_replace(pos);
-            // Tell the others only once caught up: a burst of events costs one report.
-            if rx.is_empty() {
-                if let Err(e) = self.driver.report_applied(pos).await {
-                    tracing::error!(error = %e, "cannot report applied position");
+        }
+    }
+
+    /// Tells the other members how far this node has applied, for their barriers. Reports
+    /// coalesce (a burst of events costs one) and a failed report is retried, so a commit
+    /// elsewhere never waits out its barrier because of a lost message.
+    pub async fn report_loop(self: Arc<Self>) {
+        let mut rx = self.applied.subscribe();
+        while rx.changed().await.is_ok() {
+            let mut failing = false;
+            loop {
+                let pos = *rx.borrow_and_update();
+                match self.driver.report_applied(pos).await {
+                    Ok(()) if !rx.has_changed().unwrap_or(false) => break,
+                    Ok(()) => {}
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, pos, "cannot report the applied position; retrying");
+                        }
+                        failing = true;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                 }
             }
         }

@@ -9,6 +9,7 @@
 //! Waiting is always a poll against a condition with a deadline ([`wait_until`]), never a
 //! fixed sleep.
 
+pub mod zk;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -382,48 +383,7 @@ impl Sheep {
 
     /// Starts the daemon. Panics if it is already running.
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "node {} is already running", self.index);
-        fs::create_dir_all(&self.dir).unwrap_or_else(|e| panic!("creating {}: {e}", self.dir.display()));
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.out)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", self.out.display()));
-        let err = out
-            .try_clone()
-            .unwrap_or_else(|e| panic!("duplicating {}: {e}", self.out.display()));
-        let mut cmd = Command::new(sheep_bin());
-        cmd.arg("-p")
-            .arg(self.port.to_string())
-            .arg("-b")
-            .arg("127.0.0.1")
-            .arg("-c")
-            .arg(&self.cluster)
-            .arg("--log-file")
-            .arg(&self.log);
-        if let Some(z) = self.zone {
-            cmd.arg("-z").arg(z.to_string());
-        }
-        if self.gateway {
-            cmd.arg("-g");
-        }
-        cmd.arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. It makes the
-        // kernel kill the daemon if the thread that started it dies (e.g. the test binary is
-        // killed), so a crashed test run leaks no daemons.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start sheep for node {}: {e}", self.index));
-        self.child = Some(child);
+        self.start_with_args(&[]);
     }
 
     /// True while the process runs; reaps it if it has exited.

@@ -81,6 +81,14 @@ impl Driver {
         }
     }
 
+    /// Which life of this node in the cluster (the ZooKeeper session); 0 for the local driver.
+    pub fn incarnation(&self) -> u64 {
+        match self {
+            Driver::Local(_) => 0,
+            Driver::Zookeeper(d) => d.incarnation(),
+        }
+    }
+
     /// False while this node must not accept writes (its ZooKeeper session expired and it has
     /// not joined again yet).
     pub fn healthy(&self) -> bool {

@@ -197,6 +197,8 @@ impl Shared {
         loop {
             match self.client().create(&path, &record, &opts).await {
                 Ok(_) => break,
+                // Our own create, retried after its reply was lost.
+                Err(zk::Error::NodeExists) if self.registered_by_us(&path, incarnation).await => break,
                 Err(zk::Error::NodeExists) if tokio::time::Instant::now() < deadline => {
                     tracing::info!("a previous life of this sheep is still registered; waiting for its session to end");
                     if let Ok((Some(_), w)) = self.client().check_and_watch_stat(&path).await {
@@ -216,6 +218,15 @@ impl Shared {
             .await?;
         self.healthy.store(true, Ordering::Release);
         Ok(pos)
+    }
+}
+
+impl Shared {
+    async fn registered_by_us(&self, path: &str, incarnation: u64) -> bool {
+        match self.client().get_data(path).await {
+            Ok((d, _)) => serde_json::from_slice::<MemberRecord>(&d).is_ok_and(|r| r.incarnation == incarnation),
+            Err(_) => false,
+        }
     }
 }
 
@@ -246,6 +257,10 @@ impl ZkDriver {
 
     pub fn healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.shared.incarnation()
     }
 
     /// Stops the background tasks; the session closes once they are gone (within a tick),
@@ -281,14 +296,28 @@ impl ZkDriver {
     pub async fn lock_ops(&self) -> Result<(ZkLock, u64), DriverError> {
         let s = &self.shared;
         let opts = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
-        let (_, seq) = s
-            .retry("lock", |c| {
-                let opts = opts.clone();
-                async move { c.create(&format!("{LOCK}/l-"), &[], &opts).await }
-            })
-            .await?;
-        let mine = seq.into_i64() as u64;
-        let path = format!("{LOCK}/l-{seq}");
+        // The name carries a token, so a create retried after a lost reply finds the znode
+        // it already made instead of queueing behind itself.
+        let token = format!("{:016x}", random_id());
+        let prefix = format!("{LOCK}/l-{token}-");
+        let mut attempts = 0;
+        let name = loop {
+            attempts += 1;
+            match s.client().create(&prefix, &[], &opts).await {
+                Ok((_, seq)) => break format!("l-{token}-{seq}"),
+                Err(e) if transient(&e) && attempts < ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if let Ok(children) = s.client().list_children(LOCK).await {
+                        if let Some(n) = children.into_iter().find(|n| n.contains(&token)) {
+                            break n;
+                        }
+                    }
+                }
+                Err(e) => return Err(zk_err("lock", e)),
+            }
+        };
+        let mine = sequence(&name).unwrap_or(u64::MAX);
+        let path = format!("{LOCK}/{name}");
         loop {
             let children = s.retry("lock", |c| async move { c.list_children(LOCK).await }).await?;
             let before = children
@@ -368,12 +397,19 @@ async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
     let mut next: u64 = 0;
     let mut seen: VecDeque<u64> = VecDeque::new();
     let mut seen_set: HashSet<u64> = HashSet::new();
+    let mut last_error = None;
     while !s.stopped.load(Ordering::Acquire) {
         let client = s.client();
         let (children, watcher) = match client.get_and_watch_children(QUEUE).await {
-            Ok((c, _, w)) => (c, Some(w)),
+            Ok((c, _, w)) => {
+                last_error = None;
+                (c, Some(w))
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot list the ZooKeeper queue");
+                if last_error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "cannot list the ZooKeeper queue");
+                }
+                last_error = Some(e);
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 (Vec::new(), None)
             }

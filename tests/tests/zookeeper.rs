@@ -1,0 +1,958 @@
+//! The `zookeeper` cluster driver against a real ZooKeeper (Debian's 3.8): I/O and identical
+//! cluster views, concurrent VDI operations, a killed node, a late joiner, a whole-cluster
+//! restart, a sheep whose session expires (SIGSTOP), and the ensemble leader failing.
+//!
+//! Every test starts its own ZooKeeper ([`tests::zk::ZooKeeper`]) and its own sheep, with a
+//! 2 s session timeout so that failures are noticed fast. Timings are printed (run with
+//! `--nocapture` to see them).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use protocol::bitmap::BITMAP_BYTES;
+use protocol::{op, ClusterArgs, RequestHeader, Vid};
+use tests::zk::{dog_command, run_tool, ZooKeeper};
+use tests::{assert_same_bytes, pseudo_random, run_dog, wait_until, Cluster, DogOutput};
+
+const MIB: u64 = 1 << 20;
+/// Object size of every VDI here (the cluster default, 1 << 22).
+const OBJ: u64 = 4 * MIB;
+/// The session timeout the sheep ask for.
+const SESSION_SECS: u64 = 2;
+/// How long a dead sheep may go unnoticed: the session timeout, ZooKeeper's expiry tick and
+/// the reaper's watch, with room for a loaded machine.
+const NOTICE: Duration = Duration::from_secs(10);
+/// How long views may take to converge after an event every node must apply.
+const CONVERGE: Duration = Duration::from_secs(20);
+/// How long recovery may take.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a client operation may stall across a ZooKeeper leader failover.
+const FAILOVER_STALL: Duration = Duration::from_secs(20);
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn zk_cluster(zk: &ZooKeeper, n: usize) -> Cluster {
+    Cluster::builder().nodes(n).driver(zk.spec(SESSION_SECS)).start()
+}
+
+/// Indices of the nodes the harness started and has not killed.
+fn running(c: &Cluster) -> Vec<usize> {
+    (0..c.len()).filter(|&i| c.node(i).pid().is_some()).collect()
+}
+
+fn addrs(c: &Cluster, nodes: &[usize]) -> BTreeSet<SocketAddr> {
+    nodes.iter().map(|&i| c.node(i).addr()).collect()
+}
+
+/// READ_VDIS and READ_DEL_VDIS of node `i`.
+fn bitmaps(c: &Cluster, i: usize) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let mut out = Vec::new();
+    for opcode in [op::READ_VDIS, op::READ_DEL_VDIS] {
+        let mut req = RequestHeader::new(opcode);
+        req.data_length = BITMAP_BYTES as u32;
+        let r = c
+            .call(i, req, &[])
+            .map_err(|e| format!("node {i}: op {opcode:#x}: {e}"))?;
+        if r.data.len() != BITMAP_BYTES {
+            return Err(format!(
+                "node {i}: op {opcode:#x} returned {} bytes, want {BITMAP_BYTES}",
+                r.data.len()
+            ));
+        }
+        out.push(r.data);
+    }
+    let del = out.pop().expect("two bitmaps");
+    Ok((out.pop().expect("two bitmaps"), del))
+}
+
+/// STAT_CLUSTER of node `i` with room for 64 epochs of 8 nodes: the epoch log's bytes.
+fn stat_cluster(c: &Cluster, i: usize) -> Result<Vec<u8>, String> {
+    let nodes_nr = 8u32;
+    let mut req = RequestHeader::new(op::STAT_CLUSTER);
+    req.data_length = (64 * protocol::cluster::EpochRecord::stride(nodes_nr as usize)) as u32;
+    req.set_cluster(&ClusterArgs {
+        nodes_nr,
+        ..ClusterArgs::default()
+    });
+    c.call(i, req, &[])
+        .map(|r| r.data)
+        .map_err(|e| format!("node {i}: STAT_CLUSTER: {e}"))
+}
+
+fn set_bits(b: &[u8]) -> Vec<u32> {
+    protocol::bitmap::VdiBitmap::from_bytes(b.to_vec())
+        .expect("bitmap size")
+        .iter()
+        .collect()
+}
+
+/// What one node says about the cluster, for comparing nodes.
+#[derive(Clone, PartialEq, Eq)]
+struct View {
+    in_use: Vec<u8>,
+    deleted: Vec<u8>,
+    epochs: Vec<u8>,
+    vdi_list: String,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View")
+            .field("in_use", &set_bits(&self.in_use))
+            .field("deleted", &set_bits(&self.deleted))
+            .field("epoch_log_bytes", &self.epochs.len())
+            .field("vdi_list", &self.vdi_list)
+            .finish()
+    }
+}
+
+fn view(c: &Cluster, i: usize) -> Result<View, String> {
+    let (in_use, deleted) = bitmaps(c, i)?;
+    let epochs = stat_cluster(c, i)?;
+    let out = c.dog_at(i, &["vdi", "list", "-r"], None);
+    if !out.success() {
+        return Err(format!("node {i}: `dog vdi list -r` failed: {}", out.stderr.trim()));
+    }
+    Ok(View {
+        in_use,
+        deleted,
+        epochs,
+        vdi_list: out.stdout_str(),
+    })
+}
+
+/// Waits until `nodes` report identical bitmaps (READ_VDIS, READ_DEL_VDIS), epoch logs
+/// (STAT_CLUSTER bytes) and `vdi list -r`; returns the common view.
+#[track_caller]
+fn wait_same_views(c: &Cluster, nodes: &[usize], when: &str) -> View {
+    wait_until(
+        &format!("identical bitmaps, epoch logs and VDI lists on nodes {nodes:?} {when}"),
+        CONVERGE,
+        || {
+            let views: BTreeMap<usize, View> = nodes
+                .iter()
+                .map(|&i| view(c, i).map(|v| (i, v)))
+                .collect::<Result<_, _>>()?;
+            let (&first, v0) = views.iter().next().expect("at least one node");
+            for (i, v) in &views {
+                if v != v0 {
+                    return Err(format!("node {i}: {v:?}\nnode {first}: {v0:?}"));
+                }
+            }
+            Ok(v0.clone())
+        },
+    )
+}
+
+/// Waits until every node of `nodes` lists exactly `nodes` and reports one common epoch
+/// above `above`. Returns the epoch.
+#[track_caller]
+fn wait_members(c: &Cluster, nodes: &[usize], above: u32, limit: Duration, what: &str) -> u32 {
+    let want = addrs(c, nodes);
+    wait_until(what, limit, || {
+        let mut epochs = BTreeSet::new();
+        for &i in nodes {
+            let got: BTreeSet<SocketAddr> = c
+                .node_list(i)
+                .map_err(|e| format!("node {i}: GET_NODE_LIST: {e}"))?
+                .iter()
+                .map(|n| n.addr)
+                .collect();
+            if got != want {
+                return Err(format!("node {i} lists {got:?}, want {want:?}"));
+            }
+            epochs.insert(c.cluster_info(i).map_err(|e| format!("node {i}: {e}"))?.epoch);
+        }
+        match epochs.iter().collect::<Vec<_>>()[..] {
+            [&e] if e > above => Ok(e),
+            _ => Err(format!("epochs {epochs:?}, want one epoch above {above}")),
+        }
+    })
+}
+
+fn epoch_of(c: &Cluster, i: usize) -> u32 {
+    c.cluster_info(i)
+        .unwrap_or_else(|e| panic!("CLUSTER_INFO to node {i}: {e}"))
+        .epoch
+}
+
+/// One node's STAT_RECOVERY: (running, recovered epoch).
+fn stat_recovery(c: &Cluster, i: usize) -> Result<(bool, u32), String> {
+    let mut req = RequestHeader::new(op::STAT_RECOVERY);
+    req.data_length = 24;
+    let r = c
+        .call(i, req, &[])
+        .map_err(|e| format!("node {i}: STAT_RECOVERY: {e}"))?;
+    if r.data.len() < 24 {
+        return Err(format!("node {i}: STAT_RECOVERY returned {} bytes", r.data.len()));
+    }
+    Ok((r.data[0] != 0, r.header.recovered_epoch()))
+}
+
+/// Waits until every running node reports one epoch, is idle and has recovered that epoch.
+#[track_caller]
+fn wait_recovered(c: &Cluster) -> u32 {
+    let nodes = running(c);
+    wait_until(
+        "every running node idle with the cluster epoch recovered",
+        RECOVERY_TIMEOUT,
+        || {
+            let mut epochs = BTreeMap::new();
+            let mut behind = BTreeMap::new();
+            for &i in &nodes {
+                epochs.insert(i, c.cluster_info(i).map_err(|e| format!("node {i}: {e}"))?.epoch);
+                behind.insert(i, stat_recovery(c, i)?);
+            }
+            let distinct: BTreeSet<u32> = epochs.values().copied().collect();
+            if distinct.len() != 1 {
+                return Err(format!("nodes disagree on the epoch: {epochs:?}"));
+            }
+            let e = *distinct.iter().next().expect("one epoch");
+            behind.retain(|_, (run, rec)| *run || *rec != e);
+            if behind.is_empty() {
+                Ok(e)
+            } else {
+                Err(format!(
+                    "epoch {e}; not done (node: (running, recovered epoch)): {behind:?}"
+                ))
+            }
+        },
+    )
+}
+
+/// Writes `len` pseudo-random bytes at `off` through node `via` and into `model`.
+#[track_caller]
+fn put(c: &Cluster, via: usize, name: &str, model: &mut [u8], off: u64, seed: u64, len: u64) {
+    let d = pseudo_random(seed, len as usize);
+    c.dog_at(
+        via,
+        &["vdi", "write", name, &off.to_string(), &len.to_string()],
+        Some(&d),
+    )
+    .expect_ok();
+    model[off as usize..(off + len) as usize].copy_from_slice(&d);
+}
+
+/// `dog vdi read NAME` through each of `nodes` equals `model`.
+#[track_caller]
+fn check_reads(c: &Cluster, name: &str, model: &[u8], nodes: &[usize], when: &str) {
+    for &i in nodes {
+        let out = c.dog_at(i, &["vdi", "read", name], None).expect_ok();
+        assert_same_bytes(
+            &format!("`dog vdi read {name}` through node {i} {when}"),
+            &out.stdout,
+            model,
+        );
+    }
+}
+
+/// Every data object of `vid` stored on a running node holds the model's bytes, and the
+/// copies of its inode agree.
+#[track_caller]
+fn check_replica_bytes(c: &Cluster, vid: u32, model: &[u8], when: &str) {
+    let inode_oid = Vid::new(vid).expect("vid fits in 24 bits").inode_oid();
+    let mut problems = Vec::new();
+    let mut inode: Option<(usize, Vec<u8>)> = None;
+    let mut data_copies = 0;
+    for i in running(c) {
+        for oid in c.node(i).objects() {
+            if oid.vid().get() != vid {
+                continue;
+            }
+            let Some(b) = c.node(i).object_bytes(oid) else { continue };
+            if oid == inode_oid {
+                match &inode {
+                    None => inode = Some((i, b)),
+                    Some((first, fb)) if *fb != b => {
+                        problems.push(format!("inode {oid}: node {i}'s copy differs from node {first}'s"))
+                    }
+                    Some(_) => {}
+                }
+            } else if oid.is_data() {
+                data_copies += 1;
+                let start = (u64::from(oid.index()) * OBJ) as usize;
+                match model.get(start..start + OBJ as usize) {
+                    Some(want) if want == b.as_slice() => {}
+                    Some(want) => problems.push(format!(
+                        "{oid} on node {i} differs from the data written (first difference at \
+                         object offset {:?}; {} bytes)",
+                        b.iter().zip(want).position(|(x, y)| x != y),
+                        b.len()
+                    )),
+                    None => problems.push(format!("{oid} on node {i} lies past the VDI")),
+                }
+            }
+        }
+    }
+    assert!(
+        data_copies > 0,
+        "{when}: no data object of vid {vid:#x} on any running node"
+    );
+    assert!(
+        problems.is_empty(),
+        "replica contents {when} ({} problems):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+fn vid_of(c: &Cluster, name: &str) -> u32 {
+    c.vdi_id(0, name, 0)
+        .unwrap_or_else(|e| panic!("GET_VDI_INFO {name}: {e}"))
+}
+
+fn names_listed(c: &Cluster, i: usize) -> BTreeSet<String> {
+    c.vdi_list(i)
+        .into_iter()
+        .filter(|v| v.flag != "s")
+        .map(|v| v.name)
+        .collect()
+}
+
+fn log_text(c: &Cluster, i: usize) -> String {
+    std::fs::read(c.node(i).log_path())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The time stamp of a sheep log line (`2026-11-25T16:07:01.785820Z ...`, UTC).
+fn line_time(line: &str) -> Option<SystemTime> {
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>());
+    let (hh, mm, ss) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    let micros: u64 = format!("{frac:0<6}")[..6].parse().ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_micros(micros))
+}
+
+/// The first line of `log` containing `needle`, with its time.
+fn find_line(log: &str, needle: &str) -> Option<(SystemTime, String)> {
+    log.lines()
+        .find(|l| l.contains(needle))
+        .and_then(|l| Some((line_time(l)?, l.to_string())))
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child the harness started and has not reaped.
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+}
+
+/// Ephemeral znodes ZooKeeper lists under /sheepdog/members (the `dump` command).
+fn zk_members(zk: &ZooKeeper, server: usize) -> BTreeSet<String> {
+    let dump = zk.four_letter(server, "dump").unwrap_or_else(|e| panic!("dump: {e}"));
+    dump.lines()
+        .filter_map(|l| l.trim().strip_prefix("/sheepdog/members/"))
+        .map(str::to_string)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. I/O and identical views
+
+#[test]
+fn basic_io_and_identical_views() {
+    let t0 = Instant::now();
+    let zk = ZooKeeper::standalone();
+    let zk_ready = t0.elapsed();
+    let c = zk_cluster(&zk, 3);
+    c.format(3);
+
+    // The driver really is ZooKeeper: each sheep holds an ephemeral member znode.
+    let want: BTreeSet<String> = (0..3).map(|i| c.node(i).addr().to_string()).collect();
+    assert_eq!(zk_members(&zk, 0), want, "ephemeral /sheepdog/members znodes");
+
+    c.dog_ok(&["vdi", "create", "alpha", "40M"]);
+    let mut model = vec![0u8; (40 * MIB) as usize];
+    let t = Instant::now();
+    put(&c, 0, "alpha", &mut model, 3 * MIB + 5, 1, 32 * MIB);
+    let wrote = t.elapsed();
+    check_reads(&c, "alpha", &model, &[1, 2], "after writing 32 MiB through node 0");
+
+    let v = wait_same_views(&c, &[0, 1, 2], "after the write");
+    assert_eq!(set_bits(&v.in_use), vec![vid_of(&c, "alpha")], "READ_VDIS bits");
+    println!(
+        "basic: ZooKeeper up in {zk_ready:?}; 32 MiB written through node 0 in {wrote:?}; total {:?}",
+        t0.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Concurrent VDI operations through different nodes
+
+#[test]
+fn concurrent_vdi_ops_agree_everywhere() {
+    let t0 = Instant::now();
+    let zk = ZooKeeper::standalone();
+    let c = zk_cluster(&zk, 3);
+    c.format(3);
+    c.dog_ok(&["vdi", "create", "shared", "8M"]);
+    let ports: Vec<u16> = (0..3).map(|i| c.node(i).port()).collect();
+
+    const PER_THREAD: usize = 6;
+    let handles: Vec<_> = (0..3)
+        .map(|t| {
+            let port = ports[t];
+            std::thread::spawn(move || -> Result<(), String> {
+                let ok = |args: &[&str]| -> Result<(), String> {
+                    let out = run_dog(port, args, None);
+                    if out.success() {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "node {t}: `dog {}`: {} {}",
+                            args.join(" "),
+                            out.status,
+                            out.stderr
+                        ))
+                    }
+                };
+                for k in 0..PER_THREAD {
+                    ok(&["vdi", "create", &format!("t{t}-{k}"), "4M"])?;
+                    if k % 2 == 0 {
+                        ok(&["vdi", "delete", &format!("t{t}-{k}")])?;
+                    }
+                    if k % 3 == 0 {
+                        ok(&["vdi", "snapshot", "shared"])?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    let errors: Vec<String> = handles
+        .into_iter()
+        .filter_map(|h| h.join().expect("client thread panicked").err())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "concurrent VDI operations failed:\n{}",
+        errors.join("\n")
+    );
+
+    let v = wait_same_views(&c, &[0, 1, 2], "after concurrent creates, deletes and snapshots");
+    let mut want: BTreeSet<String> = (0..3)
+        .flat_map(|t| (0..PER_THREAD).filter(|k| k % 2 == 1).map(move |k| format!("t{t}-{k}")))
+        .collect();
+    want.insert("shared".into());
+    for i in 0..3 {
+        assert_eq!(names_listed(&c, i), want, "VDIs (working) listed by node {i}");
+    }
+    let snaps = c
+        .vdi_list(0)
+        .iter()
+        .filter(|l| l.name == "shared" && l.flag == "s")
+        .count();
+    assert_eq!(
+        snaps,
+        3 * PER_THREAD.div_ceil(3),
+        "snapshots of `shared` listed:\n{}",
+        v.vdi_list
+    );
+    // 1 shared + its snapshots + 3 * PER_THREAD created; the deleted ones stay allocated.
+    let in_use = set_bits(&v.in_use);
+    assert_eq!(in_use.len(), 1 + snaps + 3 * PER_THREAD, "READ_VDIS bits: {in_use:?}");
+    assert_eq!(set_bits(&v.deleted).len(), 3 * PER_THREAD / 2, "READ_DEL_VDIS bits");
+    println!("ordering: total {:?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A node killed with SIGKILL
+
+#[test]
+fn killed_node_is_noticed_and_recovers() {
+    let t0 = Instant::now();
+    let zk = ZooKeeper::standalone();
+    let mut c = zk_cluster(&zk, 3);
+    c.format(3);
+    c.dog_ok(&["vdi", "create", "alpha", "32M"]);
+    let vid = vid_of(&c, "alpha");
+    let mut model = vec![0u8; (32 * MIB) as usize];
+    put(&c, 0, "alpha", &mut model, 0, 11, 12 * MIB + 3);
+    let before = epoch_of(&c, 0);
+
+    c.kill(2);
+    let killed = Instant::now();
+    let e = wait_members(&c, &[0, 1], before, NOTICE, "the survivors to drop the killed node 2");
+    let noticed = killed.elapsed();
+    assert_eq!(e, before + 1, "one new epoch for one departure");
+
+    check_reads(&c, "alpha", &model, &[0, 1], "with node 2 killed");
+    put(&c, 1, "alpha", &mut model, 10 * MIB, 12, 9 * MIB);
+    check_reads(&c, "alpha", &model, &[0], "after a write with node 2 killed");
+
+    c.node_mut(2).start();
+    let restarted = Instant::now();
+    let e2 = wait_members(&c, &[0, 1, 2], e, CONVERGE, "node 2 to rejoin");
+    let rejoined = restarted.elapsed();
+    assert_eq!(e2, e + 1, "one new epoch for the rejoin");
+    check_reads(&c, "alpha", &model, &[2, 0, 1], "after node 2 rejoined");
+    let rec = wait_recovered(&c);
+    check_replica_bytes(&c, vid, &model, "after node 2 rejoined and recovered");
+    // 3 copies on 3 nodes: node 2 holds every object again, with the new bytes.
+    let holders: usize = c.node(2).objects().iter().filter(|o| o.vid().get() == vid).count();
+    assert_eq!(holders, 1 + 5, "objects of alpha on node 2 (inode + 5 data objects)");
+    wait_same_views(&c, &[0, 1, 2], "after the rejoin");
+    println!(
+        "kill: noticed in {noticed:?}; rejoined in {rejoined:?}; recovered epoch {rec}; total {:?}",
+        t0.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A node that joins after the VDIs exist
+
+#[test]
+fn late_joiner_catches_up() {
+    let t0 = Instant::now();
+    let zk = ZooKeeper::standalone();
+    let mut c = zk_cluster(&zk, 3);
+    c.format(2);
+    c.dog_ok(&["vdi", "create", "alpha", "24M"]);
+    c.dog_ok(&["vdi", "create", "beta", "8M"]);
+    c.dog_ok(&["vdi", "snapshot", "alpha"]);
+    c.dog_ok(&["vdi", "create", "gone", "4M"]);
+    c.dog_ok(&["vdi", "delete", "gone"]);
+    let vid = vid_of(&c, "alpha");
+    let mut model = vec![0u8; (24 * MIB) as usize];
+    put(&c, 1, "alpha", &mut model, MIB, 21, 20 * MIB);
+    let before = wait_same_views(&c, &[0, 1, 2], "before the late join");
+
+    let t = Instant::now();
+    let n = c.add_node(4);
+    let joined = t.elapsed();
+    assert_eq!(n, 3);
+    let after = wait_same_views(&c, &[0, 1, 2, 3], "after node 3 joined");
+    assert_eq!(after.in_use, before.in_use, "READ_VDIS after the late join");
+    assert_eq!(after.deleted, before.deleted, "READ_DEL_VDIS after the late join");
+    assert_eq!(after.vdi_list, before.vdi_list, "`vdi list -r` after the late join");
+    assert_eq!(
+        names_listed(&c, 3),
+        BTreeSet::from(["alpha".to_string(), "beta".to_string()]),
+        "VDIs node 3 lists"
+    );
+    check_reads(&c, "alpha", &model, &[3], "through the late joiner");
+    wait_recovered(&c);
+    check_reads(&c, "alpha", &model, &[3, 0], "after recovery");
+    check_replica_bytes(&c, vid, &model, "after the late join and recovery");
+    let mine = c
+        .node(3)
+        .objects()
+        .iter()
+        .filter(|o| o.vid().get() == vid && o.is_data())
+        .count();
+    assert!(
+        mine > 0,
+        "the late joiner stores no data object of alpha after recovery"
+    );
+    println!(
+        "late join: joined in {joined:?}; holds {mine} data objects of alpha; total {:?}",
+        t0.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Every sheep killed and restarted
+
+#[test]
+fn whole_cluster_restart_resumes_without_format() {
+    let t0 = Instant::now();
+    let zk = ZooKeeper::standalone();
+    let mut c = zk_cluster(&zk, 3);
+    c.format(3);
+    c.dog_ok(&["vdi", "create", "alpha", "16M"]);
+    let mut model = vec![0u8; (16 * MIB) as usize];
+    put(&c, 2, "alpha", &mut model, 0, 31, 16 * MIB);
+    let info_before = c.cluster_info(0).expect("CLUSTER_INFO");
+    let list_before = c.dog_ok(&["vdi", "list", "-r"]).stdout;
+    let bitmaps_before = bitmaps(&c, 0).expect("bitmaps");
+
+    c.kill_all();
+    let t = Instant::now();
+    c.start_all();
+    c.wait_running();
+    let back = t.elapsed();
+    for i in 0..3 {
+        let ci = c.cluster_info(i).expect("CLUSTER_INFO");
+        assert_eq!(
+            ci.ctime, info_before.ctime,
+            "node {i}: ctime after the restart (a reformat?)"
+        );
+        assert_eq!(ci.nr_copies, 3, "node {i}: copies after the restart");
+        // The same members come back: the cluster may resume at the same epoch.
+        assert!(
+            ci.epoch >= info_before.epoch,
+            "node {i}: epoch {} after the restart, was {}",
+            ci.epoch,
+            info_before.epoch
+        );
+        assert_eq!(
+            bitmaps(&c, i).expect("bitmaps"),
+            bitmaps_before,
+            "node {i}: bitmaps after the restart"
+        );
+    }
+    assert_same_bytes(
+        "vdi list -r after the restart",
+        &c.dog_ok(&["vdi", "list", "-r"]).stdout,
+        &list_before,
+    );
+    check_reads(&c, "alpha", &model, &[0, 1, 2], "after the restart");
+    put(&c, 1, "alpha", &mut model, 5 * MIB - 1, 32, MIB + 2);
+    check_reads(&c, "alpha", &model, &[2], "after a write following the restart");
+    wait_same_views(&c, &[0, 1, 2], "after the restart");
+    println!("restart: all back in {back:?}; total {:?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A sheep whose ZooKeeper session expires
+
+#[test]
+fn expired_session_stops_writes_and_rejoins() {
+    let t0 = Instant::now();
+    let zk = ZooKeeper::standalone();
+    let c = zk_cluster(&zk, 3);
+    c.format(3);
+    c.dog_ok(&["vdi", "create", "alpha", "32M"]);
+    let vid = vid_of(&c, "alpha");
+    let mut model = vec![0u8; (32 * MIB) as usize];
+    put(&c, 0, "alpha", &mut model, 0, 41, 8 * MIB);
+    let before = epoch_of(&c, 0);
+    let pid = c.node(2).pid().expect("node 2 runs");
+    let port2 = c.node(2).port();
+
+    signal(pid, libc::SIGSTOP);
+    let stopped = Instant::now();
+    // A write sent to node 2 while it is stopped waits in its socket: node 2 sees it as soon
+    // as it runs again, before it can know that its session is gone.
+    let queued_data = pseudo_random(42, MIB as usize);
+    let queued = {
+        let d = queued_data.clone();
+        std::thread::spawn(move || {
+            let cmd = dog_command(
+                LOCALHOST,
+                port2,
+                &["vdi", "write", "alpha", &(12 * MIB).to_string(), &MIB.to_string()],
+            );
+            let out = run_tool(cmd, Some(&d), Duration::from_secs(90));
+            (out, SystemTime::now())
+        })
+    };
+
+    let e = wait_members(&c, &[0, 1], before, NOTICE, "nodes 0 and 1 to drop the stopped node 2");
+    let removed = stopped.elapsed();
+    put(&c, 1, "alpha", &mut model, 16 * MIB, 43, 4 * MIB);
+    check_reads(&c, "alpha", &model, &[0], "with node 2 stopped");
+    // Stopped for 5 s in all (2.5 session timeouts): the session is certainly gone.
+    let hold = Duration::from_secs(5);
+    if let Some(rest) = hold.checked_sub(stopped.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    signal(pid, libc::SIGCONT);
+    let resumed = Instant::now();
+
+    // A write sent right after SIGCONT.
+    let fresh_data = pseudo_random(44, MIB as usize);
+    let cmd = dog_command(
+        LOCALHOST,
+        port2,
+        &["vdi", "write", "alpha", &(24 * MIB).to_string(), &MIB.to_string()],
+    );
+    let fresh = run_tool(cmd, Some(&fresh_data), Duration::from_secs(90));
+    let fresh_done = SystemTime::now();
+    let (queued_out, queued_done) = queued.join().expect("queued writer thread panicked");
+
+    // Node 2 must have noticed the expiry and joined again as a new member.
+    let rejoin = wait_until("node 2's log to say it joined again", CONVERGE, || {
+        let log = log_text(&c, 2);
+        let expired = find_line(&log, "ZooKeeper session expired");
+        let again = find_line(&log, "joined again after the session expiry");
+        match (expired, again) {
+            (Some(_), Some(a)) => Ok(a),
+            (x, y) => Err(format!("expiry line: {x:?}; rejoin line: {y:?}")),
+        }
+    });
+    let e2 = wait_members(&c, &[0, 1, 2], e, CONVERGE, "node 2 to be a member again");
+    let back = resumed.elapsed();
+    let announced = (0..2).any(|i| log_text(&c, i).contains("node's ZooKeeper session ended; announcing its leave"));
+    assert!(announced, "neither node 0 nor node 1 logged announcing node 2's leave");
+
+    // Each write through node 2 either failed with a message, or succeeded no earlier than
+    // node 2 joined again. Whatever succeeded is part of the data; what failed is not.
+    let mut outcomes = Vec::new();
+    for (what, out, done, off, data) in [
+        (
+            "write queued while node 2 was stopped",
+            &queued_out,
+            queued_done,
+            12 * MIB,
+            &queued_data,
+        ),
+        (
+            "write sent right after SIGCONT",
+            &fresh,
+            fresh_done,
+            24 * MIB,
+            &fresh_data,
+        ),
+    ] {
+        assert!(!out.timed_out(), "{what}: no answer within 90 s: {}", out.describe());
+        if out.success() {
+            assert!(
+                done >= rejoin.0,
+                "{what} succeeded at {done:?}, before node 2 joined again ({}): it accepted a \
+                 write with its old view",
+                rejoin.1
+            );
+            model[off as usize..(off + MIB) as usize].copy_from_slice(data);
+            let after = done.duration_since(rejoin.0).unwrap_or_default();
+            outcomes.push(format!("{what}: succeeded, {after:?} after the rejoin was logged"));
+        } else {
+            assert!(
+                !out.stderr.trim().is_empty(),
+                "{what} failed without a message: {}",
+                out.describe()
+            );
+            outcomes.push(format!("{what}: failed: {}", out.stderr.trim()));
+        }
+    }
+
+    let rec = wait_recovered(&c);
+    check_reads(
+        &c,
+        "alpha",
+        &model,
+        &[0, 1, 2],
+        "after node 2 rejoined and recovery settled",
+    );
+    check_replica_bytes(&c, vid, &model, "after node 2 rejoined and recovery settled");
+    wait_same_views(&c, &[0, 1, 2], "after node 2 rejoined");
+    // And node 2 takes writes again.
+    put(&c, 2, "alpha", &mut model, 28 * MIB, 45, MIB);
+    check_reads(&c, "alpha", &model, &[0], "after a write through the rejoined node 2");
+    println!(
+        "session expiry: removed after {removed:?} (epoch {e}); member again {back:?} after \
+         SIGCONT (epoch {e2}); recovered epoch {rec}; {}; total {:?}",
+        outcomes.join("; "),
+        t0.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. The ensemble's leader fails during VDI operations
+
+/// One client operation of the failover series, retried until it succeeds or stalls too long.
+#[derive(Debug)]
+struct OpRecord {
+    what: String,
+    started: Instant,
+    took: Duration,
+    attempts: usize,
+    errors: Vec<String>,
+    ok: bool,
+}
+
+/// Runs `f` until it succeeds, for at most [`FAILOVER_STALL`]. `f` returns Err(message) on a
+/// failure worth retrying.
+fn bounded(what: String, mut f: impl FnMut() -> Result<(), String>) -> OpRecord {
+    let started = Instant::now();
+    let mut errors = Vec::new();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match f() {
+            Ok(()) => {
+                return OpRecord {
+                    what,
+                    started,
+                    took: started.elapsed(),
+                    attempts,
+                    errors,
+                    ok: true,
+                }
+            }
+            Err(e) => errors.push(format!("after {:?}: {e}", started.elapsed())),
+        }
+        if started.elapsed() >= FAILOVER_STALL {
+            return OpRecord {
+                what,
+                started,
+                took: started.elapsed(),
+                attempts,
+                errors,
+                ok: false,
+            };
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn dog_result(out: DogOutput) -> Result<DogOutput, String> {
+    if out.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "`dog {}`: {}: {}",
+            out.args.join(" "),
+            out.status,
+            out.stderr.trim()
+        ))
+    }
+}
+
+#[test]
+fn ensemble_leader_failover() {
+    let t0 = Instant::now();
+    let mut zk = ZooKeeper::ensemble(3);
+    let zk_ready = t0.elapsed();
+    let leader = zk.leader().expect("the ensemble has one leader");
+    let c = zk_cluster(&zk, 3);
+    c.format(3);
+    c.dog_ok(&["vdi", "create", "common", "32M"]);
+    let ports: Vec<u16> = (0..3).map(|i| c.node(i).port()).collect();
+
+    const STEPS: usize = 12;
+    let done = Arc::new(AtomicUsize::new(0));
+    let worker = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut records = Vec::new();
+            let mut created = Vec::new();
+            let mut writes: Vec<(u64, u64)> = Vec::new();
+            for k in 0..STEPS {
+                let via = k % 3;
+                let name = format!("f{k}");
+                // Create; a retry after an ambiguous failure may find the VDI already there.
+                let mut first_error: Option<String> = None;
+                let r = bounded(format!("create {name} through node {via}"), || {
+                    let out = run_dog(ports[via], &["vdi", "create", &name, "8M"], None);
+                    if out.success() {
+                        return Ok(());
+                    }
+                    if first_error.is_some() && out.stderr.contains("already") {
+                        return Ok(());
+                    }
+                    let e = format!("{}: {}", out.status, out.stderr.trim());
+                    first_error.get_or_insert(e.clone());
+                    Err(e)
+                });
+                let ok = r.ok;
+                records.push(r);
+                if !ok {
+                    break;
+                }
+                created.push(name);
+                // Write 1 MiB of `common` through the next node.
+                let via = (k + 1) % 3;
+                let off = k as u64 * 2 * MIB + 7;
+                let seed = 100 + k as u64;
+                let d = pseudo_random(seed, MIB as usize);
+                let r = bounded(format!("write common@{off} through node {via}"), || {
+                    dog_result(run_dog(
+                        ports[via],
+                        &["vdi", "write", "common", &off.to_string(), &MIB.to_string()],
+                        Some(&d),
+                    ))
+                    .map(|_| ())
+                });
+                let ok = r.ok;
+                records.push(r);
+                if !ok {
+                    break;
+                }
+                writes.push((off, seed));
+                done.store(k + 1, Ordering::SeqCst);
+            }
+            (records, created, writes)
+        })
+    };
+
+    // Kill the leader a third of the way through.
+    wait_until("the first operations to complete", Duration::from_secs(120), || {
+        if done.load(Ordering::SeqCst) >= STEPS / 3 || worker.is_finished() {
+            Ok(())
+        } else {
+            Err(format!("{} steps done", done.load(Ordering::SeqCst)))
+        }
+    });
+    zk.kill(leader);
+    let killed = Instant::now();
+    let steps_before_kill = done.load(Ordering::SeqCst);
+    let new_leader = zk.wait_leader(Duration::from_secs(30));
+    let elected = killed.elapsed();
+    let (records, created, writes) = worker.join().expect("operations thread panicked");
+
+    let report: Vec<String> = records
+        .iter()
+        .map(|r| {
+            format!(
+                "{} (started {:+.1?} from the kill): {} in {:?} after {} attempts {:?}",
+                r.what,
+                r.started.checked_duration_since(killed).map_or_else(
+                    || -(killed.duration_since(r.started).as_secs_f64()),
+                    |d| d.as_secs_f64()
+                ),
+                if r.ok { "ok" } else { "FAILED" },
+                r.took,
+                r.attempts,
+                r.errors
+            )
+        })
+        .collect();
+    assert!(
+        records.iter().all(|r| r.ok) && created.len() == STEPS,
+        "operations across the leader failover (leader was server {leader}, killed after \
+         {steps_before_kill} steps):\n{}",
+        report.join("\n")
+    );
+    let stall = records.iter().map(|r| r.took).max().expect("some operations");
+    assert!(
+        stall < FAILOVER_STALL,
+        "longest operation {stall:?}:\n{}",
+        report.join("\n")
+    );
+
+    // Every acknowledged operation is applied on every node.
+    let v = wait_same_views(&c, &[0, 1, 2], "after the failover");
+    let mut want: BTreeSet<String> = created.iter().cloned().collect();
+    want.insert("common".into());
+    for i in 0..3 {
+        assert_eq!(names_listed(&c, i), want, "VDIs listed by node {i}");
+    }
+    assert_eq!(set_bits(&v.in_use).len(), want.len(), "READ_VDIS bits");
+    let mut model = vec![0u8; (32 * MIB) as usize];
+    for (off, seed) in &writes {
+        model[*off as usize..(*off + MIB) as usize].copy_from_slice(&pseudo_random(*seed, MIB as usize));
+    }
+    check_reads(&c, "common", &model, &[0, 1, 2], "after the failover");
+
+    // The killed server comes back as a follower.
+    zk.restart(leader);
+    let l2 = zk.wait_leader(Duration::from_secs(30));
+    assert_eq!(l2, new_leader, "leadership moved again when the old leader came back");
+    let retried: Vec<&String> = records.iter().filter(|r| r.attempts > 1).map(|r| &r.what).collect();
+    println!(
+        "failover: ensemble up in {zk_ready:?}; leader {leader} killed after {steps_before_kill} \
+         steps; server {new_leader} elected in {elected:?}; longest operation {stall:?}; \
+         retried: {retried:?}; total {:?}\n{}",
+        t0.elapsed(),
+        report.join("\n")
+    );
+}
