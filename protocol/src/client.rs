@@ -92,10 +92,18 @@ impl Client {
         let connect = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr));
         let s = match connect.await {
             Ok(Ok(s)) => s,
-            Ok(Err(source)) => return Err(ClientError::Connect { addr: self.addr, source }),
+            Ok(Err(source)) => {
+                return Err(ClientError::Connect {
+                    addr: self.addr,
+                    source,
+                })
+            }
             Err(_) => {
                 let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
-                return Err(ClientError::Connect { addr: self.addr, source });
+                return Err(ClientError::Connect {
+                    addr: self.addr,
+                    source,
+                });
             }
         };
         // Latency matters more than packet count for small control requests.
@@ -127,14 +135,24 @@ impl Client {
                 read_response(&mut s, capacity).await
             };
             match tokio::time::timeout(self.timeout, exchange).await {
-                Err(_) => return Err(ClientError::Timeout { addr: self.addr, op: opname, after: self.timeout }),
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        addr: self.addr,
+                        op: opname,
+                        after: self.timeout,
+                    })
+                }
                 Ok(Err(source)) => {
                     // The peer went away or restarted: every pooled connection to it is dead
                     // too. A request that failed on an idle pooled connection is sent once
                     // more on a fresh one; a fresh connection's failure is final.
                     self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     if !pooled {
-                        return Err(ClientError::Transport { addr: self.addr, op: opname, source });
+                        return Err(ClientError::Transport {
+                            addr: self.addr,
+                            op: opname,
+                            source,
+                        });
                     }
                 }
                 Ok(Ok((header, data))) => {
