@@ -131,6 +131,11 @@ impl ClusterState {
         self.ring.nodes()
     }
 
+    /// Members that store objects (gateway-only nodes left out).
+    pub fn storage_nodes(&self) -> Vec<Node> {
+        self.nodes().iter().filter(|n| !n.is_gateway()).cloned().collect()
+    }
+
     pub fn ring(&self) -> Arc<Ring> {
         self.ring.clone()
     }

@@ -402,13 +402,7 @@ async fn local_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Op
 
 /// FLUSH_VDI: every storage node makes its writes durable.
 async fn flush_all(sheep: &Arc<Sheep>) -> Result<(), ResultCode> {
-    let nodes: Vec<_> = sheep
-        .state()
-        .nodes()
-        .iter()
-        .filter(|n| !n.is_gateway())
-        .cloned()
-        .collect();
+    let nodes: Vec<_> = sheep.state().storage_nodes();
     let results = futures::future::join_all(nodes.iter().map(|n| async move {
         if n.addr == sheep.me.addr {
             crate::peer::serve_local(sheep, &RequestHeader::new(op::FLUSH_PEER), &[])

@@ -187,10 +187,9 @@ pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCo
     }
     let others: Vec<Node> = sheep
         .state()
-        .nodes()
-        .iter()
-        .filter(|n| n.addr != sheep.me.addr && !n.is_gateway())
-        .cloned()
+        .storage_nodes()
+        .into_iter()
+        .filter(|n| n.addr != sheep.me.addr)
         .collect();
     let asks = others.iter().map(|n| async move {
         let mut req = RequestHeader::new(op::GET_OBJ_EPOCH);
@@ -289,13 +288,7 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
         rec.set_recovered(sheep, epoch);
         return;
     }
-    let nodes: Vec<Node> = sheep
-        .state()
-        .nodes()
-        .iter()
-        .filter(|n| !n.is_gateway())
-        .cloned()
-        .collect();
+    let nodes: Vec<Node> = sheep.state().storage_nodes();
     let mut all = BTreeSet::new();
     for n in &nodes {
         // A member that cannot be listed is restarting or about to leave: keep asking until it

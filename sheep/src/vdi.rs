@@ -332,7 +332,7 @@ async fn collect_garbage(sheep: &Arc<Sheep>) -> Result<usize, ResultCode> {
     let (live, deleted, nodes, epoch) = {
         let st = sheep.state();
         let live: Vec<u32> = st.in_use.iter().filter(|&v| !st.deleted.get(v)).collect();
-        let nodes: Vec<_> = st.nodes().iter().filter(|n| !n.is_gateway()).cloned().collect();
+        let nodes = st.storage_nodes();
         (live, st.deleted.clone(), nodes, st.epoch())
     };
     let mut referenced: HashSet<(u32, u32)> = HashSet::new();
