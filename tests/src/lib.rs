@@ -20,10 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use protocol::cluster::ClusterInfo;
+use protocol::bitmap::{VdiBitmap, BITMAP_BYTES};
+use protocol::cluster::{ClusterInfo, EpochRecord};
 use protocol::node::{sort_nodes, Node, DEFAULT_VNODES, SD_MAX_NODES};
 use protocol::placement::Ring;
-use protocol::{op, Client, ClientError, Oid, Reply, RequestHeader, ResponseHeader, VdiArgs};
+use protocol::{op, Client, ClientError, ClusterArgs, Oid, Reply, RequestHeader, ResponseHeader, VdiArgs};
 
 /// How long a cluster may take to start, join or restart.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -163,7 +164,8 @@ pub fn parse_size(s: &str) -> u64 {
     num.parse::<u64>().unwrap_or_else(|e| panic!("bad size {s:?}: {e}")) * mult
 }
 
-fn tail_of_file(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of a file, or why it cannot be read.
+pub fn file_tail(path: &Path, lines: usize) -> String {
     match fs::read(path) {
         Ok(b) => {
             let text = String::from_utf8_lossy(&b);
@@ -180,6 +182,69 @@ fn tail_of_file(path: &Path, lines: usize) -> String {
             s
         }
         Err(e) => format!("[cannot read {}: {e}]\n", path.display()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+/// Starts `cmd` as a daemon of the test: stdin from /dev/null, stdout and stderr appended to
+/// `output`, and SIGKILLed by the kernel when the thread that started it dies (the setting
+/// survives `exec`, e.g. of `ip netns exec`), so a crashed test leaks no process. Panics
+/// naming `what` if it cannot start.
+pub fn spawn_daemon(cmd: &mut Command, output: &Path, what: &str) -> Child {
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(output)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", output.display()));
+    let err = out
+        .try_clone()
+        .unwrap_or_else(|e| panic!("duplicating {}: {e}", output.display()));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"))
+}
+
+/// `--- PATH ---` and the last `lines` lines of each file, for failure messages.
+pub fn files_tail(paths: &[&Path], lines: usize) -> String {
+    paths
+        .iter()
+        .map(|p| format!("--- {} ---\n{}", p.display(), file_tail(p, lines)))
+        .collect()
+}
+
+/// SIGKILLs and reaps the child, if any (it may already have exited: that is harmless).
+pub fn kill_and_reap(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// The exit status of a started child that has exited (reaping it), `None` while it runs or
+/// when none was started.
+pub fn exited(child: &mut Option<Child>) -> Option<ExitStatus> {
+    child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+}
+
+/// With `SHEEP_TEST_KEEP` set, keeps the temporary directory `tmp` (swapping in an empty
+/// placeholder that is removed instead) and says where it is.
+pub fn keep_dir_if_asked(tmp: &mut tempfile::TempDir) {
+    if std::env::var_os("SHEEP_TEST_KEEP").is_some() {
+        let dir = std::mem::replace(
+            tmp,
+            tempfile::tempdir().expect("creating a placeholder temporary directory"),
+        );
+        eprintln!("keeping {}", dir.keep().display());
     }
 }
 
@@ -476,13 +541,7 @@ impl Sheep {
 
     /// The last `lines` lines of this node's log file and of its raw stdout/stderr.
     pub fn log_tail(&self, lines: usize) -> String {
-        format!(
-            "--- {} ---\n{}--- {} ---\n{}",
-            self.log.display(),
-            tail_of_file(&self.log, lines),
-            self.out.display(),
-            tail_of_file(&self.out, lines)
-        )
+        files_tail(&[&self.log, &self.out], lines)
     }
 
     /// Accepts a TCP connection right now.
@@ -493,10 +552,7 @@ impl Sheep {
 
 impl Drop for Sheep {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_and_reap(&mut self.child);
     }
 }
 
@@ -654,6 +710,13 @@ impl Cluster {
         &self.nodes
     }
 
+    /// Indices of the nodes the harness started and has not killed or stopped.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect()
+    }
+
     /// Every node as the protocol should list it, sorted as GET_NODE_LIST sorts.
     pub fn expected_nodes(&self) -> Vec<Node> {
         let mut v: Vec<Node> = self.nodes.iter().map(Sheep::protocol_node).collect();
@@ -739,6 +802,70 @@ impl Cluster {
         Ok(r.header.vdi_id())
     }
 
+    /// The vid of the working VDI `name`, asked through node 0; panics if there is none.
+    #[track_caller]
+    pub fn vid_of(&self, name: &str) -> u32 {
+        self.vdi_id(0, name, 0)
+            .unwrap_or_else(|e| panic!("GET_VDI_INFO {name}: {e}"))
+    }
+
+    /// READ_VDIS and READ_DEL_VDIS of node `i`: (in use, deleted).
+    pub fn bitmaps(&self, i: usize) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let mut out = Vec::new();
+        for opcode in [op::READ_VDIS, op::READ_DEL_VDIS] {
+            let mut req = RequestHeader::new(opcode);
+            req.data_length = BITMAP_BYTES as u32;
+            let r = self
+                .call(i, req, &[])
+                .map_err(|e| format!("node {i}: op {opcode:#x}: {e}"))?;
+            if r.data.len() != BITMAP_BYTES {
+                return Err(format!(
+                    "node {i}: op {opcode:#x} returned {} bytes, want {BITMAP_BYTES}",
+                    r.data.len()
+                ));
+            }
+            out.push(r.data);
+        }
+        let del = out.pop().expect("two bitmaps");
+        let used = out.pop().expect("two bitmaps");
+        Ok((used, del))
+    }
+
+    /// STAT_CLUSTER of node `i` with room for `slots` epoch records of `nodes_nr` nodes: the
+    /// reply (its header's epoch, and the records' bytes).
+    pub fn stat_cluster(&self, i: usize, nodes_nr: u32, slots: usize) -> Result<Reply, String> {
+        let mut req = RequestHeader::new(op::STAT_CLUSTER);
+        req.data_length = (slots * EpochRecord::stride(nodes_nr as usize)) as u32;
+        req.set_cluster(&ClusterArgs {
+            nodes_nr,
+            ..ClusterArgs::default()
+        });
+        self.call(i, req, &[])
+            .map_err(|e| format!("node {i}: STAT_CLUSTER: {e}"))
+    }
+
+    /// STAT_RECOVERY of node `i`.
+    pub fn stat_recovery(&self, i: usize) -> Result<RecoveryStat, String> {
+        let mut req = RequestHeader::new(op::STAT_RECOVERY);
+        req.data_length = 24;
+        let r = self
+            .call(i, req, &[])
+            .map_err(|e| format!("node {i}: STAT_RECOVERY: {e}"))?;
+        if r.data.len() < 24 {
+            return Err(format!(
+                "node {i}: STAT_RECOVERY returned {} bytes, want 24",
+                r.data.len()
+            ));
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(r.data[o..o + 8].try_into().expect("8 bytes"));
+        Ok(RecoveryStat {
+            running: r.data[0] != 0,
+            done: u64_at(8),
+            total: u64_at(16),
+            recovered_epoch: r.header.recovered_epoch(),
+        })
+    }
+
     // --- waiting --------------------------------------------------------------------------
 
     /// Panics with the node's log if a node that should run has exited.
@@ -760,18 +887,8 @@ impl Cluster {
     /// Waits until every running node accepts TCP and its GET_NODE_LIST names exactly the
     /// running nodes (as a set; order, zones and vnodes are for the tests to check).
     pub fn wait_for_membership(&mut self) {
-        let want: BTreeSet<SocketAddr> = self
-            .nodes
-            .iter()
-            .filter(|n| n.child.is_some())
-            .map(Sheep::addr)
-            .collect();
-        let running: Vec<usize> = self
-            .nodes
-            .iter()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.index)
-            .collect();
+        let running = self.running();
+        let want: BTreeSet<SocketAddr> = running.iter().map(|&i| self.nodes[i].addr()).collect();
         wait_until("every node to accept TCP and list every node", START_TIMEOUT, || {
             self.check_alive();
             for &i in &running {
@@ -791,22 +908,60 @@ impl Cluster {
     /// Waits until every running node reports a formatted, running cluster (CLUSTER_INFO
     /// status OK with a non-zero ctime).
     pub fn wait_running(&mut self) {
-        let running: Vec<usize> = self
-            .nodes
-            .iter()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.index)
-            .collect();
+        let running = self.running();
         wait_until("every node to report the cluster running", START_TIMEOUT, || {
             self.check_alive();
-            for &i in &running {
-                let ci = self.cluster_info(i).map_err(|e| format!("node {i}: {e}"))?;
-                if ci.status != protocol::cluster::status::OK || ci.ctime == 0 {
-                    return Err(format!("node {i}: status {} ctime {:#x}", ci.status, ci.ctime));
-                }
-            }
-            Ok(())
+            self.report_running(&running)
         });
+    }
+
+    /// Waits up to `timeout` until every running node reports the same cluster epoch, is idle,
+    /// and has recovered that epoch (STAT_RECOVERY); panics with the node's log if a running
+    /// node exits meanwhile. Returns the epoch.
+    #[track_caller]
+    pub fn wait_recovered(&mut self, timeout: Duration) -> u32 {
+        let nodes = self.running();
+        wait_until(
+            "every running node to be idle with the cluster epoch recovered",
+            timeout,
+            || {
+                self.check_alive();
+                let mut epochs = BTreeMap::new();
+                let mut stats = BTreeMap::new();
+                for &i in &nodes {
+                    let ci = self
+                        .cluster_info(i)
+                        .map_err(|e| format!("node {i}: CLUSTER_INFO: {e}"))?;
+                    epochs.insert(i, ci.epoch);
+                    stats.insert(i, self.stat_recovery(i)?);
+                }
+                let distinct: BTreeSet<u32> = epochs.values().copied().collect();
+                if distinct.len() != 1 {
+                    return Err(format!("nodes disagree on the epoch (node: epoch): {epochs:?}"));
+                }
+                let e = epochs.values().next().copied().expect("at least one running node");
+                let behind: BTreeMap<usize, RecoveryStat> = stats
+                    .into_iter()
+                    .filter(|(_, s)| s.running || s.recovered_epoch != e)
+                    .collect();
+                if behind.is_empty() {
+                    Ok(e)
+                } else {
+                    Err(format!("cluster epoch {e}; nodes not done (node: state): {behind:?}"))
+                }
+            },
+        )
+    }
+
+    /// `Ok` when each of `nodes` reports CLUSTER_INFO status OK with a non-zero ctime.
+    fn report_running(&self, nodes: &[usize]) -> Result<(), String> {
+        for &i in nodes {
+            let ci = self.cluster_info(i).map_err(|e| format!("node {i}: {e}"))?;
+            if ci.status != protocol::cluster::status::OK || ci.ctime == 0 {
+                return Err(format!("node {i}: status {} ctime {:#x}", ci.status, ci.ctime));
+            }
+        }
+        Ok(())
     }
 
     // --- lifecycle ------------------------------------------------------------------------
@@ -815,17 +970,9 @@ impl Cluster {
     pub fn format(&self, copies: usize) {
         self.dog_ok(&["cluster", "format", "-c", &copies.to_string()]);
         // Formatting is a cluster operation; dog returns once node 0 applied it.
-        let running: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].child.is_some())
-            .collect();
+        let running = self.running();
         wait_until("every node to see the format", START_TIMEOUT, || {
-            for &i in &running {
-                let ci = self.cluster_info(i).map_err(|e| format!("node {i}: {e}"))?;
-                if ci.ctime == 0 || ci.status != protocol::cluster::status::OK {
-                    return Err(format!("node {i}: status {} ctime {:#x}", ci.status, ci.ctime));
-                }
-            }
-            Ok(())
+            self.report_running(&running)
         });
     }
 
@@ -911,15 +1058,39 @@ impl Cluster {
         let out = self.dog_at(i, &["vdi", "list", "-r"], None).expect_ok();
         parse_vdi_list(&out.stdout_str())
     }
+
+    /// Writes `len` pseudo-random bytes (from `seed`) at `off` of VDI `name` through node
+    /// `via`, and into `model`; panics if dog fails.
+    #[track_caller]
+    pub fn put(&self, via: usize, name: &str, model: &mut [u8], off: u64, seed: u64, len: u64) {
+        let d = pseudo_random(seed, len as usize);
+        self.dog_at(
+            via,
+            &["vdi", "write", name, &off.to_string(), &len.to_string()],
+            Some(&d),
+        )
+        .expect_ok();
+        model[off as usize..(off + len) as usize].copy_from_slice(&d);
+    }
+
+    /// `dog vdi read NAME` through each of `nodes` equals `model`.
+    #[track_caller]
+    pub fn check_reads(&self, name: &str, model: &[u8], nodes: &[usize], when: &str) {
+        for &i in nodes {
+            let out = self.dog_at(i, &["vdi", "read", name], None).expect_ok();
+            assert_same_bytes(
+                &format!("`dog vdi read {name}` through node {i} {when}"),
+                &out.stdout,
+                model,
+            );
+        }
+    }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            kill_and_reap(&mut n.child);
         }
         if std::thread::panicking() {
             for n in &self.nodes {
@@ -933,14 +1104,22 @@ impl Drop for Cluster {
                 );
             }
         }
-        if std::env::var_os("SHEEP_TEST_KEEP").is_some() {
-            let dir = std::mem::replace(
-                &mut self.tmp,
-                tempfile::tempdir().expect("creating a placeholder temporary directory"),
-            );
-            eprintln!("keeping {}", dir.keep().display());
-        }
+        keep_dir_if_asked(&mut self.tmp);
     }
+}
+
+/// One node's STAT_RECOVERY reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryStat {
+    pub running: bool,
+    pub done: u64,
+    pub total: u64,
+    pub recovered_epoch: u32,
+}
+
+/// The vids set in a READ_VDIS / READ_DEL_VDIS bitmap.
+pub fn set_bits(b: &[u8]) -> Vec<u32> {
+    VdiBitmap::from_bytes(b.to_vec()).expect("bitmap size").iter().collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1410,7 +1589,7 @@ impl Mount {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        format!("--- {} ---\n{}", self.log.display(), tail_of_file(&self.log, lines))
+        files_tail(&[&self.log], lines)
     }
 
     pub fn is_mounted(&self) -> bool {
@@ -1528,14 +1707,6 @@ impl Sheep {
     pub fn start_with_args(&mut self, extra: &[&str]) {
         assert!(self.child.is_none(), "node {} is already running", self.index);
         fs::create_dir_all(&self.dir).unwrap_or_else(|e| panic!("creating {}: {e}", self.dir.display()));
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.out)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", self.out.display()));
-        let err = out
-            .try_clone()
-            .unwrap_or_else(|e| panic!("duplicating {}: {e}", self.out.display()));
         let mut cmd = Command::new(sheep_bin());
         cmd.arg("-p")
             .arg(self.port.to_string())
@@ -1551,22 +1722,9 @@ impl Sheep {
         if self.gateway {
             cmd.arg("-g");
         }
-        cmd.args(extra)
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        // SAFETY: as in `start`: prctl is async-signal-safe and touches no parent memory.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start sheep for node {}: {e}", self.index));
-        self.child = Some(child);
+        cmd.args(extra).arg(&self.dir);
+        let what = format!("sheep for node {}", self.index);
+        self.child = Some(spawn_daemon(&mut cmd, &self.out, &what));
     }
 }
 

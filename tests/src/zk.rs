@@ -15,15 +15,17 @@
 //! and [`dog_command`], `dog` aimed at any address (the [`crate::run_dog`] of the harness
 //! always talks to 127.0.0.1).
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{Read, Seek, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{dog_bin, free_ports, run_command, run_command_with_stdin, wait_until, ToolOutput};
+use crate::{
+    dog_bin, exited, files_tail, free_ports, keep_dir_if_asked, kill_and_reap, run_command, run_command_with_stdin,
+    spawn_daemon, wait_until, ToolOutput,
+};
 
 /// The JVM.
 pub const JAVA: &str = "/usr/bin/java";
@@ -44,27 +46,6 @@ const LOG4J: &str = "log4j.rootLogger=INFO, CONSOLE\n\
 log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender\n\
 log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout\n\
 log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} %-5p [%t:%C{1}@%L] - %m%n\n";
-
-/// The last `lines` lines of a file, or why it cannot be read.
-pub fn file_tail(path: &Path, lines: usize) -> String {
-    match fs::read(path) {
-        Ok(b) => {
-            let text = String::from_utf8_lossy(&b);
-            let all: Vec<&str> = text.lines().collect();
-            let start = all.len().saturating_sub(lines);
-            let mut s = String::new();
-            if start > 0 {
-                s.push_str(&format!("[... {start} earlier lines ...]\n"));
-            }
-            for l in &all[start..] {
-                s.push_str(l);
-                s.push('\n');
-            }
-            s
-        }
-        Err(e) => format!("[cannot read {}: {e}]\n", path.display()),
-    }
-}
 
 /// Sends a four-letter command (`ruok`, `srvr`, `stat`, `mntr`...) and returns the answer.
 pub fn four_letter(addr: SocketAddr, cmd: &str) -> Result<String, String> {
@@ -101,14 +82,6 @@ struct Server {
 impl Server {
     fn start(&mut self, log4j: &Path) {
         assert!(self.child.is_none(), "ZooKeeper server {} is already running", self.id);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", self.log.display()));
-        let err = log
-            .try_clone()
-            .unwrap_or_else(|e| panic!("duplicating {}: {e}", self.log.display()));
         let mut cmd = Command::new(JAVA);
         cmd.args([
             "-Xmx256m",
@@ -122,43 +95,25 @@ impl Server {
         .arg(ZK_CLASSPATH.join(":"))
         .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
         .arg(self.dir.join("zoo.cfg"))
-        .current_dir(&self.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(err));
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. The kernel
-        // kills the JVM if the thread that started it dies, so a crashed test leaks nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start ZooKeeper server {} ({JAVA}): {e}", self.id));
-        self.child = Some(child);
+        .current_dir(&self.dir);
+        // The kernel kills the JVM if the thread that started it dies: no leak on a crash.
+        let what = format!("ZooKeeper server {} ({JAVA})", self.id);
+        self.child = Some(spawn_daemon(&mut cmd, &self.log, &what));
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_and_reap(&mut self.child);
     }
 
     /// Panics (with the log) if the process was started and has exited.
     fn check_alive(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!(
-                    "ZooKeeper server {} ({}) exited with {status}\n--- {} ---\n{}",
-                    self.id,
-                    self.client,
-                    self.log.display(),
-                    file_tail(&self.log, ZK_LOG_TAIL_LINES)
-                );
-            }
+        if let Some(status) = exited(&mut self.child) {
+            panic!(
+                "ZooKeeper server {} ({}) exited with {status}\n{}",
+                self.id,
+                self.client,
+                files_tail(&[&self.log], ZK_LOG_TAIL_LINES)
+            );
         }
     }
 }
@@ -417,13 +372,7 @@ impl Drop for ZooKeeper {
                 );
             }
         }
-        if std::env::var_os("SHEEP_TEST_KEEP").is_some() {
-            let dir = std::mem::replace(
-                &mut self.tmp,
-                tempfile::tempdir().expect("creating a placeholder temporary directory"),
-            );
-            eprintln!("keeping {}", dir.keep().display());
-        }
+        keep_dir_if_asked(&mut self.tmp);
     }
 }
 

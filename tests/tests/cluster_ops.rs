@@ -6,47 +6,41 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use protocol::bitmap::{VdiBitmap, BITMAP_BYTES};
 use protocol::cluster::EpochRecord;
-use protocol::{op, ClusterArgs, RequestHeader, ResultCode, VdiArgs};
-use tests::{run_dog, wait_until, BlockingClient, Cluster};
-
-/// (READ_VDIS, READ_DEL_VDIS) bitmaps of node `i`.
-fn bitmaps(c: &Cluster, i: usize) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let mut out = Vec::new();
-    for opcode in [op::READ_VDIS, op::READ_DEL_VDIS] {
-        let mut req = RequestHeader::new(opcode);
-        req.data_length = BITMAP_BYTES as u32;
-        let r = c.call(i, req, &[]).map_err(|e| format!("node {i}: {e}"))?;
-        if r.data.len() != BITMAP_BYTES {
-            return Err(format!(
-                "node {i}: op {opcode:#x} returned {} bytes, want {BITMAP_BYTES}",
-                r.data.len()
-            ));
-        }
-        out.push(r.data);
-    }
-    let del = out.pop().expect("two bitmaps");
-    let used = out.pop().expect("two bitmaps");
-    Ok((used, del))
-}
-
-fn set_bits(b: &[u8]) -> Vec<u32> {
-    VdiBitmap::from_bytes(b.to_vec()).expect("bitmap size").iter().collect()
-}
+use protocol::{op, RequestHeader, ResultCode, VdiArgs};
+use tests::{run_dog, set_bits, wait_until, BlockingClient, Cluster};
 
 /// STAT_CLUSTER with room for `slots` records of `nodes_nr` nodes: (reply epoch, payload).
 fn stat_cluster(c: &Cluster, i: usize, nodes_nr: u32, slots: usize) -> (u32, Vec<u8>) {
-    let mut req = RequestHeader::new(op::STAT_CLUSTER);
-    req.data_length = (slots * EpochRecord::stride(nodes_nr as usize)) as u32;
-    req.set_cluster(&ClusterArgs {
-        nodes_nr,
-        ..ClusterArgs::default()
-    });
-    let r = c
-        .call(i, req, &[])
-        .unwrap_or_else(|e| panic!("STAT_CLUSTER to node {i}: {e}"));
+    let r = c.stat_cluster(i, nodes_nr, slots).unwrap_or_else(|e| panic!("{e}"));
     (r.header.epoch, r.data)
+}
+
+/// Node 0's VDI bitmaps (READ_VDIS, READ_DEL_VDIS), once every node reports the same ones
+/// (allowing the last event a moment to be applied everywhere).
+#[track_caller]
+fn wait_same_bitmaps(c: &Cluster) -> (Vec<u8>, Vec<u8>) {
+    let (used0, del0) = c.bitmaps(0).expect("bitmaps of node 0");
+    wait_until(
+        "every node's VDI bitmaps to equal node 0's",
+        Duration::from_secs(10),
+        || {
+            for i in 1..c.len() {
+                let (u, d) = c.bitmaps(i)?;
+                if u != used0 || d != del0 {
+                    return Err(format!(
+                        "node {i}: in-use {:x?} deleted {:x?}; node 0: in-use {:x?} deleted {:x?}",
+                        set_bits(&u),
+                        set_bits(&d),
+                        set_bits(&used0),
+                        set_bits(&del0)
+                    ));
+                }
+            }
+            Ok(())
+        },
+    );
+    (used0, del0)
 }
 
 #[test]
@@ -151,27 +145,8 @@ fn concurrent_vdi_ops_land_in_the_same_order_everywhere() {
         );
     }
 
-    // Bitmaps: identical on every node (allowing the last event a moment to be applied).
-    let (used0, del0) = bitmaps(&c, 0).expect("bitmaps of node 0");
-    wait_until(
-        "every node's VDI bitmaps to equal node 0's",
-        Duration::from_secs(10),
-        || {
-            for i in 1..c.len() {
-                let (u, d) = bitmaps(&c, i)?;
-                if u != used0 || d != del0 {
-                    return Err(format!(
-                        "node {i}: in-use {:x?} deleted {:x?}; node 0: in-use {:x?} deleted {:x?}",
-                        set_bits(&u),
-                        set_bits(&d),
-                        set_bits(&used0),
-                        set_bits(&del0)
-                    ));
-                }
-            }
-            Ok(())
-        },
-    );
+    // Bitmaps: identical on every node.
+    let (used0, del0) = wait_same_bitmaps(&c);
     let used = set_bits(&used0);
     let del = set_bits(&del0);
     // 1 shared + 9 created + 9 new working vids from their snapshots + one per snapshot of
@@ -262,7 +237,7 @@ fn unformatted_cluster_waits_for_format() {
             ResultCode::WAIT_FOR_FORMAT,
             "STAT_CLUSTER to node {i} before format"
         );
-        let (used, del) = bitmaps(&c, i).expect("READ_VDIS works before format");
+        let (used, del) = c.bitmaps(i).expect("READ_VDIS works before format");
         assert!(
             set_bits(&used).is_empty() && set_bits(&del).is_empty(),
             "bitmaps of node {i} before format are not empty"
@@ -315,26 +290,9 @@ fn concurrent_creates_of_one_name_make_one_vdi() {
     for name in &names {
         assert!(listed.contains(&name.as_str()), "{name} missing: {list0:#?}");
     }
-    let (used0, del0) = bitmaps(&c, 0).expect("bitmaps of node 0");
+    let (used0, del0) = wait_same_bitmaps(&c);
     assert_eq!(set_bits(&used0).len(), names.len(), "in-use vids");
     assert!(set_bits(&del0).is_empty(), "deleted vids");
-    wait_until(
-        "every node's VDI bitmaps to equal node 0's",
-        Duration::from_secs(10),
-        || {
-            for i in 1..c.len() {
-                let (u, d) = bitmaps(&c, i)?;
-                if u != used0 || d != del0 {
-                    return Err(format!(
-                        "node {i}: in-use {:x?} deleted {:x?}",
-                        set_bits(&u),
-                        set_bits(&d)
-                    ));
-                }
-            }
-            Ok(())
-        },
-    );
     for i in 1..c.len() {
         let li = c.vdi_list(i);
         assert_eq!(li, list0, "vdi list -r through node {i} differs from node 0");

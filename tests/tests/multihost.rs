@@ -9,11 +9,10 @@
 //! Timings are printed (run with `--nocapture` to see them).
 
 use std::collections::BTreeSet;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,8 +20,11 @@ use std::time::{Duration, Instant};
 use protocol::cluster::{status, ClusterInfo, CLUSTER_INFO_SIZE};
 use protocol::node::{Node, NODE_SIZE, SD_MAX_NODES};
 use protocol::{op, RequestHeader};
-use tests::zk::{dog_args, dog_command, file_tail, run_tool, ZooKeeper};
-use tests::{assert_same_bytes, dog_bin, pseudo_random, sheep_bin, tool, wait_until, BlockingClient, ToolOutput};
+use tests::zk::{dog_args, dog_command, run_tool, ZooKeeper};
+use tests::{
+    assert_same_bytes, dog_bin, exited, files_tail, keep_dir_if_asked, kill_and_reap, pseudo_random, sheep_bin,
+    spawn_daemon, tool, wait_until, BlockingClient, ToolOutput,
+};
 
 const MIB: u64 = 1 << 20;
 const SHEEP_PORT: u16 = 7000;
@@ -236,53 +238,30 @@ impl Host {
     fn start(&mut self, spec: &str) {
         assert!(self.child.is_none(), "host {} already runs a sheep", self.index);
         fs::create_dir_all(&self.dir).unwrap_or_else(|e| panic!("creating {}: {e}", self.dir.display()));
-        let out = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.out)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", self.out.display()));
-        let err = out.try_clone().expect("duplicating the output file");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns])
             .arg(sheep_bin())
             .args(["-b", &self.ip.to_string(), "-p", &SHEEP_PORT.to_string()])
             .args(["-z", &(self.index + 1).to_string(), "-c", spec, "--log-file"])
             .arg(&self.log)
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        // SAFETY: prctl is async-signal-safe and touches no parent memory; the setting
-        // survives the exec of `ip` and its exec of sheep, so a dying test leaks no sheep.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        self.child = Some(
-            cmd.spawn()
-                .unwrap_or_else(|e| panic!("cannot start sheep on host {}: {e}", self.index)),
-        );
+            .arg(&self.dir);
+        // Killed with the test even through the exec of `ip` and its exec of sheep.
+        let what = format!("sheep on host {}", self.index);
+        self.child = Some(spawn_daemon(&mut cmd, &self.out, &what));
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_and_reap(&mut self.child);
     }
 
     fn check_alive(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if let Ok(Some(s)) = c.try_wait() {
-                panic!(
-                    "sheep on host {} ({}) exited with {s}\n{}",
-                    self.index,
-                    self.ip,
-                    self.log_tail(LOG_TAIL_LINES)
-                );
-            }
+        if let Some(s) = exited(&mut self.child) {
+            panic!(
+                "sheep on host {} ({}) exited with {s}\n{}",
+                self.index,
+                self.ip,
+                self.log_tail(LOG_TAIL_LINES)
+            );
         }
     }
 
@@ -293,13 +272,7 @@ impl Host {
     }
 
     fn log_tail(&self, lines: usize) -> String {
-        format!(
-            "--- {} ---\n{}--- {} ---\n{}",
-            self.log.display(),
-            file_tail(&self.log, lines),
-            self.out.display(),
-            file_tail(&self.out, lines)
-        )
+        files_tail(&[&self.log, &self.out], lines)
     }
 
     fn objects(&self) -> usize {
@@ -520,13 +493,7 @@ impl Drop for Hosts {
                 );
             }
         }
-        if std::env::var_os("SHEEP_TEST_KEEP").is_some() {
-            let dir = std::mem::replace(
-                &mut self.tmp,
-                tempfile::tempdir().expect("creating a placeholder temporary directory"),
-            );
-            eprintln!("keeping {}", dir.keep().display());
-        }
+        keep_dir_if_asked(&mut self.tmp);
     }
 }
 

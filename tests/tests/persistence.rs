@@ -14,13 +14,6 @@ fn read_vdis(c: &Cluster, i: usize) -> Vec<u8> {
         .data
 }
 
-/// Writes `len` pseudo-random bytes at `off` through dog and into `model`.
-fn put(c: &Cluster, name: &str, model: &mut [u8], off: u64, seed: u64, len: u64) {
-    let d = pseudo_random(seed, len as usize);
-    c.write_vdi(name, off, &d);
-    model[off as usize..(off + len) as usize].copy_from_slice(&d);
-}
-
 #[test]
 fn data_survives_kill_and_restart() {
     let mut c = Cluster::start_formatted(3, 3);
@@ -29,12 +22,12 @@ fn data_survives_kill_and_restart() {
 
     let mut alpha = vec![0u8; (64 * MIB) as usize];
     let mut beta = vec![0u8; (32 * MIB) as usize];
-    put(&c, "alpha", &mut alpha, 0, 1, 10 * MIB + 17);
-    put(&c, "alpha", &mut alpha, 33 * MIB - 9, 2, 5 * MIB);
-    put(&c, "beta", &mut beta, 4 * MIB - 1, 3, 2);
+    c.put(0, "alpha", &mut alpha, 0, 1, 10 * MIB + 17);
+    c.put(0, "alpha", &mut alpha, 33 * MIB - 9, 2, 5 * MIB);
+    c.put(0, "beta", &mut beta, 4 * MIB - 1, 3, 2);
     c.dog_ok(&["vdi", "snapshot", "alpha"]);
     let alpha_snap = alpha.clone();
-    put(&c, "alpha", &mut alpha, 2 * MIB, 4, 3 * MIB);
+    c.put(0, "alpha", &mut alpha, 2 * MIB, 4, 3 * MIB);
 
     let list_before = c.dog_ok(&["vdi", "list", "-r"]).stdout;
     let bitmap_before = read_vdis(&c, 0);
@@ -83,7 +76,7 @@ fn one_node_killed_and_restarted() {
     let mut c = Cluster::start_formatted(3, 3);
     c.dog_ok(&["vdi", "create", "alpha", "32M"]);
     let mut alpha = vec![0u8; (32 * MIB) as usize];
-    put(&c, "alpha", &mut alpha, 3 * MIB, 21, 6 * MIB + 5);
+    c.put(0, "alpha", &mut alpha, 3 * MIB, 21, 6 * MIB + 5);
 
     c.kill(2);
     c.wait_for_membership();
@@ -92,7 +85,7 @@ fn one_node_killed_and_restarted() {
         &c.dog_ok(&["vdi", "read", "alpha"]).stdout,
         &alpha,
     );
-    put(&c, "alpha", &mut alpha, 20 * MIB - 7, 22, MIB);
+    c.put(0, "alpha", &mut alpha, 20 * MIB - 7, 22, MIB);
     assert_same_bytes(
         "alpha written with node 2 down",
         &c.dog_ok(&["vdi", "read", "alpha"]).stdout,

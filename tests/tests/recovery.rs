@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use protocol::node::{sort_nodes, Node};
 use protocol::placement::Ring;
-use protocol::{op, Oid, RequestHeader, Vid};
+use protocol::{Oid, Vid};
 use tests::{assert_same_bytes, dog_bin, pseudo_random, run_dog, wait_until, Cluster};
 
 const MIB: u64 = 1 << 20;
@@ -30,14 +30,9 @@ const FED_DOG_TIMEOUT: Duration = Duration::from_secs(120);
 // ---------------------------------------------------------------------------------------------
 // Cluster observations
 
-/// Indices of the nodes the harness started and has not killed or stopped.
-fn running(c: &Cluster) -> Vec<usize> {
-    (0..c.len()).filter(|&i| c.node(i).pid().is_some()).collect()
-}
-
 /// Panics (the cluster's drop prints the logs) if a node that should run has exited.
 fn assert_alive(c: &mut Cluster) {
-    for i in running(c) {
+    for i in c.running() {
         if let Some(s) = c.node_mut(i).exit_status() {
             panic!(
                 "node {i} (port {}) exited with {s} but should be running",
@@ -49,78 +44,15 @@ fn assert_alive(c: &mut Cluster) {
 
 /// The placement ring of the running nodes, built from what the harness knows.
 fn live_ring(c: &Cluster) -> Ring {
-    let mut v: Vec<Node> = running(c).iter().map(|&i| c.node(i).protocol_node()).collect();
+    let mut v: Vec<Node> = c.running().iter().map(|&i| c.node(i).protocol_node()).collect();
     sort_nodes(&mut v);
     Ring::new(v)
 }
 
-/// One node's STAT_RECOVERY reply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct RecoveryStat {
-    running: bool,
-    done: u64,
-    total: u64,
-    recovered_epoch: u32,
-}
-
-fn stat_recovery(c: &Cluster, i: usize) -> Result<RecoveryStat, String> {
-    let mut req = RequestHeader::new(op::STAT_RECOVERY);
-    req.data_length = 24;
-    let r = c
-        .call(i, req, &[])
-        .map_err(|e| format!("node {i}: STAT_RECOVERY: {e}"))?;
-    if r.data.len() < 24 {
-        return Err(format!(
-            "node {i}: STAT_RECOVERY returned {} bytes, want 24",
-            r.data.len()
-        ));
-    }
-    let u64_at = |o: usize| u64::from_le_bytes(r.data[o..o + 8].try_into().expect("8 bytes"));
-    Ok(RecoveryStat {
-        running: r.data[0] != 0,
-        done: u64_at(8),
-        total: u64_at(16),
-        recovered_epoch: r.header.recovered_epoch(),
-    })
-}
-
-/// Waits until every running node reports the same cluster epoch, is idle, and has recovered
-/// that epoch. Returns the epoch.
-fn wait_recovered(c: &mut Cluster) -> u32 {
-    let nodes = running(c);
-    wait_until(
-        "every running node to be idle with the cluster epoch recovered",
-        RECOVERY_TIMEOUT,
-        || {
-            assert_alive(c);
-            let mut epochs = BTreeMap::new();
-            let mut stats = BTreeMap::new();
-            for &i in &nodes {
-                let ci = c.cluster_info(i).map_err(|e| format!("node {i}: CLUSTER_INFO: {e}"))?;
-                epochs.insert(i, ci.epoch);
-                stats.insert(i, stat_recovery(c, i)?);
-            }
-            let distinct: BTreeSet<u32> = epochs.values().copied().collect();
-            if distinct.len() != 1 {
-                return Err(format!("nodes disagree on the epoch (node: epoch): {epochs:?}"));
-            }
-            let e = epochs.values().next().copied().expect("at least one running node");
-            let behind: BTreeMap<usize, RecoveryStat> = stats
-                .into_iter()
-                .filter(|(_, s)| s.running || s.recovered_epoch != e)
-                .collect();
-            if behind.is_empty() {
-                Ok(e)
-            } else {
-                Err(format!("cluster epoch {e}; nodes not done (node: state): {behind:?}"))
-            }
-        },
-    )
-}
-
 /// The epoch every running node reports, asserting that they agree.
 fn cluster_epoch(c: &Cluster) -> u32 {
-    let epochs: BTreeMap<usize, u32> = running(c)
+    let epochs: BTreeMap<usize, u32> = c
+        .running()
         .into_iter()
         .map(|i| {
             let ci = c
@@ -141,7 +73,7 @@ fn cluster_epoch(c: &Cluster) -> u32 {
 /// For every object on a running node's disk, the running nodes holding it.
 fn live_holders(c: &Cluster) -> BTreeMap<Oid, BTreeSet<usize>> {
     let mut m: BTreeMap<Oid, BTreeSet<usize>> = BTreeMap::new();
-    for i in running(c) {
+    for i in c.running() {
         for oid in c.node(i).objects() {
             m.entry(oid).or_default().insert(i);
         }
@@ -280,24 +212,12 @@ fn classify(got: &[u8]) -> &'static str {
     }
 }
 
-/// `dog vdi read NAME` through each of `nodes` equals `model`.
-#[track_caller]
-fn check_reads(c: &Cluster, name: &str, model: &[u8], nodes: &[usize], when: &str) {
-    for &i in nodes {
-        let out = c.dog_at(i, &["vdi", "read", name], None).expect_ok();
-        assert_same_bytes(
-            &format!("`dog vdi read {name}` through node {i} {when}"),
-            &out.stdout,
-            model,
-        );
-    }
-}
-
 /// `dog cluster info -r` through every running node; asserts they print the same thing and
 /// that the epochs listed are consecutive, newest first, ending at 1. Returns the output.
 #[track_caller]
 fn cluster_info_everywhere(c: &Cluster, when: &str) -> String {
-    let outs: BTreeMap<usize, String> = running(c)
+    let outs: BTreeMap<usize, String> = c
+        .running()
         .into_iter()
         .map(|i| {
             (
@@ -345,24 +265,6 @@ fn expected_members(c: &Cluster) -> String {
         .map(|n| format!("{}:{}", n.addr, n.nr_vnodes))
         .collect();
     format!("[{}]", m.join(", "))
-}
-
-/// Writes `len` pseudo-random bytes at `off` through node `via` and into `model`.
-fn put(c: &Cluster, via: usize, name: &str, model: &mut [u8], off: u64, seed: u64, len: u64) {
-    let d = pseudo_random(seed, len as usize);
-    c.dog_at(
-        via,
-        &["vdi", "write", name, &off.to_string(), &len.to_string()],
-        Some(&d),
-    )
-    .expect_ok();
-    model[off as usize..(off + len) as usize].copy_from_slice(&d);
-}
-
-/// A VDI's vid, asked through node 0.
-fn vid_of(c: &Cluster, name: &str) -> u32 {
-    c.vdi_id(0, name, 0)
-        .unwrap_or_else(|e| panic!("GET_VDI_INFO {name}: {e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -490,20 +392,20 @@ fn join_moves_objects_to_the_new_placement() {
     let mut c = Cluster::start_formatted(3, 2);
     c.dog_ok(&["vdi", "create", "alpha", "40M"]);
     let mut model = vec![0u8; (40 * MIB) as usize];
-    put(&c, 0, "alpha", &mut model, 0, 101, 40 * MIB);
-    let vid = vid_of(&c, "alpha");
+    c.put(0, "alpha", &mut model, 0, 101, 40 * MIB);
+    let vid = c.vid_of("alpha");
     let objects = vdi_objects(vid, indices(0, 40 * MIB));
     wait_placement(&c, 2, &objects);
     assert_eq!(cluster_epoch(&c), 1, "epoch after format");
 
     let new = c.add_node(4);
-    let epoch = wait_recovered(&mut c);
+    let epoch = c.wait_recovered(RECOVERY_TIMEOUT);
     assert_eq!(epoch, 2, "epoch after one join (format is epoch 1)");
     wait_placement(&c, 2, &objects);
     let on_new = c.node(new).objects().len();
     assert!(on_new > 0, "the new node {new} holds no object after recovery");
     check_replica_bytes(&c, vid, &model);
-    check_reads(&c, "alpha", &model, &(0..c.len()).collect::<Vec<_>>(), "after the join");
+    c.check_reads("alpha", &model, &(0..c.len()).collect::<Vec<_>>(), "after the join");
     let info = cluster_info_everywhere(&c, "after the join");
     let newest = &epoch_lines(&info)[0];
     assert_eq!(newest.1, expected_members(&c), "members of the newest epoch:\n{info}");
@@ -521,7 +423,7 @@ fn node_killed_during_full_volume_write() {
     let mut c = Cluster::start_formatted(7, 3);
     let size = 64 * MIB;
     c.dog_ok(&["vdi", "create", "big", "64M"]);
-    let vid = vid_of(&c, "big");
+    let vid = c.vid_of("big");
     let v = Vid::new(vid).expect("vid");
     let source = pseudo_random(202, size as usize);
     let victim = 4;
@@ -563,17 +465,11 @@ fn node_killed_during_full_volume_write() {
 
     c.wait_for_membership();
     c.restart(victim);
-    wait_recovered(&mut c);
+    c.wait_recovered(RECOVERY_TIMEOUT);
     let objects = vdi_objects(vid, 0..(size / OBJ) as u32);
     wait_placement(&c, 3, &objects);
     check_replica_bytes(&c, vid, &source);
-    check_reads(
-        &c,
-        "big",
-        &source,
-        &(0..c.len()).collect::<Vec<_>>(),
-        "after the restart",
-    );
+    c.check_reads("big", &source, &(0..c.len()).collect::<Vec<_>>(), "after the restart");
     cluster_info_everywhere(&c, "after the restart");
 }
 
@@ -588,8 +484,8 @@ fn all_nodes_killed_one_by_one_then_restarted_in_another_order() {
     let mut c = Cluster::start_formatted(4, 3);
     c.dog_ok(&["vdi", "create", "alpha", "32M"]);
     let mut model = vec![0u8; (32 * MIB) as usize];
-    put(&c, 0, "alpha", &mut model, MIB / 2, 301, 28 * MIB);
-    let vid = vid_of(&c, "alpha");
+    c.put(0, "alpha", &mut model, MIB / 2, 301, 28 * MIB);
+    let vid = c.vid_of("alpha");
     let objects = vdi_objects(vid, indices(MIB / 2, 28 * MIB));
 
     // kill -9 one after another; each death is noticed (a new epoch), but recovery is not
@@ -607,15 +503,14 @@ fn all_nodes_killed_one_by_one_then_restarted_in_another_order() {
         c.wait_for_membership();
     }
     c.wait_running();
-    wait_recovered(&mut c);
+    c.wait_recovered(RECOVERY_TIMEOUT);
     let info = cluster_info_everywhere(&c, "after every node was killed and restarted");
     assert_eq!(
         epoch_lines(&info)[0].1,
         expected_members(&c),
         "members of the newest epoch:\n{info}"
     );
-    check_reads(
-        &c,
+    c.check_reads(
         "alpha",
         &model,
         &[0, 1, 2, 3],
@@ -636,8 +531,8 @@ fn membership_churn_leaves_identical_epoch_history() {
     let mut c = Cluster::start_formatted(5, 3);
     c.dog_ok(&["vdi", "create", "alpha", "32M"]);
     let mut model = vec![0u8; (32 * MIB) as usize];
-    put(&c, 0, "alpha", &mut model, 0, 401, 32 * MIB);
-    let vid = vid_of(&c, "alpha");
+    c.put(0, "alpha", &mut model, 0, 401, 32 * MIB);
+    let vid = c.vid_of("alpha");
 
     let stopped: Vec<(usize, Option<ExitStatus>)> = [1, 2].iter().map(|&i| (i, c.node_mut(i).stop())).collect();
     c.node_mut(1).start();
@@ -653,7 +548,7 @@ fn membership_churn_leaves_identical_epoch_history() {
 
     c.wait_for_membership();
     c.wait_running();
-    wait_recovered(&mut c);
+    c.wait_recovered(RECOVERY_TIMEOUT);
     let info = cluster_info_everywhere(&c, "after the churn");
     assert_eq!(
         epoch_lines(&info)[0].1,
@@ -661,33 +556,15 @@ fn membership_churn_leaves_identical_epoch_history() {
         "members of the newest epoch:\n{info}"
     );
     // The same history in STAT_CLUSTER's own bytes.
-    let raw: BTreeMap<usize, Vec<u8>> = (0..c.len()).map(|i| (i, stat_cluster_bytes(&c, i))).collect();
+    let raw: BTreeMap<usize, Vec<u8>> = (0..c.len())
+        .map(|i| (i, c.stat_cluster(i, 8, 64).unwrap_or_else(|e| panic!("{e}")).data))
+        .collect();
     for (i, b) in &raw {
         assert_same_bytes(&format!("STAT_CLUSTER payload of node {i} vs node 0"), b, &raw[&0]);
     }
-    check_reads(
-        &c,
-        "alpha",
-        &model,
-        &(0..c.len()).collect::<Vec<_>>(),
-        "after the churn",
-    );
+    c.check_reads("alpha", &model, &(0..c.len()).collect::<Vec<_>>(), "after the churn");
     wait_placement(&c, 3, &vdi_objects(vid, 0..8));
     check_replica_bytes(&c, vid, &model);
-}
-
-/// STAT_CLUSTER with room for 64 records of 8 nodes.
-fn stat_cluster_bytes(c: &Cluster, i: usize) -> Vec<u8> {
-    let nodes_nr = 8u32;
-    let mut req = RequestHeader::new(op::STAT_CLUSTER);
-    req.data_length = (64 * protocol::cluster::EpochRecord::stride(nodes_nr as usize)) as u32;
-    req.set_cluster(&protocol::ClusterArgs {
-        nodes_nr,
-        ..protocol::ClusterArgs::default()
-    });
-    c.call(i, req, &[])
-        .unwrap_or_else(|e| panic!("STAT_CLUSTER to node {i}: {e}"))
-        .data
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -701,8 +578,8 @@ fn three_unclean_restarts_in_a_row() {
     let mut c = Cluster::start_formatted(4, 3);
     c.dog_ok(&["vdi", "create", "alpha", "32M"]);
     let mut model = vec![0u8; (32 * MIB) as usize];
-    put(&c, 0, "alpha", &mut model, 0, 501, 12 * MIB);
-    let vid = vid_of(&c, "alpha");
+    c.put(0, "alpha", &mut model, 0, 501, 12 * MIB);
+    let vid = c.vid_of("alpha");
     let mut touched = indices(0, 12 * MIB);
     let info_before = cluster_info_everywhere(&c, "before the restarts");
 
@@ -710,7 +587,7 @@ fn three_unclean_restarts_in_a_row() {
         c.kill_all();
         c.start_all();
         c.wait_running();
-        wait_recovered(&mut c);
+        c.wait_recovered(RECOVERY_TIMEOUT);
         let when = format!("after unclean restart {}", round + 1);
         let info = cluster_info_everywhere(&c, &when);
         // Each restart adds epochs (nodes leave, nodes join) but never rewrites old ones.
@@ -718,12 +595,11 @@ fn three_unclean_restarts_in_a_row() {
             info.ends_with(&epoch_history_tail(&info_before)),
             "{when}: the epoch history should keep the old epochs unchanged\nbefore:\n{info_before}\nnow:\n{info}"
         );
-        check_reads(&c, "alpha", &model, &(0..c.len()).collect::<Vec<_>>(), &when);
+        c.check_reads("alpha", &model, &(0..c.len()).collect::<Vec<_>>(), &when);
 
         // A new write works, through another node each time.
         let (off, len) = (12 * MIB + round * 6 * MIB + 4097, 5 * MIB + 3);
-        put(
-            &c,
+        c.put(
             (round as usize + 1) % c.len(),
             "alpha",
             &mut model,
@@ -732,8 +608,7 @@ fn three_unclean_restarts_in_a_row() {
             len,
         );
         touched.extend(indices(off, len));
-        check_reads(
-            &c,
+        c.check_reads(
             "alpha",
             &model,
             &[round as usize % c.len()],
@@ -777,7 +652,7 @@ fn stale_copies_rejoin(nodes: usize, away: &[usize]) {
     let a = pseudo_random(601, size as usize);
     let b = pseudo_random(602, size as usize);
     c.write_vdi("alpha", 0, &a);
-    let vid = vid_of(&c, "alpha");
+    let vid = c.vid_of("alpha");
     let objects = vdi_objects(vid, 0..(size / OBJ) as u32);
     wait_placement(&c, 3, &objects);
     let stale: usize = away.iter().map(|&i| c.node(i).objects().len()).sum();
@@ -791,7 +666,7 @@ fn stale_copies_rejoin(nodes: usize, away: &[usize]) {
     for &i in away {
         c.kill(i);
         c.wait_for_membership();
-        wait_recovered(&mut c);
+        c.wait_recovered(RECOVERY_TIMEOUT);
     }
     c.write_vdi("alpha", 0, &b);
     wait_placement(&c, 3, &objects);
@@ -808,7 +683,7 @@ fn stale_copies_rejoin(nodes: usize, away: &[usize]) {
             &format!("read through returning node {i} right after its restart"),
         );
     }
-    wait_recovered(&mut c);
+    c.wait_recovered(RECOVERY_TIMEOUT);
     for i in 0..c.len() {
         let got = c.dog_at(i, &["vdi", "read", "alpha"], None).expect_ok().stdout;
         assert_b(&got, &a, &b, &format!("read through node {i} after recovery"));
@@ -871,10 +746,10 @@ fn gateway_stores_nothing_and_keeps_serving_after_a_storage_node_dies() {
     assert!(c.node(gw).is_gateway());
     c.dog_at(gw, &["vdi", "create", "alpha", "32M"], None).expect_ok();
     let mut model = vec![0u8; (32 * MIB) as usize];
-    put(&c, gw, "alpha", &mut model, 0, 701, 20 * MIB);
-    let vid = vid_of(&c, "alpha");
+    c.put(gw, "alpha", &mut model, 0, 701, 20 * MIB);
+    let vid = c.vid_of("alpha");
     let mut touched = indices(0, 20 * MIB);
-    check_reads(&c, "alpha", &model, &[gw, 1], "written through the gateway");
+    c.check_reads("alpha", &model, &[gw, 1], "written through the gateway");
     wait_placement(&c, 3, &vdi_objects(vid, touched.clone()));
     let stored = obj_dir_entries(c.node(gw).dir());
     assert!(
@@ -886,16 +761,15 @@ fn gateway_stores_nothing_and_keeps_serving_after_a_storage_node_dies() {
     c.kill(1);
     c.wait_for_membership();
     // A new epoch with 2 storage zones for 3 copies (not strict): writes go on.
-    put(&c, gw, "alpha", &mut model, 18 * MIB + 5, 702, 9 * MIB);
+    c.put(gw, "alpha", &mut model, 18 * MIB + 5, 702, 9 * MIB);
     touched.extend(indices(18 * MIB + 5, 9 * MIB));
-    check_reads(
-        &c,
+    c.check_reads(
         "alpha",
         &model,
         &[gw, 0, 2],
         "after storage node 1 died and a new write",
     );
-    wait_recovered(&mut c);
+    c.wait_recovered(RECOVERY_TIMEOUT);
     wait_placement(&c, 3, &vdi_objects(vid, touched));
     check_replica_bytes(&c, vid, &model);
     let stored = obj_dir_entries(c.node(gw).dir());
@@ -984,9 +858,9 @@ fn full_disk_on_one_node_fails_writes_cleanly() {
     let epoch = cluster_epoch(&c);
 
     c.dog_ok(&["vdi", "create", "big", "128M"]);
-    let vid = vid_of(&c, "big");
+    let vid = c.vid_of("big");
     let mut model = vec![0u8; (128 * MIB) as usize];
-    put(&c, 0, "big", &mut model, 0, 801, 16 * MIB);
+    c.put(0, "big", &mut model, 0, 801, 16 * MIB);
 
     // 112 MiB more cannot fit in node 2's 64 MiB (which already holds the inode and 16 MiB).
     let more = pseudo_random(802, (112 * MIB) as usize);
@@ -1101,13 +975,13 @@ fn node_recovery_shows_progress_of_a_throttled_node() {
     let mut c = Cluster::start_formatted(3, 3);
     c.dog_ok(&["vdi", "create", "alpha", "64M"]);
     let mut model = vec![0u8; (64 * MIB) as usize];
-    put(&c, 0, "alpha", &mut model, 0, 901, 64 * MIB);
-    let vid = vid_of(&c, "alpha");
+    c.put(0, "alpha", &mut model, 0, 901, 64 * MIB);
+    let vid = c.vid_of("alpha");
 
     let slow = 2;
     c.kill(slow);
     c.wait_for_membership();
-    put(&c, 0, "alpha", &mut model, 3 * MIB, 902, 10 * MIB);
+    c.put(0, "alpha", &mut model, 3 * MIB, 902, 10 * MIB);
     c.node_mut(slow).start_with_args(&["--recovery-rate", "5"]);
     c.wait_for_membership();
     let slow_addr = c.node(slow).addr().to_string();
@@ -1155,8 +1029,8 @@ fn node_recovery_shows_progress_of_a_throttled_node() {
         slow_line.done, slow_line.total,
         "the finished recovery of the throttled node: done should equal total\n{done}"
     );
-    wait_recovered(&mut c);
-    check_reads(&c, "alpha", &model, &[slow, 0], "after the throttled recovery");
+    c.wait_recovered(RECOVERY_TIMEOUT);
+    c.check_reads("alpha", &model, &[slow, 0], "after the throttled recovery");
     wait_placement(&c, 3, &vdi_objects(vid, 0..16));
     check_replica_bytes(&c, vid, &model);
 }
@@ -1183,7 +1057,7 @@ fn sheep_killed_while_dd_writes_into_a_mounted_volume() {
         .expect("starting dd");
     // Kill node 2 once part of the volume is on disk.
     let victim = 2;
-    let v = Vid::new(vid_of(&c, "vm")).expect("vid");
+    let v = Vid::new(c.vid_of("vm")).expect("vid");
     wait_until("dd to write the first objects", Duration::from_secs(60), || {
         let n = c
             .node(victim)

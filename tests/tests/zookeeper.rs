@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use protocol::bitmap::BITMAP_BYTES;
-use protocol::{op, ClusterArgs, RequestHeader, Vid};
+use protocol::Vid;
 use tests::zk::{dog_command, run_tool, ZooKeeper};
-use tests::{assert_same_bytes, pseudo_random, run_dog, wait_until, Cluster, DogOutput};
+use tests::{assert_same_bytes, pseudo_random, run_dog, set_bits, wait_until, Cluster, DogOutput};
 
 const MIB: u64 = 1 << 20;
 /// Object size of every VDI here (the cluster default, 1 << 22).
@@ -40,55 +39,17 @@ fn zk_cluster(zk: &ZooKeeper, n: usize) -> Cluster {
     Cluster::builder().nodes(n).driver(zk.spec(SESSION_SECS)).start()
 }
 
-/// Indices of the nodes the harness started and has not killed.
-fn running(c: &Cluster) -> Vec<usize> {
-    (0..c.len()).filter(|&i| c.node(i).pid().is_some()).collect()
+/// A standalone ZooKeeper and three sheep using it, formatted with `copies` copies. Bind both:
+/// the ZooKeeper must outlive the cluster.
+fn zk_cluster_formatted(copies: usize) -> (ZooKeeper, Cluster) {
+    let zk = ZooKeeper::standalone();
+    let c = zk_cluster(&zk, 3);
+    c.format(copies);
+    (zk, c)
 }
 
 fn addrs(c: &Cluster, nodes: &[usize]) -> BTreeSet<SocketAddr> {
     nodes.iter().map(|&i| c.node(i).addr()).collect()
-}
-
-/// READ_VDIS and READ_DEL_VDIS of node `i`.
-fn bitmaps(c: &Cluster, i: usize) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let mut out = Vec::new();
-    for opcode in [op::READ_VDIS, op::READ_DEL_VDIS] {
-        let mut req = RequestHeader::new(opcode);
-        req.data_length = BITMAP_BYTES as u32;
-        let r = c
-            .call(i, req, &[])
-            .map_err(|e| format!("node {i}: op {opcode:#x}: {e}"))?;
-        if r.data.len() != BITMAP_BYTES {
-            return Err(format!(
-                "node {i}: op {opcode:#x} returned {} bytes, want {BITMAP_BYTES}",
-                r.data.len()
-            ));
-        }
-        out.push(r.data);
-    }
-    let del = out.pop().expect("two bitmaps");
-    Ok((out.pop().expect("two bitmaps"), del))
-}
-
-/// STAT_CLUSTER of node `i` with room for 64 epochs of 8 nodes: the epoch log's bytes.
-fn stat_cluster(c: &Cluster, i: usize) -> Result<Vec<u8>, String> {
-    let nodes_nr = 8u32;
-    let mut req = RequestHeader::new(op::STAT_CLUSTER);
-    req.data_length = (64 * protocol::cluster::EpochRecord::stride(nodes_nr as usize)) as u32;
-    req.set_cluster(&ClusterArgs {
-        nodes_nr,
-        ..ClusterArgs::default()
-    });
-    c.call(i, req, &[])
-        .map(|r| r.data)
-        .map_err(|e| format!("node {i}: STAT_CLUSTER: {e}"))
-}
-
-fn set_bits(b: &[u8]) -> Vec<u32> {
-    protocol::bitmap::VdiBitmap::from_bytes(b.to_vec())
-        .expect("bitmap size")
-        .iter()
-        .collect()
 }
 
 /// What one node says about the cluster, for comparing nodes.
@@ -112,8 +73,9 @@ impl std::fmt::Debug for View {
 }
 
 fn view(c: &Cluster, i: usize) -> Result<View, String> {
-    let (in_use, deleted) = bitmaps(c, i)?;
-    let epochs = stat_cluster(c, i)?;
+    let (in_use, deleted) = c.bitmaps(i)?;
+    // Room for 64 epochs of 8 nodes: the epoch log's bytes.
+    let epochs = c.stat_cluster(i, 8, 64)?.data;
     let out = c.dog_at(i, &["vdi", "list", "-r"], None);
     if !out.success() {
         return Err(format!("node {i}: `dog vdi list -r` failed: {}", out.stderr.trim()));
@@ -175,80 +137,21 @@ fn wait_members(c: &Cluster, nodes: &[usize], above: u32, limit: Duration, what:
     })
 }
 
+/// Creates the 32 MiB VDI `alpha` and writes `len` pseudo-random bytes (from `seed`) at its
+/// start through node 0. Returns its vid and the model of its contents.
+#[track_caller]
+fn alpha_with_data(c: &Cluster, seed: u64, len: u64) -> (u32, Vec<u8>) {
+    c.dog_ok(&["vdi", "create", "alpha", "32M"]);
+    let vid = c.vid_of("alpha");
+    let mut model = vec![0u8; (32 * MIB) as usize];
+    c.put(0, "alpha", &mut model, 0, seed, len);
+    (vid, model)
+}
+
 fn epoch_of(c: &Cluster, i: usize) -> u32 {
     c.cluster_info(i)
         .unwrap_or_else(|e| panic!("CLUSTER_INFO to node {i}: {e}"))
         .epoch
-}
-
-/// One node's STAT_RECOVERY: (running, recovered epoch).
-fn stat_recovery(c: &Cluster, i: usize) -> Result<(bool, u32), String> {
-    let mut req = RequestHeader::new(op::STAT_RECOVERY);
-    req.data_length = 24;
-    let r = c
-        .call(i, req, &[])
-        .map_err(|e| format!("node {i}: STAT_RECOVERY: {e}"))?;
-    if r.data.len() < 24 {
-        return Err(format!("node {i}: STAT_RECOVERY returned {} bytes", r.data.len()));
-    }
-    Ok((r.data[0] != 0, r.header.recovered_epoch()))
-}
-
-/// Waits until every running node reports one epoch, is idle and has recovered that epoch.
-#[track_caller]
-fn wait_recovered(c: &Cluster) -> u32 {
-    let nodes = running(c);
-    wait_until(
-        "every running node idle with the cluster epoch recovered",
-        RECOVERY_TIMEOUT,
-        || {
-            let mut epochs = BTreeMap::new();
-            let mut behind = BTreeMap::new();
-            for &i in &nodes {
-                epochs.insert(i, c.cluster_info(i).map_err(|e| format!("node {i}: {e}"))?.epoch);
-                behind.insert(i, stat_recovery(c, i)?);
-            }
-            let distinct: BTreeSet<u32> = epochs.values().copied().collect();
-            if distinct.len() != 1 {
-                return Err(format!("nodes disagree on the epoch: {epochs:?}"));
-            }
-            let e = *distinct.iter().next().expect("one epoch");
-            behind.retain(|_, (run, rec)| *run || *rec != e);
-            if behind.is_empty() {
-                Ok(e)
-            } else {
-                Err(format!(
-                    "epoch {e}; not done (node: (running, recovered epoch)): {behind:?}"
-                ))
-            }
-        },
-    )
-}
-
-/// Writes `len` pseudo-random bytes at `off` through node `via` and into `model`.
-#[track_caller]
-fn put(c: &Cluster, via: usize, name: &str, model: &mut [u8], off: u64, seed: u64, len: u64) {
-    let d = pseudo_random(seed, len as usize);
-    c.dog_at(
-        via,
-        &["vdi", "write", name, &off.to_string(), &len.to_string()],
-        Some(&d),
-    )
-    .expect_ok();
-    model[off as usize..(off + len) as usize].copy_from_slice(&d);
-}
-
-/// `dog vdi read NAME` through each of `nodes` equals `model`.
-#[track_caller]
-fn check_reads(c: &Cluster, name: &str, model: &[u8], nodes: &[usize], when: &str) {
-    for &i in nodes {
-        let out = c.dog_at(i, &["vdi", "read", name], None).expect_ok();
-        assert_same_bytes(
-            &format!("`dog vdi read {name}` through node {i} {when}"),
-            &out.stdout,
-            model,
-        );
-    }
 }
 
 /// Every data object of `vid` stored on a running node holds the model's bytes, and the
@@ -259,7 +162,7 @@ fn check_replica_bytes(c: &Cluster, vid: u32, model: &[u8], when: &str) {
     let mut problems = Vec::new();
     let mut inode: Option<(usize, Vec<u8>)> = None;
     let mut data_copies = 0;
-    for i in running(c) {
+    for i in c.running() {
         for oid in c.node(i).objects() {
             if oid.vid().get() != vid {
                 continue;
@@ -299,11 +202,6 @@ fn check_replica_bytes(c: &Cluster, vid: u32, model: &[u8], when: &str) {
         problems.len(),
         problems.join("\n")
     );
-}
-
-fn vid_of(c: &Cluster, name: &str) -> u32 {
-    c.vdi_id(0, name, 0)
-        .unwrap_or_else(|e| panic!("GET_VDI_INFO {name}: {e}"))
 }
 
 fn names_listed(c: &Cluster, i: usize) -> BTreeSet<String> {
@@ -382,12 +280,12 @@ fn basic_io_and_identical_views() {
     c.dog_ok(&["vdi", "create", "alpha", "40M"]);
     let mut model = vec![0u8; (40 * MIB) as usize];
     let t = Instant::now();
-    put(&c, 0, "alpha", &mut model, 3 * MIB + 5, 1, 32 * MIB);
+    c.put(0, "alpha", &mut model, 3 * MIB + 5, 1, 32 * MIB);
     let wrote = t.elapsed();
-    check_reads(&c, "alpha", &model, &[1, 2], "after writing 32 MiB through node 0");
+    c.check_reads("alpha", &model, &[1, 2], "after writing 32 MiB through node 0");
 
     let v = wait_same_views(&c, &[0, 1, 2], "after the write");
-    assert_eq!(set_bits(&v.in_use), vec![vid_of(&c, "alpha")], "READ_VDIS bits");
+    assert_eq!(set_bits(&v.in_use), vec![c.vid_of("alpha")], "READ_VDIS bits");
     println!(
         "basic: ZooKeeper up in {zk_ready:?}; 32 MiB written through node 0 in {wrote:?}; total {:?}",
         t0.elapsed()
@@ -400,9 +298,7 @@ fn basic_io_and_identical_views() {
 #[test]
 fn concurrent_vdi_ops_agree_everywhere() {
     let t0 = Instant::now();
-    let zk = ZooKeeper::standalone();
-    let c = zk_cluster(&zk, 3);
-    c.format(3);
+    let (_zk, c) = zk_cluster_formatted(3);
     c.dog_ok(&["vdi", "create", "shared", "8M"]);
     let ports: Vec<u16> = (0..3).map(|i| c.node(i).port()).collect();
 
@@ -479,13 +375,8 @@ fn concurrent_vdi_ops_agree_everywhere() {
 #[test]
 fn killed_node_is_noticed_and_recovers() {
     let t0 = Instant::now();
-    let zk = ZooKeeper::standalone();
-    let mut c = zk_cluster(&zk, 3);
-    c.format(3);
-    c.dog_ok(&["vdi", "create", "alpha", "32M"]);
-    let vid = vid_of(&c, "alpha");
-    let mut model = vec![0u8; (32 * MIB) as usize];
-    put(&c, 0, "alpha", &mut model, 0, 11, 12 * MIB + 3);
+    let (_zk, mut c) = zk_cluster_formatted(3);
+    let (vid, mut model) = alpha_with_data(&c, 11, 12 * MIB + 3);
     let before = epoch_of(&c, 0);
 
     c.kill(2);
@@ -494,17 +385,17 @@ fn killed_node_is_noticed_and_recovers() {
     let noticed = killed.elapsed();
     assert_eq!(e, before + 1, "one new epoch for one departure");
 
-    check_reads(&c, "alpha", &model, &[0, 1], "with node 2 killed");
-    put(&c, 1, "alpha", &mut model, 10 * MIB, 12, 9 * MIB);
-    check_reads(&c, "alpha", &model, &[0], "after a write with node 2 killed");
+    c.check_reads("alpha", &model, &[0, 1], "with node 2 killed");
+    c.put(1, "alpha", &mut model, 10 * MIB, 12, 9 * MIB);
+    c.check_reads("alpha", &model, &[0], "after a write with node 2 killed");
 
     c.node_mut(2).start();
     let restarted = Instant::now();
     let e2 = wait_members(&c, &[0, 1, 2], e, CONVERGE, "node 2 to rejoin");
     let rejoined = restarted.elapsed();
     assert_eq!(e2, e + 1, "one new epoch for the rejoin");
-    check_reads(&c, "alpha", &model, &[2, 0, 1], "after node 2 rejoined");
-    let rec = wait_recovered(&c);
+    c.check_reads("alpha", &model, &[2, 0, 1], "after node 2 rejoined");
+    let rec = c.wait_recovered(RECOVERY_TIMEOUT);
     check_replica_bytes(&c, vid, &model, "after node 2 rejoined and recovered");
     // 3 copies on 3 nodes: node 2 holds every object again, with the new bytes.
     let holders: usize = c.node(2).objects().iter().filter(|o| o.vid().get() == vid).count();
@@ -522,17 +413,15 @@ fn killed_node_is_noticed_and_recovers() {
 #[test]
 fn late_joiner_catches_up() {
     let t0 = Instant::now();
-    let zk = ZooKeeper::standalone();
-    let mut c = zk_cluster(&zk, 3);
-    c.format(2);
+    let (_zk, mut c) = zk_cluster_formatted(2);
     c.dog_ok(&["vdi", "create", "alpha", "24M"]);
     c.dog_ok(&["vdi", "create", "beta", "8M"]);
     c.dog_ok(&["vdi", "snapshot", "alpha"]);
     c.dog_ok(&["vdi", "create", "gone", "4M"]);
     c.dog_ok(&["vdi", "delete", "gone"]);
-    let vid = vid_of(&c, "alpha");
+    let vid = c.vid_of("alpha");
     let mut model = vec![0u8; (24 * MIB) as usize];
-    put(&c, 1, "alpha", &mut model, MIB, 21, 20 * MIB);
+    c.put(1, "alpha", &mut model, MIB, 21, 20 * MIB);
     let before = wait_same_views(&c, &[0, 1, 2], "before the late join");
 
     let t = Instant::now();
@@ -548,9 +437,9 @@ fn late_joiner_catches_up() {
         BTreeSet::from(["alpha".to_string(), "beta".to_string()]),
         "VDIs node 3 lists"
     );
-    check_reads(&c, "alpha", &model, &[3], "through the late joiner");
-    wait_recovered(&c);
-    check_reads(&c, "alpha", &model, &[3, 0], "after recovery");
+    c.check_reads("alpha", &model, &[3], "through the late joiner");
+    c.wait_recovered(RECOVERY_TIMEOUT);
+    c.check_reads("alpha", &model, &[3, 0], "after recovery");
     check_replica_bytes(&c, vid, &model, "after the late join and recovery");
     let mine = c
         .node(3)
@@ -574,15 +463,13 @@ fn late_joiner_catches_up() {
 #[test]
 fn whole_cluster_restart_resumes_without_format() {
     let t0 = Instant::now();
-    let zk = ZooKeeper::standalone();
-    let mut c = zk_cluster(&zk, 3);
-    c.format(3);
+    let (_zk, mut c) = zk_cluster_formatted(3);
     c.dog_ok(&["vdi", "create", "alpha", "16M"]);
     let mut model = vec![0u8; (16 * MIB) as usize];
-    put(&c, 2, "alpha", &mut model, 0, 31, 16 * MIB);
+    c.put(2, "alpha", &mut model, 0, 31, 16 * MIB);
     let info_before = c.cluster_info(0).expect("CLUSTER_INFO");
     let list_before = c.dog_ok(&["vdi", "list", "-r"]).stdout;
-    let bitmaps_before = bitmaps(&c, 0).expect("bitmaps");
+    let bitmaps_before = c.bitmaps(0).expect("bitmaps");
 
     c.kill_all();
     let t = Instant::now();
@@ -604,7 +491,7 @@ fn whole_cluster_restart_resumes_without_format() {
             info_before.epoch
         );
         assert_eq!(
-            bitmaps(&c, i).expect("bitmaps"),
+            c.bitmaps(i).expect("bitmaps"),
             bitmaps_before,
             "node {i}: bitmaps after the restart"
         );
@@ -614,9 +501,9 @@ fn whole_cluster_restart_resumes_without_format() {
         &c.dog_ok(&["vdi", "list", "-r"]).stdout,
         &list_before,
     );
-    check_reads(&c, "alpha", &model, &[0, 1, 2], "after the restart");
-    put(&c, 1, "alpha", &mut model, 5 * MIB - 1, 32, MIB + 2);
-    check_reads(&c, "alpha", &model, &[2], "after a write following the restart");
+    c.check_reads("alpha", &model, &[0, 1, 2], "after the restart");
+    c.put(1, "alpha", &mut model, 5 * MIB - 1, 32, MIB + 2);
+    c.check_reads("alpha", &model, &[2], "after a write following the restart");
     wait_same_views(&c, &[0, 1, 2], "after the restart");
     println!("restart: all back in {back:?}; total {:?}", t0.elapsed());
 }
@@ -627,13 +514,8 @@ fn whole_cluster_restart_resumes_without_format() {
 #[test]
 fn expired_session_stops_writes_and_rejoins() {
     let t0 = Instant::now();
-    let zk = ZooKeeper::standalone();
-    let c = zk_cluster(&zk, 3);
-    c.format(3);
-    c.dog_ok(&["vdi", "create", "alpha", "32M"]);
-    let vid = vid_of(&c, "alpha");
-    let mut model = vec![0u8; (32 * MIB) as usize];
-    put(&c, 0, "alpha", &mut model, 0, 41, 8 * MIB);
+    let (_zk, mut c) = zk_cluster_formatted(3);
+    let (vid, mut model) = alpha_with_data(&c, 41, 8 * MIB);
     let before = epoch_of(&c, 0);
     let pid = c.node(2).pid().expect("node 2 runs");
     let port2 = c.node(2).port();
@@ -658,8 +540,8 @@ fn expired_session_stops_writes_and_rejoins() {
 
     let e = wait_members(&c, &[0, 1], before, NOTICE, "nodes 0 and 1 to drop the stopped node 2");
     let removed = stopped.elapsed();
-    put(&c, 1, "alpha", &mut model, 16 * MIB, 43, 4 * MIB);
-    check_reads(&c, "alpha", &model, &[0], "with node 2 stopped");
+    c.put(1, "alpha", &mut model, 16 * MIB, 43, 4 * MIB);
+    c.check_reads("alpha", &model, &[0], "with node 2 stopped");
     // Stopped for 5 s in all (2.5 session timeouts): the session is certainly gone.
     let hold = Duration::from_secs(5);
     if let Some(rest) = hold.checked_sub(stopped.elapsed()) {
@@ -734,9 +616,8 @@ fn expired_session_stops_writes_and_rejoins() {
         }
     }
 
-    let rec = wait_recovered(&c);
-    check_reads(
-        &c,
+    let rec = c.wait_recovered(RECOVERY_TIMEOUT);
+    c.check_reads(
         "alpha",
         &model,
         &[0, 1, 2],
@@ -745,8 +626,8 @@ fn expired_session_stops_writes_and_rejoins() {
     check_replica_bytes(&c, vid, &model, "after node 2 rejoined and recovery settled");
     wait_same_views(&c, &[0, 1, 2], "after node 2 rejoined");
     // And node 2 takes writes again.
-    put(&c, 2, "alpha", &mut model, 28 * MIB, 45, MIB);
-    check_reads(&c, "alpha", &model, &[0], "after a write through the rejoined node 2");
+    c.put(2, "alpha", &mut model, 28 * MIB, 45, MIB);
+    c.check_reads("alpha", &model, &[0], "after a write through the rejoined node 2");
     println!(
         "session expiry: removed after {removed:?} (epoch {e}); member again {back:?} after \
          SIGCONT (epoch {e2}); recovered epoch {rec}; {}; total {:?}",
@@ -941,7 +822,7 @@ fn ensemble_leader_failover() {
     for (off, seed) in &writes {
         model[*off as usize..(*off + MIB) as usize].copy_from_slice(&pseudo_random(*seed, MIB as usize));
     }
-    check_reads(&c, "common", &model, &[0, 1, 2], "after the failover");
+    c.check_reads("common", &model, &[0, 1, 2], "after the failover");
 
     // The killed server comes back as a follower.
     zk.restart(leader);
