@@ -383,10 +383,20 @@ impl Drop for ZkLock {
         let client = self.client.clone();
         let path = std::mem::take(&mut self.path);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // A release lost in a leader failover would block every VDI operation for as
+            // long as this session lives: retry transient failures.
             rt.spawn(async move {
-                if let Err(e) = client.delete(&path, None).await {
-                    tracing::warn!(%path, error = %e, "cannot release the ZooKeeper lock; it goes with the session");
+                for _ in 0..ATTEMPTS {
+                    match client.delete(&path, None).await {
+                        Ok(()) | Err(zk::Error::NoNode) => return,
+                        Err(e) if transient(&e) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Err(e) => {
+                            tracing::warn!(%path, error = %e, "cannot release the ZooKeeper lock; it goes with the session");
+                            return;
+                        }
+                    }
                 }
+                tracing::error!(%path, "gave up releasing the ZooKeeper lock; it goes with the session");
             });
         }
     }
