@@ -52,11 +52,10 @@ pub struct Write<'a> {
 fn retriable(code: ResultCode) -> bool {
     matches!(
         code,
-        ResultCode::OLD_NODE_VER | ResultCode::NEW_NODE_VER | ResultCode::NETWORK_ERROR
+        ResultCode::OLD_NODE_VER | ResultCode::NEW_NODE_VER | ResultCode::NETWORK_ERROR | ResultCode::NODE_IN_RECOVERY
     )
 }
 
-/// The replica set for `oid` now, and the epoch it belongs to.
 /// The replica set for `oid` now, and the epoch it belongs to. In strict mode (format -t) a
 /// write needs all its copies: with fewer zones than copies, the set is empty (HALT).
 fn write_placement(sheep: &Sheep, oid: Oid, copies: u8) -> (Vec<Node>, u32) {

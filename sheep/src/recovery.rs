@@ -198,15 +198,26 @@ pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCo
             oid: oid.0,
             ..ObjArgs::default()
         });
+        // Ok(None): the node holds no copy. Err: it did not answer.
         match sheep.peer(n.addr).call(req, &[]).await {
-            Ok(r) if r.data.len() == 4 => Some((n, u32::from_le_bytes([r.data[0], r.data[1], r.data[2], r.data[3]]))),
-            _ => None,
+            Ok(r) if r.data.len() == 4 => Ok(Some((
+                n,
+                u32::from_le_bytes([r.data[0], r.data[1], r.data[2], r.data[3]]),
+            ))),
+            Err(e) if e.result() == Some(ResultCode::NO_OBJ) => Ok(None),
+            _ => Err(n.addr),
         }
     });
-    let best = futures::future::join_all(asks)
-        .await
+    let answers = futures::future::join_all(asks).await;
+    // A member that did not answer may hold the freshest copy: deciding without it could
+    // crown a stale one. Refuse for now (gateways retry once the membership settles).
+    if let Some(Err(silent)) = answers.iter().find(|a| a.is_err()) {
+        tracing::warn!(%oid, node = %silent, epoch, "cannot tell which copy is freshest while a member is silent");
+        return Err(ResultCode::NODE_IN_RECOVERY);
+    }
+    let best = answers
         .into_iter()
-        .flatten()
+        .filter_map(|a| a.ok().flatten())
         .max_by_key(|(_, g)| *g);
     let fetch_from = best.filter(|(_, bg)| mine.is_none_or(|g| *bg > g));
     match (mine, fetch_from) {
