@@ -10,6 +10,9 @@ use crate::gateway::object_size;
 use crate::node::Sheep;
 use crate::store::StoreError;
 
+/// Reads up to this size run on the calling worker (see `serve_local`).
+const SMALL_READ: usize = 128 * 1024;
+
 /// How long a peer waits for its own epoch to reach a newer one named in a request.
 const EPOCH_WAIT: Duration = Duration::from_secs(2);
 
@@ -80,6 +83,12 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]
                 current_for_io(sheep, oid, epoch).await?;
             }
             let len = req.data_length as usize;
+            if len <= SMALL_READ {
+                // A small read from the page cache costs less than a hand-off to the blocking
+                // pool; this worker steps aside for it instead.
+                return tokio::task::block_in_place(|| sheep.store.read(oid, offset, len))
+                    .map_err(|e| log_store_error(sheep, &e));
+            }
             blocking(sheep, move |s| s.store.read(oid, offset, len)).await
         }
         op::WRITE_PEER | op::CREATE_AND_WRITE_PEER => {
