@@ -35,8 +35,9 @@ struct Args {
     /// How long to keep retrying while the gateway is unreachable before failing with EIO.
     #[arg(long, default_value_t = 15)]
     retry_secs: u64,
-    /// FUSE worker threads.
-    #[arg(long, default_value_t = 8)]
+    /// FUSE worker threads: each serves one request at a time, so this bounds how many are in
+    /// flight (16 covers a queue depth of 16).
+    #[arg(long, default_value_t = 16)]
     threads: usize,
     /// Write logs here (in the background they are discarded otherwise).
     #[arg(long)]
