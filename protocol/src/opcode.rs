@@ -82,7 +82,7 @@ opcodes! {
     GET_VNODES = 0xcd,
 }
 
-/// True for the node-to-node ops that check the request epoch.
+/// True for the node-to-node (peer) ops, which only sheep send each other.
 pub fn is_peer_op(op: u8) -> bool {
     matches!(
         op,

@@ -58,13 +58,7 @@ pub fn kind(opcode: u8) -> Option<(Kind, bool)> {
         | op::GET_CLUSTER_DEFAULT
         | op::GET_STORE_LIST
         | op::EXIST => (Local, true),
-        op::GET_OBJ_LIST
-        | op::CREATE_AND_WRITE_PEER
-        | op::READ_PEER
-        | op::WRITE_PEER
-        | op::REMOVE_PEER
-        | op::FLUSH_PEER
-        | op::GET_OBJ_EPOCH => (Peer, true),
+        o if protocol::opcode::is_peer_op(o) => (Peer, true),
         _ => return None,
     })
 }

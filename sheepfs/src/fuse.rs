@@ -265,7 +265,11 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let (size, free) = self.run("statfs", self.fs.backend().stat_sheep(None)).unwrap_or((0, 0));
+        // An unreachable gateway is an error, not an empty filesystem.
+        let (size, free) = match self.run("statfs", self.fs.backend().stat_sheep(None)) {
+            Ok(v) => v,
+            Err(e) => return reply.error(e),
+        };
         let bsize = 4096u64;
         reply.statfs(
             size / bsize,
