@@ -36,7 +36,8 @@ async fn run(cfg: Config) -> Result<(), String> {
     let spec = DriverSpec::parse(&cfg.cluster).map_err(|e| e.to_string())?;
     let addr = SocketAddr::new(cfg.bind, cfg.port);
     std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
-    let store = Store::open(&cfg.dir).map_err(|e| format!("cannot open the store in {}: {e}", cfg.dir.display()))?;
+    let store = Store::open(&cfg.dir, !cfg.buffered_io)
+        .map_err(|e| format!("cannot open the store in {}: {e}", cfg.dir.display()))?;
     let space = if cfg.gateway {
         0
     } else {

@@ -1,16 +1,25 @@
 //! The `plain` object store: one file per object under `DIR/obj/`, named by its 16-hex-digit
 //! oid so an operator can inspect it.
 //!
-//! New objects are written to a temporary file, fsynced, renamed into place and the directory
-//! fsynced, so a created object is never seen half-written. Writes into an existing object are
-//! positioned writes; [`Store::flush`] makes everything durable. All calls block: the server
-//! runs them on tokio's blocking pool.
+//! New objects are written to a temporary file and renamed into place, so a created object is
+//! never seen half-written. Writes into an existing object are positioned writes. Durability
+//! follows the disk-with-a-volatile-cache contract: [`Store::flush`] (syncfs) makes everything
+//! durable; a create asked for [`Durability::Now`] (metadata objects, recovered copies) also
+//! fsyncs the file and the directory before it returns. All calls block: the server runs them
+//! on tokio's blocking pool.
+//!
+//! Writes into data objects whose offset and length are multiples of 4 KiB go around the page
+//! cache (O_DIRECT) unless the store was opened buffered, through a small pool of aligned
+//! bounce buffers; other writes, and every read, use the page cache, which the kernel keeps
+//! coherent with direct writes. New objects get their whole size allocated at once
+//! (fallocate), so a full disk fails the create, not a later write into the object.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use protocol::{Oid, ResultCode};
@@ -44,8 +53,23 @@ impl StoreError {
     }
 }
 
+/// When a created object must be on stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Before `create` returns: the file and the directory entry are fsynced.
+    Now,
+    /// At the next [`Store::flush`], like any other write (a client's data object).
+    OnFlush,
+}
+
 const STRIPES: usize = 64;
 const TMP_PREFIX: &str = ".tmp-";
+/// Alignment of direct writes (offset, length and memory): a 4 KiB-sector disk's too.
+const DIO_ALIGN: usize = 4096;
+/// Larger writes go through the page cache (an object is 4 MiB by default).
+const DIO_MAX: usize = 4 << 20;
+/// Bounce buffers kept for reuse; writes beyond this many at once allocate their own.
+const SPARE_BOUNCES: usize = 8;
 
 pub struct Store {
     dir: PathBuf,
@@ -53,12 +77,16 @@ pub struct Store {
     oids: Mutex<BTreeSet<Oid>>,
     /// Serialises create/write/remove of the same object (striped by oid).
     stripes: Vec<Mutex<()>>,
+    /// Direct writes are on (cleared for good if the filesystem refuses O_DIRECT).
+    direct: AtomicBool,
+    /// Spare bounce buffers of `DIO_MAX + DIO_ALIGN` bytes.
+    bounces: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Store {
     /// Opens (creating if needed) the store under `base/obj`, removing temporary files left by
-    /// a crash in the middle of a create.
-    pub fn open(base: &Path) -> io::Result<Store> {
+    /// a crash in the middle of a create. `direct`: write aligned data through O_DIRECT.
+    pub fn open(base: &Path, direct: bool) -> io::Result<Store> {
         let dir = base.join("obj");
         fs::create_dir_all(&dir)?;
         let mut oids = BTreeSet::new();
@@ -76,11 +104,13 @@ impl Store {
             dir,
             oids: Mutex::new(oids),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            direct: AtomicBool::new(direct),
+            bounces: Mutex::new(Vec::new()),
         })
     }
 
     fn cached(&self) -> std::sync::MutexGuard<'_, BTreeSet<Oid>> {
-        self.oids.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.oids)
     }
 
     pub fn dir(&self) -> &Path {
@@ -102,41 +132,51 @@ impl Store {
 
     /// Reads `len` bytes at `offset`. Bytes past the end of the file read as zeros.
     pub fn read(&self, oid: Oid, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-        let f = File::open(self.path(oid)).map_err(|e| StoreError::from_io(oid, e))?;
-        let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            match f.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(StoreError::from_io(oid, e)),
-            }
-        }
+        use std::io::{Read, Seek, SeekFrom};
+        let io = |e| StoreError::from_io(oid, e);
+        let mut f = File::open(self.path(oid)).map_err(io)?;
+        f.seek(SeekFrom::Start(offset)).map_err(io)?;
+        // Into spare capacity: the buffer is not zero-filled first.
+        let mut buf = Vec::with_capacity(len);
+        f.take(len as u64).read_to_end(&mut buf).map_err(io)?;
+        buf.resize(len, 0);
         Ok(buf)
     }
 
     /// Writes into an existing object.
     pub fn write(&self, oid: Oid, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         let _g = self.lock(oid);
-        let f = OpenOptions::new()
-            .write(true)
-            .open(self.path(oid))
+        let path = self.path(oid);
+        let (f, direct) = self
+            .open_for_write(&path, self.wants_direct(oid, offset, data.len()), false)
             .map_err(|e| StoreError::from_io(oid, e))?;
-        f.write_all_at(data, offset).map_err(|e| StoreError::from_io(oid, e))
+        self.write_at(&f, direct, offset, data)
+            .map_err(|e| StoreError::from_io(oid, e))
     }
 
     /// Creates (or replaces) an object of `size` bytes, zero-filled, with `data` at `offset`.
-    pub fn create(&self, oid: Oid, size: u64, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+    pub fn create(
+        &self,
+        oid: Oid,
+        size: u64,
+        offset: u64,
+        data: &[u8],
+        durability: Durability,
+    ) -> Result<(), StoreError> {
         let _g = self.lock(oid);
         let tmp = self.dir.join(format!("{TMP_PREFIX}{}", oid.file_name()));
         let res = (|| {
-            let f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-            f.set_len(size)?;
-            f.write_all_at(data, offset)?;
-            f.sync_all()?;
+            let (f, direct) = self.open_for_write(&tmp, self.wants_direct(oid, offset, data.len()), true)?;
+            allocate(&f, size)?;
+            self.write_at(&f, direct, offset, data)?;
+            if durability == Durability::Now {
+                f.sync_all()?;
+            }
             fs::rename(&tmp, self.path(oid))?;
-            File::open(&self.dir)?.sync_all()
+            if durability == Durability::Now {
+                File::open(&self.dir)?.sync_all()?;
+            }
+            Ok(())
         })();
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp);
@@ -144,6 +184,67 @@ impl Store {
         }
         self.cached().insert(oid);
         Ok(())
+    }
+
+    fn wants_direct(&self, oid: Oid, offset: u64, len: usize) -> bool {
+        oid.is_data()
+            && len > 0
+            && len <= DIO_MAX
+            && offset.is_multiple_of(DIO_ALIGN as u64)
+            && len.is_multiple_of(DIO_ALIGN)
+            && self.direct.load(Ordering::Relaxed)
+    }
+
+    /// Opens `path` for writing (`create`: a new, empty file), with O_DIRECT if `direct` and
+    /// the filesystem takes it. Returns the file and whether it is direct.
+    fn open_for_write(&self, path: &Path, direct: bool, create: bool) -> io::Result<(File, bool)> {
+        let mut o = OpenOptions::new();
+        o.write(true).create(create).truncate(create);
+        if direct {
+            match o.clone().custom_flags(libc::O_DIRECT).open(path) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.no_direct(),
+                r => return r.map(|f| (f, true)),
+            }
+        }
+        o.open(path).map(|f| (f, false))
+    }
+
+    fn no_direct(&self) {
+        if self.direct.swap(false, Ordering::Relaxed) {
+            tracing::warn!(dir = %self.dir.display(), "the store's filesystem refuses direct I/O; writing through the page cache");
+        }
+    }
+
+    /// Writes `data` at `offset` of `f`, through an aligned bounce buffer when `f` is direct.
+    /// A filesystem that refuses O_DIRECT turns direct writes off and gets a buffered one.
+    fn write_at(&self, f: &File, direct: bool, offset: u64, data: &[u8]) -> io::Result<()> {
+        if !direct {
+            return f.write_all_at(data, offset);
+        }
+        let mut buf = lock(&self.bounces)
+            .pop()
+            .unwrap_or_else(|| vec![0u8; DIO_MAX + DIO_ALIGN]);
+        let at = buf.as_ptr().align_offset(DIO_ALIGN);
+        let res = match buf.get_mut(at..at + data.len()) {
+            Some(aligned) => {
+                aligned.copy_from_slice(data);
+                f.write_all_at(aligned, offset)
+            }
+            None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        let mut spare = lock(&self.bounces);
+        if spare.len() < SPARE_BOUNCES {
+            spare.push(buf);
+        }
+        drop(spare);
+        match res {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.no_direct();
+                clear_direct(f)?;
+                f.write_all_at(data, offset)
+            }
+            r => r,
+        }
     }
 
     pub fn remove(&self, oid: Oid) -> Result<(), StoreError> {
@@ -196,6 +297,41 @@ impl Store {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Gives `f` (a new, empty file) its `size` bytes of disk at once; where the filesystem cannot
+/// preallocate, the file is only sized (sparse).
+fn allocate(f: &File, size: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(size).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
+    // SAFETY: fallocate on a valid, open descriptor has no memory-safety preconditions.
+    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) } == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => f.set_len(size),
+        e => Err(e),
+    }
+}
+
+/// Clears O_DIRECT on an open file.
+fn clear_direct(f: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a valid, open descriptor have no memory-safety preconditions.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn statvfs(p: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
@@ -216,11 +352,11 @@ mod tests {
     #[test]
     fn create_write_read_remove() {
         let t = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(t.path()).expect("open");
+        let s = Store::open(t.path(), true).expect("open");
         let oid = Oid(0x007c_2b25_0000_0001);
         assert!(matches!(s.read(oid, 0, 1), Err(StoreError::NotFound(_))));
         assert!(matches!(s.write(oid, 0, b"x"), Err(StoreError::NotFound(_))));
-        s.create(oid, 4096, 10, b"abc").expect("create");
+        s.create(oid, 4096, 10, b"abc", Durability::OnFlush).expect("create");
         assert_eq!(s.read(oid, 8, 6).expect("read"), b"\0\0abc\0");
         s.write(oid, 11, b"ZZ").expect("write");
         assert_eq!(s.read(oid, 10, 3).expect("read"), b"aZZ");
@@ -228,7 +364,7 @@ mod tests {
         assert_eq!(s.read(oid, 4095, 3).expect("read"), b"\0\0\0");
         assert_eq!(s.list(), vec![oid]);
         assert_eq!(
-            Store::open(t.path()).expect("reopen").list(),
+            Store::open(t.path(), true).expect("reopen").list(),
             vec![oid],
             "the cache is rebuilt from disk"
         );
@@ -238,15 +374,57 @@ mod tests {
         assert_eq!(s.remove(oid).map_err(|e| e.code()), Err(ResultCode::NO_OBJ));
     }
 
+    /// Direct (aligned) and buffered (unaligned) writes into the same object, in both orders,
+    /// read back as a model says, on a direct store and on a buffered one.
+    #[test]
+    fn direct_and_buffered_writes_agree() {
+        for direct in [true, false] {
+            let t = tempfile::tempdir().expect("tempdir");
+            let s = Store::open(t.path(), direct).expect("open");
+            let oid = Oid(0x007c_2b25_0000_0002);
+            assert!(oid.is_data());
+            let size = 1 << 20;
+            let mut model = vec![0u8; size];
+            let mut put = |s: &Store, model: &mut Vec<u8>, at: usize, len: usize, seed: u8, create: bool| {
+                let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect();
+                if create {
+                    s.create(oid, size as u64, at as u64, &data, Durability::OnFlush)
+                        .expect("create");
+                } else {
+                    s.write(oid, at as u64, &data).expect("write");
+                }
+                model[at..at + len].copy_from_slice(&data);
+            };
+            put(&s, &mut model, 8192, 64 << 10, 1, true);
+            assert_eq!(s.read(oid, 0, size).expect("read"), model, "after an aligned create");
+            put(&s, &mut model, 8190, 5, 2, false);
+            put(&s, &mut model, 4096, 16 << 10, 3, false);
+            assert_eq!(s.read(oid, 0, size).expect("read"), model, "aligned over cached bytes");
+            put(&s, &mut model, 100_000, 3000, 4, false);
+            put(&s, &mut model, (1 << 20) - 4096, 4096, 5, false);
+            s.flush().expect("flush");
+            assert_eq!(s.read(oid, 0, size).expect("read"), model, "after flush");
+            assert_eq!(
+                Store::open(t.path(), direct)
+                    .expect("reopen")
+                    .read(oid, 0, size)
+                    .expect("read"),
+                model
+            );
+            let on_disk = fs::metadata(t.path().join("obj").join(oid.file_name())).expect("stat");
+            assert_eq!(on_disk.len(), size as u64);
+        }
+    }
+
     #[test]
     fn open_removes_crash_leftovers_and_wipe() {
         let t = tempfile::tempdir().expect("tempdir");
         fs::create_dir_all(t.path().join("obj")).expect("mkdir");
         fs::write(t.path().join("obj/.tmp-0000000000000001"), b"half").expect("write");
-        let s = Store::open(t.path()).expect("open");
+        let s = Store::open(t.path(), true).expect("open");
         assert!(!t.path().join("obj/.tmp-0000000000000001").exists());
-        s.create(Oid(1), 10, 0, b"").expect("create");
-        s.create(Oid(2), 10, 0, b"").expect("create");
+        s.create(Oid(1), 10, 0, b"", Durability::Now).expect("create");
+        s.create(Oid(2), 10, 0, b"", Durability::OnFlush).expect("create");
         assert_eq!(s.wipe().expect("wipe"), 2);
         assert!(s.list().is_empty());
         s.flush().expect("flush");
