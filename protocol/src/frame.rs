@@ -52,8 +52,21 @@ pub async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32, limit: u32)
     if len > limit {
         return Err(FrameError::TooLarge { len, limit });
     }
-    let mut buf = vec![0u8; len as usize];
-    r.read_exact(&mut buf).await.map_err(eof_is_truncation)?;
+    // Read into spare capacity: no zero-filling of a buffer about to be overwritten.
+    let len = len as usize;
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let rest = (len - buf.len()) as u64;
+        if (&mut *r)
+            .take(rest)
+            .read_buf(&mut buf)
+            .await
+            .map_err(eof_is_truncation)?
+            == 0
+        {
+            return Err(FrameError::Truncated);
+        }
+    }
     Ok(buf)
 }
 

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::join_all;
 use protocol::inode::{ATTR_OBJ_SIZE, INODE_SIZE};
 use protocol::node::Node;
@@ -38,10 +39,11 @@ pub fn object_size(sheep: &Sheep, oid: Oid) -> Option<u64> {
 }
 
 /// A write to one object.
-pub struct Write<'a> {
+pub struct Write {
     pub oid: Oid,
     pub offset: u32,
-    pub data: &'a [u8],
+    /// Shared with the local replica's store write, which runs on the blocking pool.
+    pub data: Bytes,
     /// Create (or replace) the object rather than write into an existing one.
     pub create: bool,
     /// Copies requested by the client; 0 = the VDI's.
@@ -101,10 +103,10 @@ async fn to_replica(
     sheep: &Arc<Sheep>,
     node: &Node,
     mut req: RequestHeader,
-    payload: &[u8],
+    payload: &Bytes,
 ) -> Result<Vec<u8>, ResultCode> {
     if node.addr == sheep.me.addr {
-        return crate::peer::serve_local(sheep, &req, payload).await;
+        return crate::peer::serve_local(sheep, &req, payload.clone()).await;
     }
     req.proto_ver = protocol::opcode::SD_SHEEP_PROTO_VER;
     match sheep.peer(node.addr).send(req, payload).await {
@@ -143,7 +145,14 @@ pub async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u32, len: u32, copies: u
         }
         errors.clear();
         for node in &nodes {
-            match to_replica(sheep, node, peer_req(op::READ_PEER, epoch, oid, offset, len), &[]).await {
+            match to_replica(
+                sheep,
+                node,
+                peer_req(op::READ_PEER, epoch, oid, offset, len),
+                &Bytes::new(),
+            )
+            .await
+            {
                 Ok(data) => return Ok(data),
                 Err(code) => {
                     if code != ResultCode::NO_OBJ {
@@ -166,7 +175,7 @@ pub async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u32, len: u32, copies: u
 }
 
 /// Writes to every replica; succeeds only when all of them have the bytes.
-pub async fn write(sheep: &Arc<Sheep>, w: Write<'_>) -> Result<(), ResultCode> {
+pub async fn write(sheep: &Arc<Sheep>, w: Write) -> Result<(), ResultCode> {
     let opcode = if w.create {
         op::CREATE_AND_WRITE_PEER
     } else {
@@ -187,7 +196,8 @@ pub async fn write(sheep: &Arc<Sheep>, w: Write<'_>) -> Result<(), ResultCode> {
         }
         let sends = nodes.iter().map(|node| {
             let req = peer_req(opcode, epoch, w.oid, w.offset, w.data.len() as u32);
-            async move { (node, to_replica(sheep, node, req, w.data).await) }
+            let data = &w.data;
+            async move { (node, to_replica(sheep, node, req, data).await) }
         });
         let results = join_all(sends).await;
         let failed: Vec<(&Node, ResultCode)> = results
@@ -215,7 +225,7 @@ pub async fn write(sheep: &Arc<Sheep>, w: Write<'_>) -> Result<(), ResultCode> {
 pub async fn remove(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCode> {
     let (nodes, epoch) = placement(sheep, oid, 0);
     for node in &nodes {
-        match to_replica(sheep, node, peer_req(op::REMOVE_PEER, epoch, oid, 0, 0), &[]).await {
+        match to_replica(sheep, node, peer_req(op::REMOVE_PEER, epoch, oid, 0, 0), &Bytes::new()).await {
             Ok(_) | Err(ResultCode::NO_OBJ) => {}
             Err(code) => return Err(code),
         }

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use protocol::bitmap::BITMAP_BYTES;
 use protocol::cluster::{EpochRecord, CLUSTER_INFO_SIZE};
 use protocol::frame::MAX_PAYLOAD;
@@ -160,16 +161,18 @@ async fn dispatch(sheep: &Arc<Sheep>, k: Kind, req: &RequestHeader, payload: Vec
     match k {
         Kind::Peer => {
             crate::peer::check_epoch(sheep, req).await?;
-            crate::peer::serve_local(sheep, req, &payload).await.map(Answer::data)
+            crate::peer::serve_local(sheep, req, payload.into())
+                .await
+                .map(Answer::data)
         }
-        Kind::Gateway => gateway_op(sheep, req, &payload).await,
+        Kind::Gateway => gateway_op(sheep, req, payload.into()).await,
         Kind::Cluster => cluster_op(sheep, req, &payload).await,
         Kind::Local => local_op(sheep, req, &payload).await,
     }
 }
 
 /// Client object I/O.
-async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> OpResult {
+async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> OpResult {
     let a = req.obj();
     let oid = Oid(a.oid);
     let size = gateway::object_size(sheep, oid).ok_or(ResultCode::NO_VDI)?;
@@ -214,11 +217,11 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> 
                 // Copy-on-write: start from the source object and lay the new bytes over it.
                 let mut whole = gateway::read(sheep, Oid(a.cow_oid), 0, size as u32, a.copies).await?;
                 let at = a.offset as usize;
-                whole[at..at + payload.len()].copy_from_slice(payload);
+                whole[at..at + payload.len()].copy_from_slice(&payload);
                 let w = Write {
                     oid,
                     offset: 0,
-                    data: &whole,
+                    data: whole.into(),
                     create: true,
                     copies: a.copies,
                 };
@@ -399,7 +402,7 @@ async fn flush_all(sheep: &Arc<Sheep>) -> Result<(), ResultCode> {
     let nodes: Vec<_> = sheep.state().storage_nodes();
     let results = futures::future::join_all(nodes.iter().map(|n| async move {
         if n.addr == sheep.me.addr {
-            crate::peer::serve_local(sheep, &RequestHeader::new(op::FLUSH_PEER), &[])
+            crate::peer::serve_local(sheep, &RequestHeader::new(op::FLUSH_PEER), Bytes::new())
                 .await
                 .map(|_| ())
         } else {

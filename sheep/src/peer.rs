@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use protocol::{flags, op, Oid, RequestHeader, ResultCode};
 
 use crate::gateway::object_size;
 use crate::node::Sheep;
-use crate::store::StoreError;
+use crate::store::{Durability, StoreError};
 
 /// Reads up to this size run on the calling worker (see `serve_local`).
 const SMALL_READ: usize = 128 * 1024;
@@ -72,7 +73,7 @@ async fn current_for_io(sheep: &Arc<Sheep>, oid: Oid, epoch: u32) -> Result<(), 
 }
 
 /// Executes a peer op against this node's store.
-pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Result<Vec<u8>, ResultCode> {
+pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> Result<Vec<u8>, ResultCode> {
     let a = req.obj();
     let oid = Oid(a.oid);
     let offset = u64::from(a.offset);
@@ -100,7 +101,7 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]
                 tracing::warn!(%oid, offset, len = payload.len(), size, "write past the object's end refused");
                 return Err(ResultCode::INVALID_PARMS);
             }
-            let data = payload.to_vec();
+            let data = payload;
             let create = req.opcode == op::CREATE_AND_WRITE_PEER;
             // A create replaces the whole object; a write needs the current bytes around it.
             let _g = if create {
@@ -111,7 +112,14 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]
             };
             blocking(sheep, move |s| {
                 if create {
-                    s.store.create(oid, size, offset, &data)
+                    // A client's data object is durable at its next flush, like any write;
+                    // the VDI's inode is metadata and is made durable at once.
+                    let durability = if oid.is_data() {
+                        Durability::OnFlush
+                    } else {
+                        Durability::Now
+                    };
+                    s.store.create(oid, size, offset, &data, durability)
                 } else {
                     s.store.write(oid, offset, &data)
                 }

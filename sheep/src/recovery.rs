@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::gateway::object_size;
 use crate::node::Sheep;
+use crate::store::Durability;
 
 const STRIPES: usize = 256;
 const RECOVERED_FILE: &str = "recovered";
@@ -243,7 +244,7 @@ pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCo
                 ResultCode::EIO
             })?;
             let s = sheep.clone();
-            tokio::task::spawn_blocking(move || s.store.create(oid, size, 0, &data.data))
+            tokio::task::spawn_blocking(move || s.store.create(oid, size, 0, &data.data, Durability::Now))
                 .await
                 .map_err(|_| ResultCode::SYSTEM_ERROR)?
                 .map_err(|e| {

@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use protocol::bitmap::VdiBitmap;
 use protocol::hash::sd_hash_vdi;
 use protocol::inode::{
@@ -162,7 +163,7 @@ async fn create_inode(sheep: &Arc<Sheep>, ino: &Inode) -> Result<(), ResultCode>
         Write {
             oid,
             offset: 0,
-            data: &data,
+            data: data.into(),
             create: true,
             copies,
         },
@@ -274,7 +275,7 @@ pub async fn new_vdi(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) ->
             Write {
                 oid,
                 offset: 520,
-                data: &stamp,
+                data: Bytes::copy_from_slice(&stamp),
                 create: false,
                 copies: 0,
             },

@@ -18,7 +18,7 @@ use crate::backend::Backend;
 use crate::control;
 use crate::error::{FsError, FsResult};
 use crate::monitor;
-use crate::volume::Volume;
+use crate::volume::{Volume, DEFAULT_CHUNK};
 
 /// What a path names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -137,6 +137,7 @@ pub struct Fs<B> {
     volumes: Mutex<HashMap<VolKey, Arc<Volume<B>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    chunk: u32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,7 +152,14 @@ impl<B: Backend> Fs<B> {
             volumes: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            chunk: DEFAULT_CHUNK,
         }
+    }
+
+    /// Cuts volume I/O into object requests of at most `bytes` (see [`DEFAULT_CHUNK`]).
+    pub fn with_chunk(mut self, bytes: u32) -> Fs<B> {
+        self.chunk = bytes.max(1);
+        self
     }
 
     pub fn backend(&self) -> &Arc<B> {
@@ -176,7 +184,7 @@ impl<B: Backend> Fs<B> {
         if let Some(v) = lock(&self.volumes).get(&key) {
             return Ok(v.clone());
         }
-        let v = Arc::new(Volume::open(self.backend.clone(), name, snap).await?);
+        let v = Arc::new(Volume::open(self.backend.clone(), name, snap, self.chunk).await?);
         Ok(lock(&self.volumes).entry(key).or_insert(v).clone())
     }
 

@@ -39,6 +39,14 @@ struct Args {
     /// flight (16 covers a queue depth of 16).
     #[arg(long, default_value_t = 16)]
     threads: usize,
+    /// Largest request sent to the gateway, in KiB: a larger read or write is cut into
+    /// pieces of this size that are all in flight at once.
+    #[arg(long, default_value_t = sheepfs::volume::DEFAULT_CHUNK >> 10, value_parser = clap::value_parser!(u32).range(4..=4096))]
+    chunk_kib: u32,
+    /// Kernel read-ahead for the mount, in KiB (the default of 128 starves sequential reads).
+    /// Needs root (it is set through /sys/class/bdi); 0 leaves the kernel's value.
+    #[arg(long, default_value_t = 4096)]
+    read_ahead_kib: u32,
     /// Write logs here (in the background they are discarded otherwise).
     #[arg(long)]
     log_file: Option<PathBuf>,
@@ -115,6 +123,17 @@ fn init_logging(args: &Args) -> Result<(), String> {
 }
 
 /// Mounts and serves until unmounted. `ready` is called once the mount is usable.
+/// Sets the kernel read-ahead of the filesystem mounted at `mountpoint` (its backing device
+/// info, named by the mount's anonymous device number).
+fn set_read_ahead(mountpoint: &std::path::Path, kib: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(mountpoint)?.dev();
+    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
+    std::fs::write(&path, format!("{kib}\n")).map_err(|e| std::io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    tracing::info!(kib, "read-ahead set");
+    Ok(())
+}
+
 fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -126,7 +145,7 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), backend.cluster_info()).await })
         .map_err(|_| format!("gateway {gateway} did not answer"))?
         .map_err(|e| format!("cannot reach the gateway {gateway}: {e}"))?;
-    let fs = Arc::new(Fs::new(backend));
+    let fs = Arc::new(Fs::new(backend).with_chunk(args.chunk_kib << 10));
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("sheepdog@{gateway}")),
@@ -164,11 +183,17 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
             }
         }
     });
-    tracing::info!(%gateway, mountpoint = %args.mountpoint.display(), "mounted");
-    ready(Ok(()));
     let bg = session
         .spawn()
         .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
+    // Now that requests are served, the mount can be looked at.
+    if args.read_ahead_kib > 0 {
+        if let Err(e) = set_read_ahead(&args.mountpoint, args.read_ahead_kib) {
+            tracing::warn!("cannot set the read-ahead of the mount: {e}");
+        }
+    }
+    tracing::info!(%gateway, mountpoint = %args.mountpoint.display(), "mounted");
+    ready(Ok(()));
     bg.join().map_err(|e| format!("FUSE session failed: {e}"))?;
     tracing::info!("unmounted");
     Ok(())
