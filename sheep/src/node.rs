@@ -79,6 +79,11 @@ impl Sheep {
         peers.entry(addr).or_insert_with(|| Arc::new(Client::new(addr))).clone()
     }
 
+    /// Position of the last cluster event this node applied.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
     /// Waits until this node has applied every event up to `pos`.
     pub async fn wait_applied(&self, pos: u64) {
         let mut rx = self.applied.subscribe();

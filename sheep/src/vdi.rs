@@ -68,7 +68,24 @@ pub async fn read_inode(sheep: &Arc<Sheep>, vid: u32) -> Result<Inode, ResultCod
 
 /// Looks `name` up as PROTOCOL.md 3.3 describes: the in-use bitmap is an open-addressing
 /// table keyed by the name's hash.
+///
+/// A snapshot stamps the old working inode only after every member applied the new working
+/// vid, but a scan that started from the bitmap before this node applied it can read the
+/// stamp and miss both. A miss while events were applied is therefore looked up again.
 pub async fn lookup(sheep: &Arc<Sheep>, name: &[u8], tag: &[u8], snapid: u32) -> Lookup {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        let seen = sheep.applied();
+        let l = lookup_once(sheep, name, tag, snapid).await;
+        if attempt == ATTEMPTS || !matches!(l.found, Err(ResultCode::NO_VDI)) || sheep.applied() == seen {
+            return l;
+        }
+        attempt += 1;
+    }
+}
+
+async fn lookup_once(sheep: &Arc<Sheep>, name: &[u8], tag: &[u8], snapid: u32) -> Lookup {
     let left = sd_hash_vdi(name).max(1);
     let (in_use, deleted) = {
         let st = sheep.state();
