@@ -15,8 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tests::{
-    assert_same_bytes, pseudo_random, run_command, run_command_with_stdin, tool, tool_ok, wait_until, Cluster, Mount,
-    ToolOutput,
+    assert_same_bytes, pseudo_random, run_command, run_command_with_stdin, sheepfs_bin, tool, tool_ok, wait_until,
+    Cluster, Mount, ToolOutput,
 };
 
 const MIB: u64 = 1 << 20;
@@ -221,6 +221,37 @@ fn dd_256_mib_at_an_unaligned_offset_reads_back_through_the_mount_and_another_ga
             &data[(k * piece) as usize..((k + 1) * piece) as usize],
         );
     }
+    m.unmount();
+}
+
+/// The tuning options do what they say: the mount's kernel read-ahead is the one asked for,
+/// and a small chunk (many requests in flight per FUSE request, the first write to each object
+/// racing its other pieces) still writes and reads back every byte.
+#[test]
+fn read_ahead_and_chunk_options_take_effect_and_keep_the_bytes() {
+    let c = Cluster::start_formatted(3, 3);
+    c.dog_ok(&["vdi", "create", "tuned", "64M"]);
+    let m = Mount::start_with(&c, 0, &["--read-ahead-kib", "2048", "--chunk-kib", "12"]);
+    let dev = tool_ok("mountpoint", &["-d", s(m.path())]).stdout_str();
+    let knob = format!("/sys/class/bdi/{}/read_ahead_kb", dev.trim());
+    let ra = std::fs::read_to_string(&knob).unwrap_or_else(|e| panic!("{knob}: {e}"));
+    assert_eq!(ra.trim(), "2048", "read-ahead of the mount ({knob})");
+
+    let vol = m.volume("tuned");
+    let len = 20 * MIB;
+    let off = 3 * MIB + 777;
+    let data = pseudo_random(7, len as usize);
+    let src = local_file(&c, "tuned.bin", &data);
+    dd_write(&src, &vol, off).expect_ok();
+    assert_same_bytes("read back with 12 KiB chunks", &dd_read(&c, &vol, off, len), &data);
+    let piece = 4 * MIB;
+    assert_same_bytes(
+        "the same bytes through node 1 with dog",
+        &dog_read(&c, 1, "tuned", off, piece, None),
+        &data[..piece as usize],
+    );
+    let bad = tool(s(&sheepfs_bin()), &["--chunk-kib", "1", s(m.path())]);
+    assert!(!bad.success(), "--chunk-kib 1 is refused: {}", bad.describe());
     m.unmount();
 }
 
