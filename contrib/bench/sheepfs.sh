@@ -11,12 +11,16 @@
 #   BENCH_DIR=/var/tmp  where the scratch directory goes: it holds the three sheep stores and
 #                       the plain file, so it is "the disk" (keep it off tmpfs)
 #   BENCH_NO_BUILD=1    skip `cargo build` (binaries must already be in target/release/)
+#   BENCH_REPS=3        sequential runs per target (1 with --quick); the table shows the
+#                       median, and every run is listed under it
 #
 # In one run: installs fio if missing, builds the release binaries, starts a 3-node local
 # cluster (3 copies) on free ports, creates and mounts a VDI with sheepfs, mounts memfs,
 # preallocates the plain file, then measures on each target: sequential write and read (dd,
-# 1 MiB blocks) and 4 KiB random write and read at depth 1 and 16 (fio, libaio). Prints a
-# table and whether the performance targets are met. A missed target is reported, not an
+# 1 MiB blocks; BENCH_REPS rounds over the three targets in turn, so that a machine whose
+# speed drifts, as shared VMs do, touches every target alike) and 4 KiB random write and
+# read at depth 1 and 16 (fio, libaio). Prints a table and whether the performance targets
+# are met. A missed target is reported, not an
 # error. Everything it started is stopped and the scratch directory removed on exit.
 set -eu
 
@@ -33,9 +37,11 @@ done
 if [ "$quick" = 1 ]; then
     size=${BENCH_SIZE:-256M}
     runtime=${BENCH_RUNTIME:-5}
+    reps=${BENCH_REPS:-1}
 else
     size=${BENCH_SIZE:-1G}
     runtime=${BENCH_RUNTIME:-15}
+    reps=${BENCH_REPS:-3}
 fi
 
 die() { echo "sheepfs-bench: $*" >&2; exit 1; }
@@ -61,6 +67,7 @@ size_bytes=$(to_bytes "$size") || die "BENCH_SIZE: not a size: $size"
 [ $((size_bytes % 1048576)) = 0 ] || die "BENCH_SIZE must be a whole number of MiB"
 size_mib=$((size_bytes / 1048576))
 case "$runtime" in '' | *[!0-9]*) die "BENCH_RUNTIME must be a number of seconds" ;; esac
+case "$reps" in '' | 0 | *[!0-9]*) die "BENCH_REPS must be a positive number" ;; esac
 
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
@@ -262,9 +269,10 @@ for t in $targets; do
     fi
 done
 
+for rep in $(seq "$reps"); do
 for t in $targets; do
     f=$(path_of "$t")
-    log "$t: sequential write, $size_mib MiB"
+    log "$t: sequential write, $size_mib MiB (round $rep of $reps)"
     out=$(dd if=/dev/zero of="$f" bs=1M count="$size_mib" conv=fsync,notrunc 2>&1) || {
         echo "$out" >&2
         die "dd write to $t failed"
@@ -277,6 +285,7 @@ for t in $targets; do
         die "dd read from $t failed"
     }
     record seq_read "$t" "$(echo "$out" | dd_rate)"
+done
 done
 
 # O_DIRECT on FUSE: a file opened without FOPEN_DIRECT_IO still accepts O_DIRECT when the
@@ -352,16 +361,18 @@ echo "  p99 lat = 99th percentile of submission + completion latency (fio lat_ns
 [ -n "${data_bad:-}" ] || echo "data check (8 MiB random, read back after drop_caches): ok on all targets"
 echo
 python3 - "$results" <<'EOF'
+import statistics
 import sys
 
-values = {}
+runs = {}
 order = []
 for line in open(sys.argv[1]):
     metric, target, value = line.split()
-    if metric not in values:
+    if metric not in runs:
         order.append(metric)
-        values[metric] = {}
-    values[metric][target] = float(value)
+        runs[metric] = {}
+    runs[metric].setdefault(target, []).append(float(value))
+values = {m: {t: statistics.median(v) for t, v in ts.items()} for m, ts in runs.items()}
 
 labels = {
     "seq_write": "seq write 1M (MB/s)",
@@ -386,8 +397,13 @@ widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 for r in [head] + rows:
     print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
 
+for m in ("seq_write", "seq_read"):
+    if max(len(v) for v in runs[m].values()) > 1:
+        each = "; ".join(f"{t} " + " ".join("%.0f" % x for x in v) for t, v in runs[m].items())
+        print(f"  {labels[m]}, every round: {each}")
+
 print()
-print("targets:")
+print("targets (medians):")
 def target(name, got, need, how):
     verdict = "target met" if got >= need else "target missed"
     print(f"  {name}: {got:.1f} vs {need:.1f} needed ({how}): {verdict}")
