@@ -140,7 +140,9 @@ async fn zookeeper(zk: String, n: u32) {
         let v = view.clone();
         tokio::spawn(async move {
             while let Some(dl) = rx.recv().await {
-                apply(&mut v.lock().unwrap_or_else(|p| p.into_inner()), &dl.event);
+                if let Some(ev) = &dl.event {
+                    apply(&mut v.lock().unwrap_or_else(|p| p.into_inner()), ev);
+                }
             }
         });
         drivers.push(Arc::new(d));

@@ -106,6 +106,10 @@ impl Sheep {
     pub async fn apply_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Delivery>) {
         let done_before = read_applied(&self.dir);
         while let Some(Delivery { pos, event }) = rx.recv().await {
+            let Some(event) = event else {
+                self.applied.send_replace(pos);
+                continue;
+            };
             let (effects, was_member, epoch) = {
                 let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
                 let was_member = st.is_member(self.me.addr);

@@ -385,7 +385,7 @@ mod tests {
             assert!(oid.is_data());
             let size = 1 << 20;
             let mut model = vec![0u8; size];
-            let mut put = |s: &Store, model: &mut Vec<u8>, at: usize, len: usize, seed: u8, create: bool| {
+            let put = |s: &Store, model: &mut Vec<u8>, at: usize, len: usize, seed: u8, create: bool| {
                 let data: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect();
                 if create {
                     s.create(oid, size as u64, at as u64, &data, Durability::OnFlush)

@@ -279,7 +279,13 @@ fn tail(p: &Paths, me: SocketAddr, tx: &UnboundedSender<Delivery>) {
                                 Event::Shutdown => members.clear(),
                                 _ => {}
                             }
-                            if tx.send(Delivery { pos, event }).is_err() {
+                            if tx
+                                .send(Delivery {
+                                    pos,
+                                    event: Some(event),
+                                })
+                                .is_err()
+                            {
                                 return;
                             }
                         }

@@ -17,11 +17,14 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::group::Event;
 
-/// An event and its position in the total order. Positions only grow.
+/// An event and its position in the total order. Positions only grow. `None` is a position
+/// that carries nothing to apply (a duplicate of an event already delivered, left by an
+/// append retried after its reply was lost): it is delivered all the same, so a writer
+/// waiting for that position to be applied is not left waiting.
 #[derive(Debug)]
 pub struct Delivery {
     pub pos: u64,
-    pub event: Event,
+    pub event: Option<Event>,
 }
 
 #[derive(Debug, thiserror::Error)]

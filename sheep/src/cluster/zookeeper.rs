@@ -447,6 +447,15 @@ async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
                 }
             };
             if !seen_set.insert(env.id) {
+                if tx
+                    .send(Delivery {
+                        pos: q + 1,
+                        event: None,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
                 continue;
             }
             seen.push_back(env.id);
@@ -471,7 +480,7 @@ async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
             if tx
                 .send(Delivery {
                     pos: q + 1,
-                    event: env.event,
+                    event: Some(env.event),
                 })
                 .is_err()
             {
