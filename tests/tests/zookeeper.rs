@@ -837,3 +837,65 @@ fn ensemble_leader_failover() {
         report.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. A duplicate in the queue
+
+/// An append retried after its reply was lost leaves the same event twice in the queue (a
+/// leader failover does this). The copy must not be applied again, and its position must still
+/// count as applied on every node, since the writer that retried waits for exactly that one.
+#[test]
+fn duplicate_queued_event_is_applied_once_and_its_position_counts() {
+    use zookeeper_client as zkc;
+    let (zk, c) = zk_cluster_formatted(3);
+    c.dog_ok(&["vdi", "create", "alpha", "8M"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let applied = |client: &zkc::Client, addr: SocketAddr| {
+        rt.block_on(client.get_data(&format!("/sheepdog/applied/{addr}")))
+            .map(|(d, _)| String::from_utf8_lossy(&d).trim().parse::<u64>().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    let client = rt
+        .block_on(zkc::Client::connect(&zk.hosts()))
+        .expect("connect to ZooKeeper");
+    let queue = "/sheepdog/queue";
+    let last = rt
+        .block_on(client.list_children(queue))
+        .expect("list the queue")
+        .into_iter()
+        .max_by_key(|n| n.rsplit('-').next().and_then(|q| q.parse::<u64>().ok()))
+        .expect("the queue holds events");
+    let (body, _) = rt
+        .block_on(client.get_data(&format!("{queue}/{last}")))
+        .expect("read the last event");
+    let opts = zkc::CreateMode::PersistentSequential.with_acls(zkc::Acls::anyone_all());
+    let (_, seq) = rt
+        .block_on(client.create(&format!("{queue}/ev-"), &body, &opts))
+        .expect("append the duplicate");
+    let dup_pos = seq.into_i64() as u64 + 1;
+
+    for i in 0..c.len() {
+        let addr = c.node(i).addr();
+        wait_until(
+            &format!("node {i} to count the duplicate's position {dup_pos} as applied"),
+            NOTICE,
+            || match applied(&client, addr) {
+                p if p >= dup_pos => Ok(()),
+                p => Err(format!("applied position {p}")),
+            },
+        );
+    }
+    // Applied once: still one alpha, and the cluster goes on.
+    c.dog_ok(&["vdi", "create", "beta", "8M"]);
+    for i in 0..c.len() {
+        assert_eq!(
+            names_listed(&c, i),
+            BTreeSet::from(["alpha".to_string(), "beta".to_string()]),
+            "VDIs seen through node {i}"
+        );
+    }
+    wait_same_views(&c, &[0, 1, 2], "after the duplicate");
+}
