@@ -346,19 +346,31 @@ pub async fn snapshot(
     let failed = format!("Failed to create snapshot for {name}");
     let tag = tag.unwrap_or("");
 
-    let (vid, h) = match net::find_vdi(&c, name, 0, tag).await {
-        Ok(vid) => {
-            let b = net::read_inode_bytes(&c, vid, false, true)
-                .await
-                .map_err(|e| fail(&failed, &e))?;
-            let h = net::header_of(&b)?;
-            if h.is_snapshot() {
-                return Err(Failure::new(format!(
-                    "{failed}, maybe snapshot id (0) or tag ({tag}) is existed"
-                )));
-            }
-            (vid, h)
+    // Another client may snapshot the same VDI between the lookup and the read of its inode:
+    // the working VDI found has then just become a snapshot, and looking again finds the new one.
+    const LOOKUPS: usize = 5;
+    let mut lookups = 0;
+    let found = loop {
+        lookups += 1;
+        let vid = match net::find_vdi(&c, name, 0, tag).await {
+            Ok(vid) => vid,
+            Err(e) => break Err(e),
+        };
+        let b = net::read_inode_bytes(&c, vid, false, true)
+            .await
+            .map_err(|e| fail(&failed, &e))?;
+        let h = net::header_of(&b)?;
+        if !h.is_snapshot() {
+            break Ok((vid, h));
         }
+        if !tag.is_empty() || lookups == LOOKUPS {
+            return Err(Failure::new(format!(
+                "{failed}, maybe snapshot id (0) or tag ({tag}) is existed"
+            )));
+        }
+    };
+    let (vid, h) = match found {
+        Ok(found) => found,
         Err(e) if e.result() == Some(ResultCode::NO_TAG) => {
             let vid = net::find_vdi(&c, name, 0, "")
                 .await
