@@ -24,7 +24,7 @@ const CREATE_STRIPES: usize = 256;
 /// The largest object request one volume request is cut into. A 1 MiB FUSE write becomes
 /// four requests in flight at once, which the gateway, the replicas and the disks overlap
 /// (one 1 MiB request at a time leaves most of the path idle). Configurable per mount
-/// (`--chunk`).
+/// (`--chunk-kib`).
 pub const DEFAULT_CHUNK: u32 = 256 << 10;
 
 struct Layout {
