@@ -101,7 +101,6 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                 tracing::warn!(%oid, offset, len = payload.len(), size, "write past the object's end refused");
                 return Err(ResultCode::INVALID_PARMS);
             }
-            let data = payload;
             let create = req.opcode == op::CREATE_AND_WRITE_PEER;
             // A create replaces the whole object; a write needs the current bytes around it.
             let _g = if create {
@@ -119,9 +118,9 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                     } else {
                         Durability::Now
                     };
-                    s.store.create(oid, size, offset, &data, durability)
+                    s.store.create(oid, size, offset, &payload, durability)
                 } else {
-                    s.store.write(oid, offset, &data)
+                    s.store.write(oid, offset, &payload)
                 }
             })
             .await?;
