@@ -11,7 +11,7 @@ use crate::gateway::object_size;
 use crate::node::Sheep;
 use crate::store::{Durability, StoreError};
 
-/// Reads up to this size run on the calling worker (see `serve_local`).
+/// Reads up to this size are tried on the calling worker, from the page cache only.
 const SMALL_READ: usize = 128 * 1024;
 
 /// How long a peer waits for its own epoch to reach a newer one named in a request.
@@ -85,10 +85,13 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
             }
             let len = req.data_length as usize;
             if len <= SMALL_READ {
-                // A small read from the page cache costs less than a hand-off to the blocking
-                // pool; this worker steps aside for it instead.
-                return tokio::task::block_in_place(|| sheep.store.read(oid, offset, len))
-                    .map_err(|e| log_store_error(sheep, &e));
+                // A small read that the page cache can serve costs less than a hand-off to
+                // the blocking pool, so it is done here; one that needs the disk is not.
+                match sheep.store.read_cached(oid, offset, len) {
+                    Ok(Some(data)) => return Ok(data),
+                    Ok(None) => {}
+                    Err(e) => return Err(log_store_error(sheep, &e)),
+                }
             }
             blocking(sheep, move |s| s.store.read(oid, offset, len)).await
         }

@@ -5,18 +5,21 @@
 //! never seen half-written. Writes into an existing object are positioned writes. Durability
 //! follows the disk-with-a-volatile-cache contract: [`Store::flush`] (syncfs) makes everything
 //! durable; a create asked for [`Durability::Now`] (metadata objects, recovered copies) also
-//! fsyncs the file and the directory before it returns. All calls block: the server runs them
+//! fsyncs the file and the directory before it returns. Other calls block: the server runs them
 //! on tokio's blocking pool.
 //!
 //! Writes into data objects whose offset and length are multiples of 4 KiB go around the page
 //! cache (O_DIRECT) unless the store was opened buffered, through a small pool of aligned
 //! bounce buffers; other writes, and every read, use the page cache, which the kernel keeps
-//! coherent with direct writes. New objects get their whole size allocated at once
-//! (fallocate), so a full disk fails the create, not a later write into the object.
+//! coherent with direct writes. [`Store::read_cached`] serves a read only from the page cache
+//! (RWF_NOWAIT), so an async worker may call it without blocking. New objects get their whole
+//! size allocated at once (fallocate), so a full disk fails the create, not a later write into
+//! the object.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +84,8 @@ pub struct Store {
     direct: AtomicBool,
     /// Spare bounce buffers of `DIO_MAX + DIO_ALIGN` bytes.
     bounces: Mutex<Vec<Vec<u8>>>,
+    /// Page-cache-only reads (RWF_NOWAIT) work here (cleared if the filesystem refuses them).
+    nowait: AtomicBool,
 }
 
 impl Store {
@@ -106,6 +111,7 @@ impl Store {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             direct: AtomicBool::new(direct),
             bounces: Mutex::new(Vec::new()),
+            nowait: AtomicBool::new(true),
         })
     }
 
@@ -132,15 +138,57 @@ impl Store {
 
     /// Reads `len` bytes at `offset`. Bytes past the end of the file read as zeros.
     pub fn read(&self, oid: Oid, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-        use std::io::{Read, Seek, SeekFrom};
-        let io = |e| StoreError::from_io(oid, e);
-        let mut f = File::open(self.path(oid)).map_err(io)?;
-        f.seek(SeekFrom::Start(offset)).map_err(io)?;
-        // Into spare capacity: the buffer is not zero-filled first.
-        let mut buf = Vec::with_capacity(len);
-        f.take(len as u64).read_to_end(&mut buf).map_err(io)?;
+        // Without RWF_NOWAIT the kernel waits for the disk instead of answering "not yet".
+        self.read_with(oid, offset, len, 0)?.ok_or_else(|| StoreError::Io {
+            oid,
+            source: io::ErrorKind::WouldBlock.into(),
+        })
+    }
+
+    /// Like [`Store::read`], but only from the page cache: `None` when some of the bytes
+    /// would have to come from the disk (or the filesystem cannot tell), so the caller can
+    /// move to a thread that may block. Cheap enough for an async worker.
+    pub fn read_cached(&self, oid: Oid, offset: u64, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        if !self.nowait.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        self.read_with(oid, offset, len, libc::RWF_NOWAIT)
+    }
+
+    /// Positioned reads with `preadv2` flags into spare capacity (the buffer is not
+    /// zero-filled first). `None` when a RWF_NOWAIT read would have blocked.
+    fn read_with(&self, oid: Oid, offset: u64, len: usize, flags: libc::c_int) -> Result<Option<Vec<u8>>, StoreError> {
+        let f = File::open(self.path(oid)).map_err(|e| StoreError::from_io(oid, e))?;
+        let mut buf = Vec::<u8>::with_capacity(len);
+        while buf.len() < len {
+            let done = buf.len();
+            let spare = buf.spare_capacity_mut();
+            let iov = libc::iovec {
+                iov_base: spare.as_mut_ptr().cast(),
+                iov_len: spare.len(),
+            };
+            // SAFETY: one iovec over the vector's spare capacity, which outlives the call.
+            let n = unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, (offset + done as u64) as libc::off_t, flags) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EAGAIN) if flags != 0 => return Ok(None),
+                    Some(libc::EOPNOTSUPP) if flags != 0 => {
+                        self.nowait.store(false, Ordering::Relaxed);
+                        return Ok(None);
+                    }
+                    _ => return Err(StoreError::from_io(oid, e)),
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            // SAFETY: the kernel initialised the next `n` bytes.
+            unsafe { buf.set_len(done + n as usize) };
+        }
         buf.resize(len, 0);
-        Ok(buf)
+        Ok(Some(buf))
     }
 
     /// Writes into an existing object.
@@ -277,7 +325,7 @@ impl Store {
     pub fn flush(&self) -> io::Result<()> {
         let d = File::open(&self.dir)?;
         // SAFETY: syncfs on a valid, open descriptor has no memory-safety preconditions.
-        let rc = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) };
+        let rc = unsafe { libc::syncfs(d.as_raw_fd()) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -304,7 +352,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Gives `f` (a new, empty file) its `size` bytes of disk at once; where the filesystem cannot
 /// preallocate, the file is only sized (sparse).
 fn allocate(f: &File, size: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let len = libc::off_t::try_from(size).map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))?;
     // SAFETY: fallocate on a valid, open descriptor has no memory-safety preconditions.
     if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) } == 0 {
@@ -318,7 +365,6 @@ fn allocate(f: &File, size: u64) -> io::Result<()> {
 
 /// Clears O_DIRECT on an open file.
 fn clear_direct(f: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     let fd = f.as_raw_fd();
     // SAFETY: F_GETFL/F_SETFL on a valid, open descriptor have no memory-safety preconditions.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -362,6 +408,11 @@ mod tests {
         assert_eq!(s.read(oid, 10, 3).expect("read"), b"aZZ");
         // Past the end reads as zeros.
         assert_eq!(s.read(oid, 4095, 3).expect("read"), b"\0\0\0");
+        // The object's one page was written through the page cache, so a read that
+        // must not wait for the disk is served too, with the same bytes.
+        assert_eq!(s.read_cached(oid, 8, 6).expect("read"), Some(b"\0\0aZZ\0".to_vec()));
+        assert_eq!(s.read_cached(oid, 4095, 3).expect("read"), Some(b"\0\0\0".to_vec()));
+        assert!(matches!(s.read_cached(Oid(1), 0, 1), Err(StoreError::NotFound(_))));
         assert_eq!(s.list(), vec![oid]);
         assert_eq!(
             Store::open(t.path(), true).expect("reopen").list(),
