@@ -11,6 +11,7 @@ use protocol::inode::{Inode, InodeHeader};
 use protocol::node::Node;
 use protocol::requests::{NewVdi, RecoveryState, VdiInfo};
 use protocol::{Client, ClientError, Oid, Vid};
+use thread_local::ThreadLocal;
 
 use crate::error::{FsError, FsResult};
 
@@ -48,7 +49,10 @@ pub trait Backend: Send + Sync + 'static {
 
 /// The cluster, reached through one gateway sheep.
 pub struct ClusterBackend {
-    gateway: Client,
+    gateway: SocketAddr,
+    /// A connection pool per thread: each FUSE thread runs its own runtime, and a connection
+    /// can only be waited on by the runtime that opened it.
+    clients: ThreadLocal<Client>,
     /// How long transport failures (gateway down) are retried before EIO.
     retry_for: Duration,
 }
@@ -58,9 +62,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 impl ClusterBackend {
     pub fn new(addr: SocketAddr, retry_for: Duration) -> ClusterBackend {
         ClusterBackend {
-            gateway: Client::with_timeout(addr, REQUEST_TIMEOUT),
+            gateway: addr,
+            clients: ThreadLocal::new(),
             retry_for,
         }
+    }
+
+    /// This thread's pool.
+    fn client(&self) -> &Client {
+        self.clients
+            .get_or(|| Client::with_timeout(self.gateway, REQUEST_TIMEOUT))
     }
 
     /// Runs `f` against the gateway, retrying while the gateway cannot be reached. Results
@@ -88,84 +99,86 @@ impl ClusterBackend {
 
 impl Backend for ClusterBackend {
     fn gateway(&self) -> SocketAddr {
-        self.gateway.addr()
+        self.gateway
     }
 
     async fn read_obj(&self, oid: Oid, offset: u32, len: u32) -> FsResult<Vec<u8>> {
         self.retry(&format!("read of object {oid}"), || {
-            self.gateway.read_obj(oid, offset, len)
+            self.client().read_obj(oid, offset, len)
         })
         .await
     }
 
     async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> FsResult<()> {
         self.retry(&format!("write of object {oid}"), || {
-            self.gateway.write_obj(oid, offset, data)
+            self.client().write_obj(oid, offset, data)
         })
         .await
     }
 
     async fn create_obj(&self, oid: Oid, cow: Option<Oid>, offset: u32, data: &[u8]) -> FsResult<()> {
         self.retry(&format!("create of object {oid}"), || {
-            self.gateway.create_obj(oid, cow, offset, data)
+            self.client().create_obj(oid, cow, offset, data)
         })
         .await
     }
 
     async fn vdi_info(&self, name: &str, snapid: u32) -> FsResult<VdiInfo> {
         self.retry(&format!("lookup of VDI {name}"), || {
-            self.gateway.vdi_info(name, None, snapid)
+            self.client().vdi_info(name, None, snapid)
         })
         .await
     }
 
     async fn inode(&self, vid: Vid) -> FsResult<Inode> {
-        self.retry(&format!("read of inode {vid}"), || self.gateway.inode(vid))
+        self.retry(&format!("read of inode {vid}"), || self.client().inode(vid))
             .await
     }
 
     async fn vdi_headers(&self) -> FsResult<Vec<InodeHeader>> {
-        self.retry("VDI listing", || self.gateway.vdi_headers()).await
+        self.retry("VDI listing", || self.client().vdi_headers()).await
     }
 
     async fn new_vdi(&self, name: &str, v: NewVdi) -> FsResult<VdiInfo> {
-        self.retry(&format!("creation of VDI {name}"), || self.gateway.new_vdi(name, v))
+        self.retry(&format!("creation of VDI {name}"), || self.client().new_vdi(name, v))
             .await
     }
 
     async fn snapshot(&self, name: &str, tag: &str) -> FsResult<VdiInfo> {
-        self.retry(&format!("snapshot of VDI {name}"), || self.gateway.snapshot(name, tag))
+        self.retry(&format!("snapshot of VDI {name}"), || self.client().snapshot(name, tag))
             .await
     }
 
     async fn delete_vdi(&self, name: &str, snapid: u32) -> FsResult<()> {
         self.retry(&format!("deletion of VDI {name}"), || {
-            self.gateway.delete_vdi(name, snapid, None)
+            self.client().delete_vdi(name, snapid, None)
         })
         .await
         .map(|_| ())
     }
 
     async fn set_vdi_size(&self, vid: Vid, size: u64) -> FsResult<()> {
-        self.retry(&format!("resize of VDI {vid}"), || self.gateway.set_vdi_size(vid, size))
-            .await
+        self.retry(&format!("resize of VDI {vid}"), || {
+            self.client().set_vdi_size(vid, size)
+        })
+        .await
     }
 
     async fn flush(&self, vid: Vid) -> FsResult<()> {
-        self.retry(&format!("flush of VDI {vid}"), || self.gateway.flush_vdi(vid))
+        self.retry(&format!("flush of VDI {vid}"), || self.client().flush_vdi(vid))
             .await
     }
 
     async fn cluster_info(&self) -> FsResult<ClusterInfo> {
-        self.retry("cluster info", || self.gateway.cluster_info()).await
+        self.retry("cluster info", || self.client().cluster_info()).await
     }
 
     async fn epoch_log(&self, epochs: u32, nodes: u32) -> FsResult<Vec<EpochRecord>> {
-        self.retry("epoch log", || self.gateway.epoch_log(epochs, nodes)).await
+        self.retry("epoch log", || self.client().epoch_log(epochs, nodes)).await
     }
 
     async fn nodes(&self) -> FsResult<Vec<Node>> {
-        self.retry("node list", || self.gateway.nodes()).await
+        self.retry("node list", || self.client().nodes()).await
     }
 
     async fn stat_recovery(&self, node: SocketAddr) -> FsResult<RecoveryState> {
@@ -177,7 +190,7 @@ impl Backend for ClusterBackend {
 
     async fn stat_sheep(&self, node: Option<SocketAddr>) -> FsResult<(u64, u64)> {
         match node {
-            None => self.retry("node stat", || self.gateway.stat_sheep()).await,
+            None => self.retry("node stat", || self.client().stat_sheep()).await,
             Some(addr) => Client::with_timeout(addr, Duration::from_secs(2))
                 .stat_sheep()
                 .await

@@ -1,6 +1,8 @@
 //! The FUSE adapter: converts fuser callbacks into calls on [`Fs`] and results back. Each
-//! FUSE worker thread blocks on the shared tokio runtime for the duration of one call, so
-//! several requests are in flight at once.
+//! FUSE worker thread runs one call at a time to completion on a single-threaded tokio
+//! runtime of its own, so several requests are in flight at once, and a reply from the
+//! gateway wakes the thread waiting for it directly (a shared runtime's worker would take
+//! the event and then wake that thread).
 
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use fuser::{
     OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use tokio::runtime::Handle;
+use tokio::runtime::{Builder, Runtime};
 
 use crate::backend::Backend;
 use crate::error::{FsError, FsResult};
@@ -24,21 +26,39 @@ pub const MAX_WRITE: u32 = 1 << 20;
 
 pub struct SheepFuse<B: Backend> {
     fs: Arc<Fs<B>>,
-    rt: Handle,
     mounted_at: SystemTime,
 }
 
+/// Runs `f` to completion on this thread's own runtime (made at its first call).
+pub fn on_this_thread<T>(f: impl std::future::Future<Output = FsResult<T>>) -> FsResult<T> {
+    thread_local! {
+        static RUNTIME: std::cell::OnceCell<Option<Runtime>> = const { std::cell::OnceCell::new() };
+    }
+    RUNTIME.with(|rt| {
+        let rt = rt.get_or_init(|| {
+            Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .inspect_err(|e| tracing::error!("cannot start a runtime for a FUSE thread: {e}"))
+                .ok()
+        });
+        match rt {
+            Some(rt) => rt.block_on(f),
+            None => Err(FsError::new(libc::EIO, "no runtime on this FUSE thread")),
+        }
+    })
+}
+
 impl<B: Backend> SheepFuse<B> {
-    pub fn new(fs: Arc<Fs<B>>, rt: Handle) -> SheepFuse<B> {
+    pub fn new(fs: Arc<Fs<B>>) -> SheepFuse<B> {
         SheepFuse {
             fs,
-            rt,
             mounted_at: SystemTime::now(),
         }
     }
 
     fn run<T>(&self, what: &str, f: impl std::future::Future<Output = FsResult<T>>) -> Result<T, Errno> {
-        self.rt.block_on(f).map_err(|e: FsError| {
+        on_this_thread(f).map_err(|e: FsError| {
             if e.errno != libc::ENOENT {
                 tracing::warn!("{what}: {e}");
             }
@@ -92,7 +112,7 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
     }
 
     fn destroy(&mut self) {
-        if let Err(e) = self.rt.block_on(self.fs.flush_all()) {
+        if let Err(e) = on_this_thread(self.fs.flush_all()) {
             tracing::error!("flush at unmount failed: {e}");
         }
     }

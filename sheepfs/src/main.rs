@@ -135,8 +135,9 @@ fn set_read_ahead(mountpoint: &std::path::Path, kib: u32) -> std::io::Result<()>
 }
 
 fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), String> {
+    // For the start-up check and the signal handler; FUSE requests run on their threads' own.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
@@ -153,12 +154,8 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     ];
     config.acl = SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
-    let session = Session::new(
-        SheepFuse::new(fs.clone(), rt.handle().clone()),
-        &args.mountpoint,
-        &config,
-    )
-    .map_err(|e| format!("cannot mount at {}: {e}", args.mountpoint.display()))?;
+    let session = Session::new(SheepFuse::new(fs.clone()), &args.mountpoint, &config)
+        .map_err(|e| format!("cannot mount at {}: {e}", args.mountpoint.display()))?;
     let mountpoint = args.mountpoint.clone();
     rt.spawn(async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
