@@ -12,4 +12,5 @@ pub mod peer;
 pub mod recovery;
 pub mod server;
 pub mod store;
+pub mod uring;
 pub mod vdi;

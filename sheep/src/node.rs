@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use protocol::node::Node;
@@ -15,6 +15,7 @@ use crate::cluster::{Delivery, Driver, DriverError};
 use crate::group::{ClusterState, Effect, Event};
 use crate::recovery::Recovery;
 use crate::store::Store;
+use crate::uring::Reads;
 
 /// How long a VDI operation waits for every member to apply its event.
 const APPLY_BARRIER: Duration = Duration::from_secs(10);
@@ -30,6 +31,8 @@ pub struct Sheep {
     peers: Mutex<HashMap<SocketAddr, Arc<Client>>>,
     /// Woken when this node must stop (cluster shutdown).
     pub stop: Notify,
+    /// Reads that wait for the disk, started at first use (see [`Sheep::disk_reads`]).
+    disk_reads: OnceLock<Option<Arc<Reads>>>,
 }
 
 /// File under DIR holding the log position whose local effects (store wipes) are done.
@@ -65,7 +68,20 @@ impl Sheep {
             applied: watch::channel(0).0,
             peers: Mutex::new(HashMap::new()),
             stop: Notify::new(),
+            disk_reads: OnceLock::new(),
         }
+    }
+
+    /// The io_uring for reads that must wait for the disk; `None` where io_uring cannot be
+    /// used, and those reads go to the blocking pool. Call from within the runtime.
+    pub fn disk_reads(&self) -> Option<&Reads> {
+        self.disk_reads
+            .get_or_init(|| {
+                Reads::start()
+                    .inspect_err(|e| tracing::warn!(error = %e, "io_uring unavailable; disk reads use threads"))
+                    .ok()
+            })
+            .as_deref()
     }
 
     /// A consistent view of the cluster state. Hold it briefly: never across an await.

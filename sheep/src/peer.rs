@@ -93,6 +93,14 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                     Err(e) => return Err(log_store_error(sheep, &e)),
                 }
             }
+            if let Some(ring) = sheep.disk_reads() {
+                let file = sheep.store.open_object(oid).map_err(|e| log_store_error(sheep, &e))?;
+                match ring.read(file, offset, len).await {
+                    Ok(data) => return Ok(data),
+                    // A thread's read tells a full or stopped ring from a failing disk.
+                    Err(e) => tracing::warn!(%oid, error = %e, "ring read failed; reading on a thread"),
+                }
+            }
             blocking(sheep, move |s| s.store.read(oid, offset, len)).await
         }
         op::WRITE_PEER | op::CREATE_AND_WRITE_PEER => {

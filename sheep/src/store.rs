@@ -145,6 +145,11 @@ impl Store {
         })
     }
 
+    /// The object's file, for reading.
+    pub fn open_object(&self, oid: Oid) -> Result<File, StoreError> {
+        File::open(self.path(oid)).map_err(|e| StoreError::from_io(oid, e))
+    }
+
     /// Like [`Store::read`], but only from the page cache: `None` when some of the bytes
     /// would have to come from the disk (or the filesystem cannot tell), so the caller can
     /// move to a thread that may block. Cheap enough for an async worker.
@@ -158,7 +163,7 @@ impl Store {
     /// Positioned reads with `preadv2` flags into spare capacity (the buffer is not
     /// zero-filled first). `None` when a RWF_NOWAIT read would have blocked.
     fn read_with(&self, oid: Oid, offset: u64, len: usize, flags: libc::c_int) -> Result<Option<Vec<u8>>, StoreError> {
-        let f = File::open(self.path(oid)).map_err(|e| StoreError::from_io(oid, e))?;
+        let f = self.open_object(oid)?;
         let mut buf = Vec::<u8>::with_capacity(len);
         while buf.len() < len {
             let done = buf.len();
