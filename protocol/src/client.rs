@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::frame::{read_response, write_frame, FrameError};
+use crate::frame::{read_response, read_response_into, write_frame, FrameError};
 use crate::header::{RequestHeader, ResponseHeader};
 use crate::opcode::{flags, op_name, ResultCode};
 
@@ -53,6 +53,12 @@ impl ClientError {
 pub struct Reply {
     pub header: ResponseHeader,
     pub data: Vec<u8>,
+}
+
+/// Where a reply's payload goes: a new buffer of at most this capacity, or the caller's.
+enum Into<'a> {
+    Vec(u32),
+    Slice(&'a mut [u8]),
 }
 
 /// Connection pool to one sheep.
@@ -120,19 +126,53 @@ impl Client {
 
     /// Sends `req` with `payload` and returns the reply, whatever its result code. When
     /// `payload` is non-empty the WRITE flag is set and `data_length` is its length.
-    pub async fn send(&self, mut req: RequestHeader, payload: &[u8]) -> Result<Reply, ClientError> {
+    pub async fn send(&self, req: RequestHeader, payload: &[u8]) -> Result<Reply, ClientError> {
+        let capacity = req.reply_capacity();
+        let (header, data, _) = self.exchange(req, payload, Into::Vec(capacity)).await?;
+        Ok(Reply { header, data })
+    }
+
+    /// Sends `req` (no payload) and reads the reply's payload into `out`. A result other than
+    /// SUCCESS is an error; returns how many bytes of `out` the reply filled.
+    pub async fn call_into(&self, req: RequestHeader, out: &mut [u8]) -> Result<usize, ClientError> {
+        let opname = op_name(req.opcode);
+        let (header, _, n) = self.exchange(req, &[], Into::Slice(out)).await?;
+        match header.result_code() {
+            ResultCode::SUCCESS => Ok(n),
+            result => Err(ClientError::Result {
+                addr: self.addr,
+                op: opname,
+                result,
+            }),
+        }
+    }
+
+    /// One request and its reply on a pooled connection: a request that failed on an idle
+    /// pooled connection (the peer restarted) is sent once more on a fresh one. Returns the
+    /// header, the payload when read into a new buffer, and the payload's length.
+    async fn exchange(
+        &self,
+        mut req: RequestHeader,
+        payload: &[u8],
+        mut into: Into<'_>,
+    ) -> Result<(ResponseHeader, Vec<u8>, usize), ClientError> {
         let opname = op_name(req.opcode);
         req.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if !payload.is_empty() {
             req.flags |= flags::WRITE;
             req.data_length = payload.len() as u32;
         }
-        let capacity = req.reply_capacity();
         loop {
             let (mut s, pooled) = self.connection().await?;
             let exchange = async {
                 write_frame(&mut s, &req.encode(), payload).await?;
-                read_response(&mut s, capacity).await
+                match &mut into {
+                    Into::Vec(capacity) => read_response(&mut s, *capacity).await.map(|(h, d)| {
+                        let n = d.len();
+                        (h, d, n)
+                    }),
+                    Into::Slice(out) => read_response_into(&mut s, out).await.map(|(h, n)| (h, Vec::new(), n)),
+                }
             };
             match tokio::time::timeout(self.timeout, exchange).await {
                 Err(_) => {
@@ -144,8 +184,7 @@ impl Client {
                 }
                 Ok(Err(source)) => {
                     // The peer went away or restarted: every pooled connection to it is dead
-                    // too. A request that failed on an idle pooled connection is sent once
-                    // more on a fresh one; a fresh connection's failure is final.
+                    // too. A fresh connection's failure is final.
                     self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     if !pooled {
                         return Err(ClientError::Transport {
@@ -155,9 +194,9 @@ impl Client {
                         });
                     }
                 }
-                Ok(Ok((header, data))) => {
+                Ok(Ok(reply)) => {
                     self.put_back(s);
-                    return Ok(Reply { header, data });
+                    return Ok(reply);
                 }
             }
         }
@@ -230,6 +269,17 @@ mod tests {
         assert_eq!(r.data, vec![9u8; 3]);
         let e = c
             .call(RequestHeader::new(op::GET_VDI_INFO), b"x")
+            .await
+            .expect_err("no vdi");
+        assert_eq!(e.result(), Some(ResultCode::NO_VDI));
+        // A reply read into the caller's buffer.
+        let mut out = [0u8; 8];
+        let mut req = RequestHeader::new(op::READ_VDIS);
+        req.data_length = 8;
+        assert_eq!(c.call_into(req, &mut out).await.expect("ok"), 3);
+        assert_eq!(out, [9, 9, 9, 0, 0, 0, 0, 0]);
+        let e = c
+            .call_into(RequestHeader::new(op::GET_VDI_INFO), &mut out)
             .await
             .expect_err("no vdi");
         assert_eq!(e.result(), Some(ResultCode::NO_VDI));

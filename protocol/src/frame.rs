@@ -100,6 +100,25 @@ pub async fn read_response<R: AsyncRead + Unpin>(
     Ok((h, payload))
 }
 
+/// Reads one reply whose payload lands in `out`; a payload longer than `out` is an error.
+/// Returns the header and how many bytes of `out` were filled.
+pub async fn read_response_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    out: &mut [u8],
+) -> Result<(ResponseHeader, usize), FrameError> {
+    let b = read_header(r).await?.ok_or(FrameError::Truncated)?;
+    let h = ResponseHeader::decode(&b);
+    let len = h.data_length as usize;
+    let Some(dest) = out.get_mut(..len) else {
+        return Err(FrameError::TooLarge {
+            len: h.data_length,
+            limit: out.len() as u32,
+        });
+    };
+    r.read_exact(dest).await.map_err(eof_is_truncation)?;
+    Ok((h, len))
+}
+
 /// Writes a header and payload as one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -175,5 +194,20 @@ mod tests {
         assert!(read_response(&mut wire.as_slice(), 4).await.is_err());
         let (h, p) = read_response(&mut wire.as_slice(), 10).await.expect("fits");
         assert_eq!((h.data_length, p.len()), (10, 10));
+
+        // Into the caller's buffer: too small is refused, larger is filled in part.
+        let mut small = [0u8; 4];
+        assert!(matches!(
+            read_response_into(&mut wire.as_slice(), &mut small).await,
+            Err(FrameError::TooLarge { len: 10, limit: 4 })
+        ));
+        assert_eq!(small, [0u8; 4], "nothing read into a buffer that was too small");
+        let mut big = [1u8; 12];
+        let (_, n) = read_response_into(&mut wire.as_slice(), &mut big).await.expect("fits");
+        assert_eq!((n, &big[..]), (10, &[7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 1, 1][..]));
+        assert!(matches!(
+            read_response_into(&mut &wire[..52], &mut big).await,
+            Err(FrameError::Truncated)
+        ));
     }
 }

@@ -70,6 +70,13 @@ impl Client {
         Ok(self.call(req, &[]).await?.data)
     }
 
+    /// READ_OBJ into `out` (as many bytes as it is long); returns how many the reply filled.
+    pub async fn read_obj_into(&self, oid: Oid, offset: u32, out: &mut [u8]) -> Result<usize, ClientError> {
+        let mut req = obj_req(op::READ_OBJ, oid, offset);
+        req.data_length = out.len() as u32;
+        self.call_into(req, out).await
+    }
+
     /// WRITE_OBJ into an existing object. A zero-length write is sent as such.
     pub async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> Result<(), ClientError> {
         let mut req = obj_req(op::WRITE_OBJ, oid, offset);

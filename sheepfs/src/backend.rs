@@ -18,7 +18,9 @@ use crate::error::{FsError, FsResult};
 pub trait Backend: Send + Sync + 'static {
     /// The gateway sheep this backend talks to.
     fn gateway(&self) -> SocketAddr;
-    fn read_obj(&self, oid: Oid, offset: u32, len: u32) -> impl Future<Output = FsResult<Vec<u8>>> + Send;
+    /// Reads `out.len()` bytes of `oid` at `offset` into `out`; returns how many the
+    /// gateway answered (fewer only from a faulty one).
+    fn read_obj(&self, oid: Oid, offset: u32, out: &mut [u8]) -> impl Future<Output = FsResult<usize>> + Send;
     fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> impl Future<Output = FsResult<()>> + Send;
     fn create_obj(
         &self,
@@ -81,19 +83,40 @@ impl ClusterBackend {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
-        let deadline = tokio::time::Instant::now() + self.retry_for;
-        let mut pause = Duration::from_millis(50);
+        let mut retry = Retry::new(self.retry_for);
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.result().is_none() && tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "{what}: gateway unreachable; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(FsError::cluster(what, &e)),
+                Err(e) => retry.after(what, e).await?,
             }
         }
+    }
+}
+
+/// The pacing of retries while the gateway is unreachable.
+struct Retry {
+    deadline: tokio::time::Instant,
+    pause: Duration,
+}
+
+impl Retry {
+    fn new(retry_for: Duration) -> Retry {
+        Retry {
+            deadline: tokio::time::Instant::now() + retry_for,
+            pause: Duration::from_millis(50),
+        }
+    }
+
+    /// After a failed attempt: waits and returns `Ok` to try again while the gateway is
+    /// unreachable and time is left, else the error for the caller.
+    async fn after(&mut self, what: &str, e: ClientError) -> FsResult<()> {
+        if e.result().is_some() || tokio::time::Instant::now() >= self.deadline {
+            return Err(FsError::cluster(what, &e));
+        }
+        tracing::warn!(error = %e, "{what}: gateway unreachable; retrying");
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_secs(1));
+        Ok(())
     }
 }
 
@@ -102,11 +125,14 @@ impl Backend for ClusterBackend {
         self.gateway
     }
 
-    async fn read_obj(&self, oid: Oid, offset: u32, len: u32) -> FsResult<Vec<u8>> {
-        self.retry(&format!("read of object {oid}"), || {
-            self.client().read_obj(oid, offset, len)
-        })
-        .await
+    async fn read_obj(&self, oid: Oid, offset: u32, out: &mut [u8]) -> FsResult<usize> {
+        let mut retry = Retry::new(self.retry_for);
+        loop {
+            match self.client().read_obj_into(oid, offset, out).await {
+                Ok(n) => return Ok(n),
+                Err(e) => retry.after(&format!("read of object {oid}"), e).await?,
+            }
+        }
     }
 
     async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> FsResult<()> {

@@ -85,14 +85,14 @@ impl Backend for MemoryBackend {
         SocketAddr::from(([127, 0, 0, 1], 7000))
     }
 
-    async fn read_obj(&self, oid: Oid, offset: u32, len: u32) -> FsResult<Vec<u8>> {
+    async fn read_obj(&self, oid: Oid, offset: u32, out: &mut [u8]) -> FsResult<usize> {
         let objs = self.objects();
         let b = objs.get(&oid).ok_or_else(|| eio(format!("object {oid} missing")))?;
-        let mut out = vec![0u8; len as usize];
         let start = (offset as usize).min(b.len());
-        let end = (offset as usize + len as usize).min(b.len());
+        let end = (offset as usize + out.len()).min(b.len());
         out[..end - start].copy_from_slice(&b[start..end]);
-        Ok(out)
+        out[end - start..].fill(0);
+        Ok(out.len())
     }
 
     async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> FsResult<()> {

@@ -97,47 +97,43 @@ impl<B: Backend> Volume<B> {
 
     /// Reads up to `len` bytes at `offset`; short at the end of the volume. Never-written
     /// blocks read as zeros; a block that cannot be read fails the whole read with EIO.
+    /// Every piece lands straight in its place in the answer.
     pub async fn read(&self, offset: u64, len: u32) -> FsResult<Vec<u8>> {
         let l = self.layout.read().await;
         let end = (offset + u64::from(len)).min(l.size);
         if offset >= end {
             return Ok(Vec::new());
         }
-        let reads = pieces(offset, end - offset, l.object_size(), self.chunk.into()).map(|p| {
+        // Zeroed: a hole is already in place.
+        let mut buf = vec![0u8; (end - offset) as usize];
+        let mut rest = buf.as_mut_slice();
+        let mut reads = Vec::new();
+        for p in pieces(offset, end - offset, l.object_size(), self.chunk.into()) {
+            let (out, tail) = std::mem::take(&mut rest).split_at_mut(p.len as usize);
+            rest = tail;
             let owner = l.entries.get(p.idx as usize).map_or(0, |e| e.load(Ordering::Acquire));
-            async move {
-                if owner == 0 {
-                    return Ok((p, None));
-                }
+            if owner == 0 {
+                continue;
+            }
+            reads.push(async move {
                 let oid = Vid::new(owner)
                     .ok_or_else(|| FsError::new(libc::EIO, "bad owner vid"))?
                     .data_oid(p.idx);
-                let data = self.backend.read_obj(oid, p.offset, p.len).await.inspect_err(|e| {
+                let n = self.backend.read_obj(oid, p.offset, out).await.inspect_err(|e| {
                     tracing::error!(volume = %self.name, %oid, error = %e, "volume read failed");
                 })?;
-                Ok::<_, FsError>((p, Some(data)))
-            }
-        });
-        let mut done = join_all(reads).await;
-        if let [Ok((p, Some(data)))] = done.as_mut_slice() {
-            if data.len() == p.len as usize {
-                // One piece: its buffer is the answer.
-                return Ok(std::mem::take(data));
-            }
-        }
-        // The pieces are in order: append each (a hole as zeros).
-        let mut buf = Vec::with_capacity((end - offset) as usize);
-        for r in done {
-            match r? {
-                (p, Some(data)) if data.len() == p.len as usize => buf.extend_from_slice(&data),
-                (p, Some(data)) => {
+                if n != out.len() {
+                    tracing::error!(volume = %self.name, %oid, answered = n, asked = out.len(), "short read from the gateway");
                     return Err(FsError::new(
                         libc::EIO,
-                        format!("object {} answered {} bytes for a read of {}", p.idx, data.len(), p.len),
-                    ))
+                        format!("object {oid} answered {n} bytes for a read of {}", out.len()),
+                    ));
                 }
-                (p, None) => buf.resize(buf.len() + p.len as usize, 0),
-            }
+                Ok::<_, FsError>(())
+            });
+        }
+        for r in join_all(reads).await {
+            r?;
         }
         Ok(buf)
     }
