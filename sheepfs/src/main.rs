@@ -103,7 +103,9 @@ fn detach_stdio() {
 
 fn init_logging(args: &Args) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // fuser unmounts again when its session ends, which fails with a warning whenever
+        // the mount is already gone (umount by hand, or ours at SIGTERM): always, here.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::mnt=error"));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     match &args.log_file {
         Some(p) => {
