@@ -9,7 +9,7 @@ use protocol::{flags, op, Oid, RequestHeader, ResultCode};
 
 use crate::gateway::object_size;
 use crate::node::Sheep;
-use crate::store::{Durability, StoreError};
+use crate::store::{Cached, Durability, StoreError};
 
 /// Reads up to this size are tried on the calling worker, from the page cache only.
 const SMALL_READ: usize = 128 * 1024;
@@ -84,17 +84,22 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                 current_for_io(sheep, oid, epoch).await?;
             }
             let len = req.data_length as usize;
-            if len <= SMALL_READ {
-                // A small read that the page cache can serve costs less than a hand-off to
-                // the blocking pool, so it is done here; one that needs the disk is not.
+            // A small read that the page cache can serve costs less than a hand-off, so it
+            // is done here; one that needs the disk is not.
+            let file = if len <= SMALL_READ {
                 match sheep.store.read_cached(oid, offset, len) {
-                    Ok(Some(data)) => return Ok(data),
-                    Ok(None) => {}
+                    Ok(Cached::Hit(data)) => return Ok(data),
+                    Ok(Cached::Miss(file)) => Some(file),
                     Err(e) => return Err(log_store_error(sheep, &e)),
                 }
-            }
+            } else {
+                None
+            };
             if let Some(ring) = sheep.disk_reads() {
-                let file = sheep.store.open_object(oid).map_err(|e| log_store_error(sheep, &e))?;
+                let file = match file {
+                    Some(f) => f,
+                    None => sheep.store.open_object(oid).map_err(|e| log_store_error(sheep, &e))?,
+                };
                 match ring.read(file, offset, len).await {
                     Ok(data) => return Ok(data),
                     // A thread's read tells a full or stopped ring from a failing disk.

@@ -56,6 +56,14 @@ impl StoreError {
     }
 }
 
+/// What [`Store::read_cached`] found.
+pub enum Cached {
+    /// The bytes, all from the page cache.
+    Hit(Vec<u8>),
+    /// Some must come from the disk: the object's file, open for that read.
+    Miss(File),
+}
+
 /// When a created object must be on stable storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -139,10 +147,11 @@ impl Store {
     /// Reads `len` bytes at `offset`. Bytes past the end of the file read as zeros.
     pub fn read(&self, oid: Oid, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
         // Without RWF_NOWAIT the kernel waits for the disk instead of answering "not yet".
-        self.read_with(oid, offset, len, 0)?.ok_or_else(|| StoreError::Io {
-            oid,
-            source: io::ErrorKind::WouldBlock.into(),
-        })
+        self.read_with(&self.open_object(oid)?, oid, offset, len, 0)?
+            .ok_or_else(|| StoreError::Io {
+                oid,
+                source: io::ErrorKind::WouldBlock.into(),
+            })
     }
 
     /// The object's file, for reading.
@@ -150,20 +159,30 @@ impl Store {
         File::open(self.path(oid)).map_err(|e| StoreError::from_io(oid, e))
     }
 
-    /// Like [`Store::read`], but only from the page cache: `None` when some of the bytes
-    /// would have to come from the disk (or the filesystem cannot tell), so the caller can
-    /// move to a thread that may block. Cheap enough for an async worker.
-    pub fn read_cached(&self, oid: Oid, offset: u64, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Like [`Store::read`], but only from the page cache: [`Cached::Miss`] when some of
+    /// the bytes would have to come from the disk (or the filesystem cannot tell), with the
+    /// object's open file for a read that may wait. Cheap enough for an async worker.
+    pub fn read_cached(&self, oid: Oid, offset: u64, len: usize) -> Result<Cached, StoreError> {
+        let f = self.open_object(oid)?;
         if !self.nowait.load(Ordering::Relaxed) {
-            return Ok(None);
+            return Ok(Cached::Miss(f));
         }
-        self.read_with(oid, offset, len, libc::RWF_NOWAIT)
+        Ok(match self.read_with(&f, oid, offset, len, libc::RWF_NOWAIT)? {
+            Some(data) => Cached::Hit(data),
+            None => Cached::Miss(f),
+        })
     }
 
-    /// Positioned reads with `preadv2` flags into spare capacity (the buffer is not
+    /// Positioned reads of `f` with `preadv2` flags into spare capacity (the buffer is not
     /// zero-filled first). `None` when a RWF_NOWAIT read would have blocked.
-    fn read_with(&self, oid: Oid, offset: u64, len: usize, flags: libc::c_int) -> Result<Option<Vec<u8>>, StoreError> {
-        let f = self.open_object(oid)?;
+    fn read_with(
+        &self,
+        f: &File,
+        oid: Oid,
+        offset: u64,
+        len: usize,
+        flags: libc::c_int,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut buf = Vec::<u8>::with_capacity(len);
         while buf.len() < len {
             let done = buf.len();
@@ -415,8 +434,12 @@ mod tests {
         assert_eq!(s.read(oid, 4095, 3).expect("read"), b"\0\0\0");
         // The object's one page was written through the page cache, so a read that
         // must not wait for the disk is served too, with the same bytes.
-        assert_eq!(s.read_cached(oid, 8, 6).expect("read"), Some(b"\0\0aZZ\0".to_vec()));
-        assert_eq!(s.read_cached(oid, 4095, 3).expect("read"), Some(b"\0\0\0".to_vec()));
+        let hit = |at, len| match s.read_cached(oid, at, len).expect("read") {
+            Cached::Hit(data) => data,
+            Cached::Miss(_) => panic!("bytes just written through the page cache were not found there"),
+        };
+        assert_eq!(hit(8, 6), b"\0\0aZZ\0");
+        assert_eq!(hit(4095, 3), b"\0\0\0");
         assert!(matches!(s.read_cached(Oid(1), 0, 1), Err(StoreError::NotFound(_))));
         assert_eq!(s.list(), vec![oid]);
         assert_eq!(
