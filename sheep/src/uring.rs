@@ -20,6 +20,9 @@ use tokio::sync::oneshot;
 
 /// Submission queue entries; more reads at once wait for the kernel to take some.
 const ENTRIES: u32 = 256;
+/// Completion queue entries. More completions than this at once wait in the kernel until
+/// the queue is drained and the kernel entered again (see `Inner::complete`).
+const COMPLETIONS: u32 = 1024;
 
 pub struct Reads {
     inner: Mutex<Inner>,
@@ -31,6 +34,8 @@ struct Inner {
     ring: IoUring,
     next_id: u64,
     inflight: HashMap<u64, Read>,
+    /// Completions are no longer collected: new reads are refused.
+    stopped: bool,
 }
 
 /// One read in flight: `buf` holds the bytes done so far, up to `want`.
@@ -66,7 +71,7 @@ impl Reads {
     /// A ring and the task that completes its reads. Must run inside the tokio runtime.
     /// Fails where io_uring is missing or forbidden (old kernels, seccomp, sysctl).
     pub fn start() -> io::Result<Arc<Reads>> {
-        let ring = IoUring::new(ENTRIES)?;
+        let ring = IoUring::builder().setup_cqsize(COMPLETIONS).build(ENTRIES)?;
         // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -82,6 +87,7 @@ impl Reads {
                 ring,
                 next_id: 0,
                 inflight: HashMap::new(),
+                stopped: false,
             }),
             event,
         });
@@ -97,6 +103,9 @@ impl Reads {
         let (tx, rx) = oneshot::channel();
         {
             let mut g = lock(&self.inner);
+            if g.stopped {
+                return Err(io::Error::other("the read ring stopped"));
+            }
             let id = g.next_id;
             g.next_id += 1;
             let mut read = Read {
@@ -125,7 +134,8 @@ impl Reads {
             let mut ready = match self.event.readable().await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, "the read ring's eventfd failed; disk reads stall");
+                    tracing::error!(error = %e, "the read ring's eventfd failed; disk reads use threads");
+                    lock(&self.inner).stop();
                     return;
                 }
             };
@@ -156,6 +166,21 @@ impl Inner {
 
     /// Finishes every completed read: sends its bytes, or submits the rest of a short one.
     fn complete(&mut self) {
+        loop {
+            self.complete_queued();
+            // Completions that found the queue full wait in the kernel, which signalled the
+            // eventfd for them already: they come out only on the next enter.
+            if !self.ring.submission().cq_overflow() {
+                return;
+            }
+            if let Err(e) = self.ring.submit() {
+                tracing::error!(error = %e, "cannot collect overflowed completions");
+                return;
+            }
+        }
+    }
+
+    fn complete_queued(&mut self) {
         let done: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
         let mut resubmitted = false;
         for (id, res) in done {
@@ -188,6 +213,17 @@ impl Inner {
         if resubmitted {
             if let Err(e) = self.ring.submit() {
                 tracing::error!(error = %e, "cannot submit the rest of a short read");
+            }
+        }
+    }
+
+    /// Refuses new reads and fails the waiting ones (their callers read another way). The
+    /// reads stay in the table: the kernel may still be writing into their buffers.
+    fn stop(&mut self) {
+        self.stopped = true;
+        for read in self.inflight.values_mut() {
+            if let Some(tx) = read.done.take() {
+                let _ = tx.send(Err(io::Error::other("the read ring stopped")));
             }
         }
     }
@@ -225,17 +261,20 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn pattern(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    /// A started ring and a file of `len` patterned bytes (the directory lives as long as
+    /// the returned guard).
+    fn fixture(len: usize) -> (Arc<Reads>, tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
+        let reads = Reads::start().expect("io_uring on this kernel");
+        let t = tempfile::tempdir().expect("tempdir");
+        let path = t.path().join("obj");
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        File::create(&path).and_then(|mut f| f.write_all(&data)).expect("write");
+        (reads, t, path, data)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_match_the_file_and_zero_fill_past_its_end() {
-        let reads = Reads::start().expect("io_uring on this kernel");
-        let t = tempfile::tempdir().expect("tempdir");
-        let path = t.path().join("obj");
-        let data = pattern(1 << 20);
-        File::create(&path).and_then(|mut f| f.write_all(&data)).expect("write");
+        let (reads, _dir, path, data) = fixture(1 << 20);
         let open = || File::open(&path).expect("open");
         let got = reads.read(open(), 4096, 256 << 10).await.expect("read");
         assert_eq!(got, data[4096..4096 + (256 << 10)]);
@@ -246,16 +285,12 @@ mod tests {
         assert!(reads.read(open(), 0, 0).await.expect("read").is_empty());
     }
 
-    /// More reads at once than the ring has entries, and some abandoned by their callers:
-    /// each read that is waited for gets its own bytes.
+    /// More reads at once than the completion queue holds, and some abandoned by their
+    /// callers: each read that is waited for gets its own bytes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_reads_at_once_and_abandoned_ones() {
-        let reads = Reads::start().expect("io_uring on this kernel");
-        let t = tempfile::tempdir().expect("tempdir");
-        let path = t.path().join("obj");
-        let data = pattern(4 << 20);
-        File::create(&path).and_then(|mut f| f.write_all(&data)).expect("write");
-        let n = ENTRIES as usize * 2 + 3;
+        let (reads, _dir, path, data) = fixture(4 << 20);
+        let n = COMPLETIONS as usize + 3;
         let all = (0..n).map(|i| {
             let reads = reads.clone();
             let file = File::open(&path).expect("open");
@@ -279,5 +314,14 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(got, data[8192..8292]);
+    }
+
+    /// A stopped ring answers at once, with an error, rather than leaving a reader waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_ring_refuses_reads() {
+        let (reads, _dir, path, _) = fixture(4096);
+        lock(&reads.inner).stop();
+        let r = reads.read(File::open(&path).expect("open"), 0, 4096).await;
+        assert!(r.is_err(), "a read on a stopped ring fails");
     }
 }
