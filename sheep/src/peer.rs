@@ -86,7 +86,7 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
             let len = req.data_length as usize;
             // A small read that the page cache can serve costs less than a hand-off, so it
             // is done here; one that needs the disk is not.
-            let file = if len <= SMALL_READ {
+            let mut file = if len <= SMALL_READ {
                 match sheep.store.read_cached(oid, offset, len) {
                     Ok(Cached::Hit(data)) => return Ok(data),
                     Ok(Cached::Miss(file)) => Some(file),
@@ -96,7 +96,7 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                 None
             };
             if let Some(ring) = sheep.disk_reads() {
-                let file = match file {
+                let file = match file.take() {
                     Some(f) => f,
                     None => sheep.store.open_object(oid).map_err(|e| log_store_error(sheep, &e))?,
                 };
@@ -106,7 +106,11 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                     Err(e) => tracing::warn!(%oid, error = %e, "ring read failed; reading on a thread"),
                 }
             }
-            blocking(sheep, move |s| s.store.read(oid, offset, len)).await
+            blocking(sheep, move |s| match file {
+                Some(f) => s.store.read_from(&f, oid, offset, len),
+                None => s.store.read(oid, offset, len),
+            })
+            .await
         }
         op::WRITE_PEER | op::CREATE_AND_WRITE_PEER => {
             let size = object_size(sheep, oid).ok_or_else(|| {

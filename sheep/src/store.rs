@@ -146,12 +146,16 @@ impl Store {
 
     /// Reads `len` bytes at `offset`. Bytes past the end of the file read as zeros.
     pub fn read(&self, oid: Oid, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
+        self.read_from(&self.open_object(oid)?, oid, offset, len)
+    }
+
+    /// Like [`Store::read`], from the object's file already open (a [`Cached::Miss`]).
+    pub fn read_from(&self, f: &File, oid: Oid, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
         // Without RWF_NOWAIT the kernel waits for the disk instead of answering "not yet".
-        self.read_with(&self.open_object(oid)?, oid, offset, len, 0)?
-            .ok_or_else(|| StoreError::Io {
-                oid,
-                source: io::ErrorKind::WouldBlock.into(),
-            })
+        self.read_with(f, oid, offset, len, 0)?.ok_or_else(|| StoreError::Io {
+            oid,
+            source: io::ErrorKind::WouldBlock.into(),
+        })
     }
 
     /// The object's file, for reading.

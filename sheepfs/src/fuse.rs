@@ -30,7 +30,7 @@ pub struct SheepFuse<B: Backend> {
 }
 
 /// Runs `f` to completion on this thread's own runtime (made at its first call).
-pub fn on_this_thread<T>(f: impl std::future::Future<Output = FsResult<T>>) -> FsResult<T> {
+fn on_this_thread<T>(f: impl std::future::Future<Output = FsResult<T>>) -> FsResult<T> {
     thread_local! {
         static RUNTIME: std::cell::OnceCell<Option<Runtime>> = const { std::cell::OnceCell::new() };
     }
