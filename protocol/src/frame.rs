@@ -1,6 +1,7 @@
 //! Reading and writing whole frames (header + payload) with a size limit that is checked
 //! before any payload buffer is allocated.
 
+use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::header::{RequestHeader, ResponseHeader, HEADER_SIZE};
@@ -49,23 +50,35 @@ async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<[u8; HEAD
 }
 
 pub async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32, limit: u32) -> Result<Vec<u8>, FrameError> {
+    read_payload_with(r, len, limit, Vec::with_capacity).await
+}
+
+/// Like [`read_payload`], into a buffer that `alloc` makes with room for the payload (an
+/// aligned one, say). The size is checked before anything is allocated.
+pub async fn read_payload_with<R, B, F>(r: &mut R, len: u32, limit: u32, alloc: F) -> Result<B, FrameError>
+where
+    R: AsyncRead + Unpin,
+    B: BufMut,
+    F: FnOnce(usize) -> B,
+{
     if len > limit {
         return Err(FrameError::TooLarge { len, limit });
     }
     // Read into spare capacity: no zero-filling of a buffer about to be overwritten.
     let len = len as usize;
-    let mut buf = Vec::with_capacity(len);
-    while buf.len() < len {
-        let rest = (len - buf.len()) as u64;
-        if (&mut *r)
+    let mut buf = alloc(len);
+    let mut got = 0;
+    while got < len {
+        let rest = (len - got) as u64;
+        let n = (&mut *r)
             .take(rest)
             .read_buf(&mut buf)
             .await
-            .map_err(eof_is_truncation)?
-            == 0
-        {
+            .map_err(eof_is_truncation)?;
+        if n == 0 {
             return Err(FrameError::Truncated);
         }
+        got += n;
     }
     Ok(buf)
 }

@@ -53,11 +53,19 @@ pub struct Args {
     /// filesystems without O_DIRECT (tmpfs) fall back to the page cache by themselves.
     #[arg(long)]
     pub buffered_io: bool,
+    /// Make every write durable before it is acknowledged. By default this node's store
+    /// behaves like a disk with a volatile write cache: writes are acknowledged once the
+    /// kernel has them, and a client's flush (fsync on a sheepfs volume, FLUSH_VDI) makes
+    /// every write of that VDI acknowledged before it durable on every replica. With this
+    /// flag a power cut never loses an acknowledged write, at the cost of a disk sync per
+    /// write.
+    #[arg(long)]
+    pub sync_writes: bool,
     /// Log filter, e.g. `info` or `sheep=debug` [default: info; env RUST_LOG also works].
     #[arg(long)]
     pub log_level: Option<String>,
     /// TOML file with any of: port, bind, cluster, zone, gateway, vnodes, log_file, log_level,
-    /// recovery_rate, buffered_io.
+    /// recovery_rate, buffered_io, sync_writes.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -76,6 +84,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub recovery_rate: Option<u32>,
     pub buffered_io: Option<bool>,
+    pub sync_writes: Option<bool>,
 }
 
 /// Effective settings.
@@ -92,6 +101,7 @@ pub struct Config {
     pub log_level: String,
     pub recovery_rate: u32,
     pub buffered_io: bool,
+    pub sync_writes: bool,
 }
 
 impl Config {
@@ -108,6 +118,7 @@ impl Config {
             log_level: "info".into(),
             recovery_rate: 0,
             buffered_io: false,
+            sync_writes: false,
         }
     }
 
@@ -128,6 +139,7 @@ impl Config {
             log_level: args.log_level.or(file.log_level).unwrap_or(d.log_level),
             recovery_rate: args.recovery_rate.or(file.recovery_rate).unwrap_or(d.recovery_rate),
             buffered_io: args.buffered_io || file.buffered_io.unwrap_or(d.buffered_io),
+            sync_writes: args.sync_writes || file.sync_writes.unwrap_or(d.sync_writes),
             dir: d.dir,
         };
         if cfg.bind.is_unspecified() {
@@ -185,6 +197,7 @@ mod tests {
             toml::from_str(include_str!("../../contrib/sheep.toml")).expect("contrib/sheep.toml parses");
         assert_eq!((f.port, f.vnodes, f.recovery_rate), (Some(7000), Some(128), Some(0)));
         assert_eq!(f.buffered_io, Some(false));
+        assert_eq!(f.sync_writes, Some(false));
     }
 
     #[test]

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
-use protocol::inode::{ATTR_OBJ_SIZE, INODE_SIZE};
 use protocol::node::Node;
-use protocol::oid::ObjectKind;
 use protocol::{op, ObjArgs, Oid, RequestHeader, ResultCode};
 
 use crate::node::Sheep;
@@ -20,23 +18,6 @@ use crate::node::Sheep;
 /// Attempts per request across epoch changes.
 const ATTEMPTS: usize = 20;
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
-
-/// Payload-less size of objects whose size is not per-VDI.
-const FIXED_OBJECT_SIZE: u64 = 1 << 22;
-
-/// The size of `oid`, or `None` when its VDI is unknown here.
-pub fn object_size(sheep: &Sheep, oid: Oid) -> Option<u64> {
-    match oid.kind() {
-        ObjectKind::Inode => Some(INODE_SIZE as u64),
-        ObjectKind::Attr => Some(ATTR_OBJ_SIZE as u64),
-        ObjectKind::Data => sheep
-            .state()
-            .vdis
-            .get(&oid.vid().get())
-            .map(|v| 1u64 << v.block_size_shift),
-        ObjectKind::VmState | ObjectKind::Btree | ObjectKind::Ledger => Some(FIXED_OBJECT_SIZE),
-    }
-}
 
 /// A write to one object.
 pub struct Write {

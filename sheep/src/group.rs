@@ -9,9 +9,15 @@ use std::sync::Arc;
 
 use protocol::bitmap::VdiBitmap;
 use protocol::cluster::{status, ClusterInfo, EpochRecord};
+use protocol::inode::{ATTR_OBJ_SIZE, INODE_SIZE};
 use protocol::node::{sort_nodes, Node};
+use protocol::oid::ObjectKind;
 use protocol::opcode::cluster_flags;
 use protocol::placement::{auto_vnodes, Ring};
+use protocol::Oid;
+
+/// Size of objects whose size is not per-VDI.
+const FIXED_OBJECT_SIZE: u64 = 1 << 22;
 
 /// What MAKE_FS fixed for the cluster's lifetime.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -151,6 +157,16 @@ impl ClusterState {
             .map(|v| v.copies)
             .or(self.format.as_ref().map(|f| f.copies))
             .unwrap_or(1)
+    }
+
+    /// The size of `oid`, or `None` when its VDI is unknown here.
+    pub fn object_size(&self, oid: Oid) -> Option<u64> {
+        match oid.kind() {
+            ObjectKind::Inode => Some(INODE_SIZE as u64),
+            ObjectKind::Attr => Some(ATTR_OBJ_SIZE as u64),
+            ObjectKind::Data => self.vdis.get(&oid.vid().get()).map(|v| 1u64 << v.block_size_shift),
+            ObjectKind::VmState | ObjectKind::Btree | ObjectKind::Ledger => Some(FIXED_OBJECT_SIZE),
+        }
     }
 
     fn rebuild_ring(&mut self) {

@@ -7,7 +7,7 @@ use protocol::node::Node;
 use sheep::cluster::{Driver, DriverSpec};
 use sheep::config::{Args, Config};
 use sheep::node::Sheep;
-use sheep::store::Store;
+use sheep::store::{Options as StoreOptions, Store};
 use tokio::net::TcpListener;
 
 fn init_logging(cfg: &Config) -> Result<(), String> {
@@ -36,8 +36,12 @@ async fn run(cfg: Config) -> Result<(), String> {
     let spec = DriverSpec::parse(&cfg.cluster).map_err(|e| e.to_string())?;
     let addr = SocketAddr::new(cfg.bind, cfg.port);
     std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
-    let store = Store::open(&cfg.dir, !cfg.buffered_io)
-        .map_err(|e| format!("cannot open the store in {}: {e}", cfg.dir.display()))?;
+    let opts = StoreOptions {
+        direct: !cfg.buffered_io,
+        sync_writes: cfg.sync_writes,
+    };
+    let store =
+        Store::open(&cfg.dir, opts).map_err(|e| format!("cannot open the store in {}: {e}", cfg.dir.display()))?;
     let space = if cfg.gateway {
         0
     } else {

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::cluster::{Delivery, Driver, DriverError};
 use crate::group::{ClusterState, Effect, Event};
 use crate::recovery::Recovery;
-use crate::store::Store;
-use crate::uring::Reads;
+use crate::store::{write_durably, Store};
+use crate::uring::Ring;
 
 /// How long a VDI operation waits for every member to apply its event.
 const APPLY_BARRIER: Duration = Duration::from_secs(10);
@@ -31,8 +31,8 @@ pub struct Sheep {
     peers: Mutex<HashMap<SocketAddr, Arc<Client>>>,
     /// Woken when this node must stop (cluster shutdown).
     pub stop: Notify,
-    /// Reads that wait for the disk, started at first use (see [`Sheep::disk_reads`]).
-    disk_reads: OnceLock<Option<Arc<Reads>>>,
+    /// The io_uring for disk I/O, started at first use (see [`Sheep::disk`]).
+    disk: OnceLock<Option<Arc<Ring>>>,
 }
 
 /// File under DIR holding the log position whose local effects (store wipes) are done.
@@ -43,17 +43,6 @@ fn read_applied(dir: &Path) -> u64 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
-}
-
-pub fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 impl Sheep {
@@ -68,17 +57,18 @@ impl Sheep {
             applied: watch::channel(0).0,
             peers: Mutex::new(HashMap::new()),
             stop: Notify::new(),
-            disk_reads: OnceLock::new(),
+            disk: OnceLock::new(),
         }
     }
 
-    /// The io_uring for reads that must wait for the disk; `None` where io_uring cannot be
-    /// used, and those reads go to the blocking pool. Call from within the runtime.
-    pub fn disk_reads(&self) -> Option<&Reads> {
-        self.disk_reads
+    /// The io_uring for object writes, syncs and reads that must wait for the disk; `None`
+    /// where io_uring cannot be used, and that I/O runs on the blocking pool. Call from
+    /// within the runtime.
+    pub fn disk(&self) -> Option<&Ring> {
+        self.disk
             .get_or_init(|| {
-                Reads::start()
-                    .inspect_err(|e| tracing::warn!(error = %e, "io_uring unavailable; disk reads use threads"))
+                Ring::start()
+                    .inspect_err(|e| tracing::warn!(error = %e, "io_uring unavailable; disk I/O uses threads"))
                     .ok()
             })
             .as_deref()

@@ -83,7 +83,7 @@ impl Answer {
 type OpResult = Result<Answer, ResultCode>;
 
 /// Serves one request and builds the whole reply.
-pub async fn handle(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Vec<u8>) -> (ResponseHeader, Vec<u8>) {
+pub async fn handle(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> (ResponseHeader, Vec<u8>) {
     let result = match admit(sheep, req) {
         Ok(k) => dispatch(sheep, k, req, payload).await,
         Err(code) => Err(code),
@@ -157,15 +157,13 @@ fn admit(sheep: &Sheep, req: &RequestHeader) -> Result<Kind, ResultCode> {
     Ok(k)
 }
 
-async fn dispatch(sheep: &Arc<Sheep>, k: Kind, req: &RequestHeader, payload: Vec<u8>) -> OpResult {
+async fn dispatch(sheep: &Arc<Sheep>, k: Kind, req: &RequestHeader, payload: Bytes) -> OpResult {
     match k {
         Kind::Peer => {
             crate::peer::check_epoch(sheep, req).await?;
-            crate::peer::serve_local(sheep, req, payload.into())
-                .await
-                .map(Answer::data)
+            crate::peer::serve_local(sheep, req, payload).await.map(Answer::data)
         }
-        Kind::Gateway => gateway_op(sheep, req, payload.into()).await,
+        Kind::Gateway => gateway_op(sheep, req, payload).await,
         Kind::Cluster => cluster_op(sheep, req, &payload).await,
         Kind::Local => local_op(sheep, req, &payload).await,
     }
@@ -175,7 +173,7 @@ async fn dispatch(sheep: &Arc<Sheep>, k: Kind, req: &RequestHeader, payload: Vec
 async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> OpResult {
     let a = req.obj();
     let oid = Oid(a.oid);
-    let size = gateway::object_size(sheep, oid).ok_or(ResultCode::NO_VDI)?;
+    let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)?;
     let len = if req.flags & flags::WRITE != 0 {
         payload.len() as u64
     } else {
@@ -324,7 +322,7 @@ async fn local_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Op
         op::RELEASE_VDI => {}
         op::READ_VDIS => return bitmap_reply(req, &sheep.state().in_use),
         op::READ_DEL_VDIS => return bitmap_reply(req, &sheep.state().deleted),
-        op::FLUSH_VDI => flush_all(sheep).await?,
+        op::FLUSH_VDI => flush_all(sheep, req).await?,
         op::GET_CLUSTER_DEFAULT => {
             let st = sheep.state();
             let f = st.format.as_ref();
@@ -376,7 +374,7 @@ async fn local_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Op
         }
         op::GET_HASH => {
             let oid = Oid(req.obj().oid);
-            let size = gateway::object_size(sheep, oid).ok_or(ResultCode::NO_VDI)? as usize;
+            let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)? as usize;
             let s = sheep.clone();
             let h = tokio::task::spawn_blocking(move || s.store.hash(oid, size))
                 .await
@@ -397,18 +395,23 @@ async fn local_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Op
     Ok(ans)
 }
 
-/// FLUSH_VDI: every storage node makes its writes durable.
-async fn flush_all(sheep: &Arc<Sheep>) -> Result<(), ResultCode> {
+/// FLUSH_VDI: every storage node makes the VDI's writes durable (every write, when the
+/// request names no VDI).
+async fn flush_all(sheep: &Arc<Sheep>, req: &RequestHeader) -> Result<(), ResultCode> {
+    let mut flush = RequestHeader::new(op::FLUSH_PEER);
+    flush.set_obj(&protocol::ObjArgs {
+        oid: req.obj().oid,
+        ..protocol::ObjArgs::default()
+    });
+    let flush = &flush;
     let nodes: Vec<_> = sheep.state().storage_nodes();
     let results = futures::future::join_all(nodes.iter().map(|n| async move {
         if n.addr == sheep.me.addr {
-            crate::peer::serve_local(sheep, &RequestHeader::new(op::FLUSH_PEER), Bytes::new())
-                .await
-                .map(|_| ())
+            crate::peer::serve_local(sheep, flush, Bytes::new()).await.map(|_| ())
         } else {
             sheep
                 .peer(n.addr)
-                .call(RequestHeader::new(op::FLUSH_PEER), &[])
+                .call(flush.clone(), &[])
                 .await
                 .map(|_| ())
                 .map_err(|e| {

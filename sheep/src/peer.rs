@@ -1,14 +1,15 @@
 //! Peer operations: what a sheep does with its own store when a gateway (itself included)
 //! forwards object I/O to it.
 
+use std::fs::File;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::{flags, op, Oid, RequestHeader, ResultCode};
 
-use crate::gateway::object_size;
 use crate::node::Sheep;
+use crate::store::aligned::{self, Aligned};
 use crate::store::{Cached, Durability, StoreError};
 
 /// Reads up to this size are tried on the calling worker, from the page cache only.
@@ -68,7 +69,7 @@ async fn current_for_io(sheep: &Arc<Sheep>, oid: Oid, epoch: u32) -> Result<(), 
     if rec.effective_good(sheep, oid) == Some(epoch) || !rec.owns_at(sheep, oid, epoch) {
         return Ok(());
     }
-    let _g = rec.stripe(oid).lock().await;
+    let _g = rec.stripe(oid).write().await;
     crate::recovery::ensure_current(sheep, oid).await
 }
 
@@ -83,37 +84,10 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
             if req.flags & flags::RECOVERY == 0 {
                 current_for_io(sheep, oid, epoch).await?;
             }
-            let len = req.data_length as usize;
-            // A small read that the page cache can serve costs less than a hand-off, so it
-            // is done here; one that needs the disk is not.
-            let mut file = if len <= SMALL_READ {
-                match sheep.store.read_cached(oid, offset, len) {
-                    Ok(Cached::Hit(data)) => return Ok(data),
-                    Ok(Cached::Miss(file)) => Some(file),
-                    Err(e) => return Err(log_store_error(sheep, &e)),
-                }
-            } else {
-                None
-            };
-            if let Some(ring) = sheep.disk_reads() {
-                let file = match file.take() {
-                    Some(f) => f,
-                    None => sheep.store.open_object(oid).map_err(|e| log_store_error(sheep, &e))?,
-                };
-                match ring.read(file, offset, len).await {
-                    Ok(data) => return Ok(data),
-                    // A thread's read tells a full or stopped ring from a failing disk.
-                    Err(e) => tracing::warn!(%oid, error = %e, "ring read failed; reading on a thread"),
-                }
-            }
-            blocking(sheep, move |s| match file {
-                Some(f) => s.store.read_from(&f, oid, offset, len),
-                None => s.store.read(oid, offset, len),
-            })
-            .await
+            read(sheep, oid, offset, req.data_length as usize).await
         }
         op::WRITE_PEER | op::CREATE_AND_WRITE_PEER => {
-            let size = object_size(sheep, oid).ok_or_else(|| {
+            let size = sheep.state().object_size(oid).ok_or_else(|| {
                 tracing::error!(%oid, "write to an object of a VDI this node does not know");
                 ResultCode::NO_VDI
             })?;
@@ -121,16 +95,10 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                 tracing::warn!(%oid, offset, len = payload.len(), size, "write past the object's end refused");
                 return Err(ResultCode::INVALID_PARMS);
             }
-            let create = req.opcode == op::CREATE_AND_WRITE_PEER;
-            // A create replaces the whole object; a write needs the current bytes around it.
-            let _g = if create {
-                Some(sheep.recovery.stripe(oid).lock().await)
-            } else {
-                current_for_io(sheep, oid, epoch).await?;
-                None
-            };
-            blocking(sheep, move |s| {
-                if create {
+            if req.opcode == op::CREATE_AND_WRITE_PEER {
+                // A create replaces the whole object.
+                let _g = sheep.recovery.stripe(oid).write().await;
+                blocking(sheep, move |s| {
                     // A client's data object is durable at its next flush, like any write;
                     // the VDI's inode is metadata and is made durable at once.
                     let durability = if oid.is_data() {
@@ -139,11 +107,14 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                         Durability::Now
                     };
                     s.store.create(oid, size, offset, &payload, durability)
-                } else {
-                    s.store.write(oid, offset, &payload)
-                }
-            })
-            .await?;
+                })
+                .await?;
+            } else {
+                // A write needs the current bytes around it.
+                current_for_io(sheep, oid, epoch).await?;
+                let _g = sheep.recovery.stripe(oid).read().await;
+                write(sheep, oid, offset, payload).await?;
+            }
             sheep.recovery.mark(oid, epoch);
             Ok(Vec::new())
         }
@@ -152,11 +123,12 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
             sheep.recovery.forget(oid);
             Ok(Vec::new())
         }
-        op::FLUSH_PEER => blocking(sheep, |s| {
-            s.store.flush().map_err(|e| StoreError::Io { oid: Oid(0), source: e })
-        })
-        .await
-        .map(|()| Vec::new()),
+        op::FLUSH_PEER => {
+            // A flush names the VDI whose writes it wants durable (its inode's oid); one
+            // without makes every write durable.
+            let vid = (oid.0 != 0).then(|| oid.vid().get());
+            flush(sheep, vid).await.map(|()| Vec::new())
+        }
         op::GET_OBJ_LIST => Ok(sheep.store.list().iter().flat_map(|o| o.0.to_le_bytes()).collect()),
         op::GET_OBJ_EPOCH => match sheep.recovery.effective_good(sheep, oid) {
             Some(g) => Ok(g.to_le_bytes().to_vec()),
@@ -164,4 +136,126 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
         },
         _ => Err(ResultCode::INVALID_PARMS),
     }
+}
+
+/// Reads from this node's copy: on the worker when the page cache holds a small read,
+/// through the ring when it must wait for the disk, on a thread where there is no ring.
+async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u64, len: usize) -> Result<Vec<u8>, ResultCode> {
+    // A small read that the page cache can serve costs less than a hand-off, so it is done
+    // here; one that needs the disk is not.
+    let mut file = if len <= SMALL_READ {
+        match sheep.store.read_cached(oid, offset, len) {
+            Ok(Cached::Hit(data)) => return Ok(data),
+            Ok(Cached::Miss(file)) => Some(file),
+            Err(e) => return Err(log_store_error(sheep, &e)),
+        }
+    } else {
+        None
+    };
+    if let Some(ring) = sheep.disk() {
+        let file = match file.take() {
+            Some(f) => f,
+            None => sheep.store.file(oid).map_err(|e| log_store_error(sheep, &e))?,
+        };
+        match ring.read(file, offset, len).await {
+            Ok(data) => return Ok(data),
+            // A thread's read tells a full or stopped ring from a failing disk.
+            Err(e) => tracing::warn!(%oid, error = %e, "ring read failed; reading on a thread"),
+        }
+    }
+    blocking(sheep, move |s| match file {
+        Some(f) => s.store.read_from(&f, oid, offset, len),
+        None => s.store.read(oid, offset, len),
+    })
+    .await
+}
+
+/// Writes into this node's existing copy: through the ring, with the payload's own memory
+/// (copied only when a direct write needs it aligned and it is not), else on a thread.
+async fn write(sheep: &Arc<Sheep>, oid: Oid, offset: u64, data: Bytes) -> Result<(), ResultCode> {
+    if let Some(ring) = sheep.disk() {
+        let t = sheep
+            .store
+            .target(oid, offset, data.len())
+            .map_err(|e| log_store_error(sheep, &e))?;
+        let bytes = if t.direct && !aligned::is_aligned(&data) {
+            Aligned::copy_of(&data).freeze()
+        } else {
+            data.clone()
+        };
+        match ring.write(t.file, offset, bytes, sheep.store.sync_writes()).await {
+            Ok(()) => {
+                sheep.store.written(oid);
+                return Ok(());
+            }
+            Err(e) if t.direct && e.raw_os_error() == Some(libc::EINVAL) => sheep.store.no_direct(),
+            // The same write on a thread tells a stopped ring from a failing disk.
+            Err(e) => tracing::warn!(%oid, error = %e, "ring write failed; writing on a thread"),
+        }
+    }
+    blocking(sheep, move |s| s.store.write(oid, offset, &data)).await
+}
+
+/// Makes the writes into objects of `vid` (every write: `None`) durable: an fdatasync of
+/// each object written since its last flush, all at once, and of the directory if objects
+/// were created or removed. An object whose sync fails is poisoned: every later flush of
+/// its VDI fails too, since the writes the kernel dropped are not coming back.
+async fn flush(sheep: &Arc<Sheep>, vid: Option<u32>) -> Result<(), ResultCode> {
+    let dirty = sheep.store.take_dirty(vid);
+    let mut files = Vec::with_capacity(dirty.oids.len() + 1);
+    let mut failed = None;
+    for oid in &dirty.poisoned {
+        tracing::error!(%oid, epoch = sheep.state().epoch(), "flush refused: an earlier sync of this object failed, writes may be lost");
+        failed = Some(ResultCode::EIO);
+    }
+    for &oid in &dirty.oids {
+        match sheep.store.file(oid) {
+            Ok(f) => files.push((oid, f)),
+            // Removed since it was written: nothing left to make durable.
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => failed = Some(log_store_error(sheep, &e)),
+        }
+    }
+    if dirty.dir {
+        match sheep.store.dir_file() {
+            Ok(f) => files.push((Oid(0), Arc::new(f))),
+            Err(e) => failed = Some(log_store_error(sheep, &StoreError::Io { oid: Oid(0), source: e })),
+        }
+    }
+    let syncs = files
+        .into_iter()
+        .map(|(oid, f)| async move { (oid, sync(sheep, f).await) });
+    for (oid, r) in futures::future::join_all(syncs).await {
+        if let Err(e) = r {
+            tracing::error!(%oid, error = %e, epoch = sheep.state().epoch(), "cannot make a write durable");
+            if oid.0 != 0 {
+                sheep.store.poison(oid);
+            }
+            failed = Some(ResultCode::EIO);
+        }
+    }
+    match failed {
+        None => Ok(()),
+        Some(code) => {
+            sheep.store.restore_dirty(dirty);
+            Err(code)
+        }
+    }
+}
+
+/// fdatasync of one file: through the ring, or on a thread where there is none (or it
+/// stopped). An error from the disk itself is final: a second fdatasync after a failed one
+/// may succeed without the lost writes.
+async fn sync(sheep: &Arc<Sheep>, f: Arc<File>) -> std::io::Result<()> {
+    if let Some(ring) = sheep.disk() {
+        match ring.sync(f.clone()).await {
+            Err(e) if e.raw_os_error().is_none() => {
+                tracing::warn!(error = %e, "ring sync failed; syncing on a thread")
+            }
+            r => return r,
+        }
+    }
+    tokio::task::spawn_blocking(move || f.sync_data())
+        .await
+        .map_err(std::io::Error::other)?
 }

@@ -22,7 +22,6 @@ use protocol::placement::Ring;
 use protocol::{flags, op, ObjArgs, Oid, RequestHeader, ResultCode};
 use tokio::sync::watch;
 
-use crate::gateway::object_size;
 use crate::node::Sheep;
 use crate::store::Durability;
 
@@ -40,8 +39,9 @@ pub struct Progress {
 
 pub struct Recovery {
     good: Mutex<HashMap<Oid, u32>>,
-    /// Serialises "check, fetch, mark" per object against writes to it.
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Per object (striped): "check, fetch, mark" and creates hold it exclusively, writes
+    /// into an existing object shared, so no write lands in a file that is being replaced.
+    stripes: Vec<tokio::sync::RwLock<()>>,
     recovered: AtomicU32,
     rings: Mutex<HashMap<u32, Arc<Ring>>>,
     progress: Mutex<Progress>,
@@ -61,7 +61,7 @@ impl Recovery {
     pub fn new(rate: u32) -> Recovery {
         Recovery {
             good: Mutex::new(HashMap::new()),
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stripes: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
             recovered: AtomicU32::new(0),
             rings: Mutex::new(HashMap::new()),
             progress: Mutex::new(Progress::default()),
@@ -92,7 +92,7 @@ impl Recovery {
 
     fn set_recovered(&self, sheep: &Sheep, epoch: u32) {
         self.recovered.store(epoch, Ordering::Release);
-        if let Err(e) = crate::node::write_durably(&sheep.dir.join(RECOVERED_FILE), epoch.to_string().as_bytes()) {
+        if let Err(e) = crate::store::write_durably(&sheep.dir.join(RECOVERED_FILE), epoch.to_string().as_bytes()) {
             tracing::error!(error = %e, "cannot record the recovered epoch");
         }
     }
@@ -158,7 +158,7 @@ impl Recovery {
         lock(&self.good).remove(&oid);
     }
 
-    pub fn stripe(&self, oid: Oid) -> &tokio::sync::Mutex<()> {
+    pub fn stripe(&self, oid: Oid) -> &tokio::sync::RwLock<()> {
         &self.stripes[(protocol::hash::sd_hash_oid(oid.0) as usize) % STRIPES]
     }
 
@@ -231,7 +231,7 @@ pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCo
             Ok(())
         }
         (_, Some((node, g))) => {
-            let size = object_size(sheep, oid).ok_or(ResultCode::NO_VDI)?;
+            let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)?;
             let mut req = RequestHeader::new(op::READ_PEER);
             req.flags |= flags::RECOVERY;
             req.data_length = size as u32;
@@ -333,7 +333,7 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
             lock(&rec.progress).running = false;
             return;
         }
-        let _g = rec.stripe(oid).lock().await;
+        let _g = rec.stripe(oid).write().await;
         if let Err(code) = ensure_current(sheep, oid).await {
             if code != ResultCode::NO_OBJ {
                 // Retried by the next epoch's recovery or on first access.
@@ -378,7 +378,7 @@ async fn remove_orphans(sheep: &Arc<Sheep>, epoch: u32, nodes: &[Node]) {
             return;
         }
         if !sheep.recovery.owns_at(sheep, oid, epoch) {
-            let _g = sheep.recovery.stripe(oid).lock().await;
+            let _g = sheep.recovery.stripe(oid).write().await;
             if sheep.store.remove(oid).is_ok() {
                 sheep.recovery.forget(oid);
                 removed += 1;

@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
-use protocol::frame::{read_payload, read_request_header, write_frame, FrameError, MAX_PAYLOAD};
+use bytes::Bytes;
+use protocol::frame::{read_payload_with, read_request_header, write_frame, FrameError, MAX_PAYLOAD};
 use protocol::opcode::op_name;
 use protocol::{ResponseHeader, ResultCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::node::Sheep;
+use crate::store::aligned::Aligned;
 
 /// Requests served at once per connection; a client that pipelines more waits.
 const MAX_IN_FLIGHT: usize = 64;
@@ -57,8 +59,10 @@ async fn connection(sheep: Arc<Sheep>, stream: TcpStream) {
                 break;
             }
         };
-        let payload = match read_payload(&mut rd, req.payload_len(), MAX_PAYLOAD).await {
-            Ok(p) => p,
+        // Payloads land in aligned memory, so that a direct write takes them as they are.
+        let payload = match read_payload_with(&mut rd, req.payload_len(), MAX_PAYLOAD, Aligned::with_capacity).await {
+            Ok(p) if p.is_empty() => Bytes::new(),
+            Ok(p) => p.freeze(),
             Err(e) => {
                 tracing::warn!(?peer, op = op_name(req.opcode), error = %e, "bad request payload; closing the connection");
                 if let FrameError::TooLarge { .. } = e {

@@ -249,7 +249,8 @@ enum VdiCmd {
         /// How many bytes at most (suffixes allowed) [default: until stdin or the VDI ends]
         #[arg(value_parser = fmt::parse_size)]
         len: Option<u64>,
-        /// Mark the writes as cacheable (writeback mode)
+        /// Mark the writes as cacheable (writeback mode) and return without flushing them;
+        /// without it, dog flushes the VDI before it exits, so the bytes are durable
         #[arg(short = 'w', long = "writeback")]
         writeback: bool,
     },

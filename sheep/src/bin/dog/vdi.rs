@@ -519,7 +519,15 @@ pub async fn write(
     };
     let mut input = std::io::stdin().lock();
     transfer::write_range(&t, &inode.data_vdi_id, object_size(h)?, offset, total, &mut input).await?;
-    Ok(())
+    if writeback {
+        return Ok(());
+    }
+    // Sheep acknowledge a write once the replicas have it, durable at the next flush: dog
+    // returns only when what it wrote would survive a power cut.
+    let vid = protocol::Vid::new(vid).ok_or_else(|| Failure::new(format!("VDI {name} has a bad id {vid:#x}")))?;
+    c.flush_vdi(vid)
+        .await
+        .map_err(|e| fail(format!("Failed to flush VDI {name}"), &e))
 }
 
 pub async fn resize(addr: SocketAddr, name: &str, new_size: u64) -> Result<(), Failure> {

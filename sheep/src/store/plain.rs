@@ -2,104 +2,101 @@
 //! oid so an operator can inspect it.
 //!
 //! New objects are written to a temporary file and renamed into place, so a created object is
-//! never seen half-written. Writes into an existing object are positioned writes. Durability
-//! follows the disk-with-a-volatile-cache contract: [`Store::flush`] (syncfs) makes everything
-//! durable; a create asked for [`Durability::Now`] (metadata objects, recovered copies) also
-//! fsyncs the file and the directory before it returns. Other calls block: the server runs them
-//! on tokio's blocking pool.
+//! never seen half-written. Writes into an existing object are positioned writes into its
+//! file, which stays open in a bounded cache ([`super::fds`]) between requests.
+//!
+//! Durability follows the contract of a disk with a volatile write cache: a write is not
+//! durable when it returns, and [`Store::flush`] (or [`Store::take_dirty`] and an fdatasync of
+//! each file it names) makes every write before it durable. The store remembers which objects
+//! were written since their last flush, per VDI, so a flush syncs those files and nothing else.
+//! Opened with `sync_writes`, every write and create is durable before it returns instead. A
+//! create asked for [`Durability::Now`] (metadata objects, recovered copies) fsyncs the file
+//! and the directory before it returns.
 //!
 //! Writes into data objects whose offset and length are multiples of 4 KiB go around the page
-//! cache (O_DIRECT) unless the store was opened buffered, through a small pool of aligned
-//! bounce buffers; other writes, and every read, use the page cache, which the kernel keeps
-//! coherent with direct writes. [`Store::read_cached`] serves a read only from the page cache
-//! (RWF_NOWAIT), so an async worker may call it without blocking. New objects get their whole
-//! size allocated at once (fallocate), so a full disk fails the create, not a later write into
-//! the object.
+//! cache (O_DIRECT) unless the store was opened buffered; other writes, and every read, use the
+//! page cache, which the kernel keeps coherent with direct writes. [`Store::read_cached`]
+//! serves a read only from the page cache (RWF_NOWAIT), so an async worker may call it without
+//! blocking. New objects get their whole size allocated at once (fallocate), so a full disk
+//! fails the create, not a later write into the object. The calls that do I/O themselves
+//! block: the node runs them on the blocking pool, or hands the file to its io_uring.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use protocol::{Oid, ResultCode};
+use protocol::Oid;
+#[cfg(test)]
+use protocol::ResultCode;
 
-/// Why a store operation failed. Converted to a wire result in one place ([`StoreError::code`]).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("object {0} not found")]
-    NotFound(Oid),
-    #[error("no space left for object {0}")]
-    NoSpace(Oid),
-    #[error("i/o error on object {oid}: {source}")]
-    Io { oid: Oid, source: io::Error },
-}
-
-impl StoreError {
-    fn from_io(oid: Oid, e: io::Error) -> StoreError {
-        match e.kind() {
-            ErrorKind::NotFound => StoreError::NotFound(oid),
-            ErrorKind::StorageFull => StoreError::NoSpace(oid),
-            _ => StoreError::Io { oid, source: e },
-        }
-    }
-
-    pub fn code(&self) -> ResultCode {
-        match self {
-            StoreError::NotFound(_) => ResultCode::NO_OBJ,
-            StoreError::NoSpace(_) => ResultCode::NO_SPACE,
-            StoreError::Io { .. } => ResultCode::EIO,
-        }
-    }
-}
-
-/// What [`Store::read_cached`] found.
-pub enum Cached {
-    /// The bytes, all from the page cache.
-    Hit(Vec<u8>),
-    /// Some must come from the disk: the object's file, open for that read.
-    Miss(File),
-}
-
-/// When a created object must be on stable storage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Durability {
-    /// Before `create` returns: the file and the directory entry are fsynced.
-    Now,
-    /// At the next [`Store::flush`], like any other write (a client's data object).
-    OnFlush,
-}
+use super::aligned::{self, Aligned};
+use super::fds::{Fds, Open};
+use super::{lock, Cached, Durability, StoreError};
 
 const STRIPES: usize = 64;
 const TMP_PREFIX: &str = ".tmp-";
-/// Alignment of direct writes (offset, length and memory): a 4 KiB-sector disk's too.
-const DIO_ALIGN: usize = 4096;
 /// Larger writes go through the page cache (an object is 4 MiB by default).
 const DIO_MAX: usize = 4 << 20;
-/// Bounce buffers kept for reuse; writes beyond this many at once allocate their own.
-const SPARE_BOUNCES: usize = 8;
+/// Objects whose files stay open between requests (each holds one or two descriptors).
+const OPEN_OBJECTS: usize = 512;
+
+/// How a store is opened.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Write aligned data through O_DIRECT.
+    pub direct: bool,
+    /// Every write is durable before it returns (no write-back at all).
+    pub sync_writes: bool,
+}
+
+/// Writes not yet known durable, as [`Store::take_dirty`] hands them to a flush.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    pub oids: Vec<Oid>,
+    /// Objects were created or removed: the directory must be synced too.
+    pub dir: bool,
+    /// Objects of the flush's VDIs whose earlier sync failed: their writes may be lost.
+    pub poisoned: Vec<Oid>,
+}
+
+/// Where a write goes: the object's file, and whether it is open with O_DIRECT (the bytes
+/// must then lie in aligned memory, see [`super::aligned`]).
+pub struct Target {
+    pub file: Arc<File>,
+    pub direct: bool,
+}
 
 pub struct Store {
     dir: PathBuf,
     /// The object list cache: every stored oid, read from disk once at open.
     oids: Mutex<BTreeSet<Oid>>,
-    /// Serialises create/write/remove of the same object (striped by oid).
+    /// Serialises create/remove of the same object, and the opening of its files (striped by oid).
     stripes: Vec<Mutex<()>>,
     /// Direct writes are on (cleared for good if the filesystem refuses O_DIRECT).
     direct: AtomicBool,
-    /// Spare bounce buffers of `DIO_MAX + DIO_ALIGN` bytes.
-    bounces: Mutex<Vec<Vec<u8>>>,
     /// Page-cache-only reads (RWF_NOWAIT) work here (cleared if the filesystem refuses them).
     nowait: AtomicBool,
+    sync_writes: bool,
+    fds: Fds,
+    /// Objects written since their last flush, by VDI id.
+    dirty: Mutex<HashMap<u32, HashSet<Oid>>>,
+    /// The directory changed (objects created or removed) since the last flush.
+    dir_dirty: AtomicBool,
+    /// Objects whose fdatasync failed. The kernel may have dropped their unwritten pages, so
+    /// a later sync that succeeds proves nothing: every flush of their VDI fails until the
+    /// object is replaced whole (recovery) or removed.
+    poisoned: Mutex<HashSet<Oid>>,
 }
 
 impl Store {
     /// Opens (creating if needed) the store under `base/obj`, removing temporary files left by
-    /// a crash in the middle of a create. `direct`: write aligned data through O_DIRECT.
-    pub fn open(base: &Path, direct: bool) -> io::Result<Store> {
+    /// a crash in the middle of a create.
+    pub fn open(base: &Path, opts: Options) -> io::Result<Store> {
         let dir = base.join("obj");
         fs::create_dir_all(&dir)?;
         let mut oids = BTreeSet::new();
@@ -117,9 +114,13 @@ impl Store {
             dir,
             oids: Mutex::new(oids),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            direct: AtomicBool::new(direct),
-            bounces: Mutex::new(Vec::new()),
+            direct: AtomicBool::new(opts.direct),
             nowait: AtomicBool::new(true),
+            sync_writes: opts.sync_writes,
+            fds: Fds::new(OPEN_OBJECTS),
+            dirty: Mutex::new(HashMap::new()),
+            dir_dirty: AtomicBool::new(false),
+            poisoned: Mutex::new(HashSet::new()),
         })
     }
 
@@ -129,6 +130,11 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Every write is durable before it returns.
+    pub fn sync_writes(&self) -> bool {
+        self.sync_writes
     }
 
     fn path(&self, oid: Oid) -> PathBuf {
@@ -144,9 +150,43 @@ impl Store {
         self.cached().contains(&oid)
     }
 
+    /// The object's open files, from the cache or opened now (`direct`: with the O_DIRECT
+    /// one). Cheap when cached; an open walks the directory and may wait for the disk once.
+    fn open_files(&self, oid: Oid, direct: bool) -> Result<Open, StoreError> {
+        if let Some(o) = self.fds.get(oid) {
+            if o.direct.is_some() || !direct {
+                return Ok(o);
+            }
+        }
+        let generation = self.fds.generation();
+        let path = self.path(oid);
+        let io = |e| StoreError::from_io(oid, e);
+        let mut open = match self.fds.get(oid) {
+            Some(o) => o,
+            None => Open {
+                file: Arc::new(OpenOptions::new().read(true).write(true).open(&path).map_err(io)?),
+                direct: None,
+            },
+        };
+        if direct {
+            match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&path) {
+                Ok(f) => open.direct = Some(Arc::new(f)),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.no_direct(),
+                Err(e) => return Err(io(e)),
+            }
+        }
+        self.fds.put(oid, open.clone(), generation);
+        Ok(open)
+    }
+
+    /// The object's file, open for reading and writing through the page cache.
+    pub fn file(&self, oid: Oid) -> Result<Arc<File>, StoreError> {
+        self.open_files(oid, false).map(|o| o.file)
+    }
+
     /// Reads `len` bytes at `offset`. Bytes past the end of the file read as zeros.
     pub fn read(&self, oid: Oid, offset: u64, len: usize) -> Result<Vec<u8>, StoreError> {
-        self.read_from(&self.open_object(oid)?, oid, offset, len)
+        self.read_from(&*self.file(oid)?, oid, offset, len)
     }
 
     /// Like [`Store::read`], from the object's file already open (a [`Cached::Miss`]).
@@ -158,16 +198,11 @@ impl Store {
         })
     }
 
-    /// The object's file, for reading.
-    pub fn open_object(&self, oid: Oid) -> Result<File, StoreError> {
-        File::open(self.path(oid)).map_err(|e| StoreError::from_io(oid, e))
-    }
-
     /// Like [`Store::read`], but only from the page cache: [`Cached::Miss`] when some of
     /// the bytes would have to come from the disk (or the filesystem cannot tell), with the
     /// object's open file for a read that may wait. Cheap enough for an async worker.
     pub fn read_cached(&self, oid: Oid, offset: u64, len: usize) -> Result<Cached, StoreError> {
-        let f = self.open_object(oid)?;
+        let f = self.file(oid)?;
         if !self.nowait.load(Ordering::Relaxed) {
             return Ok(Cached::Miss(f));
         }
@@ -219,15 +254,37 @@ impl Store {
         Ok(Some(buf))
     }
 
-    /// Writes into an existing object.
+    /// Where a write of `len` bytes at `offset` into the existing object `oid` goes. The
+    /// caller writes, then calls [`Store::written`].
+    pub fn target(&self, oid: Oid, offset: u64, len: usize) -> Result<Target, StoreError> {
+        let direct = self.wants_direct(oid, offset, len);
+        let open = self.open_files(oid, direct)?;
+        Ok(match open.direct {
+            Some(file) if direct => Target { file, direct: true },
+            _ => Target {
+                file: open.file,
+                direct: false,
+            },
+        })
+    }
+
+    /// Records a write into `oid` for the next flush (nothing to do with `sync_writes`).
+    pub fn written(&self, oid: Oid) {
+        if !self.sync_writes {
+            lock(&self.dirty).entry(oid.vid().get()).or_default().insert(oid);
+        }
+    }
+
+    /// Writes into an existing object, on this thread.
     pub fn write(&self, oid: Oid, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        let _g = self.lock(oid);
-        let path = self.path(oid);
-        let (f, direct) = self
-            .open_for_write(&path, self.wants_direct(oid, offset, data.len()), false)
+        let t = self.target(oid, offset, data.len())?;
+        self.write_at(&t.file, t.direct, offset, data)
             .map_err(|e| StoreError::from_io(oid, e))?;
-        self.write_at(&f, direct, offset, data)
-            .map_err(|e| StoreError::from_io(oid, e))
+        if self.sync_writes {
+            t.file.sync_data().map_err(|e| StoreError::from_io(oid, e))?;
+        }
+        self.written(oid);
+        Ok(())
     }
 
     /// Creates (or replaces) an object of `size` bytes, zero-filled, with `data` at `offset`.
@@ -239,17 +296,21 @@ impl Store {
         data: &[u8],
         durability: Durability,
     ) -> Result<(), StoreError> {
+        let now = durability == Durability::Now || self.sync_writes;
         let _g = self.lock(oid);
         let tmp = self.dir.join(format!("{TMP_PREFIX}{}", oid.file_name()));
         let res = (|| {
-            let (f, direct) = self.open_for_write(&tmp, self.wants_direct(oid, offset, data.len()), true)?;
+            let direct = self.wants_direct(oid, offset, data.len());
+            let (f, direct) = self.open_new(&tmp, direct)?;
             allocate(&f, size)?;
             self.write_at(&f, direct, offset, data)?;
-            if durability == Durability::Now {
+            if now {
                 f.sync_all()?;
             }
             fs::rename(&tmp, self.path(oid))?;
-            if durability == Durability::Now {
+            // Whatever was open under the old name is the replaced file.
+            self.fds.forget(oid);
+            if now {
                 File::open(&self.dir)?.sync_all()?;
             }
             Ok(())
@@ -259,6 +320,11 @@ impl Store {
             return Err(StoreError::from_io(oid, e));
         }
         self.cached().insert(oid);
+        lock(&self.poisoned).remove(&oid);
+        if !now {
+            self.dir_dirty.store(true, Ordering::Release);
+            self.written(oid);
+        }
         Ok(())
     }
 
@@ -266,16 +332,16 @@ impl Store {
         oid.is_data()
             && len > 0
             && len <= DIO_MAX
-            && offset.is_multiple_of(DIO_ALIGN as u64)
-            && len.is_multiple_of(DIO_ALIGN)
+            && offset.is_multiple_of(aligned::ALIGN as u64)
+            && len.is_multiple_of(aligned::ALIGN)
             && self.direct.load(Ordering::Relaxed)
     }
 
-    /// Opens `path` for writing (`create`: a new, empty file), with O_DIRECT if `direct` and
-    /// the filesystem takes it. Returns the file and whether it is direct.
-    fn open_for_write(&self, path: &Path, direct: bool, create: bool) -> io::Result<(File, bool)> {
+    /// Creates `path` empty for writing, with O_DIRECT if `direct` and the filesystem takes
+    /// it. Returns the file and whether it is direct.
+    fn open_new(&self, path: &Path, direct: bool) -> io::Result<(File, bool)> {
         let mut o = OpenOptions::new();
-        o.write(true).create(create).truncate(create);
+        o.write(true).create(true).truncate(true);
         if direct {
             match o.clone().custom_flags(libc::O_DIRECT).open(path) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.no_direct(),
@@ -285,34 +351,26 @@ impl Store {
         o.open(path).map(|f| (f, false))
     }
 
-    fn no_direct(&self) {
+    /// The filesystem refused a direct write: write through the page cache from now on.
+    pub fn no_direct(&self) {
         if self.direct.swap(false, Ordering::Relaxed) {
             tracing::warn!(dir = %self.dir.display(), "the store's filesystem refuses direct I/O; writing through the page cache");
         }
+        self.fds.clear();
     }
 
-    /// Writes `data` at `offset` of `f`, through an aligned bounce buffer when `f` is direct.
-    /// A filesystem that refuses O_DIRECT turns direct writes off and gets a buffered one.
+    /// Writes `data` at `offset` of `f`, through an aligned copy when `f` is direct and the
+    /// bytes are not aligned. A filesystem that refuses O_DIRECT turns direct writes off and
+    /// gets a buffered one.
     fn write_at(&self, f: &File, direct: bool, offset: u64, data: &[u8]) -> io::Result<()> {
         if !direct {
             return f.write_all_at(data, offset);
         }
-        let mut buf = lock(&self.bounces)
-            .pop()
-            .unwrap_or_else(|| vec![0u8; DIO_MAX + DIO_ALIGN]);
-        let at = buf.as_ptr().align_offset(DIO_ALIGN);
-        let res = match buf.get_mut(at..at + data.len()) {
-            Some(aligned) => {
-                aligned.copy_from_slice(data);
-                f.write_all_at(aligned, offset)
-            }
-            None => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        let res = if aligned::is_aligned(data) {
+            f.write_all_at(data, offset)
+        } else {
+            f.write_all_at(Aligned::copy_of(data).as_ref(), offset)
         };
-        let mut spare = lock(&self.bounces);
-        if spare.len() < SPARE_BOUNCES {
-            spare.push(buf);
-        }
-        drop(spare);
         match res {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 self.no_direct();
@@ -326,7 +384,13 @@ impl Store {
     pub fn remove(&self, oid: Oid) -> Result<(), StoreError> {
         let _g = self.lock(oid);
         fs::remove_file(self.path(oid)).map_err(|e| StoreError::from_io(oid, e))?;
+        self.fds.forget(oid);
         self.cached().remove(&oid);
+        lock(&self.poisoned).remove(&oid);
+        if let Some(set) = lock(&self.dirty).get_mut(&oid.vid().get()) {
+            set.remove(&oid);
+        }
+        self.dir_dirty.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -338,6 +402,9 @@ impl Store {
     /// Removes every object (cluster format).
     pub fn wipe(&self) -> io::Result<usize> {
         let all = self.list();
+        self.fds.clear();
+        lock(&self.dirty).clear();
+        lock(&self.poisoned).clear();
         for oid in &all {
             match fs::remove_file(self.path(*oid)) {
                 Ok(()) => {}
@@ -346,18 +413,77 @@ impl Store {
             }
             self.cached().remove(oid);
         }
+        self.dir_dirty.store(true, Ordering::Release);
         Ok(all.len())
     }
 
-    /// Makes every write so far durable.
-    pub fn flush(&self) -> io::Result<()> {
-        let d = File::open(&self.dir)?;
-        // SAFETY: syncfs on a valid, open descriptor has no memory-safety preconditions.
-        let rc = unsafe { libc::syncfs(d.as_raw_fd()) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
+    /// Takes the writes a flush must make durable: those into objects of `vid`, or every
+    /// one (`None`). The caller syncs them and gives them back with [`Store::restore_dirty`]
+    /// if it could not.
+    pub fn take_dirty(&self, vid: Option<u32>) -> Dirty {
+        let mut dirty = lock(&self.dirty);
+        let oids = match vid {
+            Some(v) => dirty.remove(&v).map(|s| s.into_iter().collect()).unwrap_or_default(),
+            None => dirty.drain().flat_map(|(_, s)| s).collect(),
+        };
+        let poisoned = lock(&self.poisoned)
+            .iter()
+            .filter(|o| vid.is_none_or(|v| o.vid().get() == v))
+            .copied()
+            .collect();
+        Dirty {
+            oids,
+            dir: self.dir_dirty.swap(false, Ordering::AcqRel),
+            poisoned,
         }
-        Ok(())
+    }
+
+    /// Records that syncing `oid` failed (see [`Dirty::poisoned`]).
+    pub fn poison(&self, oid: Oid) {
+        lock(&self.poisoned).insert(oid);
+    }
+
+    /// Gives back writes that a failed flush did not make durable.
+    pub fn restore_dirty(&self, d: Dirty) {
+        let mut dirty = lock(&self.dirty);
+        for oid in d.oids {
+            dirty.entry(oid.vid().get()).or_default().insert(oid);
+        }
+        if d.dir {
+            self.dir_dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// The store's directory, to fsync after creates and removes.
+    pub fn dir_file(&self) -> io::Result<File> {
+        File::open(&self.dir)
+    }
+
+    /// Makes every write so far durable, on this thread.
+    pub fn flush(&self) -> io::Result<()> {
+        let d = self.take_dirty(None);
+        if let Some(oid) = d.poisoned.first() {
+            return Err(io::Error::other(format!("an earlier sync of object {oid} failed")));
+        }
+        let res = (|| {
+            for &oid in &d.oids {
+                match self.file(oid) {
+                    Ok(f) => f.sync_data().inspect_err(|_| self.poison(oid))?,
+                    // Removed since it was written: nothing left to make durable.
+                    Err(StoreError::NotFound(_)) => {}
+                    Err(StoreError::Io { source, .. }) => return Err(source),
+                    Err(e) => return Err(io::Error::other(e.to_string())),
+                }
+            }
+            if d.dir {
+                self.dir_file()?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            self.restore_dirty(d);
+        }
+        res
     }
 
     /// SHA-1 of the object's first `size` bytes (zeros past its end).
@@ -371,10 +497,6 @@ impl Store {
     pub fn space(&self) -> io::Result<(u64, u64)> {
         statvfs(&self.dir)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Gives `f` (a new, empty file) its `size` bytes of disk at once; where the filesystem cannot
@@ -423,10 +545,21 @@ fn statvfs(p: &Path) -> io::Result<(u64, u64)> {
 mod tests {
     use super::*;
 
+    fn opts(direct: bool) -> Options {
+        Options {
+            direct,
+            sync_writes: false,
+        }
+    }
+
+    fn direct() -> Options {
+        opts(true)
+    }
+
     #[test]
     fn create_write_read_remove() {
         let t = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(t.path(), true).expect("open");
+        let s = Store::open(t.path(), direct()).expect("open");
         let oid = Oid(0x007c_2b25_0000_0001);
         assert!(matches!(s.read(oid, 0, 1), Err(StoreError::NotFound(_))));
         assert!(matches!(s.write(oid, 0, b"x"), Err(StoreError::NotFound(_))));
@@ -447,7 +580,7 @@ mod tests {
         assert!(matches!(s.read_cached(Oid(1), 0, 1), Err(StoreError::NotFound(_))));
         assert_eq!(s.list(), vec![oid]);
         assert_eq!(
-            Store::open(t.path(), true).expect("reopen").list(),
+            Store::open(t.path(), direct()).expect("reopen").list(),
             vec![oid],
             "the cache is rebuilt from disk"
         );
@@ -463,7 +596,7 @@ mod tests {
     fn direct_and_buffered_writes_agree() {
         for direct in [true, false] {
             let t = tempfile::tempdir().expect("tempdir");
-            let s = Store::open(t.path(), direct).expect("open");
+            let s = Store::open(t.path(), opts(direct)).expect("open");
             let oid = Oid(0x007c_2b25_0000_0002);
             assert!(oid.is_data());
             let size = 1 << 20;
@@ -488,7 +621,7 @@ mod tests {
             s.flush().expect("flush");
             assert_eq!(s.read(oid, 0, size).expect("read"), model, "after flush");
             assert_eq!(
-                Store::open(t.path(), direct)
+                Store::open(t.path(), opts(direct))
                     .expect("reopen")
                     .read(oid, 0, size)
                     .expect("read"),
@@ -504,7 +637,7 @@ mod tests {
         let t = tempfile::tempdir().expect("tempdir");
         fs::create_dir_all(t.path().join("obj")).expect("mkdir");
         fs::write(t.path().join("obj/.tmp-0000000000000001"), b"half").expect("write");
-        let s = Store::open(t.path(), true).expect("open");
+        let s = Store::open(t.path(), direct()).expect("open");
         assert!(!t.path().join("obj/.tmp-0000000000000001").exists());
         s.create(Oid(1), 10, 0, b"", Durability::Now).expect("create");
         s.create(Oid(2), 10, 0, b"", Durability::OnFlush).expect("create");
@@ -513,5 +646,46 @@ mod tests {
         s.flush().expect("flush");
         let (cap, free) = s.space().expect("space");
         assert!(cap >= free && cap > 0);
+    }
+
+    /// A flush takes the objects written since the last one, of the VDI it names only; a
+    /// replaced object is written through its new file, not a cached descriptor of the old.
+    #[test]
+    fn dirty_objects_by_vdi_and_replaced_files() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(t.path(), direct()).expect("open");
+        let (v1, v2) = (protocol::Vid::new(7).expect("vid"), protocol::Vid::new(9).expect("vid"));
+        let (a, b, c) = (v1.data_oid(0), v1.data_oid(1), v2.data_oid(0));
+        for oid in [a, b, c] {
+            s.create(oid, 1 << 16, 0, &[1u8; 4096], Durability::OnFlush)
+                .expect("create");
+        }
+        let d = s.take_dirty(Some(v1.get()));
+        let mut got = d.oids.clone();
+        got.sort();
+        assert_eq!((got, d.dir), (vec![a, b], true));
+        assert!(s.take_dirty(Some(v1.get())).oids.is_empty(), "taken once");
+        s.restore_dirty(d);
+        assert_eq!(
+            s.take_dirty(Some(v1.get())).oids.len(),
+            2,
+            "a failed flush gives them back"
+        );
+        s.write(a, 4096, &[2u8; 4096]).expect("write");
+        s.create(a, 1 << 16, 0, &[3u8; 4096], Durability::OnFlush)
+            .expect("replace");
+        s.write(a, 8192, &[4u8; 4096]).expect("write after replace");
+        let mut want = vec![0u8; 3 * 4096];
+        want[..4096].fill(3);
+        want[8192..].fill(4);
+        assert_eq!(s.read(a, 0, 3 * 4096).expect("read"), want);
+        s.flush().expect("flush");
+        let rest = s.take_dirty(None);
+        assert!(rest.oids.is_empty() && !rest.dir, "a flush leaves nothing dirty");
+        s.poison(c);
+        assert_eq!(s.take_dirty(Some(v2.get())).poisoned, vec![c]);
+        assert!(s.flush().is_err(), "a poisoned object fails every flush");
+        s.create(c, 1 << 16, 0, b"", Durability::Now).expect("replace whole");
+        s.flush().expect("a replaced object is clean again");
     }
 }

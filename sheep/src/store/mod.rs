@@ -1,0 +1,82 @@
+//! Object stores: where a node keeps its copies of objects. One file per backend; `plain`
+//! (one file per object) is the only one today, and [`Store`] is it.
+//!
+//! What every backend shares lives here: the errors, the durability contract, and
+//! [`write_durably`] for the node's small state files.
+
+use std::fs::File;
+use std::io::{self, ErrorKind};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard};
+
+use protocol::{Oid, ResultCode};
+
+pub mod aligned;
+mod fds;
+mod plain;
+
+pub use plain::{Dirty, Options, Store, Target};
+
+/// Why a store operation failed. Converted to a wire result in one place ([`StoreError::code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0} not found")]
+    NotFound(Oid),
+    #[error("no space left for object {0}")]
+    NoSpace(Oid),
+    #[error("i/o error on object {oid}: {source}")]
+    Io { oid: Oid, source: io::Error },
+}
+
+impl StoreError {
+    fn from_io(oid: Oid, e: io::Error) -> StoreError {
+        match e.kind() {
+            ErrorKind::NotFound => StoreError::NotFound(oid),
+            ErrorKind::StorageFull => StoreError::NoSpace(oid),
+            _ => StoreError::Io { oid, source: e },
+        }
+    }
+
+    pub fn code(&self) -> ResultCode {
+        match self {
+            StoreError::NotFound(_) => ResultCode::NO_OBJ,
+            StoreError::NoSpace(_) => ResultCode::NO_SPACE,
+            StoreError::Io { .. } => ResultCode::EIO,
+        }
+    }
+}
+
+/// What [`Store::read_cached`] found.
+pub enum Cached {
+    /// The bytes, all from the page cache.
+    Hit(Vec<u8>),
+    /// Some must come from the disk: the object's file, open for that read.
+    Miss(Arc<File>),
+}
+
+/// When a created object must be on stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Before `create` returns: the file and the directory entry are fsynced.
+    Now,
+    /// At the next [`Store::flush`], like any other write (a client's data object).
+    OnFlush,
+}
+
+/// Replaces the file at `path` with `data` so that a crash leaves either the old or the new
+/// content, durable once this returns (temp file, fsync, rename, fsync of the directory).
+pub fn write_durably(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
