@@ -401,6 +401,8 @@ pub struct Sheep {
     cluster: String,
     zone: Option<u32>,
     gateway: bool,
+    /// Daemon flags given at every start (the cluster builder's [`ClusterBuilder::args`]).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -566,6 +568,7 @@ pub struct ClusterBuilder {
     gateways: usize,
     zones: Option<Vec<Option<u32>>>,
     driver: Option<String>,
+    args: Vec<String>,
 }
 
 impl Default for ClusterBuilder {
@@ -575,6 +578,7 @@ impl Default for ClusterBuilder {
             gateways: 0,
             zones: None,
             driver: None,
+            args: Vec::new(),
         }
     }
 }
@@ -607,6 +611,12 @@ impl ClusterBuilder {
     /// local driver with a rendezvous directory inside the cluster's temp dir.
     pub fn driver(mut self, spec: impl Into<String>) -> Self {
         self.driver = Some(spec.into());
+        self
+    }
+
+    /// Extra flags for every sheep, at every start (e.g. `["--sync-writes"]`).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args = args.iter().map(|a| a.to_string()).collect();
         self
     }
 
@@ -645,6 +655,7 @@ impl ClusterBuilder {
                     cluster: cluster.clone(),
                     zone,
                     gateway,
+                    args: self.args.clone(),
                     child: None,
                 }
             })
@@ -1722,7 +1733,7 @@ impl Sheep {
         if self.gateway {
             cmd.arg("-g");
         }
-        cmd.args(extra).arg(&self.dir);
+        cmd.args(&self.args).args(extra).arg(&self.dir);
         let what = format!("sheep for node {}", self.index);
         self.child = Some(spawn_daemon(&mut cmd, &self.out, &what));
     }
@@ -1753,6 +1764,7 @@ impl Cluster {
             cluster: self.nodes[0].cluster.clone(),
             zone: Some(zone),
             gateway: false,
+            args: self.nodes[0].args.clone(),
             child: None,
         });
         self.nodes[i].start();

@@ -869,3 +869,57 @@ fn concurrent_dd_writers_to_adjacent_ranges_all_land() {
     );
     m.unmount();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Durability: the replicas' write-back contract (a disk with a volatile write cache)
+
+/// What a flush acknowledged (dd's `conv=fsync` on the volume) survives `kill -9` of every
+/// sheep: restarted on the same directories, the cluster serves every byte through another
+/// gateway, and the bytes around the write are still zeros.
+#[test]
+fn flushed_writes_survive_kill_9_of_every_sheep() {
+    let mut c = Cluster::start_formatted(3, 3);
+    c.dog_ok(&["vdi", "create", "alpha", "24M"]);
+    let m = Mount::start(&c, 0);
+    let data = pseudo_random(41, (9 * MIB + 3 * 4096 + 5) as usize);
+    let off = 3 * MIB + 512;
+    let src = local_file(&c, "pattern", &data);
+    dd_write(&src, &m.volume("alpha"), off).expect_ok();
+    c.kill_all();
+    c.start_all();
+    c.wait_running();
+    let mut want = vec![0u8; (24 * MIB) as usize];
+    want[off as usize..off as usize + data.len()].copy_from_slice(&data);
+    assert_same_bytes(
+        "alpha through node 1 after kill -9 of every sheep",
+        &dog_read(&c, 1, "alpha", 0, 24 * MIB, None),
+        &want,
+    );
+    drop(m);
+}
+
+/// With `--sync-writes` every acknowledged write is durable without a flush: dog writes
+/// without flushing (`-w`), every sheep is killed with `-9`, and every byte is back.
+#[test]
+fn sync_writes_are_durable_without_a_flush() {
+    let mut c = Cluster::builder().nodes(3).args(&["--sync-writes"]).start();
+    c.format(3);
+    c.dog_ok(&["vdi", "create", "beta", "12M"]);
+    let data = pseudo_random(42, (5 * MIB + 100) as usize);
+    c.dog_at(0, &["vdi", "write", "-w", "beta", "4095"], Some(&data))
+        .expect_ok();
+    let small = pseudo_random(43, 4096);
+    c.dog_at(2, &["vdi", "write", "-w", "beta", "8192", "4096"], Some(&small))
+        .expect_ok();
+    c.kill_all();
+    c.start_all();
+    c.wait_running();
+    let mut want = vec![0u8; (12 * MIB) as usize];
+    want[4095..4095 + data.len()].copy_from_slice(&data);
+    want[8192..8192 + 4096].copy_from_slice(&small);
+    assert_same_bytes(
+        "beta through node 1 after kill -9 of every sheep",
+        &dog_read(&c, 1, "beta", 0, 12 * MIB, None),
+        &want,
+    );
+}
