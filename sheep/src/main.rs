@@ -59,7 +59,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = Driver::start(&spec, addr, tx).await.map_err(|e| e.to_string())?;
-    let recovery = sheep::recovery::Recovery::new(cfg.recovery_rate);
+    let recovery = sheep::recovery::freshness::Recovery::new(cfg.recovery_rate);
     let sheep = Arc::new(Sheep::new(me.clone(), cfg.dir.clone(), store, driver, recovery));
     tokio::spawn(sheep.clone().apply_loop(rx));
     tokio::spawn(sheep.clone().report_loop());
@@ -70,7 +70,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot join the cluster: {e}"))?;
     sheep.wait_applied(pos).await;
     tokio::spawn(sheep::recovery::worker(sheep.clone()));
-    sheep.recovery.init(&sheep);
+    sheep::recovery::init(&sheep);
     tracing::info!(%addr, zone = me.zone, vnodes = me.nr_vnodes, epoch = sheep.state().epoch(), dir = %cfg.dir.display(), "sheep is serving");
     let server = tokio::spawn(sheep::server::serve(sheep.clone(), listener));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

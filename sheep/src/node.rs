@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::cluster::{Delivery, Driver, DriverError};
 use crate::group::{ClusterState, Effect, Event};
-use crate::recovery::Recovery;
+use crate::recovery::freshness::Recovery;
 use crate::store::{write_durably, Store};
 use crate::uring::Ring;
 
@@ -158,7 +158,7 @@ impl Sheep {
         match fx {
             Effect::WipeStore => {
                 let _ = std::fs::remove_dir_all(self.dir.join("epoch"));
-                self.recovery.reset(self, fresh);
+                self.recovery.reset(&self.dir, fresh);
                 if fresh {
                     match self.store.wipe() {
                         Ok(n) => tracing::info!(objects = n, "cluster formatted: removed every stored object"),

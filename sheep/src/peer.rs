@@ -9,6 +9,7 @@ use bytes::Bytes;
 use protocol::{flags, op, Oid, RequestHeader, ResultCode};
 
 use crate::node::Sheep;
+use crate::recovery;
 use crate::store::aligned::{self, Aligned};
 use crate::store::{Cached, Durability, StoreError};
 
@@ -66,11 +67,11 @@ async fn blocking<T: Send + 'static>(
 /// stripe only on that slow path.
 async fn current_for_io(sheep: &Arc<Sheep>, oid: Oid, epoch: u32) -> Result<(), ResultCode> {
     let rec = &sheep.recovery;
-    if rec.effective_good(sheep, oid) == Some(epoch) || !rec.owns_at(sheep, oid, epoch) {
+    if recovery::effective_good(sheep, oid) == Some(epoch) || !recovery::owns_at(sheep, oid, epoch) {
         return Ok(());
     }
     let _g = rec.stripe(oid).write().await;
-    crate::recovery::ensure_current(sheep, oid).await
+    recovery::ensure_current(sheep, oid).await
 }
 
 /// Executes a peer op against this node's store.
@@ -130,7 +131,7 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
             flush(sheep, vid).await.map(|()| Vec::new())
         }
         op::GET_OBJ_LIST => Ok(sheep.store.list().iter().flat_map(|o| o.0.to_le_bytes()).collect()),
-        op::GET_OBJ_EPOCH => match sheep.recovery.effective_good(sheep, oid) {
+        op::GET_OBJ_EPOCH => match recovery::effective_good(sheep, oid) {
             Some(g) => Ok(g.to_le_bytes().to_vec()),
             None => Err(ResultCode::NO_OBJ),
         },

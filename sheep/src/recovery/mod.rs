@@ -12,169 +12,61 @@
 //! `DIR/recovered` holds the last epoch whose recovery finished here; after a restart, local
 //! copies owned at that epoch count as good at it, and everything else as untrusted.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::node::Node;
-use protocol::placement::Ring;
 use protocol::{flags, op, ObjArgs, Oid, RequestHeader, ResultCode};
-use tokio::sync::watch;
 
 use crate::node::Sheep;
 use crate::store::Durability;
 
-const STRIPES: usize = 256;
-const RECOVERED_FILE: &str = "recovered";
+pub mod freshness;
 
-/// Progress of the running (or last) recovery, for STAT_RECOVERY and monitoring.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub epoch: u32,
-    pub running: bool,
-    pub done: u64,
-    pub total: u64,
+use freshness::Progress;
+
+/// Loads freshness after a restart, once the cluster state has been replayed.
+pub fn init(sheep: &Sheep) {
+    let rec = &sheep.recovery;
+    let r = freshness::read_recovered(&sheep.dir);
+    let good = sheep
+        .store
+        .list()
+        .into_iter()
+        .map(|oid| (oid, if r > 0 && owns_at(sheep, oid, r) { r } else { 0 }))
+        .collect();
+    rec.load(r, good);
+    rec.kick(sheep.state().epoch());
 }
 
-pub struct Recovery {
-    good: Mutex<HashMap<Oid, u32>>,
-    /// Per object (striped): "check, fetch, mark" and creates hold it exclusively, writes
-    /// into an existing object shared, so no write lands in a file that is being replaced.
-    stripes: Vec<tokio::sync::RwLock<()>>,
-    recovered: AtomicU32,
-    rings: Mutex<HashMap<u32, Arc<Ring>>>,
-    progress: Mutex<Progress>,
-    /// The newest epoch to recover; the worker follows it.
-    target: watch::Sender<u32>,
-    /// Set once the freshness of local copies is known (after start-up replay).
-    ready: std::sync::atomic::AtomicBool,
-    /// Objects per second; 0 = as fast as the disks go.
-    rate: u32,
+/// Whether this node held a copy of `oid` in `epoch`'s placement.
+pub fn owns_at(sheep: &Sheep, oid: Oid, epoch: u32) -> bool {
+    let st = sheep.state();
+    let copies = usize::from(st.copies_for(oid.vid().get()));
+    sheep
+        .recovery
+        .ring_at(&st, epoch)
+        .is_some_and(|r| r.replicas(oid.0, copies).iter().any(|n| n.addr == sheep.me.addr))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Recovery {
-    pub fn new(rate: u32) -> Recovery {
-        Recovery {
-            good: Mutex::new(HashMap::new()),
-            stripes: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
-            recovered: AtomicU32::new(0),
-            rings: Mutex::new(HashMap::new()),
-            progress: Mutex::new(Progress::default()),
-            target: watch::channel(0).0,
-            ready: std::sync::atomic::AtomicBool::new(false),
-            rate,
-        }
+/// The epoch up to which this node's copy of `oid` is known current, or `None` if it holds
+/// no copy.
+pub fn effective_good(sheep: &Sheep, oid: Oid) -> Option<u32> {
+    if !sheep.store.exists(oid) {
+        return None;
     }
-
-    pub fn progress(&self) -> Progress {
-        *lock(&self.progress)
+    let rec = &sheep.recovery;
+    let g = rec.good(oid);
+    let now = sheep.state().epoch();
+    if g == 0 || g >= now {
+        return Some(g);
     }
-
-    pub fn recovered_epoch(&self) -> u32 {
-        self.recovered.load(Ordering::Acquire)
+    if (g + 1..=now).all(|e| owns_at(sheep, oid, e)) {
+        rec.mark(oid, now);
+        return Some(now);
     }
-
-    /// The cluster was formatted: epochs start again. When the format is new to this node
-    /// (`fresh`), its store was just wiped and epoch 1 needs no recovery.
-    pub fn reset(&self, sheep: &Sheep, fresh: bool) {
-        lock(&self.rings).clear();
-        if fresh {
-            lock(&self.good).clear();
-            self.set_recovered(sheep, 1);
-            self.target.send_replace(1);
-        }
-    }
-
-    fn set_recovered(&self, sheep: &Sheep, epoch: u32) {
-        self.recovered.store(epoch, Ordering::Release);
-        if let Err(e) = crate::store::write_durably(&sheep.dir.join(RECOVERED_FILE), epoch.to_string().as_bytes()) {
-            tracing::error!(error = %e, "cannot record the recovered epoch");
-        }
-    }
-
-    /// Loads freshness after a restart, once the cluster state has been replayed.
-    pub fn init(&self, sheep: &Sheep) {
-        let r: u32 = std::fs::read_to_string(sheep.dir.join(RECOVERED_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
-        self.recovered.store(r, Ordering::Release);
-        let mut good = lock(&self.good);
-        for oid in sheep.store.list() {
-            let owned = r > 0 && self.owns_at(sheep, oid, r);
-            good.insert(oid, if owned { r } else { 0 });
-        }
-        tracing::info!(recovered_epoch = r, objects = good.len(), "recovery state loaded");
-        drop(good);
-        self.ready.store(true, Ordering::Release);
-        self.kick(sheep.state().epoch());
-    }
-
-    fn ring_at(&self, sheep: &Sheep, epoch: u32) -> Option<Arc<Ring>> {
-        if let Some(r) = lock(&self.rings).get(&epoch) {
-            return Some(r.clone());
-        }
-        let nodes: Vec<Node> = sheep.state().epochs.iter().find(|e| e.epoch == epoch)?.nodes.clone();
-        let ring = Arc::new(Ring::new(nodes));
-        lock(&self.rings).insert(epoch, ring.clone());
-        Some(ring)
-    }
-
-    pub fn owns_at(&self, sheep: &Sheep, oid: Oid, epoch: u32) -> bool {
-        let copies = usize::from(sheep.state().copies_for(oid.vid().get()));
-        self.ring_at(sheep, epoch)
-            .is_some_and(|r| r.replicas(oid.0, copies).iter().any(|n| n.addr == sheep.me.addr))
-    }
-
-    /// The epoch up to which this node's copy of `oid` is known current, or `None` if it
-    /// holds no copy.
-    pub fn effective_good(&self, sheep: &Sheep, oid: Oid) -> Option<u32> {
-        if !sheep.store.exists(oid) {
-            return None;
-        }
-        let g = lock(&self.good).get(&oid).copied().unwrap_or(0);
-        let now = sheep.state().epoch();
-        if g == 0 || g >= now {
-            return Some(g);
-        }
-        if (g + 1..=now).all(|e| self.owns_at(sheep, oid, e)) {
-            lock(&self.good).insert(oid, now);
-            return Some(now);
-        }
-        Some(g)
-    }
-
-    /// Marks this node's copy current at `epoch` (after a write or create by a gateway).
-    pub fn mark(&self, oid: Oid, epoch: u32) {
-        lock(&self.good).insert(oid, epoch);
-    }
-
-    pub fn forget(&self, oid: Oid) {
-        lock(&self.good).remove(&oid);
-    }
-
-    pub fn stripe(&self, oid: Oid) -> &tokio::sync::RwLock<()> {
-        &self.stripes[(protocol::hash::sd_hash_oid(oid.0) as usize) % STRIPES]
-    }
-
-    /// Asks for recovery of `epoch` (the worker picks up the newest request).
-    pub fn kick(&self, epoch: u32) {
-        if !self.ready.load(Ordering::Acquire) {
-            return;
-        }
-        self.target.send_if_modified(|t| {
-            let newer = epoch > *t;
-            if newer {
-                *t = epoch;
-            }
-            newer
-        });
-    }
+    Some(g)
 }
 
 /// Makes this node's copy of `oid` current, fetching it from the freshest holder if needed.
@@ -182,7 +74,7 @@ impl Recovery {
 pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCode> {
     let rec = &sheep.recovery;
     let epoch = sheep.state().epoch();
-    let mine = rec.effective_good(sheep, oid);
+    let mine = effective_good(sheep, oid);
     if mine == Some(epoch) {
         return Ok(());
     }
@@ -261,7 +153,7 @@ pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCo
 /// The recovery worker: recovers the newest requested epoch, abandoning an older one as soon
 /// as a newer epoch begins (objects already recovered stay recovered).
 pub async fn worker(sheep: Arc<Sheep>) {
-    let mut rx = sheep.recovery.target.subscribe();
+    let mut rx = sheep.recovery.targets();
     loop {
         let epoch = *rx.borrow_and_update();
         if epoch > 1 && epoch == sheep.state().epoch() && epoch > sheep.recovery.recovered_epoch() {
@@ -297,7 +189,7 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
     let rec = &sheep.recovery;
     let superseded = || sheep.state().epoch() != epoch;
     if sheep.me.is_gateway() {
-        rec.set_recovered(sheep, epoch);
+        rec.set_recovered(&sheep.dir, epoch);
         return;
     }
     let nodes: Vec<Node> = sheep.state().storage_nodes();
@@ -318,19 +210,19 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
             pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
-    let mine: Vec<Oid> = all.iter().copied().filter(|&o| rec.owns_at(sheep, o, epoch)).collect();
-    *lock(&rec.progress) = Progress {
+    let mine: Vec<Oid> = all.iter().copied().filter(|&o| owns_at(sheep, o, epoch)).collect();
+    rec.set_progress(Progress {
         epoch,
         running: true,
         done: 0,
         total: mine.len() as u64,
-    };
+    });
     tracing::info!(epoch, objects = mine.len(), "recovery started");
-    let pause = (rec.rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(rec.rate)));
+    let pause = rec.pause();
     for oid in mine {
         if superseded() {
             tracing::info!(epoch, "recovery superseded by a newer epoch");
-            lock(&rec.progress).running = false;
+            rec.update_progress(|p| p.running = false);
             return;
         }
         let _g = rec.stripe(oid).write().await;
@@ -341,13 +233,13 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
             }
         }
         drop(_g);
-        lock(&rec.progress).done += 1;
+        rec.update_progress(|p| p.done += 1);
         if let Some(p) = pause {
             tokio::time::sleep(p).await;
         }
     }
-    rec.set_recovered(sheep, epoch);
-    lock(&rec.progress).running = false;
+    rec.set_recovered(&sheep.dir, epoch);
+    rec.update_progress(|p| p.running = false);
     tracing::info!(epoch, "recovery finished");
     remove_orphans(sheep, epoch, &nodes).await;
 }
@@ -377,7 +269,7 @@ async fn remove_orphans(sheep: &Arc<Sheep>, epoch: u32, nodes: &[Node]) {
         if sheep.state().epoch() != epoch {
             return;
         }
-        if !sheep.recovery.owns_at(sheep, oid, epoch) {
+        if !owns_at(sheep, oid, epoch) {
             let _g = sheep.recovery.stripe(oid).write().await;
             if sheep.store.remove(oid).is_ok() {
                 sheep.recovery.forget(oid);
