@@ -95,6 +95,48 @@ impl<B: Backend> Volume<B> {
         self.layout.read().await.vid
     }
 
+    /// Before a working volume answers zeros for objects its map shows unallocated, reads
+    /// those entries of the inode again (one request for the range): another client may
+    /// have written them since this map was loaded, and answering zeros then would invent
+    /// data. A snapshot's map never changes.
+    async fn refresh_holes(&self, l: &Layout, ps: &[Piece]) -> FsResult<()> {
+        if self.read_only() {
+            return Ok(());
+        }
+        let hole = |p: &&Piece| {
+            l.entries
+                .get(p.idx as usize)
+                .is_some_and(|e| e.load(Ordering::Acquire) == 0)
+        };
+        let (Some(lo), Some(hi)) = (
+            ps.iter().filter(hole).map(|p| p.idx).min(),
+            ps.iter().filter(hole).map(|p| p.idx).max(),
+        ) else {
+            return Ok(());
+        };
+        let mut raw = vec![0u8; 4 * (hi - lo + 1) as usize];
+        let at = protocol::inode::data_vdi_id_offset(lo);
+        let n = self.backend.read_obj(l.vid.inode_oid(), at, &mut raw).await?;
+        if n != raw.len() {
+            return Err(FsError::new(
+                libc::EIO,
+                format!("inode of {} answered {n} bytes of its map", self.name),
+            ));
+        }
+        for (i, b) in raw.chunks_exact(4).enumerate() {
+            let owner = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            if let Some(e) = l.entries.get(lo as usize + i) {
+                if owner != 0
+                    && e.compare_exchange(0, owner, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    tracing::debug!(volume = %self.name, idx = lo as usize + i, owner, "object allocated by another client");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads up to `len` bytes at `offset`; short at the end of the volume. Never-written
     /// blocks read as zeros; a block that cannot be read fails the whole read with EIO.
     /// Every piece lands straight in its place in the answer.
@@ -104,11 +146,13 @@ impl<B: Backend> Volume<B> {
         if offset >= end {
             return Ok(Vec::new());
         }
+        let ps: Vec<Piece> = pieces(offset, end - offset, l.object_size(), self.chunk.into()).collect();
+        self.refresh_holes(&l, &ps).await?;
         // Zeroed: a hole is already in place.
         let mut buf = vec![0u8; (end - offset) as usize];
         let mut rest = buf.as_mut_slice();
         let mut reads = Vec::new();
-        for p in pieces(offset, end - offset, l.object_size(), self.chunk.into()) {
+        for p in ps {
             let (out, tail) = std::mem::take(&mut rest).split_at_mut(p.len as usize);
             rest = tail;
             let owner = l.entries.get(p.idx as usize).map_or(0, |e| e.load(Ordering::Acquire));

@@ -923,3 +923,33 @@ fn sync_writes_are_durable_without_a_flush() {
         &want,
     );
 }
+
+/// A block that another client allocates after the mount loaded the volume's map reads as
+/// that client wrote it, never as zeros from the stale map.
+#[test]
+fn blocks_another_client_allocates_are_read_not_zeros() {
+    let c = Cluster::start_formatted(3, 3);
+    c.dog_ok(&["vdi", "create", "gamma", "16M"]);
+    let m = Mount::start(&c, 0);
+    let vol = m.volume("gamma");
+    let off = 5 * MIB + 4096;
+    assert_eq!(
+        dd_read(&c, &vol, off, 3 * 4096),
+        vec![0u8; 3 * 4096],
+        "never written: zeros"
+    );
+    let data = pseudo_random(44, 3 * 4096);
+    c.dog_at(1, &["vdi", "write", "gamma", &off.to_string()], Some(&data))
+        .expect_ok();
+    assert_same_bytes(
+        "gamma through the mount after dog wrote through node 1",
+        &dd_read(&c, &vol, off, data.len() as u64),
+        &data,
+    );
+    // Read-only opens see it too; the rest of the object is still zeros.
+    let around = dd_read(&c, &vol, 4 * MIB, 4 * MIB);
+    let mut want = vec![0u8; (4 * MIB) as usize];
+    want[(MIB + 4096) as usize..(MIB + 4096) as usize + data.len()].copy_from_slice(&data);
+    assert_same_bytes("the object around it", &around, &want);
+    m.unmount();
+}
