@@ -13,9 +13,9 @@
 //! create asked for [`Durability::Now`] (metadata objects, recovered copies) fsyncs the file
 //! and the directory before it returns.
 //!
-//! Writes into data objects whose offset and length are multiples of 4 KiB go around the page
-//! cache (O_DIRECT) unless the store was opened buffered; other writes, and every read, use the
-//! page cache, which the kernel keeps coherent with direct writes. [`Store::read_cached`]
+//! Writes of 64 KiB or more into data objects whose offset and length are multiples of 4 KiB
+//! go around the page cache (O_DIRECT) unless the store was opened buffered; other writes, and
+//! every read, use the page cache, which the kernel keeps coherent with direct writes. [`Store::read_cached`]
 //! serves a read only from the page cache (RWF_NOWAIT), so an async worker may call it without
 //! blocking. New objects get their whole size allocated at once (fallocate), so a full disk
 //! fails the create, not a later write into the object. The calls that do I/O themselves
@@ -42,6 +42,11 @@ const STRIPES: usize = 64;
 const TMP_PREFIX: &str = ".tmp-";
 /// Larger writes go through the page cache (an object is 4 MiB by default).
 const DIO_MAX: usize = 4 << 20;
+/// Smaller writes go through the page cache too: a small direct write waits for the disk
+/// (three replicas on one host wait for it three times), a buffered one does not, and the
+/// flush makes it durable like any other write. Large writes (sequential streams) go
+/// around the cache, which they would otherwise fill three times over.
+const DIO_MIN: usize = 64 << 10;
 /// Objects whose files stay open between requests (each holds one or two descriptors).
 const OPEN_OBJECTS: usize = 512;
 
@@ -330,8 +335,7 @@ impl Store {
 
     fn wants_direct(&self, oid: Oid, offset: u64, len: usize) -> bool {
         oid.is_data()
-            && len > 0
-            && len <= DIO_MAX
+            && (DIO_MIN..=DIO_MAX).contains(&len)
             && offset.is_multiple_of(aligned::ALIGN as u64)
             && len.is_multiple_of(aligned::ALIGN)
             && self.direct.load(Ordering::Relaxed)
@@ -614,10 +618,10 @@ mod tests {
             put(&s, &mut model, 8192, 64 << 10, 1, true);
             assert_eq!(s.read(oid, 0, size).expect("read"), model, "after an aligned create");
             put(&s, &mut model, 8190, 5, 2, false);
-            put(&s, &mut model, 4096, 16 << 10, 3, false);
+            put(&s, &mut model, 4096, 128 << 10, 3, false);
             assert_eq!(s.read(oid, 0, size).expect("read"), model, "aligned over cached bytes");
             put(&s, &mut model, 100_000, 3000, 4, false);
-            put(&s, &mut model, (1 << 20) - 4096, 4096, 5, false);
+            put(&s, &mut model, (1 << 20) - (64 << 10), 64 << 10, 5, false);
             s.flush().expect("flush");
             assert_eq!(s.read(oid, 0, size).expect("read"), model, "after flush");
             assert_eq!(
