@@ -80,6 +80,8 @@ opcodes! {
     OIDS_EXIST = 0xc6,
     READ_DEL_VDIS = 0xc9,
     GET_VNODES = 0xcd,
+    // This implementation's own (not in Sheepdog 1.0): the object cache's figures.
+    STAT_CACHE = 0xe0,
 }
 
 /// True for the node-to-node (peer) ops, which only sheep send each other.

@@ -44,6 +44,32 @@ pub struct RecoveryState {
     pub recovered_epoch: u32,
 }
 
+/// A gateway's object cache (STAT_CACHE, this implementation's own opcode): bytes it may
+/// hold (0: no cache), holds, and holds dirty; reads and writes it served from a copy (hits)
+/// and those that had to fetch the object first (misses).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub limit: u64,
+    pub used: u64,
+    pub dirty: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl CacheStats {
+    pub const SIZE: usize = 40;
+
+    /// Hits per request served, in percent (0 before any).
+    pub fn hit_ratio(&self) -> f64 {
+        let all = self.hits + self.misses;
+        if all == 0 {
+            0.0
+        } else {
+            100.0 * self.hits as f64 / all as f64
+        }
+    }
+}
+
 /// A VDI located by name: its vid and layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VdiInfo {
@@ -72,15 +98,32 @@ impl Client {
 
     /// READ_OBJ into `out` (as many bytes as it is long); returns how many the reply filled.
     pub async fn read_obj_into(&self, oid: Oid, offset: u32, out: &mut [u8]) -> Result<usize, ClientError> {
+        self.read_obj_into_with(oid, offset, out, 0).await
+    }
+
+    /// [`Client::read_obj_into`] with extra request flags (`flags::CACHE`).
+    pub async fn read_obj_into_with(
+        &self,
+        oid: Oid,
+        offset: u32,
+        out: &mut [u8],
+        extra: u16,
+    ) -> Result<usize, ClientError> {
         let mut req = obj_req(op::READ_OBJ, oid, offset);
+        req.flags |= extra;
         req.data_length = out.len() as u32;
         self.call_into(req, out).await
     }
 
     /// WRITE_OBJ into an existing object. A zero-length write is sent as such.
     pub async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> Result<(), ClientError> {
+        self.write_obj_with(oid, offset, data, 0).await
+    }
+
+    /// [`Client::write_obj`] with extra request flags (`flags::CACHE`).
+    pub async fn write_obj_with(&self, oid: Oid, offset: u32, data: &[u8], extra: u16) -> Result<(), ClientError> {
         let mut req = obj_req(op::WRITE_OBJ, oid, offset);
-        req.flags |= flags::WRITE;
+        req.flags |= flags::WRITE | extra;
         self.call(req, data).await.map(|_| ())
     }
 
@@ -105,7 +148,29 @@ impl Client {
 
     /// GET_VDI_INFO: the vid of a working VDI (`snapid` 0, no tag) or of a snapshot.
     pub async fn vdi_info(&self, name: &str, tag: Option<&str>, snapid: u32) -> Result<VdiInfo, ClientError> {
-        let mut req = RequestHeader::new(op::GET_VDI_INFO);
+        self.lookup(op::GET_VDI_INFO, name, tag, snapid).await
+    }
+
+    /// LOCK_VDI: opens working VDI `name` for writing on this connection (VDI_LOCKED while
+    /// another client has it); its vid like [`Client::vdi_info`]. The lock lasts until
+    /// [`Client::release_vdi`] or until the connection closes: send it on a client that
+    /// keeps one connection open for as long as the writer writes.
+    pub async fn lock_vdi(&self, name: &str) -> Result<VdiInfo, ClientError> {
+        self.lookup(op::LOCK_VDI, name, None, 0).await
+    }
+
+    /// RELEASE_VDI: the lock on `vid` ends, whoever holds it.
+    pub async fn release_vdi(&self, vid: Vid) -> Result<(), ClientError> {
+        let mut req = RequestHeader::new(op::RELEASE_VDI);
+        req.set_vdi(&VdiArgs {
+            base_vdi_id: vid.get(),
+            ..VdiArgs::default()
+        });
+        self.call(req, &[]).await.map(|_| ())
+    }
+
+    async fn lookup(&self, opcode: u8, name: &str, tag: Option<&str>, snapid: u32) -> Result<VdiInfo, ClientError> {
+        let mut req = RequestHeader::new(opcode);
         req.set_vdi(&VdiArgs {
             snapid,
             ..VdiArgs::default()
@@ -273,6 +338,28 @@ impl Client {
     pub async fn stat_sheep(&self) -> Result<(u64, u64), ClientError> {
         let r = self.call(RequestHeader::new(op::STAT_SHEEP), &[]).await?;
         Ok((r.header.store_size(), r.header.store_free()))
+    }
+
+    /// STAT_CACHE: the figures of this gateway's object cache.
+    pub async fn stat_cache(&self) -> Result<CacheStats, ClientError> {
+        let mut req = RequestHeader::new(op::STAT_CACHE);
+        req.data_length = CacheStats::SIZE as u32;
+        let r = self.call(req, &[]).await?;
+        let v: Vec<u64> = r
+            .data
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        match v[..] {
+            [limit, used, dirty, hits, misses] => Ok(CacheStats {
+                limit,
+                used,
+                dirty,
+                hits,
+                misses,
+            }),
+            _ => Err(self.short_reply(op::STAT_CACHE)),
+        }
     }
 
     /// STAT_RECOVERY: the node's recovery progress (PROTOCOL.md 2.7), plus the last epoch

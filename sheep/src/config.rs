@@ -61,11 +61,19 @@ pub struct Args {
     /// write.
     #[arg(long)]
     pub sync_writes: bool,
+    /// Object cache for the clients of this gateway: SIZE[,dir=PATH], e.g. `256M` or
+    /// `1G,dir=/ssd/cache` (K, M, G, T are powers of 1024; the directory defaults to
+    /// DIR/cache). Writes of clients that ask for it (sheepfs with /config/object_cache = 1)
+    /// are acknowledged once in the cache and reach the replicas at the next flush (fsync)
+    /// or when dirty data passes half the cache. Only VDIs whose write lock a client of this
+    /// gateway holds are cached. Off by default.
+    #[arg(short = 'w', long = "cache", value_name = "SIZE[,dir=PATH]")]
+    pub cache: Option<String>,
     /// Log filter, e.g. `info` or `sheep=debug` [default: info; env RUST_LOG also works].
     #[arg(long)]
     pub log_level: Option<String>,
     /// TOML file with any of: port, bind, cluster, zone, gateway, vnodes, log_file, log_level,
-    /// recovery_rate, buffered_io, sync_writes.
+    /// recovery_rate, buffered_io, sync_writes, cache.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -85,6 +93,7 @@ pub struct FileConfig {
     pub recovery_rate: Option<u32>,
     pub buffered_io: Option<bool>,
     pub sync_writes: Option<bool>,
+    pub cache: Option<String>,
 }
 
 /// Effective settings.
@@ -102,6 +111,47 @@ pub struct Config {
     pub recovery_rate: u32,
     pub buffered_io: bool,
     pub sync_writes: bool,
+    pub cache: Option<CacheConfig>,
+}
+
+/// `-w SIZE[,dir=PATH]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub size: u64,
+    pub dir: PathBuf,
+}
+
+impl CacheConfig {
+    /// Parses `SIZE[,dir=PATH]`; the directory defaults to `base/cache`.
+    pub fn parse(spec: &str, base: &Path) -> Result<CacheConfig, String> {
+        let bad = |why: &str| format!("--cache {spec:?}: {why} (expected SIZE[,dir=PATH], e.g. 256M)");
+        let mut parts = spec.split(',');
+        let size = parse_size(parts.next().unwrap_or("")).ok_or_else(|| bad("not a size"))?;
+        if size == 0 {
+            return Err(bad("the size must be above 0"));
+        }
+        let mut dir = base.join("cache");
+        for p in parts {
+            match p.split_once('=') {
+                Some(("dir", d)) if !d.is_empty() => dir = PathBuf::from(d),
+                _ => return Err(bad(&format!("unknown option {p:?}"))),
+            }
+        }
+        Ok(CacheConfig { size, dir })
+    }
+}
+
+/// Bytes in `s`: digits with an optional K, M, G or T suffix (powers of 1024).
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 10),
+        (i, 'm' | 'M') => (&s[..i], 20),
+        (i, 'g' | 'G') => (&s[..i], 30),
+        (i, 't' | 'T') => (&s[..i], 40),
+        _ => (s, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 impl Config {
@@ -119,6 +169,7 @@ impl Config {
             recovery_rate: 0,
             buffered_io: false,
             sync_writes: false,
+            cache: None,
         }
     }
 
@@ -140,6 +191,10 @@ impl Config {
             recovery_rate: args.recovery_rate.or(file.recovery_rate).unwrap_or(d.recovery_rate),
             buffered_io: args.buffered_io || file.buffered_io.unwrap_or(d.buffered_io),
             sync_writes: args.sync_writes || file.sync_writes.unwrap_or(d.sync_writes),
+            cache: match args.cache.or(file.cache) {
+                Some(spec) => Some(CacheConfig::parse(&spec, &d.dir)?),
+                None => None,
+            },
             dir: d.dir,
         };
         if cfg.bind.is_unspecified() {
@@ -210,5 +265,29 @@ mod tests {
         assert!(e.contains("unknown field"), "{e}");
         let e = Config::load(Args::parse_from(["sheep", "-b", "0.0.0.0", "/d"])).expect_err("unspecified");
         assert!(e.contains("not an address"), "{e}");
+        for bad in ["", "12Q", "0", "1G,size=2", "1G,dir="] {
+            let e = Config::load(Args::parse_from(["sheep", "-w", bad, "/d"])).expect_err(bad);
+            assert!(e.contains("expected SIZE[,dir=PATH]"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn cache_spec() {
+        let c = Config::load(Args::parse_from(["sheep", "-w", "64M", "/d"])).expect("load");
+        assert_eq!(
+            c.cache,
+            Some(CacheConfig {
+                size: 64 << 20,
+                dir: "/d/cache".into()
+            })
+        );
+        let c = Config::load(Args::parse_from(["sheep", "--cache", "2g,dir=/ssd/c", "/d"])).expect("load");
+        assert_eq!(
+            c.cache,
+            Some(CacheConfig {
+                size: 2 << 30,
+                dir: "/ssd/c".into()
+            })
+        );
     }
 }

@@ -65,7 +65,27 @@ pub enum Event {
     VdiDel {
         vid: u32,
     },
+    /// `client` (a connection of gateway `owner`) opens working VDI `vid` for writing; a
+    /// no-op when someone holds it already.
+    LockVdi {
+        vid: u32,
+        owner: SocketAddr,
+        client: u64,
+    },
+    /// The holder's lock on `vid` ends (a no-op unless it is the holder).
+    ReleaseVdi {
+        vid: u32,
+        owner: SocketAddr,
+        client: u64,
+    },
     Shutdown,
+}
+
+/// Who holds a VDI open for writing: a client connection of one gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VdiLock {
+    pub owner: SocketAddr,
+    pub client: u64,
 }
 
 /// Per-vid facts every node needs to route object I/O.
@@ -106,6 +126,13 @@ pub struct ClusterState {
     pub in_use: VdiBitmap,
     pub deleted: VdiBitmap,
     pub vdis: BTreeMap<u32, VdiState>,
+    /// Working VDIs open for writing, by vid. A snapshot moves the lock to the new working
+    /// vid; a member that leaves or joins again loses its locks (its connections are gone).
+    pub locks: BTreeMap<u32, VdiLock>,
+    /// How many times each VDI's lock was taken: a gateway's object cache keeps, with its
+    /// dirty data, the count it was written under, and after a crash pushes that data only if
+    /// nobody took the VDI since.
+    pub lock_gens: BTreeMap<u32, u64>,
     pub shutting_down: bool,
     ring: Arc<Ring>,
 }
@@ -120,6 +147,8 @@ impl Default for ClusterState {
             in_use: VdiBitmap::default(),
             deleted: VdiBitmap::default(),
             vdis: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            lock_gens: BTreeMap::new(),
             shutting_down: false,
             ring: Arc::new(Ring::new(Vec::new())),
         }
@@ -204,6 +233,7 @@ impl ClusterState {
                 incarnation,
             } => {
                 self.incarnations.insert(node.addr, *incarnation);
+                self.locks.retain(|_, l| l.owner != node.addr);
                 if self.members.contains(node) {
                     return fx;
                 }
@@ -225,6 +255,7 @@ impl ClusterState {
                 }
                 self.members.retain(|n| n.addr != *addr);
                 self.incarnations.remove(addr);
+                self.locks.retain(|_, l| l.owner != *addr);
                 self.rebuild_ring();
                 self.new_epoch(*time, &mut fx);
             }
@@ -233,6 +264,8 @@ impl ClusterState {
                 self.in_use = VdiBitmap::default();
                 self.deleted = VdiBitmap::default();
                 self.vdis.clear();
+                self.locks.clear();
+                self.lock_gens.clear();
                 self.epochs.clear();
                 self.rebuild_ring();
                 self.epochs.push(Epoch {
@@ -262,16 +295,43 @@ impl ClusterState {
                 if let Some(cur) = snapshot_of.and_then(|c| self.vdis.get_mut(&c)) {
                     cur.snapshot = true;
                 }
+                // The writer keeps the VDI, which now lives on under the new vid.
+                if let Some(l) = snapshot_of.and_then(|c| self.locks.remove(&c)) {
+                    self.locks.insert(*vid, l);
+                    *self.lock_gens.entry(*vid).or_default() += 1;
+                }
             }
             Event::VdiDel { vid } => {
+                self.locks.remove(vid);
                 self.deleted.set(*vid);
                 if let Some(v) = self.vdis.get_mut(vid) {
                     v.deleted = true;
                 }
             }
+            Event::LockVdi { vid, owner, client } => {
+                let l = VdiLock {
+                    owner: *owner,
+                    client: *client,
+                };
+                if !self.locks.contains_key(vid) {
+                    self.locks.insert(*vid, l);
+                    *self.lock_gens.entry(*vid).or_default() += 1;
+                }
+            }
+            Event::ReleaseVdi { vid, owner, client } => {
+                if self.locks.get(vid)
+                    == Some(&VdiLock {
+                        owner: *owner,
+                        client: *client,
+                    })
+                {
+                    self.locks.remove(vid);
+                }
+            }
             Event::Shutdown => {
                 // Nodes leave without a new epoch: the cluster resumes at this epoch.
                 self.shutting_down = true;
+                self.locks.clear();
                 self.members.clear();
                 self.incarnations.clear();
                 self.rebuild_ring();
@@ -326,6 +386,72 @@ impl ClusterState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_writer_per_vdi_and_locks_follow_snapshots_and_members() {
+        let mut s = ClusterState::default();
+        s.apply(&format());
+        let (a, b) = (node(1).addr, node(2).addr);
+        for n in [node(1), node(2)] {
+            s.apply(&Event::Join {
+                node: n,
+                time: 1,
+                incarnation: 0,
+            });
+        }
+        s.apply(&Event::LockVdi {
+            vid: 7,
+            owner: a,
+            client: 1,
+        });
+        s.apply(&Event::LockVdi {
+            vid: 7,
+            owner: b,
+            client: 9,
+        });
+        assert_eq!(s.locks[&7], VdiLock { owner: a, client: 1 }, "the first lock wins");
+        assert_eq!(s.lock_gens[&7], 1, "a refused lock is not counted");
+        s.apply(&Event::ReleaseVdi {
+            vid: 7,
+            owner: b,
+            client: 9,
+        });
+        assert!(s.locks.contains_key(&7), "only the holder releases");
+        s.apply(&Event::VdiAdd {
+            vid: 8,
+            copies: 3,
+            block_size_shift: 22,
+            snapshot_of: Some(7),
+        });
+        assert_eq!(
+            (s.locks.get(&7), s.locks.get(&8)),
+            (None, Some(&VdiLock { owner: a, client: 1 }))
+        );
+        s.apply(&Event::ReleaseVdi {
+            vid: 8,
+            owner: a,
+            client: 1,
+        });
+        assert!(s.locks.is_empty());
+        s.apply(&Event::LockVdi {
+            vid: 8,
+            owner: b,
+            client: 2,
+        });
+        s.apply(&Event::Leave {
+            addr: b,
+            time: 2,
+            incarnation: None,
+        });
+        assert!(s.locks.is_empty(), "a member that leaves drops its locks");
+        s.apply(&Event::LockVdi {
+            vid: 8,
+            owner: a,
+            client: 3,
+        });
+        s.apply(&Event::VdiDel { vid: 8 });
+        assert!(s.locks.is_empty(), "a deleted VDI is unlocked");
+    }
 
     fn node(port: u16) -> Node {
         Node {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use protocol::node::Node;
+use sheep::cache::index::Index;
 use sheep::cluster::{Driver, DriverSpec};
 use sheep::config::{Args, Config};
 use sheep::node::Sheep;
@@ -60,7 +61,16 @@ async fn run(cfg: Config) -> Result<(), String> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = Driver::start(&spec, addr, tx).await.map_err(|e| e.to_string())?;
     let recovery = sheep::recovery::freshness::Recovery::new(cfg.recovery_rate);
-    let sheep = Arc::new(Sheep::new(me.clone(), cfg.dir.clone(), store, driver, recovery));
+    let (cache, leftovers) = match &cfg.cache {
+        Some(c) => {
+            let (index, left) = Index::open(&c.dir, c.size)
+                .map_err(|e| format!("cannot open the object cache in {}: {e}", c.dir.display()))?;
+            tracing::info!(dir = %c.dir.display(), size = c.size, dirty_left = left.len(), "object cache on");
+            (Some(Arc::new(index)), left)
+        }
+        None => (None, Vec::new()),
+    };
+    let sheep = Arc::new(Sheep::new(me.clone(), cfg.dir.clone(), store, driver, recovery, cache));
     tokio::spawn(sheep.clone().apply_loop(rx));
     tokio::spawn(sheep.clone().report_loop());
     let pos = sheep
@@ -70,6 +80,8 @@ async fn run(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot join the cluster: {e}"))?;
     sheep.wait_applied(pos).await;
     tokio::spawn(sheep::recovery::worker(sheep.clone()));
+    tokio::spawn(sheep::cache::recover(sheep.clone(), leftovers));
+    tokio::spawn(sheep::cache::pusher(sheep.clone()));
     sheep::recovery::init(&sheep);
     tracing::info!(%addr, zone = me.zone, vnodes = me.nr_vnodes, epoch = sheep.state().epoch(), dir = %cfg.dir.display(), "sheep is serving");
     let server = tokio::spawn(sheep::server::serve(sheep.clone(), listener));
@@ -91,7 +103,10 @@ async fn run(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn leave(sheep: &Sheep) {
+async fn leave(sheep: &Arc<Sheep>) {
+    if let Err(code) = sheep::cache::push_all(sheep, None).await {
+        tracing::error!(result = %code, "cannot push the object cache's dirty data before stopping");
+    }
     tracing::info!("stopping: leaving the cluster");
     if let Err(e) = sheep.driver.leave().await {
         tracing::error!(error = %e, "cannot announce the leave; the others will notice the exit");

@@ -11,6 +11,7 @@ use protocol::node::Node;
 use protocol::Client;
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::cache::index::Index;
 use crate::cluster::{Delivery, Driver, DriverError};
 use crate::group::{ClusterState, Effect, Event};
 use crate::recovery::freshness::Recovery;
@@ -26,6 +27,8 @@ pub struct Sheep {
     pub store: Store,
     pub driver: Driver,
     pub recovery: Recovery,
+    /// The object cache (`-w`), if on.
+    pub cache: Option<Arc<Index>>,
     state: RwLock<ClusterState>,
     applied: watch::Sender<u64>,
     peers: Mutex<HashMap<SocketAddr, Arc<Client>>>,
@@ -46,13 +49,21 @@ fn read_applied(dir: &Path) -> u64 {
 }
 
 impl Sheep {
-    pub fn new(me: Node, dir: PathBuf, store: Store, driver: Driver, recovery: Recovery) -> Sheep {
+    pub fn new(
+        me: Node,
+        dir: PathBuf,
+        store: Store,
+        driver: Driver,
+        recovery: Recovery,
+        cache: Option<Arc<Index>>,
+    ) -> Sheep {
         Sheep {
             me,
             dir,
             store,
             driver,
             recovery,
+            cache,
             state: RwLock::new(ClusterState::default()),
             applied: watch::channel(0).0,
             peers: Mutex::new(HashMap::new()),

@@ -17,6 +17,7 @@ use protocol::node::NODE_SIZE;
 use protocol::opcode::{flags, op_name, SD_PROTO_VER, SD_SHEEP_PROTO_VER};
 use protocol::{op, Oid, RequestHeader, ResponseHeader, ResultCode};
 
+use crate::cache;
 use crate::gateway::{self, Write};
 use crate::group::{Event, Format};
 use crate::node::Sheep;
@@ -50,7 +51,8 @@ pub fn kind(opcode: u8) -> Option<(Kind, bool)> {
         | op::STAT
         | op::GET_VDI_ATTR
         | op::GET_VDI_COPIES
-        | op::OIDS_EXIST => (Local, false),
+        | op::OIDS_EXIST
+        | op::STAT_CACHE => (Local, false),
         op::READ_VDIS
         | op::READ_DEL_VDIS
         | op::GET_NODE_LIST
@@ -82,10 +84,11 @@ impl Answer {
 
 type OpResult = Result<Answer, ResultCode>;
 
-/// Serves one request and builds the whole reply.
-pub async fn handle(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> (ResponseHeader, Vec<u8>) {
+/// Serves one request, which came on client connection `conn` of this node, and builds the
+/// whole reply.
+pub async fn handle(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: Bytes) -> (ResponseHeader, Vec<u8>) {
     let result = match admit(sheep, req) {
-        Ok(k) => dispatch(sheep, k, req, payload).await,
+        Ok(k) => dispatch(sheep, conn, k, req, payload).await,
         Err(code) => Err(code),
     };
     let (mut rsp, mut data) = match result {
@@ -157,7 +160,7 @@ fn admit(sheep: &Sheep, req: &RequestHeader) -> Result<Kind, ResultCode> {
     Ok(k)
 }
 
-async fn dispatch(sheep: &Arc<Sheep>, k: Kind, req: &RequestHeader, payload: Bytes) -> OpResult {
+async fn dispatch(sheep: &Arc<Sheep>, conn: u64, k: Kind, req: &RequestHeader, payload: Bytes) -> OpResult {
     match k {
         Kind::Peer => {
             crate::peer::check_epoch(sheep, req).await?;
@@ -165,7 +168,7 @@ async fn dispatch(sheep: &Arc<Sheep>, k: Kind, req: &RequestHeader, payload: Byt
         }
         Kind::Gateway => gateway_op(sheep, req, payload).await,
         Kind::Cluster => cluster_op(sheep, req, &payload).await,
-        Kind::Local => local_op(sheep, req, &payload).await,
+        Kind::Local => local_op(sheep, conn, req, &payload).await,
     }
 }
 
@@ -187,19 +190,31 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
     if writes && oid.is_data() && sheep.state().vdis.get(&oid.vid().get()).is_some_and(|v| v.snapshot) {
         return Err(ResultCode::READONLY);
     }
+    // The object cache serves what asks for it; anything else first takes a cached copy's
+    // news to the replicas and drops it.
+    let cached = cache::eligible(sheep, oid, req.flags & flags::CACHE != 0);
+    let empty = if req.opcode == op::READ_OBJ {
+        req.data_length == 0
+    } else {
+        payload.is_empty() && req.opcode == op::WRITE_OBJ
+    };
+    if empty {
+        return Ok(Answer::default());
+    }
+    if !cached || req.opcode != op::READ_OBJ && req.opcode != op::WRITE_OBJ {
+        cache::evict(sheep, oid).await?;
+    }
     match req.opcode {
-        op::READ_OBJ => {
-            if req.data_length == 0 {
-                return Ok(Answer::default());
-            }
-            gateway::read(sheep, oid, a.offset, req.data_length, a.copies)
-                .await
-                .map(Answer::data)
-        }
+        op::READ_OBJ if cached => cache::read(sheep, oid, a.offset, req.data_length, a.copies)
+            .await
+            .map(Answer::data),
+        op::WRITE_OBJ if cached => cache::write(sheep, oid, a.offset, payload, a.copies)
+            .await
+            .map(|()| Answer::default()),
+        op::READ_OBJ => gateway::read(sheep, oid, a.offset, req.data_length, a.copies)
+            .await
+            .map(Answer::data),
         op::WRITE_OBJ => {
-            if payload.is_empty() {
-                return Ok(Answer::default());
-            }
             let w = Write {
                 oid,
                 offset: a.offset,
@@ -308,21 +323,39 @@ fn bitmap_reply(req: &RequestHeader, bits: &protocol::bitmap::VdiBitmap) -> OpRe
     Ok(Answer::data(bits.as_bytes().to_vec()))
 }
 
-async fn local_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> OpResult {
+async fn local_op(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: &[u8]) -> OpResult {
     let mut ans = Answer::default();
     match req.opcode {
         op::GET_VDI_INFO | op::LOCK_VDI => {
             let (name, tag) = vdi::name_and_tag(payload)?;
             let vid = vdi::lookup(sheep, &name, &tag, req.vdi().snapid).await.found?;
-            let st = sheep.state();
-            let v = st.vdis.get(&vid).copied();
+            let v = sheep.state().vdis.get(&vid).copied();
+            if req.opcode == op::LOCK_VDI && v.is_some_and(|v| !v.snapshot) {
+                // A cache's leftovers from a crash go out under the lock count they were
+                // written under: no new lock before they have.
+                if let Some(c) = &sheep.cache {
+                    c.wait_ready().await;
+                }
+                vdi::lock(sheep, vid, conn).await?;
+            }
             ans.rsp
                 .set_vdi(vid, v.map_or(0, |v| v.copies), v.map_or(0, |v| v.block_size_shift));
         }
-        op::RELEASE_VDI => {}
+        op::RELEASE_VDI => vdi::release(sheep, req.vdi().base_vdi_id).await?,
         op::READ_VDIS => return bitmap_reply(req, &sheep.state().in_use),
         op::READ_DEL_VDIS => return bitmap_reply(req, &sheep.state().deleted),
-        op::FLUSH_VDI => flush_all(sheep, req).await?,
+        op::FLUSH_VDI => {
+            let oid = req.obj().oid;
+            cache::push_all(sheep, (oid != 0).then(|| Oid(oid).vid().get())).await?;
+            flush_all(sheep, req).await?
+        }
+        op::STAT_CACHE => {
+            let s = sheep.cache.as_ref().map(|c| c.stats()).unwrap_or_default();
+            ans.data = [s.limit, s.used, s.dirty, s.hits, s.misses]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+        }
         op::GET_CLUSTER_DEFAULT => {
             let st = sheep.state();
             let f = st.format.as_ref();

@@ -2,6 +2,7 @@
 //! own task, and one writer task sends the replies (in completion order, ids echoed, as the
 //! original server does; clients that pipeline match replies by id).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -37,7 +38,11 @@ pub async fn serve(sheep: Arc<Sheep>, listener: TcpListener) {
     }
 }
 
+/// Client connections so far: each one's id names it as the holder of the VDI locks it takes.
+static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+
 async fn connection(sheep: Arc<Sheep>, stream: TcpStream) {
+    let conn = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     let peer = stream.peer_addr().ok();
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<(ResponseHeader, Vec<u8>)>(MAX_IN_FLIGHT);
@@ -80,11 +85,13 @@ async fn connection(sheep: Arc<Sheep>, stream: TcpStream) {
         let sheep = sheep.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let reply = crate::ops::handle(&sheep, &req, payload).await;
+            let reply = crate::ops::handle(&sheep, conn, &req, payload).await;
             let _ = tx.send(reply).await;
             drop(permit);
         });
     }
     drop(tx);
     let _ = writer.await;
+    // A client that goes (unmounted, killed) no longer writes: its VDIs are free again.
+    crate::vdi::release_connection(&sheep, conn).await;
 }

@@ -21,7 +21,7 @@ use protocol::{op, ObjArgs, Oid, RequestHeader, ResultCode, Vid};
 use futures::future::join_all;
 
 use crate::gateway::{self, Write};
-use crate::group::Event;
+use crate::group::{Event, VdiLock};
 use crate::node::Sheep;
 
 /// Most copies a VDI may ask for.
@@ -240,6 +240,8 @@ pub async fn new_vdi(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) ->
         None
     } else {
         let cur = found.found?;
+        // The snapshot holds what this gateway's cache acknowledged so far.
+        crate::cache::push_all(sheep, Some(cur)).await?;
         let cur_header = read_header(sheep, cur).await?;
         header.snap_id = cur_header.snap_id + 1;
         header.vdi_size = if a.vdi_size == 0 {
@@ -305,6 +307,86 @@ pub async fn new_vdi(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) ->
         copies: h.nr_copies,
         block_size_shift: h.block_size_shift,
     })
+}
+
+/// LOCK_VDI of working VDI `vid` for client connection `conn` of this gateway: one writer at
+/// a time. Taking it again on the same connection is a no-op; anyone else gets VDI_LOCKED
+/// until the holder releases it, its connection closes, or its gateway leaves the cluster.
+pub async fn lock(sheep: &Arc<Sheep>, vid: u32, conn: u64) -> Result<(), ResultCode> {
+    let me = VdiLock {
+        owner: sheep.me.addr,
+        client: conn,
+    };
+    let held = |sheep: &Sheep| sheep.state().locks.get(&vid).copied();
+    match held(sheep) {
+        Some(l) if l == me => return Ok(()),
+        Some(l) => {
+            tracing::info!(vid = %format_args!("{vid:x}"), holder = %l.owner, "VDI lock refused: it is open for writing elsewhere");
+            return Err(ResultCode::VDI_LOCKED);
+        }
+        None => {}
+    }
+    sheep
+        .commit(Event::LockVdi {
+            vid,
+            owner: me.owner,
+            client: conn,
+        })
+        .await
+        .map_err(driver_failed)?;
+    // The cluster's order decided between lockers that raced.
+    if held(sheep) == Some(me) {
+        tracing::debug!(vid = %format_args!("{vid:x}"), conn, "VDI locked");
+        Ok(())
+    } else {
+        Err(ResultCode::VDI_LOCKED)
+    }
+}
+
+/// RELEASE_VDI: whoever holds `vid`'s lock loses it (the client's own release, or an
+/// operator's).
+pub async fn release(sheep: &Arc<Sheep>, vid: u32) -> Result<(), ResultCode> {
+    let Some(l) = sheep.state().locks.get(&vid).copied() else {
+        return Ok(());
+    };
+    release_lock(sheep, vid, l).await
+}
+
+async fn release_lock(sheep: &Arc<Sheep>, vid: u32, l: VdiLock) -> Result<(), ResultCode> {
+    if l.owner == sheep.me.addr {
+        // The next writer may be another gateway: nothing of this VDI may stay behind here.
+        crate::cache::drop_vdi(sheep, vid).await?;
+    }
+    sheep
+        .commit(Event::ReleaseVdi {
+            vid,
+            owner: l.owner,
+            client: l.client,
+        })
+        .await
+        .map_err(driver_failed)?;
+    tracing::debug!(vid = %format_args!("{vid:x}"), holder = %l.owner, client = l.client, "VDI lock released");
+    Ok(())
+}
+
+/// Client connection `conn` of this gateway closed: the VDIs it locked are free again.
+pub async fn release_connection(sheep: &Arc<Sheep>, conn: u64) {
+    let me = VdiLock {
+        owner: sheep.me.addr,
+        client: conn,
+    };
+    let held: Vec<u32> = sheep
+        .state()
+        .locks
+        .iter()
+        .filter(|(_, l)| **l == me)
+        .map(|(v, _)| *v)
+        .collect();
+    for vid in held {
+        if let Err(code) = release_lock(sheep, vid, me).await {
+            tracing::error!(vid = %format_args!("{vid:x}"), result = %code, "cannot release the VDI lock of a closed connection");
+        }
+    }
 }
 
 fn driver_failed(e: crate::cluster::DriverError) -> ResultCode {

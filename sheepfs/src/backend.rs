@@ -2,16 +2,20 @@
 //! to a gateway sheep ([`ClusterBackend`]); tests use an in-memory double
 //! ([`crate::memory::MemoryBackend`]).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use protocol::cluster::{ClusterInfo, EpochRecord};
 use protocol::inode::{Inode, InodeHeader};
 use protocol::node::Node;
-use protocol::requests::{NewVdi, RecoveryState, VdiInfo};
-use protocol::{Client, ClientError, Oid, Vid};
+use protocol::requests::{CacheStats, NewVdi, RecoveryState, VdiInfo};
+use protocol::{Client, ClientError, Oid, ResultCode, Vid};
 use thread_local::ThreadLocal;
+use tokio::runtime::Handle;
 
 use crate::error::{FsError, FsResult};
 
@@ -40,6 +44,19 @@ pub trait Backend: Send + Sync + 'static {
     fn set_vdi_size(&self, vid: Vid, size: u64) -> impl Future<Output = FsResult<()>> + Send;
     /// Makes every acknowledged write durable on every replica.
     fn flush(&self, vid: Vid) -> impl Future<Output = FsResult<()>> + Send;
+    /// Opens working VDI `name` for writing by this mount, until [`Backend::release_vdi`] or
+    /// the mount's end: EBUSY while another client (a mount, `dog vdi write`, a VM) has it.
+    fn lock_vdi(&self, name: &str) -> impl Future<Output = FsResult<()>> + Send;
+    /// Ends this mount's lock on `name`, if it holds one.
+    fn release_vdi(&self, name: &str) -> impl Future<Output = FsResult<()>> + Send;
+    /// The gateway's object cache figures (all zero where it runs none).
+    fn stat_cache(&self) -> impl Future<Output = FsResult<CacheStats>> + Send;
+    /// Whether object I/O asks the gateway's object cache to serve it (`/config/object_cache`).
+    fn object_cache(&self) -> bool;
+    fn set_object_cache(&self, on: bool);
+    /// Whether this mount held `name`'s lock and lost it to another client (its gateway
+    /// restarted and someone else took the VDI meanwhile): writes must then fail.
+    fn lock_lost(&self, name: &str) -> bool;
     fn cluster_info(&self) -> impl Future<Output = FsResult<ClusterInfo>> + Send;
     fn epoch_log(&self, epochs: u32, nodes: u32) -> impl Future<Output = FsResult<Vec<EpochRecord>>> + Send;
     fn nodes(&self) -> impl Future<Output = FsResult<Vec<Node>>> + Send;
@@ -52,6 +69,13 @@ pub trait Backend: Send + Sync + 'static {
 /// The cluster, reached through one gateway sheep.
 pub struct ClusterBackend {
     gateway: SocketAddr,
+    /// The VDI locks this mount holds, on a connection of their own.
+    locks: Arc<Locks>,
+    /// Object I/O carries the CACHE flag.
+    object_cache: AtomicBool,
+    /// The runtime that drives the lock connection (a connection can only be waited on by
+    /// the runtime that opened it, and the FUSE threads' runtimes come and go with requests).
+    rt: Handle,
     /// A connection pool per thread: each FUSE thread runs its own runtime, and a connection
     /// can only be waited on by the runtime that opened it.
     clients: ThreadLocal<Client>,
@@ -62,11 +86,42 @@ pub struct ClusterBackend {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl ClusterBackend {
-    pub fn new(addr: SocketAddr, retry_for: Duration) -> ClusterBackend {
+    /// A backend for the gateway at `addr`; `rt` drives the VDI lock connection and its
+    /// keeper, which runs for the backend's lifetime.
+    pub fn new(addr: SocketAddr, retry_for: Duration, rt: Handle, object_cache: bool) -> ClusterBackend {
+        let locks = Arc::new(Locks {
+            client: Client::with_timeout(addr, REQUEST_TIMEOUT),
+            held: std::sync::Mutex::new(BTreeMap::new()),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        });
+        rt.spawn(Locks::keep(Arc::downgrade(&locks)));
         ClusterBackend {
             gateway: addr,
+            locks,
+            object_cache: AtomicBool::new(object_cache),
+            rt,
             clients: ThreadLocal::new(),
             retry_for,
+        }
+    }
+
+    /// Runs `f` on the runtime that owns the lock connection.
+    async fn on_lock_connection<F, Fut>(&self, f: F) -> FsResult<()>
+    where
+        F: FnOnce(Arc<Locks>) -> Fut,
+        Fut: Future<Output = FsResult<()>> + Send + 'static,
+    {
+        self.rt
+            .spawn(f(self.locks.clone()))
+            .await
+            .map_err(|e| FsError::new(libc::EIO, format!("lock task failed: {e}")))?
+    }
+
+    fn cache_flag(&self) -> u16 {
+        if self.object_cache.load(Ordering::Acquire) {
+            protocol::flags::CACHE
+        } else {
+            0
         }
     }
 
@@ -88,6 +143,105 @@ impl ClusterBackend {
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(e) => retry.after(what, e).await?,
+            }
+        }
+    }
+}
+
+/// How often held locks are asserted again on the lock connection. After the gateway
+/// restarts (its locks died with it), the next assertion takes them again.
+const LOCK_KEEP: Duration = Duration::from_secs(1);
+/// Refusals in a row after which a held lock counts as lost to another client.
+const LOCK_LOST_AFTER: u32 = 5;
+
+/// This mount's VDI locks. The gateway ties a lock to the connection that took it and
+/// releases it when that connection closes, so they are all taken on one connection that
+/// lives as long as the mount (this client's pool keeps its one idle connection open).
+struct Locks {
+    client: Client,
+    /// Held VDI names, with how many re-assertions in a row were refused.
+    held: std::sync::Mutex<BTreeMap<String, u32>>,
+    /// One request on the lock connection at a time, so it stays the only one.
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl Locks {
+    fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u32>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn take(&self, name: &str) -> FsResult<()> {
+        if self.held().get(name).is_some_and(|&refused| refused < LOCK_LOST_AFTER) {
+            return Ok(());
+        }
+        let _one = self.one_at_a_time.lock().await;
+        match self.client.lock_vdi(name).await {
+            Ok(_) => {
+                self.held().insert(name.to_string(), 0);
+                tracing::info!(vdi = name, "VDI locked for writing by this mount");
+                Ok(())
+            }
+            Err(e) if e.result() == Some(ResultCode::VDI_LOCKED) => Err(FsError::new(
+                libc::EBUSY,
+                format!("VDI {name} is open for writing by another client"),
+            )),
+            Err(e) => Err(FsError::cluster(&format!("lock of VDI {name}"), &e)),
+        }
+    }
+
+    async fn give_up(&self, name: &str) -> FsResult<()> {
+        if self.held().remove(name).is_none() {
+            return Ok(());
+        }
+        let _one = self.one_at_a_time.lock().await;
+        let info = match self.client.vdi_info(name, None, 0).await {
+            Ok(info) => info,
+            // Deleted: its lock went with it.
+            Err(e) if e.result() == Some(ResultCode::NO_VDI) => return Ok(()),
+            Err(e) => return Err(FsError::cluster(&format!("lookup of VDI {name}"), &e)),
+        };
+        let vid = Vid::new(info.vid).ok_or_else(|| FsError::new(libc::EIO, "lookup returned a bad vid"))?;
+        self.client
+            .release_vdi(vid)
+            .await
+            .map_err(|e| FsError::cluster(&format!("release of VDI {name}"), &e))
+    }
+
+    fn lost(&self, name: &str) -> bool {
+        self.held().get(name).is_some_and(|&refused| refused >= LOCK_LOST_AFTER)
+    }
+
+    /// Asserts every held lock again each [`LOCK_KEEP`] while the backend lives.
+    async fn keep(this: Weak<Locks>) {
+        loop {
+            tokio::time::sleep(LOCK_KEEP).await;
+            let Some(locks) = this.upgrade() else {
+                return;
+            };
+            let names: Vec<String> = locks.held().keys().cloned().collect();
+            for name in names {
+                let _one = locks.one_at_a_time.lock().await;
+                let r = locks.client.lock_vdi(&name).await;
+                let mut held = locks.held();
+                let Some(refused) = held.get_mut(&name) else {
+                    continue;
+                };
+                match r {
+                    Ok(_) => {
+                        if *refused >= LOCK_LOST_AFTER {
+                            tracing::warn!(vdi = %name, "VDI lock taken again; writes resume");
+                        }
+                        *refused = 0;
+                    }
+                    Err(e) if e.result() == Some(ResultCode::VDI_LOCKED) => {
+                        *refused += 1;
+                        if *refused == LOCK_LOST_AFTER {
+                            tracing::error!(vdi = %name, "VDI lock lost to another client; writes to it fail");
+                        }
+                    }
+                    // The gateway is away: asserted again once it is back.
+                    Err(_) => {}
+                }
             }
         }
     }
@@ -128,7 +282,11 @@ impl Backend for ClusterBackend {
     async fn read_obj(&self, oid: Oid, offset: u32, out: &mut [u8]) -> FsResult<usize> {
         let mut retry = Retry::new(self.retry_for);
         loop {
-            match self.client().read_obj_into(oid, offset, out).await {
+            match self
+                .client()
+                .read_obj_into_with(oid, offset, out, self.cache_flag())
+                .await
+            {
                 Ok(n) => return Ok(n),
                 Err(e) => retry.after(&format!("read of object {oid}"), e).await?,
             }
@@ -137,7 +295,7 @@ impl Backend for ClusterBackend {
 
     async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> FsResult<()> {
         self.retry(&format!("write of object {oid}"), || {
-            self.client().write_obj(oid, offset, data)
+            self.client().write_obj_with(oid, offset, data, self.cache_flag())
         })
         .await
     }
@@ -193,6 +351,34 @@ impl Backend for ClusterBackend {
     async fn flush(&self, vid: Vid) -> FsResult<()> {
         self.retry(&format!("flush of VDI {vid}"), || self.client().flush_vdi(vid))
             .await
+    }
+
+    async fn lock_vdi(&self, name: &str) -> FsResult<()> {
+        let name = name.to_string();
+        self.on_lock_connection(move |locks| async move { locks.take(&name).await })
+            .await
+    }
+
+    async fn release_vdi(&self, name: &str) -> FsResult<()> {
+        let name = name.to_string();
+        self.on_lock_connection(move |locks| async move { locks.give_up(&name).await })
+            .await
+    }
+
+    fn lock_lost(&self, name: &str) -> bool {
+        self.locks.lost(name)
+    }
+
+    async fn stat_cache(&self) -> FsResult<CacheStats> {
+        self.retry("object cache figures", || self.client().stat_cache()).await
+    }
+
+    fn object_cache(&self) -> bool {
+        self.object_cache.load(Ordering::Acquire)
+    }
+
+    fn set_object_cache(&self, on: bool) {
+        self.object_cache.store(on, Ordering::Release);
     }
 
     async fn cluster_info(&self) -> FsResult<ClusterInfo> {

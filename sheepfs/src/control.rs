@@ -20,6 +20,15 @@ pub fn parse_snapshot(input: &[u8]) -> FsResult<String> {
     }
 }
 
+/// What a write to `/config/object_cache` asks for: `1` (on) or `0` (off).
+pub fn parse_switch(input: &[u8]) -> FsResult<bool> {
+    match one_line(input)? {
+        "1" => Ok(true),
+        "0" => Ok(false),
+        s => Err(FsError::invalid(format!("object_cache: write 0 or 1, not {s:?}"))),
+    }
+}
+
 /// A new VDI name written to a `clone` file.
 pub fn parse_clone(input: &[u8]) -> FsResult<String> {
     let s = one_line(input)?;
@@ -72,6 +81,9 @@ mod tests {
                     }
                 }),
                 "clone" => parse_clone(input.as_bytes()).map(|_| "ok".to_string()),
+                "object_cache" => {
+                    parse_switch(input.as_bytes()).map(|on| format!("ok, {}", if on { "on" } else { "off" }))
+                }
                 other => panic!("unknown control file {other}"),
             };
             let got = got.unwrap_or_else(|e| {

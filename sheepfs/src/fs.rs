@@ -27,6 +27,8 @@ pub enum Entry {
     VdiDir,
     ClusterDir,
     NodeDir,
+    ConfigDir,
+    ObjectCache,
     VdiList,
     ClusterInfo,
     ClusterRecovery,
@@ -72,6 +74,7 @@ impl Entry {
             | Entry::VdiDir
             | Entry::ClusterDir
             | Entry::NodeDir
+            | Entry::ConfigDir
             | Entry::Vdi(_)
             | Entry::Snapshots(_)
             | Entry::Snapshot(..) => Kind::Dir,
@@ -105,6 +108,8 @@ impl Table {
             Entry::VdiDir,
             Entry::ClusterDir,
             Entry::NodeDir,
+            Entry::ConfigDir,
+            Entry::ObjectCache,
             Entry::VdiList,
             Entry::ClusterInfo,
             Entry::NodeList,
@@ -210,11 +215,11 @@ impl<B: Backend> Fs<B> {
         };
         let perm = match &e {
             _ if e.kind() == Kind::Dir => 0o755,
-            Entry::Volume(_) => 0o644,
+            Entry::Volume(_) | Entry::ObjectCache => 0o644,
             Entry::SnapshotCtl(_) | Entry::CloneCtl(..) => 0o200,
             _ => 0o444,
         };
-        let volatile = e.is_monitor() || matches!(e, Entry::SnapshotCtl(_) | Entry::CloneCtl(..));
+        let volatile = e.is_monitor() || matches!(e, Entry::SnapshotCtl(_) | Entry::CloneCtl(..) | Entry::ObjectCache);
         Ok(Attr {
             ino: self.ino(e.clone()),
             kind: e.kind(),
@@ -234,6 +239,8 @@ impl<B: Backend> Fs<B> {
             (Entry::Root, "vdi") => Entry::VdiDir,
             (Entry::Root, "cluster") => Entry::ClusterDir,
             (Entry::Root, "node") => Entry::NodeDir,
+            (Entry::Root, "config") => Entry::ConfigDir,
+            (Entry::ConfigDir, "object_cache") => Entry::ObjectCache,
             (Entry::VdiDir, "list") => Entry::VdiList,
             (Entry::VdiDir, n) => {
                 control::check_name(n).ok()?;
@@ -274,7 +281,8 @@ impl<B: Backend> Fs<B> {
         let e = self.entry(ino)?;
         self.check(&e).await?;
         let names: Vec<String> = match &e {
-            Entry::Root => vec!["vdi".into(), "cluster".into(), "node".into()],
+            Entry::Root => vec!["vdi".into(), "cluster".into(), "node".into(), "config".into()],
+            Entry::ConfigDir => vec!["object_cache".into()],
             Entry::VdiDir => {
                 let mut v = vec!["list".to_string()];
                 let hs = self.backend.vdi_headers().await?;
@@ -308,7 +316,9 @@ impl<B: Backend> Fs<B> {
                 lock(&self.handles).insert(fh, Handle::Text(text.into_bytes()));
                 Ok((fh, true))
             }
-            Entry::SnapshotCtl(_) | Entry::CloneCtl(..) => Ok((0, true)),
+            Entry::SnapshotCtl(_) | Entry::CloneCtl(..) | Entry::ObjectCache => Ok((0, true)),
+            // One writer per VDI in the whole cluster: this mount until it ends.
+            Entry::Volume(n) if write => self.backend.lock_vdi(n).await.map(|()| (0, false)),
             _ => Ok((0, false)),
         }
     }
@@ -365,11 +375,13 @@ impl<B: Backend> Fs<B> {
                 let (size, free) = self.backend.stat_sheep(None).await?;
                 let nodes = self.backend.nodes().await?;
                 let addr = self.backend.gateway();
+                let cache = self.backend.stat_cache().await?;
                 Ok(monitor::node_info(
                     nodes.iter().find(|n| n.addr == addr),
                     addr,
                     size,
                     free,
+                    &cache,
                 ))
             }
             _ => Err(FsError::invalid("not a monitoring file")),
@@ -395,6 +407,10 @@ impl<B: Backend> Fs<B> {
             Entry::Volume(n) => self.volume(&n, None).await?.read(offset, size).await,
             Entry::SnapVolume(n, s) => self.volume(&n, Some(s)).await?.read(offset, size).await,
             Entry::SnapshotCtl(_) => Ok(slice(b"write 1 or tag=NAME here to take a snapshot\n", offset, size)),
+            Entry::ObjectCache => {
+                let on = if self.backend.object_cache() { b"1\n" } else { b"0\n" };
+                Ok(slice(on, offset, size))
+            }
             Entry::CloneCtl(..) => Ok(slice(
                 b"write a new VDI name here to clone this snapshot\n",
                 offset,
@@ -407,12 +423,28 @@ impl<B: Backend> Fs<B> {
     /// Writes to a volume, or performs a control file's action inside the write.
     pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
         match self.entry(ino)? {
+            Entry::Volume(n) if self.backend.lock_lost(&n) => Err(FsError::new(
+                libc::EIO,
+                format!("VDI {n} was taken for writing by another client"),
+            )),
             Entry::Volume(n) => self.volume(&n, None).await?.write(offset, data).await,
             Entry::SnapVolume(..) => Err(FsError::new(libc::EROFS, "snapshots are read-only")),
             Entry::SnapshotCtl(n) => {
                 control_offset(offset)?;
                 let tag = control::parse_snapshot(data)?;
                 self.volume(&n, None).await?.snapshot(&tag).await?;
+                Ok(data.len())
+            }
+            Entry::ObjectCache => {
+                control_offset(offset)?;
+                let on = control::parse_switch(data)?;
+                if !on && self.backend.object_cache() {
+                    // Everything the gateway's cache holds for this mount reaches the
+                    // replicas, durably, before I/O goes around it.
+                    self.flush_all().await?;
+                }
+                self.backend.set_object_cache(on);
+                tracing::info!(on, "object cache switched");
                 Ok(data.len())
             }
             Entry::CloneCtl(n, s) => {
@@ -444,7 +476,8 @@ impl<B: Backend> Fs<B> {
                         .inspect_err(|e| tracing::warn!(volume = %n, "{e}"))?;
                 }
             }
-            Entry::SnapshotCtl(_) | Entry::CloneCtl(..) => {}
+            // `echo > file` truncates before it writes.
+            Entry::SnapshotCtl(_) | Entry::CloneCtl(..) | Entry::ObjectCache => {}
             _ => return Err(FsError::new(libc::EACCES, "size cannot change")),
         }
         self.getattr(ino).await
@@ -481,6 +514,8 @@ impl<B: Backend> Fs<B> {
                 }
                 self.backend.delete_vdi(n, 0).await?;
                 lock(&self.volumes).remove(&(n.clone(), None));
+                // The cluster dropped the lock with the VDI; forget it here too.
+                self.backend.release_vdi(n).await?;
             }
             Entry::Snapshot(n, s) => {
                 self.backend.vdi_info(n, *s).await?;
@@ -503,15 +538,30 @@ impl<B: Backend> Fs<B> {
 
     /// Flushes every loaded volume (unmount, SIGTERM).
     pub async fn flush_all(&self) -> FsResult<()> {
-        let vols: Vec<_> = lock(&self.volumes)
-            .iter()
-            .filter(|(k, _)| k.1.is_none())
-            .map(|(_, v)| v.clone())
-            .collect();
-        for v in vols {
+        for (_, v) in self.working_volumes() {
             v.flush().await?;
         }
         Ok(())
+    }
+
+    fn working_volumes(&self) -> Vec<(String, Arc<Volume<B>>)> {
+        lock(&self.volumes)
+            .iter()
+            .filter(|(k, _)| k.1.is_none())
+            .map(|(k, v)| (k.0.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The mount ends: every write made durable, then every VDI this mount opened for writing
+    /// is free for other clients. Goes on past a failure, and reports the first.
+    pub async fn unmount(&self) -> FsResult<()> {
+        let mut first = self.flush_all().await.err();
+        for (name, _) in self.working_volumes() {
+            if let Err(e) = self.backend.release_vdi(&name).await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 }
 

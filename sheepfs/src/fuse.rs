@@ -112,8 +112,8 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
     }
 
     fn destroy(&mut self) {
-        if let Err(e) = on_this_thread(self.fs.flush_all()) {
-            tracing::error!("flush at unmount failed: {e}");
+        if let Err(e) = on_this_thread(self.fs.unmount()) {
+            tracing::error!("flush or lock release at unmount failed: {e}");
         }
     }
 

@@ -47,6 +47,10 @@ struct Args {
     /// Needs root (it is set through /sys/class/bdi); 0 leaves the kernel's value.
     #[arg(long, default_value_t = 4096)]
     read_ahead_kib: u32,
+    /// Start with the gateway's object cache off for this mount (`/config/object_cache`
+    /// switches it at run time). It only matters where the gateway sheep runs with `-w`.
+    #[arg(long)]
+    no_object_cache: bool,
     /// Write logs here (in the background they are discarded otherwise).
     #[arg(long)]
     log_file: Option<PathBuf>,
@@ -144,7 +148,12 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let gateway = SocketAddr::new(args.address, args.port);
-    let backend = Arc::new(ClusterBackend::new(gateway, Duration::from_secs(args.retry_secs)));
+    let backend = Arc::new(ClusterBackend::new(
+        gateway,
+        Duration::from_secs(args.retry_secs),
+        rt.handle().clone(),
+        !args.no_object_cache,
+    ));
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), backend.cluster_info()).await })
         .map_err(|_| format!("gateway {gateway} did not answer"))?
         .map_err(|e| format!("cannot reach the gateway {gateway}: {e}"))?;
@@ -169,8 +178,8 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("signal received: flushing and unmounting");
-        if let Err(e) = fs.flush_all().await {
-            tracing::error!("flush failed: {e}");
+        if let Err(e) = fs.unmount().await {
+            tracing::error!("flush or lock release failed: {e}");
         }
         if let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) {
             // SAFETY: a valid NUL-terminated path. When the mount is busy, detach it: the

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use protocol::cluster::{ClusterInfo, EpochRecord};
 use protocol::inode::{Inode, InodeHeader, DEFAULT_BLOCK_SIZE_SHIFT, INODE_HEADER_SIZE};
 use protocol::node::Node;
-use protocol::requests::{NewVdi, RecoveryState, VdiInfo};
+use protocol::requests::{CacheStats, NewVdi, RecoveryState, VdiInfo};
 use protocol::{Oid, Vid};
 
 use crate::backend::Backend;
@@ -19,6 +19,7 @@ use crate::error::{FsError, FsResult};
 pub struct MemoryBackend {
     objects: Mutex<HashMap<Oid, Vec<u8>>>,
     next_vid: Mutex<u32>,
+    cache_on: std::sync::atomic::AtomicBool,
 }
 
 fn eio(what: impl std::fmt::Display) -> FsError {
@@ -83,6 +84,32 @@ fn info(h: &InodeHeader) -> VdiInfo {
 impl Backend for MemoryBackend {
     fn gateway(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 7000))
+    }
+
+    /// One client: every lock is granted.
+    async fn lock_vdi(&self, _name: &str) -> FsResult<()> {
+        Ok(())
+    }
+
+    async fn release_vdi(&self, _name: &str) -> FsResult<()> {
+        Ok(())
+    }
+
+    fn lock_lost(&self, _name: &str) -> bool {
+        false
+    }
+
+    async fn stat_cache(&self) -> FsResult<CacheStats> {
+        Ok(CacheStats::default())
+    }
+
+    /// No cache here: the switch is only remembered.
+    fn object_cache(&self) -> bool {
+        self.cache_on.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_object_cache(&self, on: bool) {
+        self.cache_on.store(on, std::sync::atomic::Ordering::Release);
     }
 
     async fn read_obj(&self, oid: Oid, offset: u32, out: &mut [u8]) -> FsResult<usize> {

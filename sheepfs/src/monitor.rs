@@ -6,6 +6,7 @@ use std::fmt::Write;
 use protocol::cluster::{status, ClusterInfo, EpochRecord};
 use protocol::inode::InodeHeader;
 use protocol::node::Node;
+use protocol::requests::CacheStats;
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for Unix seconds (UTC).
 pub fn utc(secs: u64) -> String {
@@ -147,13 +148,22 @@ pub fn recovery(nodes: &[(Node, Option<protocol::requests::RecoveryState>)]) -> 
     out
 }
 
-/// `/node/info`: the gateway node's own figures.
-pub fn node_info(node: Option<&Node>, addr: std::net::SocketAddr, size: u64, free: u64) -> String {
+/// `/node/info`: the gateway node's own figures, with its object cache's (all zero when it
+/// runs none).
+pub fn node_info(node: Option<&Node>, addr: std::net::SocketAddr, size: u64, free: u64, cache: &CacheStats) -> String {
     format!(
-        "addr: {addr}\nzone: {}\nvnodes: {}\nsize: {size}\nused: {}\nfree: {free}\n",
+        "addr: {addr}\nzone: {}\nvnodes: {}\nsize: {size}\nused: {}\nfree: {free}\n\
+         cache_size: {}\ncache_used: {}\ncache_dirty: {}\ncache_hits: {}\ncache_misses: {}\n\
+         cache_hit_ratio: {:.1}\n",
         node.map_or("-".to_string(), |n| n.zone.to_string()),
         node.map_or("-".to_string(), |n| n.nr_vnodes.to_string()),
-        size.saturating_sub(free)
+        size.saturating_sub(free),
+        cache.limit,
+        cache.used,
+        cache.dirty,
+        cache.hits,
+        cache.misses,
+        cache.hit_ratio()
     )
 }
 
@@ -241,7 +251,17 @@ mod tests {
         ];
         assert_eq!(node_list(&rows), semantics_example("node-list"));
         let n = node(7000, 1);
-        assert_eq!(node_info(Some(&n), n.addr, 1000, 600), semantics_example("node-info"));
+        let cache = CacheStats {
+            limit: 268_435_456,
+            used: 8_388_608,
+            dirty: 4_194_304,
+            hits: 300,
+            misses: 100,
+        };
+        assert_eq!(
+            node_info(Some(&n), n.addr, 1000, 600, &cache),
+            semantics_example("node-info")
+        );
         let busy = protocol::requests::RecoveryState {
             running: true,
             done: 10,

@@ -4,6 +4,8 @@
 //! sheepfs inside the cluster's temporary directory, and checks bytes through the mount and
 //! independently through `dog` on another gateway.
 
+#[path = "sheepfs/cache.rs"]
+mod cache;
 #[path = "sheepfs/tools.rs"]
 mod tools;
 
@@ -952,4 +954,104 @@ fn blocks_another_client_allocates_are_read_not_zeros() {
     want[(MIB + 4096) as usize..(MIB + 4096) as usize + data.len()].copy_from_slice(&data);
     assert_same_bytes("the object around it", &around, &want);
     m.unmount();
+}
+
+// ---------------------------------------------------------------------------------------------
+// One writer per VDI (LOCK_VDI held for the mount's lifetime)
+
+/// While a mount has a volume open for writing, a second mount (through another gateway)
+/// gets EBUSY and `dog vdi write` is refused with a message, and neither changes a byte;
+/// reads stay free. Once the first mount ends, the others write.
+#[test]
+fn a_vdi_is_written_by_one_client_at_a_time() {
+    let c = Cluster::start_formatted(3, 3);
+    c.dog_ok(&["vdi", "create", "delta", "8M"]);
+    let m1 = Mount::start(&c, 0);
+    let mut want = pseudo_random(50, (2 * MIB) as usize);
+    dd_write(&local_file(&c, "first", &want), &m1.volume("delta"), 0).expect_ok();
+    let other = pseudo_random(51, 4096);
+    let other_src = local_file(&c, "other", &other);
+
+    let m2 = Mount::start(&c, 1);
+    expect_errno(dd_write(&other_src, &m2.volume("delta"), 0), "Device or resource busy");
+    let refused = c
+        .dog_at(2, &["vdi", "write", "delta", "0", "4096"], Some(&other))
+        .expect_failure();
+    assert!(
+        refused.stderr.contains("open for writing"),
+        "dog says why: {}",
+        refused.stderr
+    );
+    assert_same_bytes(
+        "delta read through the second mount while the first writes",
+        &dd_read(&c, &m2.volume("delta"), 0, 2 * MIB),
+        &want,
+    );
+
+    m1.unmount();
+    dd_write(&other_src, &m2.volume("delta"), 0).expect_ok();
+    want[..4096].copy_from_slice(&other);
+    m2.unmount();
+    c.dog_at(2, &["vdi", "write", "delta", "8192", "4096"], Some(&other))
+        .expect_ok();
+    want[8192..8192 + 4096].copy_from_slice(&other);
+    assert_same_bytes(
+        "delta through node 2 after each writer in turn",
+        &dog_read(&c, 2, "delta", 0, 2 * MIB, None),
+        &want,
+    );
+}
+
+/// The lock ends with the gateway that holds it: once it is killed, another mount writes.
+/// A killed mount frees the VDI too (its connection to the gateway closes).
+#[test]
+fn a_vdi_lock_ends_with_its_gateway_or_its_mount() {
+    let mut c = Cluster::start_formatted(3, 3);
+    c.dog_ok(&["vdi", "create", "eps", "8M"]);
+    let data = pseudo_random(52, MIB as usize);
+    let src = local_file(&c, "data", &data);
+
+    // A mount killed with -9.
+    let m0 = Mount::start(&c, 2);
+    dd_write(&src, &m0.volume("eps"), 0).expect_ok();
+    c.dog_at(1, &["vdi", "write", "eps", "0", "4096"], Some(&data[..4096]))
+        .expect_failure();
+    let pid = m0.pid().expect("sheepfs pid");
+    tool_ok("kill", &["-9", &pid.to_string()]);
+    wait_until("the killed mount's lock to go", Duration::from_secs(20), || {
+        let out = c.dog_at(1, &["vdi", "write", "eps", "0", "4096"], Some(&data[..4096]));
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.stderr)
+        }
+    });
+    drop(m0);
+
+    // A gateway killed with -9.
+    let m1 = Mount::start_with(&c, 0, &["--retry-secs", "1"]);
+    dd_write(&src, &m1.volume("eps"), 0).expect_ok();
+    let m2 = Mount::start(&c, 1);
+    let other = pseudo_random(53, 4096);
+    let other_src = local_file(&c, "other", &other);
+    expect_errno(dd_write(&other_src, &m2.volume("eps"), MIB), "Device or resource busy");
+    c.kill(0);
+    c.wait_for_membership();
+    wait_until("the killed gateway's lock to go", Duration::from_secs(20), || {
+        let out = dd_write(&other_src, &m2.volume("eps"), MIB);
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.describe())
+        }
+    });
+    let mut want = data.clone();
+    want.extend_from_slice(&other);
+    assert_same_bytes(
+        "eps through node 2 after its first writer's gateway died",
+        &dog_read(&c, 2, "eps", 0, MIB + 4096, None),
+        &want,
+    );
+    m2.unmount();
+    drop(m1);
 }

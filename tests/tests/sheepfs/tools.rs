@@ -259,9 +259,20 @@ fn qemu_io_writes_and_verifies_patterns_and_reports_a_wrong_one() {
 
 #[test]
 fn fio_random_writes_verify_with_crc32c() {
-    let c = Cluster::start_formatted(3, 3);
+    fio_verify(&Cluster::start_formatted(3, 3));
+}
+
+/// The same through gateways with an object cache smaller than the volume.
+#[test]
+fn fio_random_writes_verify_with_crc32c_through_the_object_cache() {
+    let c = Cluster::builder().nodes(3).args(&["-w", "24M"]).start();
+    c.format(3);
+    fio_verify(&c);
+}
+
+fn fio_verify(c: &Cluster) {
     c.dog_ok(&["vdi", "create", "bench", "64M"]);
-    let m = Mount::start(&c, 0);
+    let m = Mount::start(c, 0);
     let vol = m.volume("bench");
     // 8192 random 4 KiB writes over the 64 MiB volume (all 64 MiB take ~13 s alone on
     // 2 cores, too long next to the other tests), 8 in flight through libaio with O_DIRECT,

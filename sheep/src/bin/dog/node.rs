@@ -149,6 +149,21 @@ pub async fn info(addr: SocketAddr, raw: bool) -> Result<(), Failure> {
             size_str(virtual_size, raw)
         ));
     }
+    // The object cache of the gateway asked, where it runs one (`sheep -w`).
+    if let Ok(s) = c.stat_cache().await {
+        if s.limit > 0 {
+            let [size, used, dirty] = [s.limit, s.used, s.dirty].map(|v| size_str(v, raw));
+            let (hits, misses, ratio) = (s.hits, s.misses, s.hit_ratio());
+            out.line(if raw {
+                format!("Cache {size} {used} {dirty} {hits} {misses} {ratio:.1}%")
+            } else {
+                format!(
+                    "\nObject cache of {addr}\tsize {size}\tused {used}\tdirty {dirty}\t\
+                     hits {hits}\tmisses {misses}\thit ratio {ratio:.1}%"
+                )
+            });
+        }
+    }
     out.print()
 }
 

@@ -501,6 +501,16 @@ pub async fn write(
     writeback: bool,
 ) -> Result<(), Failure> {
     let c = net::connect(addr).await?;
+    // One writer per VDI: held on a connection of its own until dog is done (or dies, which
+    // closes it and frees the VDI).
+    let locker = Client::new(addr);
+    locker.lock_vdi(name).await.map_err(|e| match e.result() {
+        Some(ResultCode::VDI_LOCKED) => Failure::new(format!(
+            "Failed to open VDI {name} for writing: another client (a sheepfs mount, a VM, \
+             another dog) has it open for writing"
+        )),
+        _ => open_failed(name, None, &e),
+    })?;
     let (vid, inode) = open_vdi(&c, name, None).await?;
     let h = &inode.header;
     let total = range_len(h.vdi_size, offset, len).ok_or_else(|| {
@@ -519,15 +529,18 @@ pub async fn write(
     };
     let mut input = std::io::stdin().lock();
     transfer::write_range(&t, &inode.data_vdi_id, object_size(h)?, offset, total, &mut input).await?;
-    if writeback {
-        return Ok(());
-    }
-    // Sheep acknowledge a write once the replicas have it, durable at the next flush: dog
-    // returns only when what it wrote would survive a power cut.
     let vid = protocol::Vid::new(vid).ok_or_else(|| Failure::new(format!("VDI {name} has a bad id {vid:#x}")))?;
-    c.flush_vdi(vid)
+    if !writeback {
+        // Sheep acknowledge a write once the replicas have it, durable at the next flush:
+        // dog returns only when what it wrote would survive a power cut.
+        c.flush_vdi(vid)
+            .await
+            .map_err(|e| fail(format!("Failed to flush VDI {name}"), &e))?;
+    }
+    locker
+        .release_vdi(vid)
         .await
-        .map_err(|e| fail(format!("Failed to flush VDI {name}"), &e))
+        .map_err(|e| fail(format!("Failed to release VDI {name}"), &e))
 }
 
 pub async fn resize(addr: SocketAddr, name: &str, new_size: u64) -> Result<(), Failure> {

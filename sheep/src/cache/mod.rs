@@ -1,0 +1,372 @@
+//! The object cache (`sheep -w SIZE`): a gateway keeps whole copies of the data objects its
+//! clients read and write in a directory of its own, and acknowledges a write once it is in
+//! that copy (write-back). A flush (FLUSH_VDI) pushes every dirty block of the VDI to all
+//! replicas and makes them durable there before it answers; a background pusher keeps
+//! dirty data under half the cache.
+//!
+//! Only requests that ask for it (the CACHE flag, which sheepfs sets while
+//! `/config/object_cache` is 1) and only VDIs whose write lock a client of this gateway
+//! holds are cached, so no other gateway can write (or cache) the same VDI meanwhile. Any
+//! other request for a cached object first pushes and drops the copy, so uncached I/O never
+//! sees stale bytes. Creates go to the replicas directly: an object exists on them before
+//! anyone can refer to it. When dirty copies fill the cache, writes go around it (slower,
+//! never refused).
+
+pub mod index;
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use protocol::{Oid, ResultCode};
+
+use crate::gateway::{self, Write};
+use crate::node::Sheep;
+use index::{Index, Leftover};
+
+/// Pushes at once during a flush.
+const PUSHES: usize = 8;
+/// Pushes an eviction tries before it leaves a copy that cached writes keep dirtying.
+const EVICT_ATTEMPTS: usize = 8;
+
+/// Whether a request for `oid` may use this gateway's cache: it asked (`flagged`), the cache
+/// is on, and a client of this gateway holds the VDI's write lock.
+pub fn eligible(sheep: &Sheep, oid: Oid, flagged: bool) -> bool {
+    flagged
+        && oid.is_data()
+        && sheep.cache.is_some()
+        && sheep
+            .state()
+            .locks
+            .get(&oid.vid().get())
+            .is_some_and(|l| l.owner == sheep.me.addr)
+}
+
+/// The VDI's current lock count, recorded with dirty data.
+fn lock_gen(sheep: &Sheep, oid: Oid) -> u64 {
+    sheep.state().lock_gens.get(&oid.vid().get()).copied().unwrap_or(0)
+}
+
+fn io_failed(oid: Oid, what: &str, e: &std::io::Error) -> ResultCode {
+    tracing::error!(%oid, error = %e, "object cache: {what} failed");
+    ResultCode::EIO
+}
+
+async fn file_read(sheep: &Sheep, f: Arc<File>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    if let Some(ring) = sheep.disk() {
+        return ring.read(f, offset, len).await;
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len];
+        std::os::unix::fs::FileExt::read_exact_at(&*f, &mut buf, offset).map(|()| buf)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+async fn file_write(sheep: &Sheep, f: Arc<File>, offset: u64, data: Bytes) -> std::io::Result<()> {
+    if let Some(ring) = sheep.disk() {
+        return ring.write(f, offset, data, false).await;
+    }
+    tokio::task::spawn_blocking(move || std::os::unix::fs::FileExt::write_all_at(&*f, &data, offset))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// What a miss found.
+enum Loaded {
+    Cached,
+    /// No room: the object's bytes, served without caching them.
+    Around(Vec<u8>),
+}
+
+/// Brings `oid` into the cache from its replicas. With no room, a pending `write` goes to
+/// the replicas while the object's stripe is still held, so no copy made meanwhile misses
+/// it.
+async fn load(
+    sheep: &Arc<Sheep>,
+    c: &Arc<Index>,
+    oid: Oid,
+    copies: u8,
+    write: Option<(u32, &Bytes)>,
+) -> Result<Loaded, ResultCode> {
+    let _g = c.stripe(oid).write().await;
+    if c.contains(oid) {
+        return Ok(Loaded::Cached);
+    }
+    c.miss();
+    let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)?;
+    let data = gateway::read(sheep, oid, 0, size as u32, copies).await?;
+    let (c2, kept) = (c.clone(), data);
+    let (res, data) = tokio::task::spawn_blocking(move || (c2.insert(oid, &kept), kept))
+        .await
+        .map_err(|_| ResultCode::SYSTEM_ERROR)?;
+    match res {
+        Ok(Some(_)) => Ok(Loaded::Cached),
+        Ok(None) => {
+            c.push_now.notify_one();
+            around(sheep, oid, copies, write, data).await
+        }
+        Err(e) => {
+            io_failed(oid, "storing a copy", &e);
+            around(sheep, oid, copies, write, data).await
+        }
+    }
+}
+
+async fn around(
+    sheep: &Arc<Sheep>,
+    oid: Oid,
+    copies: u8,
+    write: Option<(u32, &Bytes)>,
+    data: Vec<u8>,
+) -> Result<Loaded, ResultCode> {
+    if let Some((offset, bytes)) = write {
+        write_around(sheep, oid, offset, bytes.clone(), copies).await?;
+    }
+    Ok(Loaded::Around(data))
+}
+
+/// A cached read of `len` bytes of `oid` at `offset`.
+pub async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u32, len: u32, copies: u8) -> Result<Vec<u8>, ResultCode> {
+    let Some(c) = sheep.cache.clone() else {
+        return gateway::read(sheep, oid, offset, len, copies).await;
+    };
+    c.wait_ready().await;
+    loop {
+        {
+            let _g = c.stripe(oid).read().await;
+            if let Some((f, _)) = c.lookup(oid) {
+                c.hit();
+                return file_read(sheep, f, offset.into(), len as usize)
+                    .await
+                    .map_err(|e| io_failed(oid, "a read", &e));
+            }
+        }
+        if let Loaded::Around(data) = load(sheep, &c, oid, copies, None).await? {
+            let at = offset as usize;
+            return data
+                .get(at..at + len as usize)
+                .map(<[u8]>::to_vec)
+                .ok_or(ResultCode::INVALID_PARMS);
+        }
+    }
+}
+
+/// A cached write into the existing object `oid`: acknowledged once in the copy.
+pub async fn write(sheep: &Arc<Sheep>, oid: Oid, offset: u32, data: Bytes, copies: u8) -> Result<(), ResultCode> {
+    let Some(c) = sheep.cache.clone() else {
+        return write_around(sheep, oid, offset, data, copies).await;
+    };
+    c.wait_ready().await;
+    let at = u64::from(offset);
+    loop {
+        {
+            let _g = c.stripe(oid).read().await;
+            if let Some((f, true)) = c.lookup(oid) {
+                c.hit();
+                return land(sheep, &c, oid, f, at, data).await;
+            }
+        }
+        {
+            // A clean copy gets its dirty marker first, with the stripe held exclusively so
+            // no push can end (and remove the marker) in between.
+            let _g = c.stripe(oid).write().await;
+            if let Some((f, dirty)) = c.lookup(oid) {
+                c.hit();
+                if !dirty {
+                    c.mark_dirty_on_disk(oid, lock_gen(sheep, oid))
+                        .map_err(|e| io_failed(oid, "marking a copy dirty", &e))?;
+                }
+                return land(sheep, &c, oid, f, at, data).await;
+            }
+        }
+        if let Loaded::Around(_) = load(sheep, &c, oid, copies, Some((offset, &data))).await? {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes into the copy, then records its blocks dirty (after the bytes are there, so a
+/// push that read the copy before them cannot mark them clean).
+async fn land(sheep: &Arc<Sheep>, c: &Index, oid: Oid, f: Arc<File>, at: u64, data: Bytes) -> Result<(), ResultCode> {
+    let len = data.len() as u64;
+    file_write(sheep, f, at, data)
+        .await
+        .map_err(|e| io_failed(oid, "a write", &e))?;
+    match c.written(oid, at, len) {
+        Some(high) => {
+            if high {
+                c.push_now.notify_one();
+            }
+            Ok(())
+        }
+        None => {
+            tracing::error!(%oid, "object cache: a copy went away under a write");
+            Err(ResultCode::EIO)
+        }
+    }
+}
+
+async fn write_around(sheep: &Arc<Sheep>, oid: Oid, offset: u32, data: Bytes, copies: u8) -> Result<(), ResultCode> {
+    let w = Write {
+        oid,
+        offset,
+        data,
+        create: false,
+        copies,
+    };
+    gateway::write(sheep, w).await
+}
+
+/// Sends `oid`'s dirty blocks to every replica; the copy is clean afterwards unless a write
+/// came meanwhile.
+async fn push(sheep: &Arc<Sheep>, c: &Index, oid: Oid) -> Result<(), ResultCode> {
+    let _one = c.push_lock(oid).lock().await;
+    let Some(d) = c.dirty_runs(oid) else {
+        return Ok(());
+    };
+    let vid = oid.vid().get();
+    let writable = sheep.state().vdis.get(&vid).is_some_and(|v| !v.snapshot && !v.deleted);
+    if !writable || lock_gen(sheep, oid) != d.lock_gen {
+        // Another client took the VDI since (this gateway left the cluster meanwhile), or it
+        // became a snapshot or was deleted: these bytes must not land over newer ones.
+        tracing::error!(%oid, "object cache: unflushed writes dropped: the VDI was taken, snapshotted or deleted since");
+        let _g = c.stripe(oid).write().await;
+        return c.remove(oid).map_err(|e| io_failed(oid, "dropping a copy", &e));
+    }
+    {
+        let _g = c.stripe(oid).read().await;
+        for &(at, len) in &d.runs {
+            let data = file_read(sheep, d.file.clone(), at, len as usize)
+                .await
+                .map_err(|e| io_failed(oid, "reading a dirty copy", &e))?;
+            write_around(sheep, oid, at as u32, data.into(), 0)
+                .await
+                .inspect_err(|code| tracing::error!(%oid, result = %code, "object cache: push failed"))?;
+        }
+    }
+    let _g = c.stripe(oid).write().await;
+    c.pushed(oid, d.gen).map_err(|e| io_failed(oid, "cleaning a copy", &e))
+}
+
+/// Before a request that goes around the cache touches `oid`: its dirty blocks go to the
+/// replicas and the copy is dropped, so the request sees (and changes) the current bytes.
+pub async fn evict(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCode> {
+    let Some(c) = sheep.cache.clone() else {
+        return Ok(());
+    };
+    if !c.contains(oid) {
+        return Ok(());
+    }
+    c.wait_ready().await;
+    // Pushed, then dropped once no cached write came in between.
+    for _ in 0..EVICT_ATTEMPTS {
+        push(sheep, &c, oid).await?;
+        let _g = c.stripe(oid).write().await;
+        if c.dirty_runs(oid).is_none() {
+            return c.remove(oid).map_err(|e| io_failed(oid, "dropping a copy", &e));
+        }
+    }
+    tracing::warn!(%oid, "object cache: a copy stays: cached writes keep coming while uncached I/O wants it");
+    Ok(())
+}
+
+/// Pushes every dirty block of `vid`'s objects (of every VDI: `None`) to the replicas.
+/// The caller then makes the replicas sync (FLUSH_PEER).
+pub async fn push_all(sheep: &Arc<Sheep>, vid: Option<u32>) -> Result<(), ResultCode> {
+    let Some(c) = sheep.cache.clone() else {
+        return Ok(());
+    };
+    c.wait_ready().await;
+    let oids = c.dirty(vid);
+    let results: Vec<_> = futures::stream::iter(oids)
+        .map(|oid| {
+            let c = c.clone();
+            async move { push(sheep, &c, oid).await }
+        })
+        .buffer_unordered(PUSHES)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// The VDI's lock ends here: its dirty blocks go to the replicas and its copies are dropped,
+/// since the next writer may use another gateway.
+pub async fn drop_vdi(sheep: &Arc<Sheep>, vid: u32) -> Result<(), ResultCode> {
+    let Some(c) = sheep.cache.clone() else {
+        return Ok(());
+    };
+    push_all(sheep, Some(vid)).await?;
+    for oid in c.cached(vid) {
+        evict(sheep, oid).await?;
+    }
+    Ok(())
+}
+
+/// Keeps dirty data under the high-water mark (half the cache), oldest first.
+pub async fn pusher(sheep: Arc<Sheep>) {
+    let Some(c) = sheep.cache.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = c.push_now.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        while let Some(oid) = c.push_candidate() {
+            if push(&sheep, &c, oid).await.is_err() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                break;
+            }
+        }
+    }
+}
+
+/// After a crash: each dirty copy left behind is pushed whole, unless another client took
+/// the VDI's write lock since (its writes are newer; the unflushed ones here are dropped,
+/// as a disk drops its cache at a power cut). Cached I/O waits until this is done.
+pub async fn recover(sheep: Arc<Sheep>, leftovers: Vec<Leftover>) {
+    let Some(c) = sheep.cache.clone() else {
+        return;
+    };
+    for l in leftovers {
+        let (vid, now) = (l.oid.vid().get(), lock_gen(&sheep, l.oid));
+        let live = sheep.state().vdis.get(&vid).is_some_and(|v| !v.snapshot && !v.deleted);
+        if !live || now != l.lock_gen {
+            tracing::warn!(oid = %l.oid, "object cache: unflushed writes dropped: the VDI was taken, snapshotted or deleted since");
+        } else {
+            match c.read_leftover(l.oid) {
+                Ok(data) => {
+                    let mut pause = Duration::from_millis(200);
+                    loop {
+                        match write_around(&sheep, l.oid, 0, data.clone().into(), 0).await {
+                            Ok(()) => {
+                                tracing::info!(oid = %l.oid, "object cache: pushed a copy left by a crash");
+                                break;
+                            }
+                            Err(code @ (ResultCode::NO_OBJ | ResultCode::NO_VDI | ResultCode::READONLY)) => {
+                                tracing::error!(oid = %l.oid, result = %code, "object cache: a copy left by a crash has nowhere to go; dropped");
+                                break;
+                            }
+                            Err(code) => {
+                                tracing::error!(oid = %l.oid, result = %code, "object cache: cannot push a copy left by a crash; retrying");
+                                tokio::time::sleep(pause).await;
+                                pause = (pause * 2).min(Duration::from_secs(5));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    io_failed(l.oid, "reading a copy left by a crash", &e);
+                }
+            }
+        }
+        if let Err(e) = c.drop_leftover(l.oid) {
+            io_failed(l.oid, "dropping a copy left by a crash", &e);
+        }
+    }
+    c.set_ready();
+}
