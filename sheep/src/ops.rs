@@ -192,7 +192,8 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
     }
     // The object cache serves what asks for it; anything else first takes a cached copy's
     // news to the replicas and drops it.
-    let cached = cache::eligible(sheep, oid, req.flags & flags::CACHE != 0);
+    let written = if req.opcode == op::READ_OBJ { 0 } else { payload.len() };
+    let cached = cache::eligible(sheep, oid, req.flags & flags::CACHE != 0, written);
     let empty = if req.opcode == op::READ_OBJ {
         req.data_length == 0
     } else {

@@ -9,7 +9,7 @@
 //! holds are cached, so no other gateway can write (or cache) the same VDI meanwhile. Any
 //! other request for a cached object first pushes and drops the copy, so uncached I/O never
 //! sees stale bytes. Creates go to the replicas directly: an object exists on them before
-//! anyone can refer to it. When dirty copies fill the cache, writes go around it (slower,
+//! anyone can refer to it; so do writes of [`STREAM`] bytes or more. When dirty copies fill the cache, writes go around it (slower,
 //! never refused).
 
 pub mod index;
@@ -31,10 +31,17 @@ const PUSHES: usize = 8;
 /// Pushes an eviction tries before it leaves a copy that cached writes keep dirtying.
 const EVICT_ATTEMPTS: usize = 8;
 
-/// Whether a request for `oid` may use this gateway's cache: it asked (`flagged`), the cache
-/// is on, and a client of this gateway holds the VDI's write lock.
-pub fn eligible(sheep: &Sheep, oid: Oid, flagged: bool) -> bool {
+/// Writes this large go around the cache, and reads this large do not fill it: a sequential
+/// stream would only pass through it (fetch, copy, push) at several times the disk traffic
+/// of using the replicas directly.
+pub const STREAM: usize = 256 << 10;
+
+/// Whether a request for `oid` (writing `write_len` bytes, 0 for a read) may use this
+/// gateway's cache: it asked (`flagged`), the cache is on, it is not part of a stream, and a
+/// client of this gateway holds the VDI's write lock.
+pub fn eligible(sheep: &Sheep, oid: Oid, flagged: bool, write_len: usize) -> bool {
     flagged
+        && write_len < STREAM
         && oid.is_data()
         && sheep.cache.is_some()
         && sheep
@@ -129,12 +136,16 @@ async fn around(
     Ok(Loaded::Around(data))
 }
 
-/// A cached read of `len` bytes of `oid` at `offset`.
+/// A cached read of `len` bytes of `oid` at `offset`. A read of [`STREAM`] bytes or more
+/// (a sequential stream) is served from a copy the cache holds, but does not fetch one.
 pub async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u32, len: u32, copies: u8) -> Result<Vec<u8>, ResultCode> {
     let Some(c) = sheep.cache.clone() else {
         return gateway::read(sheep, oid, offset, len, copies).await;
     };
     c.wait_ready().await;
+    if len as usize >= STREAM && !c.contains(oid) {
+        return gateway::read(sheep, oid, offset, len, copies).await;
+    }
     loop {
         {
             let _g = c.stripe(oid).read().await;
