@@ -104,6 +104,16 @@ fn the_switch_flushes_when_turned_off_and_refuses_garbage() {
     );
     let info = node_info(&m);
     assert!(info["cache_hits"] > 0.0 && info["cache_hit_ratio"] > 0.0, "{info:?}");
+    // dog shows the same figures: size used dirty hits misses ratio.
+    let raw = c.dog_at(0, &["node", "info", "-r"], None).expect_ok().stdout_str();
+    let line = raw
+        .lines()
+        .find(|l| l.starts_with("Cache "))
+        .unwrap_or_else(|| panic!("{raw}"));
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f.len(), 7, "{line}");
+    assert_eq!(f[1], (64 * MIB).to_string(), "{line}");
+    assert!(f[4].parse::<u64>().expect("hits") > 0 && f[6].ends_with('%'), "{line}");
     m.unmount();
 }
 
