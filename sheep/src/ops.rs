@@ -335,7 +335,7 @@ async fn local_op(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: &
                 // A cache's leftovers from a crash go out under the lock count they were
                 // written under: no new lock before they have.
                 if let Some(c) = &sheep.cache {
-                    c.wait_ready().await;
+                    cache::ready(c).await?;
                 }
                 vdi::lock(sheep, vid, conn).await?;
             }

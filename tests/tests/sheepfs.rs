@@ -891,7 +891,7 @@ fn flushed_writes_survive_kill_9_of_every_sheep() {
     c.start_all();
     c.wait_running();
     let mut want = vec![0u8; (24 * MIB) as usize];
-    want[off as usize..off as usize + data.len()].copy_from_slice(&data);
+    put(&mut want, off, &data);
     assert_same_bytes(
         "alpha through node 1 after kill -9 of every sheep",
         &dog_read(&c, 1, "alpha", 0, 24 * MIB, None),
@@ -917,8 +917,8 @@ fn sync_writes_are_durable_without_a_flush() {
     c.start_all();
     c.wait_running();
     let mut want = vec![0u8; (12 * MIB) as usize];
-    want[4095..4095 + data.len()].copy_from_slice(&data);
-    want[8192..8192 + 4096].copy_from_slice(&small);
+    put(&mut want, 4095, &data);
+    put(&mut want, 8192, &small);
     assert_same_bytes(
         "beta through node 1 after kill -9 of every sheep",
         &dog_read(&c, 1, "beta", 0, 12 * MIB, None),
@@ -951,7 +951,7 @@ fn blocks_another_client_allocates_are_read_not_zeros() {
     // Read-only opens see it too; the rest of the object is still zeros.
     let around = dd_read(&c, &vol, 4 * MIB, 4 * MIB);
     let mut want = vec![0u8; (4 * MIB) as usize];
-    want[(MIB + 4096) as usize..(MIB + 4096) as usize + data.len()].copy_from_slice(&data);
+    put(&mut want, MIB + 4096, &data);
     assert_same_bytes("the object around it", &around, &want);
     m.unmount();
 }
@@ -990,11 +990,11 @@ fn a_vdi_is_written_by_one_client_at_a_time() {
 
     m1.unmount();
     dd_write(&other_src, &m2.volume("delta"), 0).expect_ok();
-    want[..4096].copy_from_slice(&other);
+    put(&mut want, 0, &other);
     m2.unmount();
     c.dog_at(2, &["vdi", "write", "delta", "8192", "4096"], Some(&other))
         .expect_ok();
-    want[8192..8192 + 4096].copy_from_slice(&other);
+    put(&mut want, 8192, &other);
     assert_same_bytes(
         "delta through node 2 after each writer in turn",
         &dog_read(&c, 2, "delta", 0, 2 * MIB, None),

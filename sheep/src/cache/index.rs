@@ -116,7 +116,11 @@ impl Index {
             match name.strip_suffix(MARKER).and_then(Oid::from_file_name) {
                 Some(oid) => {
                     let text = fs::read_to_string(dir.join(&name))?;
-                    let lock_gen = text.trim().parse().unwrap_or(0);
+                    // An unreadable count matches no lock: the copy is dropped, and said so.
+                    let lock_gen = text.trim().parse().unwrap_or_else(|_| {
+                        tracing::error!(%oid, marker = %text.trim(), "object cache: unreadable dirty marker");
+                        u64::MAX
+                    });
                     leftovers.push(Leftover { oid, lock_gen });
                 }
                 None => files.push(name),
@@ -173,10 +177,12 @@ impl Index {
         self.ready.send_replace(true);
     }
 
-    /// Waits until the leftovers of a crash have been dealt with.
-    pub async fn wait_ready(&self) {
+    /// Waits up to `limit` until the leftovers of a crash have been dealt with; false if
+    /// they still are not (their replicas keep refusing the push).
+    pub async fn wait_ready(&self, limit: std::time::Duration) -> bool {
         let mut rx = self.ready.subscribe();
-        let _ = rx.wait_for(|r| *r).await;
+        let done = tokio::time::timeout(limit, rx.wait_for(|r| *r)).await;
+        matches!(done, Ok(Ok(_)))
     }
 
     pub fn stripe(&self, oid: Oid) -> &RwLock<()> {
@@ -520,5 +526,30 @@ mod tests {
         assert!(!t.path().join(oid(4, 1).file_name()).exists(), "clean copies go");
         c.drop_leftover(oid(4, 0)).expect("drop");
         assert_eq!(std::fs::read_dir(t.path()).expect("ls").count(), 0);
+    }
+
+    /// Cached I/O waits for a crash's leftovers, but not for ever; an unreadable marker
+    /// matches no lock count.
+    #[tokio::test]
+    async fn leftovers_hold_cached_io_back_for_a_while_only() {
+        let t = tempfile::tempdir().expect("tempdir");
+        fs::write(t.path().join(oid(5, 0).file_name()), b"x").expect("copy");
+        fs::write(t.path().join(format!("{}{MARKER}", oid(5, 0).file_name())), b"garbage").expect("marker");
+        let (c, left) = Index::open(t.path(), BLOCK).expect("open");
+        assert_eq!(
+            left,
+            vec![Leftover {
+                oid: oid(5, 0),
+                lock_gen: u64::MAX
+            }]
+        );
+        assert!(!c.wait_ready(std::time::Duration::from_millis(50)).await);
+        c.set_ready();
+        assert!(c.wait_ready(std::time::Duration::from_millis(50)).await);
+        let (fresh, _) = Index::open(&t.path().join("other"), BLOCK).expect("open");
+        assert!(
+            fresh.wait_ready(std::time::Duration::ZERO).await,
+            "nothing left: ready at once"
+        );
     }
 }

@@ -9,8 +9,8 @@
 //! holds are cached, so no other gateway can write (or cache) the same VDI meanwhile. Any
 //! other request for a cached object first pushes and drops the copy, so uncached I/O never
 //! sees stale bytes. Creates go to the replicas directly: an object exists on them before
-//! anyone can refer to it; so do writes of [`STREAM`] bytes or more. When dirty copies fill the cache, writes go around it (slower,
-//! never refused).
+//! anyone can refer to it; so do writes of [`STREAM`] bytes or more. When dirty copies fill
+//! the cache, writes go around it (slower, never refused).
 
 pub mod index;
 
@@ -30,6 +30,18 @@ use index::{Index, Leftover};
 const PUSHES: usize = 8;
 /// Pushes an eviction tries before it leaves a copy that cached writes keep dirtying.
 const EVICT_ATTEMPTS: usize = 8;
+/// How long cached I/O and new locks wait for the push of a crash's leftovers before they
+/// are refused (the client sees an error, never a hang).
+const READY_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits for the push of a crash's leftovers; NODE_IN_RECOVERY if it does not end in time.
+pub async fn ready(c: &Index) -> Result<(), ResultCode> {
+    if c.wait_ready(READY_WAIT).await {
+        return Ok(());
+    }
+    tracing::error!("object cache: dirty copies left by a crash cannot be pushed yet; refusing cached I/O");
+    Err(ResultCode::NODE_IN_RECOVERY)
+}
 
 /// Writes this large go around the cache, and reads this large do not fill it: a sequential
 /// stream would only pass through it (fetch, copy, push) at several times the disk traffic
@@ -142,7 +154,7 @@ pub async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u32, len: u32, copies: u
     let Some(c) = sheep.cache.clone() else {
         return gateway::read(sheep, oid, offset, len, copies).await;
     };
-    c.wait_ready().await;
+    ready(&c).await?;
     if len as usize >= STREAM && !c.contains(oid) {
         return gateway::read(sheep, oid, offset, len, copies).await;
     }
@@ -171,7 +183,7 @@ pub async fn write(sheep: &Arc<Sheep>, oid: Oid, offset: u32, data: Bytes, copie
     let Some(c) = sheep.cache.clone() else {
         return write_around(sheep, oid, offset, data, copies).await;
     };
-    c.wait_ready().await;
+    ready(&c).await?;
     let at = u64::from(offset);
     loop {
         {
@@ -272,7 +284,7 @@ pub async fn evict(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCode> {
     if !c.contains(oid) {
         return Ok(());
     }
-    c.wait_ready().await;
+    ready(&c).await?;
     // Pushed, then dropped once no cached write came in between.
     for _ in 0..EVICT_ATTEMPTS {
         push(sheep, &c, oid).await?;
@@ -291,7 +303,7 @@ pub async fn push_all(sheep: &Arc<Sheep>, vid: Option<u32>) -> Result<(), Result
     let Some(c) = sheep.cache.clone() else {
         return Ok(());
     };
-    c.wait_ready().await;
+    ready(&c).await?;
     let oids = c.dirty(vid);
     let results: Vec<_> = futures::stream::iter(oids)
         .map(|oid| {
@@ -351,9 +363,10 @@ pub async fn recover(sheep: Arc<Sheep>, leftovers: Vec<Leftover>) {
         } else {
             match c.read_leftover(l.oid) {
                 Ok(data) => {
+                    let data = Bytes::from(data);
                     let mut pause = Duration::from_millis(200);
                     loop {
-                        match write_around(&sheep, l.oid, 0, data.clone().into(), 0).await {
+                        match write_around(&sheep, l.oid, 0, data.clone(), 0).await {
                             Ok(()) => {
                                 tracing::info!(oid = %l.oid, "object cache: pushed a copy left by a crash");
                                 break;

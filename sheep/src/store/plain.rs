@@ -80,7 +80,8 @@ pub struct Store {
     dir: PathBuf,
     /// The object list cache: every stored oid, read from disk once at open.
     oids: Mutex<BTreeSet<Oid>>,
-    /// Serialises create/remove of the same object, and the opening of its files (striped by oid).
+    /// Serialises creates and removes of the same object (striped by oid). Opening files
+    /// takes no lock: the fd cache's generation keeps a replaced file out of it.
     stripes: Vec<Mutex<()>>,
     /// Direct writes are on (cleared for good if the filesystem refuses O_DIRECT).
     direct: AtomicBool,
