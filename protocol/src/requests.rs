@@ -140,6 +140,14 @@ impl Client {
         self.call(req, data).await.map(|_| ())
     }
 
+    /// REMOVE_OBJ: deletes `oid` on every replica; a missing object is not an error.
+    pub async fn remove_obj(&self, oid: Oid) -> Result<(), ClientError> {
+        match self.call(obj_req(op::REMOVE_OBJ, oid, 0), &[]).await {
+            Err(e) if e.result() == Some(ResultCode::NO_OBJ) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
     /// Points entry `idx` of `vid`'s inode at `owner`.
     pub async fn set_data_vdi_id(&self, vid: Vid, idx: u32, owner: u32) -> Result<(), ClientError> {
         self.write_obj(vid.inode_oid(), data_vdi_id_offset(idx), &owner.to_le_bytes())

@@ -17,33 +17,16 @@ use protocol::{Client, ClientError, Oid, ResultCode, Vid};
 use thread_local::ThreadLocal;
 use tokio::runtime::Handle;
 
-use crate::error::{FsError, FsResult};
+use volume::{FsError, FsResult, ObjectIo};
 
-pub trait Backend: Send + Sync + 'static {
+/// Everything but volume I/O ([`ObjectIo`]): the VDI tree, locks, the cache switch and the
+/// monitoring files.
+pub trait Backend: ObjectIo {
     /// The gateway sheep this backend talks to.
     fn gateway(&self) -> SocketAddr;
-    /// Reads `out.len()` bytes of `oid` at `offset` into `out`; returns how many the
-    /// gateway answered (fewer only from a faulty one).
-    fn read_obj(&self, oid: Oid, offset: u32, out: &mut [u8]) -> impl Future<Output = FsResult<usize>> + Send;
-    fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> impl Future<Output = FsResult<()>> + Send;
-    fn create_obj(
-        &self,
-        oid: Oid,
-        cow: Option<Oid>,
-        offset: u32,
-        data: &[u8],
-    ) -> impl Future<Output = FsResult<()>> + Send;
-    /// Looks a working VDI (`snapid` 0) or a snapshot up by name. ENOENT if there is none.
-    fn vdi_info(&self, name: &str, snapid: u32) -> impl Future<Output = FsResult<VdiInfo>> + Send;
-    fn inode(&self, vid: Vid) -> impl Future<Output = FsResult<Inode>> + Send;
     /// Headers of every live VDI (working and snapshots), in vid order.
     fn vdi_headers(&self) -> impl Future<Output = FsResult<Vec<InodeHeader>>> + Send;
-    fn new_vdi(&self, name: &str, v: NewVdi) -> impl Future<Output = FsResult<VdiInfo>> + Send;
-    fn snapshot(&self, name: &str, tag: &str) -> impl Future<Output = FsResult<VdiInfo>> + Send;
     fn delete_vdi(&self, name: &str, snapid: u32) -> impl Future<Output = FsResult<()>> + Send;
-    fn set_vdi_size(&self, vid: Vid, size: u64) -> impl Future<Output = FsResult<()>> + Send;
-    /// Makes every acknowledged write durable on every replica.
-    fn flush(&self, vid: Vid) -> impl Future<Output = FsResult<()>> + Send;
     /// Opens working VDI `name` for writing by this mount, until [`Backend::release_vdi`] or
     /// the mount's end: EBUSY while another client (a mount, `dog vdi write`, a VM) has it.
     fn lock_vdi(&self, name: &str) -> impl Future<Output = FsResult<()>> + Send;
@@ -274,11 +257,7 @@ impl Retry {
     }
 }
 
-impl Backend for ClusterBackend {
-    fn gateway(&self) -> SocketAddr {
-        self.gateway
-    }
-
+impl ObjectIo for ClusterBackend {
     async fn read_obj(&self, oid: Oid, offset: u32, out: &mut [u8]) -> FsResult<usize> {
         let mut retry = Retry::new(self.retry_for);
         loop {
@@ -307,6 +286,11 @@ impl Backend for ClusterBackend {
         .await
     }
 
+    async fn remove_obj(&self, oid: Oid) -> FsResult<()> {
+        self.retry(&format!("removal of object {oid}"), || self.client().remove_obj(oid))
+            .await
+    }
+
     async fn vdi_info(&self, name: &str, snapid: u32) -> FsResult<VdiInfo> {
         self.retry(&format!("lookup of VDI {name}"), || {
             self.client().vdi_info(name, None, snapid)
@@ -319,10 +303,6 @@ impl Backend for ClusterBackend {
             .await
     }
 
-    async fn vdi_headers(&self) -> FsResult<Vec<InodeHeader>> {
-        self.retry("VDI listing", || self.client().vdi_headers()).await
-    }
-
     async fn new_vdi(&self, name: &str, v: NewVdi) -> FsResult<VdiInfo> {
         self.retry(&format!("creation of VDI {name}"), || self.client().new_vdi(name, v))
             .await
@@ -331,14 +311,6 @@ impl Backend for ClusterBackend {
     async fn snapshot(&self, name: &str, tag: &str) -> FsResult<VdiInfo> {
         self.retry(&format!("snapshot of VDI {name}"), || self.client().snapshot(name, tag))
             .await
-    }
-
-    async fn delete_vdi(&self, name: &str, snapid: u32) -> FsResult<()> {
-        self.retry(&format!("deletion of VDI {name}"), || {
-            self.client().delete_vdi(name, snapid, None)
-        })
-        .await
-        .map(|_| ())
     }
 
     async fn set_vdi_size(&self, vid: Vid, size: u64) -> FsResult<()> {
@@ -351,6 +323,24 @@ impl Backend for ClusterBackend {
     async fn flush(&self, vid: Vid) -> FsResult<()> {
         self.retry(&format!("flush of VDI {vid}"), || self.client().flush_vdi(vid))
             .await
+    }
+}
+
+impl Backend for ClusterBackend {
+    fn gateway(&self) -> SocketAddr {
+        self.gateway
+    }
+
+    async fn vdi_headers(&self) -> FsResult<Vec<InodeHeader>> {
+        self.retry("VDI listing", || self.client().vdi_headers()).await
+    }
+
+    async fn delete_vdi(&self, name: &str, snapid: u32) -> FsResult<()> {
+        self.retry(&format!("deletion of VDI {name}"), || {
+            self.client().delete_vdi(name, snapid, None)
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn lock_vdi(&self, name: &str) -> FsResult<()> {

@@ -3,7 +3,7 @@
 
 use protocol::inode::MAX_NAME_LEN;
 
-use crate::error::{FsError, FsResult};
+use volume::{FsError, FsResult};
 
 /// What a write to `/vdi/<name>/snapshot` asks for: `1` (no tag) or `tag=NAME`.
 pub fn parse_snapshot(input: &[u8]) -> FsResult<String> {

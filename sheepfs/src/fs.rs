@@ -16,9 +16,9 @@ use protocol::requests::NewVdi;
 
 use crate::backend::Backend;
 use crate::control;
-use crate::error::{FsError, FsResult};
 use crate::monitor;
-use crate::volume::{Volume, DEFAULT_CHUNK};
+use volume::{FsError, FsResult};
+use volume::{Volume, DEFAULT_CHUNK};
 
 /// What a path names.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -16,8 +16,8 @@ use fuser::{
 use tokio::runtime::{Builder, Runtime};
 
 use crate::backend::Backend;
-use crate::error::{FsError, FsResult};
 use crate::fs::{Attr, Fs, Kind};
+use volume::{FsError, FsResult};
 
 /// Attribute and entry lifetime for entries whose content does not change behind our back.
 const TTL: Duration = Duration::from_secs(1);

@@ -3,14 +3,13 @@
 
 pub mod backend;
 pub mod control;
-pub mod error;
 pub mod fs;
 pub mod fuse;
 #[cfg(test)]
 mod memory;
 pub mod monitor;
-pub mod span;
-pub mod volume;
+#[cfg(test)]
+mod volume_model;
 
 /// The examples of `SEMANTICS.md`, for the tests that keep code and page in step.
 #[cfg(test)]

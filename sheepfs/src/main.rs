@@ -41,7 +41,7 @@ struct Args {
     threads: usize,
     /// Largest request sent to the gateway, in KiB: a larger read or write is cut into
     /// pieces of this size that are all in flight at once.
-    #[arg(long, default_value_t = sheepfs::volume::DEFAULT_CHUNK >> 10, value_parser = clap::value_parser!(u32).range(4..=4096))]
+    #[arg(long, default_value_t = volume::DEFAULT_CHUNK >> 10, value_parser = clap::value_parser!(u32).range(4..=4096))]
     chunk_kib: u32,
     /// Kernel read-ahead for the mount, in KiB (the default of 128 starves sequential reads).
     /// Needs root (it is set through /sys/class/bdi); 0 leaves the kernel's value.

@@ -13,7 +13,7 @@ use protocol::requests::{CacheStats, NewVdi, RecoveryState, VdiInfo};
 use protocol::{Oid, Vid};
 
 use crate::backend::Backend;
-use crate::error::{FsError, FsResult};
+use volume::{FsError, FsResult, ObjectIo};
 
 #[derive(Default)]
 pub struct MemoryBackend {
@@ -81,37 +81,7 @@ fn info(h: &InodeHeader) -> VdiInfo {
     }
 }
 
-impl Backend for MemoryBackend {
-    fn gateway(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 7000))
-    }
-
-    /// One client: every lock is granted.
-    async fn lock_vdi(&self, _name: &str) -> FsResult<()> {
-        Ok(())
-    }
-
-    async fn release_vdi(&self, _name: &str) -> FsResult<()> {
-        Ok(())
-    }
-
-    fn lock_lost(&self, _name: &str) -> bool {
-        false
-    }
-
-    async fn stat_cache(&self) -> FsResult<CacheStats> {
-        Ok(CacheStats::default())
-    }
-
-    /// No cache here: the switch is only remembered.
-    fn object_cache(&self) -> bool {
-        self.cache_on.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    fn set_object_cache(&self, on: bool) {
-        self.cache_on.store(on, std::sync::atomic::Ordering::Release);
-    }
-
+impl ObjectIo for MemoryBackend {
     async fn read_obj(&self, oid: Oid, offset: u32, out: &mut [u8]) -> FsResult<usize> {
         let objs = self.objects();
         let b = objs.get(&oid).ok_or_else(|| eio(format!("object {oid} missing")))?;
@@ -157,6 +127,14 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    async fn remove_obj(&self, oid: Oid) -> FsResult<()> {
+        if self.is_snapshot_data(oid) {
+            return Err(eio(format!("removal of snapshot data {oid}")));
+        }
+        self.objects().remove(&oid);
+        Ok(())
+    }
+
     async fn vdi_info(&self, name: &str, snapid: u32) -> FsResult<VdiInfo> {
         self.find(name, snapid).map(|i| info(&i.header))
     }
@@ -169,15 +147,6 @@ impl Backend for MemoryBackend {
         let mut whole = b.clone();
         whole.resize(whole.len().max(INODE_HEADER_SIZE), 0);
         Inode::decode(&whole).ok_or_else(|| eio("short inode"))
-    }
-
-    async fn vdi_headers(&self) -> FsResult<Vec<InodeHeader>> {
-        Ok(self
-            .inodes()
-            .into_iter()
-            .map(|i| i.header)
-            .filter(|h| !h.is_deleted())
-            .collect())
     }
 
     async fn new_vdi(&self, name: &str, v: NewVdi) -> FsResult<VdiInfo> {
@@ -237,19 +206,60 @@ impl Backend for MemoryBackend {
         self.new_vdi(name, v).await
     }
 
-    async fn delete_vdi(&self, name: &str, snapid: u32) -> FsResult<()> {
-        let mut ino = self.find(name, snapid)?;
-        ino.header.name.clear();
-        ino.data_vdi_id.clear();
-        self.put_inode(&ino);
-        Ok(())
-    }
-
     async fn set_vdi_size(&self, vid: Vid, size: u64) -> FsResult<()> {
         self.write_obj(vid.inode_oid(), 536, &size.to_le_bytes()).await
     }
 
     async fn flush(&self, _vid: Vid) -> FsResult<()> {
+        Ok(())
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn gateway(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7000))
+    }
+
+    /// One client: every lock is granted.
+    async fn lock_vdi(&self, _name: &str) -> FsResult<()> {
+        Ok(())
+    }
+
+    async fn release_vdi(&self, _name: &str) -> FsResult<()> {
+        Ok(())
+    }
+
+    fn lock_lost(&self, _name: &str) -> bool {
+        false
+    }
+
+    async fn stat_cache(&self) -> FsResult<CacheStats> {
+        Ok(CacheStats::default())
+    }
+
+    /// No cache here: the switch is only remembered.
+    fn object_cache(&self) -> bool {
+        self.cache_on.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_object_cache(&self, on: bool) {
+        self.cache_on.store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    async fn vdi_headers(&self) -> FsResult<Vec<InodeHeader>> {
+        Ok(self
+            .inodes()
+            .into_iter()
+            .map(|i| i.header)
+            .filter(|h| !h.is_deleted())
+            .collect())
+    }
+
+    async fn delete_vdi(&self, name: &str, snapid: u32) -> FsResult<()> {
+        let mut ino = self.find(name, snapid)?;
+        ino.header.name.clear();
+        ino.data_vdi_id.clear();
+        self.put_inode(&ino);
         Ok(())
     }
 

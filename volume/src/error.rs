@@ -1,5 +1,5 @@
-//! One error type for the filesystem core. The errno is chosen here, once; the FUSE adapter
-//! only passes it on.
+//! One error type for volume I/O and the filesystem core. The errno is chosen here, once;
+//! the FUSE adapter and the NBD server only pass it on.
 
 use protocol::{ClientError, ResultCode};
 
