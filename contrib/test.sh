@@ -1,10 +1,10 @@
 #!/bin/sh
 # Runs the whole test suite on a fresh Debian 12 machine (as root): installs what the tests
-# drive (fio, qemu-io, mkfs.ext4, losetup, fuse), builds every binary, runs every test.
+# drive (fio, qemu-io, nbdcopy, mkfs.ext4, losetup, fuse), builds every binary, runs every test.
 set -eu
 cd "$(dirname "$0")/.."
 
-pkgs="fio e2fsprogs qemu-utils util-linux fuse3 procps zookeeper iproute2 python3"
+pkgs="fio e2fsprogs qemu-utils libnbd-bin util-linux fuse3 procps zookeeper iproute2 python3"
 missing=""
 for p in $pkgs; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

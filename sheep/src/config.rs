@@ -1,7 +1,7 @@
 //! Command-line options and the optional TOML config file. Flags override the file; the file
 //! overrides the defaults, which live in [`Config::default`].
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -69,11 +69,17 @@ pub struct Args {
     /// gateway holds are cached. Off by default.
     #[arg(short = 'w', long = "cache", value_name = "SIZE[,dir=PATH]")]
     pub cache: Option<String>,
+    /// Serve every VDI over NBD on [ADDR:]PORT (ADDR defaults to 127.0.0.1; the usual port
+    /// is 10809): `qemu-img info nbd://127.0.0.1:10809/NAME`. Export names are VDI names;
+    /// NAME@ID or NAME@TAG is a snapshot, read-only. A writable export holds the VDI's write
+    /// lock while any connection has it open. Off by default.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    pub nbd: Option<String>,
     /// Log filter, e.g. `info` or `sheep=debug` [default: info; env RUST_LOG also works].
     #[arg(long)]
     pub log_level: Option<String>,
     /// TOML file with any of: port, bind, cluster, zone, gateway, vnodes, log_file, log_level,
-    /// recovery_rate, buffered_io, sync_writes, cache.
+    /// recovery_rate, buffered_io, sync_writes, cache, nbd.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -94,6 +100,7 @@ pub struct FileConfig {
     pub buffered_io: Option<bool>,
     pub sync_writes: Option<bool>,
     pub cache: Option<String>,
+    pub nbd: Option<String>,
 }
 
 /// Effective settings.
@@ -112,6 +119,8 @@ pub struct Config {
     pub buffered_io: bool,
     pub sync_writes: bool,
     pub cache: Option<CacheConfig>,
+    /// Where the NBD export listens, if it runs.
+    pub nbd: Option<SocketAddr>,
 }
 
 /// `-w SIZE[,dir=PATH]`.
@@ -139,6 +148,15 @@ impl CacheConfig {
         }
         Ok(CacheConfig { size, dir })
     }
+}
+
+/// `--nbd [ADDR:]PORT`: a bare port listens on loopback.
+fn parse_nbd(spec: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = spec.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port));
+    }
+    spec.parse::<SocketAddr>()
+        .map_err(|_| format!("--nbd {spec:?}: expected [ADDR:]PORT, e.g. 10809 or 192.0.2.1:10809"))
 }
 
 /// Bytes in `s`: digits with an optional K, M, G or T suffix (powers of 1024).
@@ -170,6 +188,7 @@ impl Config {
             buffered_io: false,
             sync_writes: false,
             cache: None,
+            nbd: None,
         }
     }
 
@@ -195,6 +214,7 @@ impl Config {
                 Some(spec) => Some(CacheConfig::parse(&spec, &d.dir)?),
                 None => None,
             },
+            nbd: args.nbd.or(file.nbd).as_deref().map(parse_nbd).transpose()?,
             dir: d.dir,
         };
         if cfg.bind.is_unspecified() {
@@ -289,5 +309,17 @@ mod tests {
                 dir: "/ssd/c".into()
             })
         );
+    }
+
+    #[test]
+    fn nbd_spec() {
+        let c = Config::load(Args::parse_from(["sheep", "--nbd", "10809", "/d"])).expect("load");
+        assert_eq!(c.nbd, Some("127.0.0.1:10809".parse().expect("addr")));
+        let c = Config::load(Args::parse_from(["sheep", "--nbd", "[::1]:7", "/d"])).expect("load");
+        assert_eq!(c.nbd, Some("[::1]:7".parse().expect("addr")));
+        for bad in ["", "x", "1.2.3.4", "99999"] {
+            let e = Config::load(Args::parse_from(["sheep", "--nbd", bad, "/d"])).expect_err(bad);
+            assert!(e.contains("expected [ADDR:]PORT"), "{bad}: {e}");
+        }
     }
 }

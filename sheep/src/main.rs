@@ -58,6 +58,14 @@ async fn run(cfg: Config) -> Result<(), String> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let nbd_listener = match cfg.nbd {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .map_err(|e| format!("cannot listen for NBD on {at}: {e}"))?,
+        ),
+        None => None,
+    };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = Driver::start(&spec, addr, tx).await.map_err(|e| e.to_string())?;
     let recovery = sheep::recovery::freshness::Recovery::new(cfg.recovery_rate);
@@ -85,6 +93,11 @@ async fn run(cfg: Config) -> Result<(), String> {
     sheep::recovery::init(&sheep);
     tracing::info!(%addr, zone = me.zone, vnodes = me.nr_vnodes, epoch = sheep.state().epoch(), dir = %cfg.dir.display(), "sheep is serving");
     let server = tokio::spawn(sheep::server::serve(sheep.clone(), listener));
+    if let Some(l) = nbd_listener {
+        let exports = Arc::new(sheep::nbd::Exports::new(sheep.clone(), addr));
+        tracing::info!(addr = ?l.local_addr().ok(), "serving VDIs over NBD");
+        tokio::spawn(sheep::nbd::serve(exports, l));
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
     tokio::select! {

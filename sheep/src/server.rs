@@ -19,19 +19,29 @@ use crate::store::aligned::Aligned;
 const MAX_IN_FLIGHT: usize = 64;
 
 pub async fn serve(sheep: Arc<Sheep>, listener: TcpListener) {
+    accept_loop(listener, "connection", move |stream| connection(sheep.clone(), stream)).await
+}
+
+/// Accepts connections on `listener` for ever, each served by its own task running
+/// `serve(stream)`.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let sheep = sheep.clone();
+                let served = serve(stream);
                 tokio::spawn(async move {
-                    connection(sheep, stream).await;
-                    tracing::trace!(%peer, "connection closed");
+                    served.await;
+                    tracing::trace!(%peer, "{what} closed");
                 });
             }
             Err(e) => {
                 // Out of descriptors and similar: wait a moment rather than spin.
-                tracing::error!(error = %e, "accept failed");
+                tracing::error!(error = %e, "accept of a {what} failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
@@ -41,8 +51,14 @@ pub async fn serve(sheep: Arc<Sheep>, listener: TcpListener) {
 /// Client connections so far: each one's id names it as the holder of the VDI locks it takes.
 static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
 
+/// A new lock holder id, unique among this node's client connections (the NBD exports hold
+/// their VDI locks under ids of their own).
+pub fn next_connection() -> u64 {
+    CONNECTIONS.fetch_add(1, Ordering::Relaxed)
+}
+
 async fn connection(sheep: Arc<Sheep>, stream: TcpStream) {
-    let conn = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    let conn = next_connection();
     let peer = stream.peer_addr().ok();
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<(ResponseHeader, Vec<u8>)>(MAX_IN_FLIGHT);

@@ -27,6 +27,14 @@ enum Op {
         offset: u64,
         len: u32,
     },
+    /// WRITE_ZEROES (punch) or a discard.
+    Zero {
+        vol: usize,
+        offset: u64,
+        len: u64,
+        punch: bool,
+        discard: bool,
+    },
     Snapshot {
         vol: usize,
     },
@@ -39,6 +47,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0usize..4, 0..SIZE, 1usize..(3 << 20), any::<u8>()).prop_map(|(vol, offset, len, seed)| Op::Write { vol, offset, len, seed }),
         3 => (0usize..4, 0..SIZE + 10, 0u32..(3 << 20)).prop_map(|(vol, offset, len)| Op::Read { vol, offset, len }),
+        2 => (0usize..4, 0..SIZE, 1u64..(3 << 20), any::<bool>(), any::<bool>()).prop_map(|(vol, offset, len, punch, discard)| Op::Zero { vol, offset, len, punch, discard }),
         1 => (0usize..4).prop_map(|vol| Op::Snapshot { vol }),
         1 => (0usize..4).prop_map(|snap| Op::Clone { snap }),
     ]
@@ -80,6 +89,36 @@ async fn run(ops: Vec<Op>) {
                 } else {
                     assert_eq!(r.expect("write"), len);
                     model[offset as usize..offset as usize + len].copy_from_slice(&data);
+                }
+            }
+            Op::Zero {
+                vol,
+                offset,
+                len,
+                punch,
+                discard,
+            } => {
+                let n = vols.len();
+                let (v, model) = &mut vols[vol % n];
+                let r = if discard {
+                    v.discard(offset, len).await
+                } else {
+                    v.write_zeroes(offset, len, punch).await
+                };
+                if offset + len > SIZE {
+                    assert_eq!(r.map_err(|e| e.errno).err(), Some(libc::ENOSPC));
+                    continue;
+                }
+                r.expect("zero");
+                // A discard clears the objects it covers whole and leaves the rest alone.
+                let obj = 1u64 << 20;
+                let (lo, hi) = if discard {
+                    (offset.div_ceil(obj) * obj, (offset + len) / obj * obj)
+                } else {
+                    (offset, offset + len)
+                };
+                if lo < hi {
+                    model[lo as usize..hi as usize].fill(0);
                 }
             }
             Op::Read { vol, offset, len } => {

@@ -403,10 +403,28 @@ pub struct Sheep {
     gateway: bool,
     /// Daemon flags given at every start (the cluster builder's [`ClusterBuilder::args`]).
     args: Vec<String>,
+    /// The NBD port, when the cluster was built with [`ClusterBuilder::nbd`].
+    nbd: Option<u16>,
     child: Option<Child>,
 }
 
 impl Sheep {
+    /// `nbd://` URL of export `name` on this sheep. Panics unless it serves NBD.
+    pub fn nbd_url(&self, name: &str) -> String {
+        let port = self
+            .nbd
+            .unwrap_or_else(|| panic!("node {} does not serve NBD", self.index));
+        format!("nbd://127.0.0.1:{port}/{name}")
+    }
+
+    /// The NBD listening address. Panics unless it serves NBD.
+    pub fn nbd_addr(&self) -> SocketAddr {
+        let port = self
+            .nbd
+            .unwrap_or_else(|| panic!("node {} does not serve NBD", self.index));
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -569,6 +587,7 @@ pub struct ClusterBuilder {
     zones: Option<Vec<Option<u32>>>,
     driver: Option<String>,
     args: Vec<String>,
+    nbd: bool,
 }
 
 impl Default for ClusterBuilder {
@@ -579,6 +598,7 @@ impl Default for ClusterBuilder {
             zones: None,
             driver: None,
             args: Vec::new(),
+            nbd: false,
         }
     }
 }
@@ -620,6 +640,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// Every sheep also serves NBD (`--nbd`) on a port of its own ([`Sheep::nbd_url`]).
+    pub fn nbd(mut self) -> Self {
+        self.nbd = true;
+        self
+    }
+
     pub fn start(self) -> Cluster {
         let tmp = tempfile::Builder::new()
             .prefix("sheep-test-")
@@ -632,7 +658,7 @@ impl ClusterBuilder {
             .clone()
             .unwrap_or_else(|| format!("local:{}", rendezvous.display()));
         let total = self.nodes + self.gateways;
-        let ports = free_ports(total);
+        let ports = free_ports(if self.nbd { 2 * total } else { total });
         let nodes = (0..total)
             .map(|i| {
                 let gateway = i >= self.nodes;
@@ -656,6 +682,7 @@ impl ClusterBuilder {
                     zone,
                     gateway,
                     args: self.args.clone(),
+                    nbd: self.nbd.then(|| ports[total + i]),
                     child: None,
                 }
             })
@@ -1733,6 +1760,9 @@ impl Sheep {
         if self.gateway {
             cmd.arg("-g");
         }
+        if let Some(port) = self.nbd {
+            cmd.arg("--nbd").arg(port.to_string());
+        }
         cmd.args(&self.args).args(extra).arg(&self.dir);
         let what = format!("sheep for node {}", self.index);
         self.child = Some(spawn_daemon(&mut cmd, &self.out, &what));
@@ -1765,6 +1795,7 @@ impl Cluster {
             zone: Some(zone),
             gateway: false,
             args: self.nodes[0].args.clone(),
+            nbd: None,
             child: None,
         });
         self.nodes[i].start();

@@ -5,6 +5,7 @@
 //! gateway sheep its NBD exports.
 
 pub mod error;
+mod gateway;
 pub mod span;
 mod volume;
 
@@ -15,6 +16,7 @@ use protocol::requests::{NewVdi, VdiInfo};
 use protocol::{Oid, Vid};
 
 pub use error::{FsError, FsResult};
+pub use gateway::Gateway;
 pub use volume::{Volume, DEFAULT_CHUNK};
 
 /// The object requests a [`Volume`] is made of, answered by a gateway sheep (or a double in

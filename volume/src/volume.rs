@@ -20,6 +20,8 @@ use crate::span::{pieces, Piece};
 use crate::ObjectIo;
 
 const CREATE_STRIPES: usize = 256;
+/// The largest run of zeros one write of [`Volume::write_zeroes`] sends.
+const ZERO_CHUNK: usize = 1 << 20;
 
 /// The largest object request one volume request is cut into. A 1 MiB FUSE write becomes
 /// four requests in flight at once, which the gateway, the replicas and the disks overlap
@@ -184,19 +186,7 @@ impl<B: ObjectIo> Volume<B> {
 
     /// Writes `data` at `offset`. Returns when every replica has the bytes.
     pub async fn write(&self, offset: u64, data: &[u8]) -> FsResult<usize> {
-        if self.read_only() {
-            return Err(FsError::new(
-                libc::EROFS,
-                format!("{}: snapshots are read-only", self.name),
-            ));
-        }
-        let l = self.layout.read().await;
-        if offset + data.len() as u64 > l.size {
-            return Err(FsError::new(
-                libc::ENOSPC,
-                format!("{}: write past the end of the volume", self.name),
-            ));
-        }
+        let l = self.writable(offset, data.len() as u64).await?;
         let all: Vec<Piece> = pieces(offset, data.len() as u64, l.object_size(), self.chunk.into()).collect();
         let writes = all
             .chunk_by(|a, b| a.idx == b.idx)
@@ -258,6 +248,112 @@ impl<B: ObjectIo> Volume<B> {
         });
         for r in join_all(writes).await {
             r?;
+        }
+        Ok(())
+    }
+
+    /// Makes `[offset, offset + len)` read as zeros. Objects the range covers whole are
+    /// dropped from the map when `punch` allows it (and removed, when this VDI owns them);
+    /// the rest is written with zeros, except objects that hold none of this VDI's data yet
+    /// and read as zeros already.
+    pub async fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> FsResult<()> {
+        let l = self.writable(offset, len).await?;
+        let obj = l.object_size();
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let idx = pos / obj;
+            let stop = ((idx + 1) * obj).min(end);
+            if punch && stop - pos == obj {
+                self.drop_object(&l, idx as u32).await?;
+            } else if self.owner(&l, idx as u32).await? != 0 {
+                self.write_zeros_in(&l, pos, stop).await?;
+            }
+            pos = stop;
+        }
+        Ok(())
+    }
+
+    /// A discard: objects the range covers whole are dropped; partial ones keep their bytes
+    /// (a discard only says the client no longer needs them).
+    pub async fn discard(&self, offset: u64, len: u64) -> FsResult<()> {
+        let l = self.writable(offset, len).await?;
+        let obj = l.object_size();
+        let first = offset.div_ceil(obj);
+        let last = (offset + len) / obj;
+        for idx in first..last {
+            self.drop_object(&l, idx as u32).await?;
+        }
+        Ok(())
+    }
+
+    /// The layout, for a change of `[offset, offset + len)`: EROFS for a snapshot, ENOSPC
+    /// past the end.
+    async fn writable(&self, offset: u64, len: u64) -> FsResult<tokio::sync::RwLockReadGuard<'_, Layout>> {
+        if self.read_only() {
+            return Err(FsError::new(
+                libc::EROFS,
+                format!("{}: snapshots are read-only", self.name),
+            ));
+        }
+        let l = self.layout.read().await;
+        if offset.checked_add(len).is_none_or(|end| end > l.size) {
+            return Err(FsError::new(
+                libc::ENOSPC,
+                format!("{}: write past the end of the volume", self.name),
+            ));
+        }
+        Ok(l)
+    }
+
+    /// Who owns object `idx` now, the inode's entry read again if the map shows a hole.
+    async fn owner(&self, l: &Layout, idx: u32) -> FsResult<u32> {
+        let piece = Piece {
+            idx,
+            offset: 0,
+            len: 0,
+            buf: 0,
+        };
+        self.refresh_holes(l, &[piece]).await?;
+        Ok(l.entries.get(idx as usize).map_or(0, |e| e.load(Ordering::Acquire)))
+    }
+
+    /// Writes zeros over `[pos, end)`, inside one object, a bounded buffer at a time.
+    async fn write_zeros_in(&self, l: &Layout, mut pos: u64, end: u64) -> FsResult<()> {
+        static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+        while pos < end {
+            let n = (end - pos).min(ZERO_CHUNK as u64) as usize;
+            let group: Vec<Piece> = pieces(pos, n as u64, l.object_size(), self.chunk.into()).collect();
+            self.write_object(l, &group, &ZEROS[..n]).await?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Points entry `idx` at nothing, so the object reads as zeros, then removes the object
+    /// if this VDI owned it (a snapshot's object stays: the snapshot still refers to it).
+    /// The map changes first: a crash in between leaves an unreferenced object, never a
+    /// reference to a missing one.
+    async fn drop_object(&self, l: &Layout, idx: u32) -> FsResult<()> {
+        let entry = l
+            .entries
+            .get(idx as usize)
+            .ok_or_else(|| FsError::invalid("index past the volume"))?;
+        let _creating = self.creating[idx as usize % CREATE_STRIPES].lock().await;
+        let owner = self.owner(l, idx).await?;
+        if owner == 0 {
+            return Ok(());
+        }
+        self.backend
+            .write_obj(
+                l.vid.inode_oid(),
+                protocol::inode::data_vdi_id_offset(idx),
+                &0u32.to_le_bytes(),
+            )
+            .await?;
+        entry.store(0, Ordering::Release);
+        if owner == l.vid.get() {
+            self.backend.remove_obj(l.vid.data_oid(idx)).await?;
         }
         Ok(())
     }
