@@ -305,7 +305,8 @@ fn a_flush_on_one_connection_covers_the_writes_of_another() {
     qemu_io(&url, &["write -P 0x01 0 64k", "flush"]);
     let mut writer = Session::open(&url);
     writer.run("write -P 0x7e 4096 8k", "wrote 8192/8192");
-    qemu_io(&url, &["flush"]);
+    // A second writer on another connection to the export; its flush covers both.
+    qemu_io(&url, &["write -P 0x7f 65536 4k", "flush"]);
     // The gateway dies before the writer flushes anything itself: its bytes must be on the
     // replicas already, because the other connection's flush covered them.
     c.kill(0);
@@ -319,6 +320,11 @@ fn a_flush_on_one_connection_covers_the_writes_of_another() {
         &got,
         &[0x7e; 8192],
     );
+    let second = c
+        .dog_at(1, &["vdi", "read", "mc", "65536", "4096"], None)
+        .expect_ok()
+        .stdout;
+    assert_same_bytes("the flushing connection's own write", &second, &[0x7f; 4096]);
     drop(writer);
 }
 

@@ -21,6 +21,9 @@ use crate::node::Sheep;
 pub struct Export {
     pub name: String,
     pub volume: Volume<Gateway>,
+    /// The lock holder id, for a writable export.
+    lock: Option<u64>,
+    sheep: Arc<Sheep>,
 }
 
 /// The exports in use on this gateway, with their connection counts.
@@ -33,8 +36,6 @@ pub struct Exports {
 struct Opened {
     export: Arc<Export>,
     connections: usize,
-    /// The lock holder id, for a writable export.
-    lock: Option<u64>,
 }
 
 /// What a client learns of an export before it opens it.
@@ -123,13 +124,26 @@ impl Exports {
         Ok((vdi.to_string(), snap, h))
     }
 
-    /// Opens export `name` for one more connection. The first connection to a writable
-    /// export takes the VDI's write lock: EBUSY while another client holds it.
-    pub async fn open(&self, name: &str) -> FsResult<Arc<Export>> {
+    /// Opens export `name` for one more connection, until the returned [`Attached`] is
+    /// dropped. The first connection to a writable export takes the VDI's write lock: EBUSY
+    /// while another client holds it.
+    pub async fn open(self: &Arc<Self>, name: &str) -> FsResult<Attached> {
+        let this = self.clone();
+        let name = name.to_string();
+        // In a task of its own: a handshake abandoned meanwhile must not leave a lock or a
+        // connection count behind (an abandoned result is dropped, and detaches).
+        tokio::spawn(async move { this.attach(&name).await })
+            .await
+            .map_err(|e| FsError::new(libc::EIO, format!("opening the export failed: {e}")))?
+    }
+
+    async fn attach(self: Arc<Self>, name: &str) -> FsResult<Attached> {
         let mut open = self.open.lock().await;
         if let Some(o) = open.get_mut(name) {
             o.connections += 1;
-            return Ok(o.export.clone());
+            let export = o.export.clone();
+            drop(open);
+            return Ok(Attached { exports: self, export });
         }
         let (vdi, snap, _) = self.resolve(name).await?;
         let volume = Volume::open(self.io.clone(), &vdi, snap, DEFAULT_CHUNK).await?;
@@ -152,34 +166,80 @@ impl Exports {
         let export = Arc::new(Export {
             name: name.to_string(),
             volume,
+            lock,
+            sheep: self.sheep.clone(),
         });
         open.insert(
             name.to_string(),
             Opened {
                 export: export.clone(),
                 connections: 1,
-                lock,
             },
         );
-        Ok(export)
+        drop(open);
+        Ok(Attached { exports: self, export })
     }
 
-    /// One connection to `export` ended. After the last, the VDI's lock is released (which
-    /// pushes what the object cache holds of it).
-    pub async fn close(&self, export: &Export) {
+    /// One connection to export `name` ended. After the last, the VDI's lock is released
+    /// (which pushes what the object cache holds of it).
+    async fn close(&self, name: &str) {
         let mut open = self.open.lock().await;
-        let Some(o) = open.get_mut(&export.name) else {
+        let Some(o) = open.get_mut(name) else {
             return;
         };
         o.connections -= 1;
         if o.connections > 0 {
             return;
         }
-        if let Some(o) = open.remove(&export.name) {
-            if let Some(holder) = o.lock {
+        if let Some(o) = open.remove(name) {
+            if let Some(holder) = o.export.lock {
                 crate::vdi::release_connection(&self.sheep, holder).await;
             }
-            tracing::info!(export = %export.name, "NBD export closed");
+            tracing::info!(export = name, "NBD export closed");
+        }
+    }
+}
+
+/// One connection's hold on an export; dropping it detaches.
+pub struct Attached {
+    exports: Arc<Exports>,
+    export: Arc<Export>,
+}
+
+impl std::ops::Deref for Attached {
+    type Target = Export;
+
+    fn deref(&self) -> &Export {
+        &self.export
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let exports = self.exports.clone();
+        let name = self.export.name.clone();
+        tokio::spawn(async move { exports.close(&name).await });
+    }
+}
+
+impl Export {
+    /// Before a change: the VDI's lock is still this export's. It is taken again if the
+    /// cluster dropped it (this gateway left and rejoined) and nobody else took it; if
+    /// someone did, the change fails.
+    pub async fn hold_lock(&self) -> FsResult<()> {
+        let Some(holder) = self.lock else {
+            return Ok(());
+        };
+        match crate::vdi::lock(&self.sheep, self.volume.vid().await.get(), holder).await {
+            Ok(()) => Ok(()),
+            Err(ResultCode::VDI_LOCKED) => Err(FsError::new(
+                libc::EIO,
+                format!(
+                    "{}: the VDI lock was lost to another client; writes are refused",
+                    self.name
+                ),
+            )),
+            Err(code) => Err(FsError::new(libc::EIO, format!("{}: lock: {code}", self.name))),
         }
     }
 }

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use volume::FsError;
 
-use export::Export;
 pub use export::Exports;
+use export::{Attached, Export};
 use wire::{cmd, err, info, opt, rep, tx, Request};
 
 /// The largest READ or WRITE: the spec's default maximum, which every client honours.
@@ -29,6 +29,10 @@ const MAX_REQUEST: u32 = 32 << 20;
 const PREFERRED_BLOCK: u32 = 4096;
 /// Requests served at once per connection.
 const MAX_IN_FLIGHT: usize = 64;
+/// Payload and answer bytes a connection may hold at once (two maximal requests), counted in
+/// units of [`BUDGET_UNIT`].
+const BUDGET: u32 = 2 * MAX_REQUEST;
+const BUDGET_UNIT: u32 = 64 << 10;
 /// Option data longer than this is refused (export names are at most 4 KiB).
 const MAX_OPTION: u32 = 64 << 10;
 /// A client must finish the handshake within this.
@@ -46,7 +50,7 @@ pub async fn serve(exports: Arc<Exports>, listener: TcpListener) {
     .await
 }
 
-async fn connection(exports: &Exports, mut stream: TcpStream) -> std::io::Result<()> {
+async fn connection(exports: &Arc<Exports>, mut stream: TcpStream) -> std::io::Result<()> {
     let peer = stream.peer_addr().ok();
     let negotiated = tokio::time::timeout(HANDSHAKE_TIME, handshake(exports, &mut stream))
         .await
@@ -55,14 +59,14 @@ async fn connection(exports: &Exports, mut stream: TcpStream) -> std::io::Result
         return Ok(());
     };
     tracing::info!(?peer, export = %export.name, structured, "NBD client attached");
+    let export = Arc::new(export);
     let served = transmission(&export, structured, stream).await;
-    exports.close(&export).await;
     tracing::info!(?peer, export = %export.name, "NBD client detached");
     served
 }
 
 /// The options phase. `None`: the client left (ABORT, or an export it could not have).
-async fn handshake(exports: &Exports, s: &mut TcpStream) -> std::io::Result<Option<(Arc<Export>, bool)>> {
+async fn handshake(exports: &Arc<Exports>, s: &mut TcpStream) -> std::io::Result<Option<(Attached, bool)>> {
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&wire::NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&wire::IHAVEOPT.to_be_bytes());
@@ -99,10 +103,7 @@ async fn handshake(exports: &Exports, s: &mut TcpStream) -> std::io::Result<Opti
                 if !no_zeroes {
                     r.extend_from_slice(&[0u8; 124]);
                 }
-                if let Err(e) = s.write_all(&r).await {
-                    exports.close(&export).await;
-                    return Err(e);
-                }
+                s.write_all(&r).await?;
                 return Ok(Some((export, structured)));
             }
             opt::ABORT => {
@@ -149,13 +150,13 @@ async fn handshake(exports: &Exports, s: &mut TcpStream) -> std::io::Result<Opti
 /// Answers INFO or GO for export `name`; for GO, returns the opened export once the client
 /// has its ACK.
 async fn info_or_go(
-    exports: &Exports,
+    exports: &Arc<Exports>,
     s: &mut TcpStream,
     option: u32,
     name: &str,
     wanted: &[u16],
     structured: bool,
-) -> std::io::Result<Option<Arc<Export>>> {
+) -> std::io::Result<Option<Attached>> {
     let refuse = |e: &FsError| {
         let code = match e.errno {
             libc::ENOENT => rep::ERR_UNKNOWN,
@@ -205,12 +206,7 @@ async fn info_or_go(
         r.extend_from_slice(&wire::option_reply(option, rep::INFO, &d));
     }
     r.extend_from_slice(&wire::option_reply(option, rep::ACK, &[]));
-    if let Err(e) = s.write_all(&r).await {
-        if let Some(export) = &export {
-            exports.close(export).await;
-        }
-        return Err(e);
-    }
+    s.write_all(&r).await?;
     Ok(export)
 }
 
@@ -243,14 +239,21 @@ fn bad(why: String) -> std::io::Error {
 /// A reply: header bytes, then data (READ only).
 type Reply = (Vec<u8>, Vec<u8>);
 
+/// The share of a connection's byte budget a request of `len` bytes holds from before its
+/// payload is read until its reply is written.
+fn budget_units(len: u32) -> u32 {
+    len.div_ceil(BUDGET_UNIT).clamp(1, MAX_REQUEST / BUDGET_UNIT)
+}
+
 /// The transmission phase: requests are read in order and served concurrently; replies go
 /// out as they complete (NBD matches them by cookie). Ends at DISC (after every request in
 /// flight has its reply), at the client's hang-up, or at a request out of step.
-async fn transmission(export: &Arc<Export>, structured: bool, stream: TcpStream) -> std::io::Result<()> {
+async fn transmission(export: &Arc<Attached>, structured: bool, stream: TcpStream) -> std::io::Result<()> {
     let (mut rd, mut wr) = stream.into_split();
-    let (replies, mut outbox) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
+    let (replies, mut outbox) = mpsc::channel::<(Reply, Option<OwnedSemaphorePermit>)>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {
-        while let Some((head, data)) = outbox.recv().await {
+        // Each reply's budget is given back once it is written.
+        while let Some(((head, data), _budget)) = outbox.recv().await {
             wr.write_all(&head).await?;
             if !data.is_empty() {
                 wr.write_all(&data).await?;
@@ -259,6 +262,7 @@ async fn transmission(export: &Arc<Export>, structured: bool, stream: TcpStream)
         wr.shutdown().await
     });
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let budget = Arc::new(Semaphore::new((BUDGET / BUDGET_UNIT) as usize));
     let read_only = export.volume.read_only();
     let size = export.volume.size().await;
     let ended = loop {
@@ -274,6 +278,15 @@ async fn transmission(export: &Arc<Export>, structured: bool, stream: TcpStream)
         if req.kind == cmd::DISC {
             break Ok(());
         }
+        // Memory for the payload or the answer is reserved before either exists.
+        let units = if matches!(req.kind, cmd::READ | cmd::WRITE) {
+            budget_units(req.length)
+        } else {
+            1
+        };
+        let Ok(reserved) = budget.clone().acquire_many_owned(units).await else {
+            break Ok(());
+        };
         // A write's payload follows its header whatever becomes of the write.
         let payload = if req.kind == cmd::WRITE {
             match read_payload(&mut rd, req.length).await {
@@ -284,7 +297,7 @@ async fn transmission(export: &Arc<Export>, structured: bool, stream: TcpStream)
             None
         };
         if let Err(code) = check(&req, read_only, structured, size, payload.is_some()) {
-            if replies.send(error_reply(&req, structured, code)).await.is_err() {
+            if replies.send((error_reply(&req, structured, code), None)).await.is_err() {
                 break Ok(());
             }
             continue;
@@ -296,8 +309,8 @@ async fn transmission(export: &Arc<Export>, structured: bool, stream: TcpStream)
         let replies = replies.clone();
         tokio::spawn(async move {
             let reply = serve_request(&export, &req, payload.unwrap_or_default(), structured).await;
-            let _ = replies.send(reply).await;
             drop(permit);
+            let _ = replies.send((reply, Some(reserved))).await;
         });
     };
     // Every request in flight holds a sender: the writer ends after their replies.
@@ -358,34 +371,11 @@ fn check(req: &Request, read_only: bool, structured: bool, size: u64, has_payloa
 }
 
 async fn serve_request(export: &Export, req: &Request, payload: Vec<u8>, structured: bool) -> Reply {
-    let v = &export.volume;
-    let len = u64::from(req.length);
-    let done = match req.kind {
-        cmd::READ => match v.read(req.offset, req.length).await {
-            // OFFSET_DATA carries at least one byte; an empty read is answered with NONE.
-            Ok(data) if structured && data.is_empty() => {
-                return (wire::none_chunk(req.cookie), data);
-            }
-            Ok(data) if structured => return (wire::data_chunk(req.cookie, req.offset, data.len()), data),
-            Ok(data) => return (wire::simple_reply(req.cookie, 0), data),
-            Err(e) => Err(e),
-        },
-        cmd::WRITE => v.write(req.offset, &payload).await.map(|_| ()),
-        cmd::FLUSH => v.flush().await,
-        cmd::TRIM => v.discard(req.offset, len).await,
-        cmd::WRITE_ZEROES => {
-            v.write_zeroes(req.offset, len, req.flags & cmd::FLAG_NO_HOLE == 0)
-                .await
-        }
-        _ => Err(FsError::invalid("unknown command")),
-    };
-    // FUA: this request's writes are durable before the reply.
-    let done = match done {
-        Ok(()) if req.flags & cmd::FLAG_FUA != 0 && req.kind != cmd::READ => v.flush().await,
-        r => r,
-    };
-    match done {
-        Ok(()) => (wire::simple_reply(req.cookie, 0), Vec::new()),
+    match run(export, req, payload).await {
+        // OFFSET_DATA carries at least one byte; an empty read is answered with NONE.
+        Ok(data) if structured && req.kind == cmd::READ && data.is_empty() => (wire::none_chunk(req.cookie), data),
+        Ok(data) if structured && req.kind == cmd::READ => (wire::data_chunk(req.cookie, req.offset, data.len()), data),
+        Ok(data) => (wire::simple_reply(req.cookie, 0), data),
         Err(e) => {
             tracing::error!(export = %export.name, kind = req.kind, offset = req.offset, length = req.length, error = %e, "NBD request failed");
             let code = match e.errno {
@@ -398,6 +388,31 @@ async fn serve_request(export: &Export, req: &Request, payload: Vec<u8>, structu
             error_reply(req, structured, code)
         }
     }
+}
+
+/// Runs a checked request; a READ's answer is its data, anything else answers no data.
+async fn run(export: &Export, req: &Request, payload: Vec<u8>) -> Result<Vec<u8>, FsError> {
+    let v = &export.volume;
+    let len = u64::from(req.length);
+    if matches!(req.kind, cmd::WRITE | cmd::TRIM | cmd::WRITE_ZEROES) {
+        export.hold_lock().await?;
+    }
+    match req.kind {
+        cmd::READ => return v.read(req.offset, req.length).await,
+        cmd::WRITE => v.write(req.offset, &payload).await.map(|_| ())?,
+        cmd::FLUSH => v.flush().await?,
+        cmd::TRIM => v.discard(req.offset, len).await?,
+        cmd::WRITE_ZEROES => {
+            v.write_zeroes(req.offset, len, req.flags & cmd::FLAG_NO_HOLE == 0)
+                .await?
+        }
+        _ => return Err(FsError::invalid("unknown command")),
+    }
+    // FUA: this request's writes are durable before the reply.
+    if req.flags & cmd::FLAG_FUA != 0 {
+        v.flush().await?;
+    }
+    Ok(Vec::new())
 }
 
 fn error_reply(req: &Request, structured: bool, code: u32) -> Reply {
