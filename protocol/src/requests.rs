@@ -265,12 +265,15 @@ impl Client {
         let vid = Vid::new(info.vid).ok_or_else(|| self.short_reply(op::GET_VDI_INFO))?;
         let ino = self.inode(vid).await?;
         let runs = zero_runs(&ino.data_vdi_id);
+        // DIRECT, as the original's dog sends them: the gateway takes no other write into a
+        // snapshot's inode.
+        let end = data_vdi_id_offset(ino.data_vdi_id.len() as u32);
         if runs.is_empty() {
-            self.write_obj(vid.inode_oid(), data_vdi_id_offset(ino.data_vdi_id.len() as u32), &[])
-                .await?;
+            self.write_obj_with(vid.inode_oid(), end, &[], flags::DIRECT).await?;
         }
         for (start, len) in runs {
-            self.write_obj(vid.inode_oid(), data_vdi_id_offset(start), &vec![0u8; 4 * len as usize])
+            let zeros = vec![0u8; 4 * len as usize];
+            self.write_obj_with(vid.inode_oid(), data_vdi_id_offset(start), &zeros, flags::DIRECT)
                 .await?;
         }
         let mut req = RequestHeader::new(op::DEL_VDI);

@@ -172,6 +172,21 @@ async fn dispatch(sheep: &Arc<Sheep>, conn: u64, k: Kind, req: &RequestHeader, p
     }
 }
 
+/// Whether a client request would change what a snapshot holds: a write into or removal of
+/// its data objects, or a write into its inode. Such requests are READONLY, so that a client
+/// that still writes the VDI it had open when someone else snapshotted it (`dog vdi
+/// snapshot` of an attached VDI) learns of the new working VDI and loses nothing of the
+/// snapshot. Deleting a snapshot clears its inode's entries first, with the DIRECT flag, as
+/// the original's dog does; those writes go through.
+fn changes_a_snapshot(sheep: &Sheep, opcode: u8, oid: Oid, req_flags: u16) -> bool {
+    let applies = match opcode {
+        op::WRITE_OBJ => oid.is_data() || req_flags & flags::DIRECT == 0,
+        op::CREATE_AND_WRITE_OBJ | op::REMOVE_OBJ => oid.is_data(),
+        _ => false,
+    };
+    applies && sheep.state().vdis.get(&oid.vid().get()).is_some_and(|v| v.snapshot)
+}
+
 /// Client object I/O.
 async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> OpResult {
     let a = req.obj();
@@ -186,8 +201,7 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
         tracing::warn!(%oid, offset = a.offset, len, size, "I/O past the object's end refused");
         return Err(ResultCode::INVALID_PARMS);
     }
-    let writes = matches!(req.opcode, op::WRITE_OBJ | op::CREATE_AND_WRITE_OBJ);
-    if writes && oid.is_data() && sheep.state().vdis.get(&oid.vid().get()).is_some_and(|v| v.snapshot) {
+    if changes_a_snapshot(sheep, req.opcode, oid, req.flags) {
         return Err(ResultCode::READONLY);
     }
     // The object cache serves what asks for it; anything else first takes a cached copy's

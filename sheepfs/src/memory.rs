@@ -48,13 +48,12 @@ impl MemoryBackend {
         }
     }
 
-    fn is_snapshot_data(&self, oid: Oid) -> bool {
-        oid.is_data()
-            && self
-                .objects()
-                .get(&oid.vid().inode_oid())
-                .and_then(|b| InodeHeader::decode(b))
-                .is_some_and(|h| h.is_snapshot())
+    /// A snapshot's data object or inode: read-only, as the gateway has it (READONLY).
+    fn belongs_to_snapshot(&self, oid: Oid) -> bool {
+        self.objects()
+            .get(&oid.vid().inode_oid())
+            .and_then(|b| InodeHeader::decode(b))
+            .is_some_and(|h| h.is_snapshot())
     }
 
     fn find(&self, name: &str, snapid: u32) -> FsResult<Inode> {
@@ -93,7 +92,7 @@ impl ObjectIo for MemoryBackend {
     }
 
     async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> FsResult<()> {
-        if self.is_snapshot_data(oid) {
+        if self.belongs_to_snapshot(oid) {
             return Err(FsError::new(libc::EROFS, format!("object {oid} belongs to a snapshot")));
         }
         let mut objs = self.objects();
@@ -107,7 +106,7 @@ impl ObjectIo for MemoryBackend {
     }
 
     async fn create_obj(&self, oid: Oid, cow: Option<Oid>, offset: u32, data: &[u8]) -> FsResult<()> {
-        if self.is_snapshot_data(oid) {
+        if self.belongs_to_snapshot(oid) {
             return Err(FsError::new(libc::EROFS, format!("object {oid} belongs to a snapshot")));
         }
         let mut objs = self.objects();
@@ -128,8 +127,8 @@ impl ObjectIo for MemoryBackend {
     }
 
     async fn remove_obj(&self, oid: Oid) -> FsResult<()> {
-        if self.is_snapshot_data(oid) {
-            return Err(eio(format!("removal of snapshot data {oid}")));
+        if self.belongs_to_snapshot(oid) {
+            return Err(FsError::new(libc::EROFS, format!("removal of snapshot data {oid}")));
         }
         self.objects().remove(&oid);
         Ok(())

@@ -35,8 +35,11 @@ enum Op {
         punch: bool,
         discard: bool,
     },
+    /// Through the volume, or by another client (`external`), which the volume notices at
+    /// its next change.
     Snapshot {
         vol: usize,
+        external: bool,
     },
     Clone {
         snap: usize,
@@ -48,7 +51,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0usize..4, 0..SIZE, 1usize..(3 << 20), any::<u8>()).prop_map(|(vol, offset, len, seed)| Op::Write { vol, offset, len, seed }),
         3 => (0usize..4, 0..SIZE + 10, 0u32..(3 << 20)).prop_map(|(vol, offset, len)| Op::Read { vol, offset, len }),
         2 => (0usize..4, 0..SIZE, 1u64..(3 << 20), any::<bool>(), any::<bool>()).prop_map(|(vol, offset, len, punch, discard)| Op::Zero { vol, offset, len, punch, discard }),
-        1 => (0usize..4).prop_map(|vol| Op::Snapshot { vol }),
+        1 => (0usize..4, any::<bool>()).prop_map(|(vol, external)| Op::Snapshot { vol, external }),
         1 => (0usize..4).prop_map(|snap| Op::Clone { snap }),
     ]
 }
@@ -124,14 +127,30 @@ async fn run(ops: Vec<Op>) {
             Op::Read { vol, offset, len } => {
                 let (v, model) = &vols[vol % vols.len()];
                 let got = v.read(offset, len).await.expect("read");
+                // What the map says has no data reads as zeros, and the runs cover the read.
+                let runs = v.allocation(offset, len.into()).await.expect("allocation");
+                assert_eq!(runs.iter().map(|r| r.0).sum::<u64>(), got.len() as u64);
+                let mut at = 0usize;
+                for (n, data) in runs {
+                    let n = n as usize;
+                    assert!(
+                        data || got[at..at + n].iter().all(|&b| b == 0),
+                        "a hole with data at {offset}+{at}"
+                    );
+                    at += n;
+                }
                 let start = (offset as usize).min(model.len());
                 let end = (offset as usize + len as usize).min(model.len());
                 assert_eq!(got, &model[start..end]);
             }
-            Op::Snapshot { vol } => {
+            Op::Snapshot { vol, external } => {
                 let i = vol % vols.len();
                 let name = v_name(i);
-                vols[i].0.snapshot("").await.expect("snapshot");
+                if external {
+                    b.snapshot(&name, "").await.expect("snapshot by another client");
+                } else {
+                    vols[i].0.snapshot("").await.expect("snapshot");
+                }
                 // The new working VDI's snap_id is one past the snapshot's.
                 let working = b.vdi_info(&name, 0).await.expect("working").vid;
                 let sid = b

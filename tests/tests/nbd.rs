@@ -295,6 +295,32 @@ fn a_writable_export_holds_the_vdi_lock_for_all_its_connections() {
 }
 
 #[test]
+fn a_snapshot_taken_while_attached_keeps_its_bytes_and_writes_go_on() {
+    let c = Cluster::builder().nodes(2).nbd().start();
+    c.format(2);
+    c.dog_ok(&["vdi", "create", "live", "12M"]);
+    let mut s = Session::open(&c.node(0).nbd_url("live"));
+    s.run("write -P 0x31 0 8M", "wrote 8388608/8388608");
+    // dog snapshots the VDI under the attached client, which then writes, discards and
+    // zeroes: all of it lands in the new working VDI, none in the snapshot.
+    c.dog_ok(&["vdi", "snapshot", "-s", "under", "live"]);
+    s.run("write -P 0x32 0 4k", "wrote 4096/4096");
+    s.run("discard 4M 4M", "discard 4194304/4194304");
+    s.run("write -z -u 8M 4M", "wrote 4194304/4194304");
+    s.close();
+    let snap = c.read_vdi("live", 0, 8 * MIB, Some("under"));
+    assert_same_bytes(
+        "the snapshot taken under the client",
+        &snap,
+        &vec![0x31; 8 * MIB as usize],
+    );
+    let mut want = vec![0x31; 12 * MIB as usize];
+    want[..4096].fill(0x32);
+    want[4 * MIB as usize..].fill(0);
+    assert_same_bytes("the working VDI", &c.read_vdi("live", 0, 12 * MIB, None), &want);
+}
+
+#[test]
 fn a_flush_on_one_connection_covers_the_writes_of_another() {
     // With the object cache, an acknowledged write lives on the gateway only until a flush.
     let mut c = Cluster::builder().nodes(3).nbd().args(&["-w", "64M"]).start();
@@ -353,10 +379,18 @@ fn a_replica_killed_mid_convert_loses_nothing() {
     );
     c.wait_for_membership();
     tool_ok("qemu-img", &["compare", "-f", "raw", "-F", "raw", s(&img), &url]);
-    tool_ok(
-        "qemu-img",
-        &["compare", "-f", "raw", "-F", "raw", s(&img), &c.node(2).nbd_url("mig")],
-    );
+    // Through another gateway, once the first has seen its client go and freed the VDI.
+    wait_until("a compare through node 2", Duration::from_secs(20), || {
+        let out = tool(
+            "qemu-img",
+            &["compare", "-f", "raw", "-F", "raw", s(&img), &c.node(2).nbd_url("mig")],
+        );
+        match out.success() {
+            true => Ok(()),
+            false if out.describe().contains("open for writing by another client") => Err(out.describe()),
+            false => panic!("compare through node 2: {}", out.describe()),
+        }
+    });
 }
 
 #[test]

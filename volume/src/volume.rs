@@ -184,8 +184,38 @@ impl<B: ObjectIo> Volume<B> {
         Ok(buf)
     }
 
+    /// What backs `[offset, offset + len)` (clipped to the volume): runs of (bytes, holds
+    /// data), in order. A run without data has no object behind it and reads as zeros; the
+    /// inode's entries for such runs are read again first, as for a read.
+    pub async fn allocation(&self, offset: u64, len: u64) -> FsResult<Vec<(u64, bool)>> {
+        let l = self.layout.read().await;
+        let end = offset.saturating_add(len).min(l.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let obj = l.object_size();
+        let ps: Vec<Piece> = pieces(offset, end - offset, obj, obj).collect();
+        self.refresh_holes(&l, &ps).await?;
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        for p in ps {
+            let data = l
+                .entries
+                .get(p.idx as usize)
+                .is_some_and(|e| e.load(Ordering::Acquire) != 0);
+            match runs.last_mut() {
+                Some((n, d)) if *d == data => *n += u64::from(p.len),
+                _ => runs.push((u64::from(p.len), data)),
+            }
+        }
+        Ok(runs)
+    }
+
     /// Writes `data` at `offset`. Returns when every replica has the bytes.
     pub async fn write(&self, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.changing(|| self.write_once(offset, data)).await
+    }
+
+    async fn write_once(&self, offset: u64, data: &[u8]) -> FsResult<usize> {
         let l = self.writable(offset, data.len() as u64).await?;
         let all: Vec<Piece> = pieces(offset, data.len() as u64, l.object_size(), self.chunk.into()).collect();
         let writes = all
@@ -257,6 +287,10 @@ impl<B: ObjectIo> Volume<B> {
     /// the rest is written with zeros, except objects that hold none of this VDI's data yet
     /// and read as zeros already.
     pub async fn write_zeroes(&self, offset: u64, len: u64, punch: bool) -> FsResult<()> {
+        self.changing(|| self.write_zeroes_once(offset, len, punch)).await
+    }
+
+    async fn write_zeroes_once(&self, offset: u64, len: u64, punch: bool) -> FsResult<()> {
         let l = self.writable(offset, len).await?;
         let obj = l.object_size();
         let mut pos = offset;
@@ -277,6 +311,10 @@ impl<B: ObjectIo> Volume<B> {
     /// A discard: objects the range covers whole are dropped; partial ones keep their bytes
     /// (a discard only says the client no longer needs them).
     pub async fn discard(&self, offset: u64, len: u64) -> FsResult<()> {
+        self.changing(|| self.discard_once(offset, len)).await
+    }
+
+    async fn discard_once(&self, offset: u64, len: u64) -> FsResult<()> {
         let l = self.writable(offset, len).await?;
         let obj = l.object_size();
         let first = offset.div_ceil(obj);
@@ -285,6 +323,43 @@ impl<B: ObjectIo> Volume<B> {
             self.drop_object(&l, idx as u32).await?;
         }
         Ok(())
+    }
+
+    /// Runs change `f`. If it met a snapshot's read-only objects because another client
+    /// snapshotted this VDI meanwhile (`dog vdi snapshot` of an attached VDI), loads the new
+    /// working VDI, as the original's QEMU driver did, and runs `f` once more there.
+    async fn changing<T, F, Fut>(&self, f: F) -> FsResult<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = FsResult<T>>,
+    {
+        let before = self.vid().await;
+        match f().await {
+            Err(e) if e.errno == libc::EROFS && !self.read_only() => {
+                if self.follow_snapshot(before).await? {
+                    f().await
+                } else {
+                    Err(e)
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// After a change to working VDI `failed` met read-only objects: true if this volume
+    /// now writes another working VDI of its name (loaded here, or by a concurrent change).
+    async fn follow_snapshot(&self, failed: Vid) -> FsResult<bool> {
+        let mut l = self.layout.write().await;
+        if l.vid != failed {
+            return Ok(true);
+        }
+        let fresh = Self::load(&self.backend, &self.name, None).await?;
+        if fresh.vid == l.vid {
+            return Ok(false);
+        }
+        tracing::info!(volume = %self.name, old = %l.vid, new = %fresh.vid, "snapshotted by another client; writing the new working VDI");
+        *l = fresh;
+        Ok(true)
     }
 
     /// The layout, for a change of `[offset, offset + len)`: EROFS for a snapshot, ENOSPC

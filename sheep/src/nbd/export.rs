@@ -230,7 +230,13 @@ impl Export {
         let Some(holder) = self.lock else {
             return Ok(());
         };
-        match crate::vdi::lock(&self.sheep, self.volume.vid().await.get(), holder).await {
+        let vid = self.volume.vid().await.get();
+        // Snapshotted by another client: the lock moved with the name to the new working
+        // VDI, which the volume loads when the change meets the snapshot's read-only objects.
+        if self.sheep.state().vdis.get(&vid).is_some_and(|v| v.snapshot) {
+            return Ok(());
+        }
+        match crate::vdi::lock(&self.sheep, vid, holder).await {
             Ok(()) => Ok(()),
             Err(ResultCode::VDI_LOCKED) => Err(FsError::new(
                 libc::EIO,

@@ -1,8 +1,8 @@
 //! The NBD export (`sheep --nbd`): QEMU, qemu-img, nbd-client and libnbd tools attach VDIs
 //! natively. Newstyle fixed handshake with INFO/GO/LIST and structured replies; READ, WRITE,
 //! FLUSH (the durability contract of fsync on a sheepfs volume), FUA, TRIM (whole objects
-//! dropped), WRITE_ZEROES and DISC; several connections to one export share it
-//! (CAN_MULTI_CONN).
+//! dropped), WRITE_ZEROES, BLOCK_STATUS with `base:allocation` (objects without data are
+//! holes) and DISC; several connections to one export share it (CAN_MULTI_CONN).
 //!
 //! The path is the one sheepfs takes, with NBD in place of FUSE: a request becomes volume
 //! I/O ([`volume::Volume`]), whose object requests go to this sheep's own client port and
@@ -37,6 +37,18 @@ const BUDGET_UNIT: u32 = 64 << 10;
 const MAX_OPTION: u32 = 64 << 10;
 /// A client must finish the handshake within this.
 const HANDSHAKE_TIME: Duration = Duration::from_secs(30);
+/// The id of `base:allocation` once selected.
+const ALLOCATION_CONTEXT: u32 = 1;
+/// The longest extent one BLOCK_STATUS descriptor reports.
+const MAX_EXTENT: u64 = 1 << 31;
+
+/// What the options phase settled for the transmission phase.
+#[derive(Clone, Copy, Debug, Default)]
+struct Negotiated {
+    structured: bool,
+    /// `base:allocation` selected: BLOCK_STATUS answers which blocks hold data.
+    allocation: bool,
+}
 
 pub async fn serve(exports: Arc<Exports>, listener: TcpListener) {
     crate::server::accept_loop(listener, "NBD connection", move |stream| {
@@ -55,18 +67,18 @@ async fn connection(exports: &Arc<Exports>, mut stream: TcpStream) -> std::io::R
     let negotiated = tokio::time::timeout(HANDSHAKE_TIME, handshake(exports, &mut stream))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake took too long"))??;
-    let Some((export, structured)) = negotiated else {
+    let Some((export, mode)) = negotiated else {
         return Ok(());
     };
-    tracing::info!(?peer, export = %export.name, structured, "NBD client attached");
+    tracing::info!(?peer, export = %export.name, structured = mode.structured, block_status = mode.allocation, "NBD client attached");
     let export = Arc::new(export);
-    let served = transmission(&export, structured, stream).await;
+    let served = transmission(&export, mode, stream).await;
     tracing::info!(?peer, export = %export.name, "NBD client detached");
     served
 }
 
 /// The options phase. `None`: the client left (ABORT, or an export it could not have).
-async fn handshake(exports: &Arc<Exports>, s: &mut TcpStream) -> std::io::Result<Option<(Attached, bool)>> {
+async fn handshake(exports: &Arc<Exports>, s: &mut TcpStream) -> std::io::Result<Option<(Attached, Negotiated)>> {
     let mut hello = Vec::with_capacity(18);
     hello.extend_from_slice(&wire::NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&wire::IHAVEOPT.to_be_bytes());
@@ -77,7 +89,7 @@ async fn handshake(exports: &Arc<Exports>, s: &mut TcpStream) -> std::io::Result
         return Err(bad(format!("unknown client flags {client_flags:#x}")));
     }
     let no_zeroes = client_flags & u32::from(wire::FLAG_NO_ZEROES) != 0;
-    let mut structured = false;
+    let mut mode = Negotiated::default();
     loop {
         if s.read_u64().await? != wire::IHAVEOPT {
             return Err(bad("option without IHAVEOPT".into()));
@@ -99,12 +111,12 @@ async fn handshake(exports: &Arc<Exports>, s: &mut TcpStream) -> std::io::Result
                     Err(e) => return Err(bad(format!("export {name:?}: {e}"))),
                 };
                 let mut r = export.volume.size().await.to_be_bytes().to_vec();
-                r.extend_from_slice(&transmission_flags(&export, structured).await.to_be_bytes());
+                r.extend_from_slice(&transmission_flags(&export, mode.structured).await.to_be_bytes());
                 if !no_zeroes {
                     r.extend_from_slice(&[0u8; 124]);
                 }
                 s.write_all(&r).await?;
-                return Ok(Some((export, structured)));
+                return Ok(Some((export, mode)));
             }
             opt::ABORT => {
                 s.write_all(&wire::option_reply(option, rep::ACK, &[])).await?;
@@ -129,16 +141,19 @@ async fn handshake(exports: &Arc<Exports>, s: &mut TcpStream) -> std::io::Result
                 reply_error(s, option, rep::ERR_INVALID, "STRUCTURED_REPLY takes no data").await?
             }
             opt::STRUCTURED_REPLY => {
-                structured = true;
+                mode.structured = true;
                 s.write_all(&wire::option_reply(option, rep::ACK, &[])).await?;
+            }
+            opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
+                meta_context(exports, s, option, &data, &mut mode).await?
             }
             opt::INFO | opt::GO => {
                 let Some((name, wanted)) = wire::parse_info_request(&data) else {
                     reply_error(s, option, rep::ERR_INVALID, "malformed INFO/GO request").await?;
                     continue;
                 };
-                if let Some(export) = info_or_go(exports, s, option, &name, &wanted, structured).await? {
-                    return Ok(Some((export, structured)));
+                if let Some(export) = info_or_go(exports, s, option, &name, &wanted, mode.structured).await? {
+                    return Ok(Some((export, mode)));
                 }
             }
             opt::STARTTLS => reply_error(s, option, rep::ERR_UNSUP, "TLS is not supported").await?,
@@ -210,6 +225,56 @@ async fn info_or_go(
     Ok(export)
 }
 
+/// LIST_META_CONTEXT and SET_META_CONTEXT: `base:allocation` is the one context there is.
+/// SET replaces the selection, even when it fails.
+async fn meta_context(
+    exports: &Exports,
+    s: &mut TcpStream,
+    option: u32,
+    data: &[u8],
+    mode: &mut Negotiated,
+) -> std::io::Result<()> {
+    let set = option == opt::SET_META_CONTEXT;
+    if set {
+        mode.allocation = false;
+        if !mode.structured {
+            return reply_error(
+                s,
+                option,
+                rep::ERR_INVALID,
+                "SET_META_CONTEXT needs structured replies first",
+            )
+            .await;
+        }
+    }
+    let Some((name, queries)) = wire::parse_meta_request(data) else {
+        return reply_error(s, option, rep::ERR_INVALID, "malformed meta context request").await;
+    };
+    if let Err(e) = exports.describe(&name).await {
+        let code = if e.errno == libc::ENOENT {
+            rep::ERR_UNKNOWN
+        } else {
+            rep::ERR_INVALID
+        };
+        return reply_error(s, option, code, &e.to_string()).await;
+    }
+    let matches = if set {
+        queries.iter().any(|q| q == wire::BASE_ALLOCATION)
+    } else {
+        queries.is_empty() || queries.iter().any(|q| q == "base:" || q == wire::BASE_ALLOCATION)
+    };
+    let mut r = Vec::new();
+    if matches {
+        let id = if set { ALLOCATION_CONTEXT } else { 0 };
+        let mut d = id.to_be_bytes().to_vec();
+        d.extend_from_slice(wire::BASE_ALLOCATION.as_bytes());
+        r.extend_from_slice(&wire::option_reply(option, rep::META_CONTEXT, &d));
+        mode.allocation = set;
+    }
+    r.extend_from_slice(&wire::option_reply(option, rep::ACK, &[]));
+    s.write_all(&r).await
+}
+
 async fn transmission_flags(export: &Export, structured: bool) -> u16 {
     flags_for(export.volume.read_only(), structured)
 }
@@ -248,7 +313,7 @@ fn budget_units(len: u32) -> u32 {
 /// The transmission phase: requests are read in order and served concurrently; replies go
 /// out as they complete (NBD matches them by cookie). Ends at DISC (after every request in
 /// flight has its reply), at the client's hang-up, or at a request out of step.
-async fn transmission(export: &Arc<Attached>, structured: bool, stream: TcpStream) -> std::io::Result<()> {
+async fn transmission(export: &Arc<Attached>, mode: Negotiated, stream: TcpStream) -> std::io::Result<()> {
     let (mut rd, mut wr) = stream.into_split();
     let (replies, mut outbox) = mpsc::channel::<(Reply, Option<OwnedSemaphorePermit>)>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {
@@ -296,8 +361,12 @@ async fn transmission(export: &Arc<Attached>, structured: bool, stream: TcpStrea
         } else {
             None
         };
-        if let Err(code) = check(&req, read_only, structured, size, payload.is_some()) {
-            if replies.send((error_reply(&req, structured, code), None)).await.is_err() {
+        if let Err(code) = check(&req, read_only, mode, size, payload.is_some()) {
+            if replies
+                .send((error_reply(&req, mode.structured, code), None))
+                .await
+                .is_err()
+            {
                 break Ok(());
             }
             continue;
@@ -308,7 +377,7 @@ async fn transmission(export: &Arc<Attached>, structured: bool, stream: TcpStrea
         let export = export.clone();
         let replies = replies.clone();
         tokio::spawn(async move {
-            let reply = serve_request(&export, &req, payload.unwrap_or_default(), structured).await;
+            let reply = serve_request(&export, &req, payload.unwrap_or_default(), mode.structured).await;
             drop(permit);
             let _ = replies.send((reply, Some(reserved))).await;
         });
@@ -336,9 +405,10 @@ async fn read_payload<R: AsyncRead + Unpin>(rd: &mut R, len: u32) -> std::io::Re
 }
 
 /// The checks the spec asks before a request runs; `Err` is the NBD error to answer.
-fn check(req: &Request, read_only: bool, structured: bool, size: u64, has_payload: bool) -> Result<(), u32> {
+fn check(req: &Request, read_only: bool, mode: Negotiated, size: u64, has_payload: bool) -> Result<(), u32> {
     let allowed = match req.kind {
-        cmd::READ if structured => cmd::FLAG_FUA | cmd::FLAG_DF,
+        cmd::READ if mode.structured => cmd::FLAG_FUA | cmd::FLAG_DF,
+        cmd::BLOCK_STATUS if mode.allocation => cmd::FLAG_FUA | cmd::FLAG_REQ_ONE,
         cmd::READ | cmd::WRITE | cmd::FLUSH | cmd::TRIM => cmd::FLAG_FUA,
         cmd::WRITE_ZEROES => cmd::FLAG_FUA | cmd::FLAG_NO_HOLE,
         _ => return Err(err::EINVAL),
@@ -371,23 +441,53 @@ fn check(req: &Request, read_only: bool, structured: bool, size: u64, has_payloa
 }
 
 async fn serve_request(export: &Export, req: &Request, payload: Vec<u8>, structured: bool) -> Reply {
+    if req.kind == cmd::BLOCK_STATUS {
+        return match block_status(export, req).await {
+            Ok(extents) => (
+                wire::block_status_chunk(req.cookie, ALLOCATION_CONTEXT, &extents),
+                Vec::new(),
+            ),
+            Err(e) => failed(export, req, structured, &e),
+        };
+    }
     match run(export, req, payload).await {
         // OFFSET_DATA carries at least one byte; an empty read is answered with NONE.
         Ok(data) if structured && req.kind == cmd::READ && data.is_empty() => (wire::none_chunk(req.cookie), data),
         Ok(data) if structured && req.kind == cmd::READ => (wire::data_chunk(req.cookie, req.offset, data.len()), data),
         Ok(data) => (wire::simple_reply(req.cookie, 0), data),
-        Err(e) => {
-            tracing::error!(export = %export.name, kind = req.kind, offset = req.offset, length = req.length, error = %e, "NBD request failed");
-            let code = match e.errno {
-                libc::EROFS | libc::EPERM => err::EPERM,
-                libc::ENOSPC | libc::EFBIG | libc::EDQUOT => err::ENOSPC,
-                libc::EINVAL => err::EINVAL,
-                libc::ESHUTDOWN => err::ESHUTDOWN,
-                _ => err::EIO,
-            };
-            error_reply(req, structured, code)
+        Err(e) => failed(export, req, structured, &e),
+    }
+}
+
+/// The reply to a request that failed with `e`, which is logged.
+fn failed(export: &Export, req: &Request, structured: bool, e: &FsError) -> Reply {
+    tracing::error!(export = %export.name, kind = req.kind, offset = req.offset, length = req.length, error = %e, "NBD request failed");
+    let code = match e.errno {
+        libc::EROFS | libc::EPERM => err::EPERM,
+        libc::ENOSPC | libc::EFBIG | libc::EDQUOT => err::ENOSPC,
+        libc::EINVAL => err::EINVAL,
+        libc::ESHUTDOWN => err::ESHUTDOWN,
+        _ => err::EIO,
+    };
+    error_reply(req, structured, code)
+}
+
+/// `base:allocation` extents of the request's range: data, or a hole that reads as zeros.
+async fn block_status(export: &Export, req: &Request) -> Result<Vec<(u32, u32)>, FsError> {
+    let runs = export.volume.allocation(req.offset, req.length.into()).await?;
+    let mut extents = Vec::new();
+    for (mut n, data) in runs {
+        let flags = if data { 0 } else { wire::STATE_HOLE | wire::STATE_ZERO };
+        while n > 0 {
+            let piece = n.min(MAX_EXTENT);
+            extents.push((piece as u32, flags));
+            n -= piece;
         }
     }
+    if req.flags & cmd::FLAG_REQ_ONE != 0 {
+        extents.truncate(1);
+    }
+    Ok(extents)
 }
 
 /// Runs a checked request; a READ's answer is its data, anything else answers no data.
@@ -445,7 +545,11 @@ mod tests {
     #[test]
     fn requests_are_checked_as_the_spec_says() {
         let size = 1 << 33;
-        let ok = |r: Request| check(&r, false, true, size, true);
+        let both = Negotiated {
+            structured: true,
+            allocation: true,
+        };
+        let ok = |r: Request| check(&r, false, both, size, true);
         assert_eq!(ok(req(cmd::READ, cmd::FLAG_DF, 0, 4096)), Ok(()));
         assert_eq!(ok(req(cmd::WRITE, cmd::FLAG_FUA, size - 4096, 4096)), Ok(()));
         assert_eq!(ok(req(cmd::WRITE_ZEROES, cmd::FLAG_NO_HOLE, 0, u32::MAX)), Ok(()));
@@ -455,7 +559,13 @@ mod tests {
         assert_eq!(ok(req(cmd::READ, 1 << 7, 0, 1)), Err(err::EINVAL));
         assert_eq!(ok(req(cmd::WRITE, cmd::FLAG_NO_HOLE, 0, 1)), Err(err::EINVAL));
         assert_eq!(
-            check(&req(cmd::READ, cmd::FLAG_DF, 0, 1), false, false, size, false),
+            check(
+                &req(cmd::READ, cmd::FLAG_DF, 0, 1),
+                false,
+                Negotiated::default(),
+                size,
+                false
+            ),
             Err(err::EINVAL)
         );
         // Past the end: ENOSPC for writes, EINVAL for the rest; overflowing offsets too.
@@ -466,14 +576,25 @@ mod tests {
         // Too large, and writes whose payload was dropped.
         assert_eq!(ok(req(cmd::READ, 0, 0, MAX_REQUEST + 1)), Err(err::EINVAL));
         assert_eq!(
-            check(&req(cmd::WRITE, 0, 0, MAX_REQUEST + 1), false, true, size, false),
+            check(&req(cmd::WRITE, 0, 0, MAX_REQUEST + 1), false, both, size, false),
             Err(err::EINVAL)
         );
         // Read-only exports refuse every change.
         for kind in [cmd::WRITE, cmd::TRIM, cmd::WRITE_ZEROES] {
-            assert_eq!(check(&req(kind, 0, 0, 1), true, true, size, true), Err(err::EPERM));
+            assert_eq!(check(&req(kind, 0, 0, 1), true, both, size, true), Err(err::EPERM));
         }
-        assert_eq!(check(&req(cmd::READ, 0, 0, 1), true, true, size, false), Ok(()));
+        assert_eq!(check(&req(cmd::READ, 0, 0, 1), true, both, size, false), Ok(()));
+        // BLOCK_STATUS only once base:allocation is selected, and only inside the export.
+        assert_eq!(ok(req(cmd::BLOCK_STATUS, cmd::FLAG_REQ_ONE, 0, u32::MAX)), Ok(()));
+        assert_eq!(ok(req(cmd::BLOCK_STATUS, 0, size, 1)), Err(err::EINVAL));
+        let no_context = Negotiated {
+            structured: true,
+            allocation: false,
+        };
+        assert_eq!(
+            check(&req(cmd::BLOCK_STATUS, 0, 0, 1), false, no_context, size, false),
+            Err(err::EINVAL)
+        );
     }
 
     #[test]

@@ -20,12 +20,15 @@ pub mod opt {
     pub const INFO: u32 = 6;
     pub const GO: u32 = 7;
     pub const STRUCTURED_REPLY: u32 = 8;
+    pub const LIST_META_CONTEXT: u32 = 9;
+    pub const SET_META_CONTEXT: u32 = 10;
 }
 
 pub mod rep {
     pub const ACK: u32 = 1;
     pub const SERVER: u32 = 2;
     pub const INFO: u32 = 3;
+    pub const META_CONTEXT: u32 = 4;
     const ERR: u32 = 1 << 31;
     pub const ERR_UNSUP: u32 = ERR + 1;
     pub const ERR_POLICY: u32 = ERR + 2;
@@ -59,10 +62,12 @@ pub mod cmd {
     pub const FLUSH: u16 = 3;
     pub const TRIM: u16 = 4;
     pub const WRITE_ZEROES: u16 = 6;
+    pub const BLOCK_STATUS: u16 = 7;
 
     pub const FLAG_FUA: u16 = 1 << 0;
     pub const FLAG_NO_HOLE: u16 = 1 << 1;
     pub const FLAG_DF: u16 = 1 << 2;
+    pub const FLAG_REQ_ONE: u16 = 1 << 3;
 }
 
 /// Errors in replies (errno values, by the spec's choice).
@@ -77,7 +82,14 @@ pub mod err {
 pub const REPLY_FLAG_DONE: u16 = 1 << 0;
 pub const REPLY_TYPE_NONE: u16 = 0;
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
 pub const REPLY_TYPE_ERROR: u16 = (1 << 15) + 1;
+
+/// The one metadata context this server knows: which blocks hold data.
+pub const BASE_ALLOCATION: &str = "base:allocation";
+/// Its extent flags.
+pub const STATE_HOLE: u32 = 1 << 0;
+pub const STATE_ZERO: u32 = 1 << 1;
 
 pub const REQUEST_SIZE: usize = 28;
 /// Export names and other strings: the spec's limit.
@@ -153,6 +165,18 @@ pub fn none_chunk(cookie: u64) -> Vec<u8> {
     chunk_header(cookie, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0)
 }
 
+/// The final BLOCK_STATUS chunk: `extents` of (length, flags) for metadata context `context`.
+pub fn block_status_chunk(cookie: u64, context: u32, extents: &[(u32, u32)]) -> Vec<u8> {
+    let len = 4 + 8 * extents.len() as u32;
+    let mut b = chunk_header(cookie, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, len);
+    b.extend_from_slice(&context.to_be_bytes());
+    for (n, flags) in extents {
+        b.extend_from_slice(&n.to_be_bytes());
+        b.extend_from_slice(&flags.to_be_bytes());
+    }
+    b
+}
+
 /// The final ERROR chunk, with a message for the client's log.
 pub fn error_chunk(cookie: u64, error: u32, message: &str) -> Vec<u8> {
     let msg = truncated(message);
@@ -196,6 +220,26 @@ pub fn parse_info_request(data: &[u8]) -> Option<(String, Vec<u16>)> {
     }
     let infos = reqs.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
     Some((String::from_utf8(name.to_vec()).ok()?, infos))
+}
+
+/// The export name and queries of LIST_META_CONTEXT or SET_META_CONTEXT: u32 name length,
+/// name, u32 query count, then per query u32 length and the query. `None` if the lengths do
+/// not add up.
+pub fn parse_meta_request(data: &[u8]) -> Option<(String, Vec<String>)> {
+    let mut at = 0usize;
+    let name = take_string(data, &mut at)?;
+    let n = u32::from_be_bytes(data.get(at..at + 4)?.try_into().ok()?);
+    at += 4;
+    let queries = (0..n).map(|_| take_string(data, &mut at)).collect::<Option<Vec<_>>>()?;
+    (at == data.len()).then_some((name, queries))
+}
+
+/// A u32 length and that many bytes of UTF-8 at `*at`, which moves past them.
+fn take_string(data: &[u8], at: &mut usize) -> Option<String> {
+    let len = u32::from_be_bytes(data.get(*at..*at + 4)?.try_into().ok()?) as usize;
+    let s = data.get(*at + 4..(*at + 4).checked_add(len)?)?;
+    *at += 4 + len;
+    String::from_utf8(s.to_vec()).ok()
 }
 
 #[cfg(test)]
@@ -256,6 +300,35 @@ mod tests {
         long.extend_from_slice(b"web\0\0");
         assert_eq!(parse_info_request(&long), None);
         assert_eq!(parse_info_request(&[]), None);
+    }
+
+    #[test]
+    fn meta_context_requests_parse_or_are_refused() {
+        let mut d = 3u32.to_be_bytes().to_vec();
+        d.extend_from_slice(b"web");
+        d.extend_from_slice(&2u32.to_be_bytes());
+        for q in [BASE_ALLOCATION, "qemu:dirty-bitmap:x"] {
+            d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            d.extend_from_slice(q.as_bytes());
+        }
+        assert_eq!(
+            parse_meta_request(&d),
+            Some(("web".into(), vec![BASE_ALLOCATION.into(), "qemu:dirty-bitmap:x".into()]))
+        );
+        assert_eq!(parse_meta_request(&d[..d.len() - 1]), None, "short");
+        let mut long = d.clone();
+        long.push(0);
+        assert_eq!(parse_meta_request(&long), None, "trailing bytes");
+        let mut many = d[..7].to_vec();
+        many.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(parse_meta_request(&many), None, "more queries than bytes");
+        let b = block_status_chunk(5, 1, &[(4096, STATE_HOLE | STATE_ZERO), (8192, 0)]);
+        assert_eq!(&b[4..8], &[0, 1, 0, 5], "DONE, BLOCK_STATUS");
+        assert_eq!(&b[16..20], &20u32.to_be_bytes());
+        assert_eq!(
+            &b[20..],
+            &[0, 0, 0, 1, 0, 0, 16, 0, 0, 0, 0, 3, 0, 0, 32, 0, 0, 0, 0, 0]
+        );
     }
 
     #[test]
