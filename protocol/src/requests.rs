@@ -88,12 +88,56 @@ fn obj_req(opcode: u8, oid: Oid, offset: u32) -> RequestHeader {
     req
 }
 
+/// The headers of object I/O, for whoever carries them: [`Client`] over TCP, or a gateway's
+/// own exports in process.
+pub mod object {
+    use super::*;
+
+    /// READ_OBJ of `len` bytes at `offset`, with extra flags (`flags::CACHE`).
+    pub fn read(oid: Oid, offset: u32, len: u32, extra: u16) -> RequestHeader {
+        let mut req = obj_req(op::READ_OBJ, oid, offset);
+        req.flags |= extra;
+        req.data_length = len;
+        req
+    }
+
+    /// WRITE_OBJ of `len` bytes at `offset` into an existing object, with extra flags.
+    pub fn write(oid: Oid, offset: u32, len: u32, extra: u16) -> RequestHeader {
+        let mut req = obj_req(op::WRITE_OBJ, oid, offset);
+        req.flags |= flags::WRITE | extra;
+        req.data_length = len;
+        req
+    }
+
+    /// CREATE_AND_WRITE_OBJ of `len` bytes; with `cow` the object starts as a copy of that one.
+    pub fn create(oid: Oid, cow: Option<Oid>, offset: u32, len: u32) -> RequestHeader {
+        let mut req = obj_req(op::CREATE_AND_WRITE_OBJ, oid, offset);
+        req.flags |= flags::WRITE;
+        req.data_length = len;
+        if let Some(src) = cow {
+            req.flags |= flags::COW;
+            let mut a = req.obj();
+            a.cow_oid = src.0;
+            req.set_obj(&a);
+        }
+        req
+    }
+
+    /// REMOVE_OBJ of `oid` on every replica.
+    pub fn remove(oid: Oid) -> RequestHeader {
+        obj_req(op::REMOVE_OBJ, oid, 0)
+    }
+
+    /// FLUSH_VDI: every write of `vid` so far becomes durable on every replica.
+    pub fn flush(vid: Vid) -> RequestHeader {
+        obj_req(op::FLUSH_VDI, vid.inode_oid(), 0)
+    }
+}
+
 impl Client {
     /// READ_OBJ of `len` bytes at `offset`.
     pub async fn read_obj(&self, oid: Oid, offset: u32, len: u32) -> Result<Vec<u8>, ClientError> {
-        let mut req = obj_req(op::READ_OBJ, oid, offset);
-        req.data_length = len;
-        Ok(self.call(req, &[]).await?.data)
+        Ok(self.call(object::read(oid, offset, len, 0), &[]).await?.data)
     }
 
     /// READ_OBJ into `out` (as many bytes as it is long); returns how many the reply filled.
@@ -109,10 +153,8 @@ impl Client {
         out: &mut [u8],
         extra: u16,
     ) -> Result<usize, ClientError> {
-        let mut req = obj_req(op::READ_OBJ, oid, offset);
-        req.flags |= extra;
-        req.data_length = out.len() as u32;
-        self.call_into(req, out).await
+        self.call_into(object::read(oid, offset, out.len() as u32, extra), out)
+            .await
     }
 
     /// WRITE_OBJ into an existing object. A zero-length write is sent as such.
@@ -122,27 +164,19 @@ impl Client {
 
     /// [`Client::write_obj`] with extra request flags (`flags::CACHE`).
     pub async fn write_obj_with(&self, oid: Oid, offset: u32, data: &[u8], extra: u16) -> Result<(), ClientError> {
-        let mut req = obj_req(op::WRITE_OBJ, oid, offset);
-        req.flags |= flags::WRITE | extra;
+        let req = object::write(oid, offset, data.len() as u32, extra);
         self.call(req, data).await.map(|_| ())
     }
 
     /// CREATE_AND_WRITE_OBJ; with `cow` the new object starts as a copy of that one.
     pub async fn create_obj(&self, oid: Oid, cow: Option<Oid>, offset: u32, data: &[u8]) -> Result<(), ClientError> {
-        let mut req = obj_req(op::CREATE_AND_WRITE_OBJ, oid, offset);
-        req.flags |= flags::WRITE;
-        if let Some(src) = cow {
-            req.flags |= flags::COW;
-            let mut a = req.obj();
-            a.cow_oid = src.0;
-            req.set_obj(&a);
-        }
+        let req = object::create(oid, cow, offset, data.len() as u32);
         self.call(req, data).await.map(|_| ())
     }
 
     /// REMOVE_OBJ: deletes `oid` on every replica; a missing object is not an error.
     pub async fn remove_obj(&self, oid: Oid) -> Result<(), ClientError> {
-        match self.call(obj_req(op::REMOVE_OBJ, oid, 0), &[]).await {
+        match self.call(object::remove(oid), &[]).await {
             Err(e) if e.result() == Some(ResultCode::NO_OBJ) => Ok(()),
             r => r.map(|_| ()),
         }
@@ -393,8 +427,7 @@ impl Client {
 
     /// FLUSH_VDI: every write so far becomes durable on every replica.
     pub async fn flush_vdi(&self, vid: Vid) -> Result<(), ClientError> {
-        let req = obj_req(op::FLUSH_VDI, vid.inode_oid(), 0);
-        self.call(req, &[]).await.map(|_| ())
+        self.call(object::flush(vid), &[]).await.map(|_| ())
     }
 }
 

@@ -15,12 +15,14 @@ use protocol::{Client, ResultCode, Vid};
 use tokio::sync::Mutex;
 use volume::{FsError, FsResult, Gateway, Volume, DEFAULT_CHUNK};
 
+use super::local::InProcess;
+
 use crate::node::Sheep;
 
 /// An open export.
 pub struct Export {
     pub name: String,
-    pub volume: Volume<Gateway>,
+    pub volume: Volume<InProcess>,
     /// The lock holder id, for a writable export.
     lock: Option<u64>,
     sheep: Arc<Sheep>,
@@ -29,7 +31,7 @@ pub struct Export {
 /// The exports in use on this gateway, with their connection counts.
 pub struct Exports {
     sheep: Arc<Sheep>,
-    io: Arc<Gateway>,
+    io: Arc<InProcess>,
     open: Mutex<HashMap<String, Opened>>,
 }
 
@@ -45,19 +47,20 @@ pub struct Description {
 }
 
 impl Exports {
-    /// Exports served by `sheep`, whose object I/O goes to the sheep's own client port at
-    /// `gateway` (through the object cache if the sheep runs one).
+    /// Exports served by `sheep`, whose object I/O it serves in process (through its object
+    /// cache if it runs one); lookups go to its client port at `gateway`.
     pub fn new(sheep: Arc<Sheep>, gateway: std::net::SocketAddr) -> Exports {
         let object_flags = if sheep.cache.is_some() { flags::CACHE } else { 0 };
+        let rare = Gateway::new(Client::new(gateway), 0);
         Exports {
+            io: Arc::new(InProcess::new(sheep.clone(), object_flags, rare)),
             sheep,
-            io: Arc::new(Gateway::new(Client::new(gateway), object_flags)),
             open: Mutex::new(HashMap::new()),
         }
     }
 
     fn client(&self) -> &Client {
-        self.io.client()
+        self.io.rare().client()
     }
 
     /// Every export: working VDIs by name, snapshots as `NAME@ID`, each with a description.

@@ -5,10 +5,11 @@
 //! holes) and DISC; several connections to one export share it (CAN_MULTI_CONN).
 //!
 //! The path is the one sheepfs takes, with NBD in place of FUSE: a request becomes volume
-//! I/O ([`volume::Volume`]), whose object requests go to this sheep's own client port and
-//! from there through the gateway to the replicas.
+//! I/O ([`volume::Volume`]), whose object requests this sheep serves in process as it would
+//! a client's (`local.rs`), through the gateway (and its object cache) to the replicas.
 
 mod export;
+mod local;
 mod wire;
 
 use std::sync::Arc;
