@@ -12,7 +12,7 @@ use bytes::Bytes;
 use protocol::bitmap::BITMAP_BYTES;
 use protocol::cluster::{EpochRecord, CLUSTER_INFO_SIZE};
 use protocol::frame::MAX_PAYLOAD;
-use protocol::inode::{DEFAULT_BLOCK_SIZE_SHIFT, MAX_BLOCK_SIZE_SHIFT, MIN_BLOCK_SIZE_SHIFT};
+use protocol::inode::{data_vdi_id_offset, DEFAULT_BLOCK_SIZE_SHIFT, MAX_BLOCK_SIZE_SHIFT, MIN_BLOCK_SIZE_SHIFT};
 use protocol::node::NODE_SIZE;
 use protocol::opcode::{flags, op_name, SD_PROTO_VER, SD_SHEEP_PROTO_VER};
 use protocol::{op, Oid, RequestHeader, ResponseHeader, ResultCode};
@@ -173,14 +173,17 @@ async fn dispatch(sheep: &Arc<Sheep>, conn: u64, k: Kind, req: &RequestHeader, p
 }
 
 /// Whether a client request would change what a snapshot holds: a write into or removal of
-/// its data objects, or a write into its inode. Such requests are READONLY, so that a client
-/// that still writes the VDI it had open when someone else snapshotted it (`dog vdi
-/// snapshot` of an attached VDI) learns of the new working VDI and loses nothing of the
-/// snapshot. Deleting a snapshot clears its inode's entries first, with the DIRECT flag, as
-/// the original's dog does; those writes go through.
-fn changes_a_snapshot(sheep: &Sheep, opcode: u8, oid: Oid, req_flags: u16) -> bool {
-    let applies = match opcode {
-        op::WRITE_OBJ => oid.is_data() || req_flags & flags::DIRECT == 0,
+/// its data objects, or a write into its inode's object map (`end`: where the write ends
+/// in the object). Such requests are READONLY, so that a client that still writes the VDI
+/// it had open when someone else snapshotted it (`dog vdi snapshot` of an attached VDI)
+/// learns of the new working VDI and changes nothing of the snapshot. Deleting a snapshot
+/// clears its map first, with the DIRECT flag, as the original's dog does; those writes go
+/// through, and so do writes into the inode's header (the original's dog writes a tag there
+/// just before the snapshot is made, which may race with another snapshot).
+fn changes_a_snapshot(sheep: &Sheep, req: &RequestHeader, oid: Oid, end: u64) -> bool {
+    let applies = match req.opcode {
+        op::WRITE_OBJ if oid.is_data() => true,
+        op::WRITE_OBJ => req.flags & flags::DIRECT == 0 && end > u64::from(data_vdi_id_offset(0)),
         op::CREATE_AND_WRITE_OBJ | op::REMOVE_OBJ => oid.is_data(),
         _ => false,
     };
@@ -201,7 +204,7 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
         tracing::warn!(%oid, offset = a.offset, len, size, "I/O past the object's end refused");
         return Err(ResultCode::INVALID_PARMS);
     }
-    if changes_a_snapshot(sheep, req.opcode, oid, req.flags) {
+    if changes_a_snapshot(sheep, req, oid, u64::from(a.offset) + len) {
         return Err(ResultCode::READONLY);
     }
     // The object cache serves what asks for it; anything else first takes a cached copy's
