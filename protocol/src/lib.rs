@@ -17,6 +17,10 @@ pub mod placement;
 pub mod requests;
 
 pub use bytes::{get_cstr, put_cstr};
+
+/// What `--version` prints after the program's name: the release and the git commit the
+/// binaries were built from ("unknown" outside a git checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("SHEEP_GIT_COMMIT"), ")");
 pub use client::{Client, ClientError, Reply};
 pub use header::{ClusterArgs, ObjArgs, RequestHeader, ResponseHeader, VdiArgs};
 pub use oid::{Oid, Vid};

@@ -11,7 +11,7 @@ use protocol::node::DEFAULT_VNODES;
 /// 1.0 protocol: client I/O as a gateway, replicated objects in DIR/obj/, cluster membership
 /// through a cluster driver.
 #[derive(Parser, Debug)]
-#[command(name = "sheep", version, disable_version_flag = true)]
+#[command(name = "sheep", version = protocol::VERSION, disable_version_flag = true)]
 pub struct Args {
     /// Print the version.
     #[arg(long, action = clap::ArgAction::Version)]

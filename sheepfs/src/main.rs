@@ -19,7 +19,7 @@ use sheepfs::fuse::SheepFuse;
 /// Returns once the mount is ready and keeps serving in the background (`-f` stays in the
 /// foreground). `umount MOUNTPOINT` or SIGTERM flushes everything and exits.
 #[derive(Parser, Debug)]
-#[command(name = "sheepfs", version)]
+#[command(name = "sheepfs", version = protocol::VERSION)]
 struct Args {
     /// Where to mount.
     mountpoint: PathBuf,

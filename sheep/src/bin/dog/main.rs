@@ -32,7 +32,7 @@ const ENV_PORT: &str = "SHEEPDOG_DOG_PORT";
 #[derive(Parser, Debug)]
 #[command(
     name = "dog",
-    version,
+    version = protocol::VERSION,
     about = "Sheepdog administrator utility",
     long_about = "Sheepdog administrator utility: formats and inspects a Sheepdog cluster and \
                   manages its VDIs (virtual disk images).\n\n\
