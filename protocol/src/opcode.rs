@@ -62,6 +62,7 @@ opcodes! {
     STAT_SHEEP = 0x86,
     STAT_CLUSTER = 0x87,
     GET_VDI_ATTR = 0x89,
+    MD_INFO = 0xb1,
     GET_STORE_LIST = 0x90,
     STAT_RECOVERY = 0x97,
     GET_OBJ_LIST = 0xa1,
@@ -82,6 +83,8 @@ opcodes! {
     GET_VNODES = 0xcd,
     // This implementation's own (not in Sheepdog 1.0): the object cache's figures.
     STAT_CACHE = 0xe0,
+    // ... and its metrics as Prometheus/OpenMetrics text.
+    STAT_METRICS = 0xe1,
 }
 
 /// True for the node-to-node (peer) ops, which only sheep send each other.

@@ -70,6 +70,9 @@ impl CacheStats {
     }
 }
 
+/// Longest metrics text a client accepts (STAT_METRICS).
+pub const METRICS_MAX: usize = 1 << 20;
+
 /// A VDI located by name: its vid and layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VdiInfo {
@@ -383,6 +386,30 @@ impl Client {
     pub async fn stat_sheep(&self) -> Result<(u64, u64), ClientError> {
         let r = self.call(RequestHeader::new(op::STAT_SHEEP), &[]).await?;
         Ok((r.header.store_size(), r.header.store_free()))
+    }
+
+    /// STAT: the node's request counters.
+    pub async fn stat(&self) -> Result<crate::stats::NodeStat, ClientError> {
+        let mut req = RequestHeader::new(op::STAT);
+        req.data_length = crate::stats::NodeStat::SIZE as u32;
+        let r = self.call(req, &[]).await?;
+        crate::stats::NodeStat::decode(&r.data).ok_or_else(|| self.short_reply(op::STAT))
+    }
+
+    /// MD_INFO: the disks of the node's store.
+    pub async fn md_info(&self) -> Result<Vec<crate::stats::MdDisk>, ClientError> {
+        let mut req = RequestHeader::new(op::MD_INFO);
+        req.data_length = crate::stats::MD_INFO_SIZE as u32;
+        let r = self.call(req, &[]).await?;
+        crate::stats::decode_md_info(&r.data).ok_or_else(|| self.short_reply(op::MD_INFO))
+    }
+
+    /// STAT_METRICS: the node's metrics as Prometheus/OpenMetrics text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let mut req = RequestHeader::new(op::STAT_METRICS);
+        req.data_length = METRICS_MAX as u32;
+        let r = self.call(req, &[]).await?;
+        String::from_utf8(r.data).map_err(|_| self.short_reply(op::STAT_METRICS))
     }
 
     /// STAT_CACHE: the figures of this gateway's object cache.

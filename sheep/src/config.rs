@@ -75,11 +75,16 @@ pub struct Args {
     /// lock while any connection has it open. Off by default.
     #[arg(long, value_name = "[ADDR:]PORT")]
     pub nbd: Option<String>,
+    /// Serve Prometheus/OpenMetrics text at http://[ADDR:]PORT/metrics (ADDR defaults to
+    /// 127.0.0.1): request counts, latency histograms, bytes and errors by op class, epoch,
+    /// members, recovery, store space and the object cache's figures. Off by default.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    pub metrics: Option<String>,
     /// Log filter, e.g. `info` or `sheep=debug` [default: info; env RUST_LOG also works].
     #[arg(long)]
     pub log_level: Option<String>,
     /// TOML file with any of: port, bind, cluster, zone, gateway, vnodes, log_file, log_level,
-    /// recovery_rate, buffered_io, sync_writes, cache, nbd.
+    /// recovery_rate, buffered_io, sync_writes, cache, nbd, metrics.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -101,6 +106,7 @@ pub struct FileConfig {
     pub sync_writes: Option<bool>,
     pub cache: Option<String>,
     pub nbd: Option<String>,
+    pub metrics: Option<String>,
 }
 
 /// Effective settings.
@@ -121,6 +127,8 @@ pub struct Config {
     pub cache: Option<CacheConfig>,
     /// Where the NBD export listens, if it runs.
     pub nbd: Option<SocketAddr>,
+    /// Where the metrics endpoint listens, if it runs.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `-w SIZE[,dir=PATH]`.
@@ -150,13 +158,13 @@ impl CacheConfig {
     }
 }
 
-/// `--nbd [ADDR:]PORT`: a bare port listens on loopback.
-fn parse_nbd(spec: &str) -> Result<SocketAddr, String> {
+/// `--FLAG [ADDR:]PORT`: a bare port listens on loopback.
+fn parse_listen(flag: &str, spec: &str, example: u16) -> Result<SocketAddr, String> {
     if let Ok(port) = spec.parse::<u16>() {
         return Ok(SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port));
     }
     spec.parse::<SocketAddr>()
-        .map_err(|_| format!("--nbd {spec:?}: expected [ADDR:]PORT, e.g. 10809 or 192.0.2.1:10809"))
+        .map_err(|_| format!("--{flag} {spec:?}: expected [ADDR:]PORT, e.g. {example} or 192.0.2.1:{example}"))
 }
 
 /// Bytes in `s`: digits with an optional K, M, G or T suffix (powers of 1024).
@@ -189,6 +197,7 @@ impl Config {
             sync_writes: false,
             cache: None,
             nbd: None,
+            metrics: None,
         }
     }
 
@@ -214,7 +223,12 @@ impl Config {
                 Some(spec) => Some(CacheConfig::parse(&spec, &d.dir)?),
                 None => None,
             },
-            nbd: args.nbd.or(file.nbd).as_deref().map(parse_nbd).transpose()?,
+            nbd: (args.nbd.or(file.nbd).as_deref())
+                .map(|s| parse_listen("nbd", s, 10809))
+                .transpose()?,
+            metrics: (args.metrics.or(file.metrics).as_deref())
+                .map(|s| parse_listen("metrics", s, 9100))
+                .transpose()?,
             dir: d.dir,
         };
         if cfg.bind.is_unspecified() {
@@ -312,14 +326,17 @@ mod tests {
     }
 
     #[test]
-    fn nbd_spec() {
-        let c = Config::load(Args::parse_from(["sheep", "--nbd", "10809", "/d"])).expect("load");
-        assert_eq!(c.nbd, Some("127.0.0.1:10809".parse().expect("addr")));
-        let c = Config::load(Args::parse_from(["sheep", "--nbd", "[::1]:7", "/d"])).expect("load");
-        assert_eq!(c.nbd, Some("[::1]:7".parse().expect("addr")));
-        for bad in ["", "x", "1.2.3.4", "99999"] {
-            let e = Config::load(Args::parse_from(["sheep", "--nbd", bad, "/d"])).expect_err(bad);
-            assert!(e.contains("expected [ADDR:]PORT"), "{bad}: {e}");
+    fn listen_specs() {
+        let pick = |c: &Config, flag: &str| if flag == "--nbd" { c.nbd } else { c.metrics };
+        for flag in ["--nbd", "--metrics"] {
+            let c = Config::load(Args::parse_from(["sheep", flag, "10809", "/d"])).expect("load");
+            assert_eq!(pick(&c, flag), Some("127.0.0.1:10809".parse().expect("addr")));
+            let c = Config::load(Args::parse_from(["sheep", flag, "[::1]:7", "/d"])).expect("load");
+            assert_eq!(pick(&c, flag), Some("[::1]:7".parse().expect("addr")));
+            for bad in ["", "x", "1.2.3.4", "99999"] {
+                let e = Config::load(Args::parse_from(["sheep", flag, bad, "/d"])).expect_err(bad);
+                assert!(e.contains("expected [ADDR:]PORT") && e.contains(flag), "{bad}: {e}");
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod group;
+pub mod metrics;
 pub mod nbd;
 pub mod node;
 pub mod ops;

@@ -66,6 +66,14 @@ async fn run(cfg: Config) -> Result<(), String> {
         ),
         None => None,
     };
+    let metrics_listener = match cfg.metrics {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .map_err(|e| format!("cannot listen for metrics on {at}: {e}"))?,
+        ),
+        None => None,
+    };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = Driver::start(&spec, addr, tx).await.map_err(|e| e.to_string())?;
     let recovery = sheep::recovery::freshness::Recovery::new(cfg.recovery_rate);
@@ -97,6 +105,10 @@ async fn run(cfg: Config) -> Result<(), String> {
         let exports = Arc::new(sheep::nbd::Exports::new(sheep.clone(), addr));
         tracing::info!(addr = ?l.local_addr().ok(), "serving VDIs over NBD");
         tokio::spawn(sheep::nbd::serve(exports, l));
+    }
+    if let Some(l) = metrics_listener {
+        tracing::info!(addr = ?l.local_addr().ok(), "serving metrics over HTTP");
+        tokio::spawn(sheep::metrics::serve(sheep.clone(), l));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;

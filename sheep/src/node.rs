@@ -29,6 +29,8 @@ pub struct Sheep {
     pub recovery: Recovery,
     /// The object cache (`-w`), if on.
     pub cache: Option<Arc<Index>>,
+    /// Request counters for `--metrics`, STAT and STAT_METRICS.
+    pub metrics: crate::metrics::Metrics,
     state: RwLock<ClusterState>,
     applied: watch::Sender<u64>,
     peers: Mutex<HashMap<SocketAddr, Arc<Client>>>,
@@ -64,6 +66,7 @@ impl Sheep {
             driver,
             recovery,
             cache,
+            metrics: crate::metrics::Metrics::new(),
             state: RwLock::new(ClusterState::default()),
             applied: watch::channel(0).0,
             peers: Mutex::new(HashMap::new()),

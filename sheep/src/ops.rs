@@ -52,7 +52,9 @@ pub fn kind(opcode: u8) -> Option<(Kind, bool)> {
         | op::GET_VDI_ATTR
         | op::GET_VDI_COPIES
         | op::OIDS_EXIST
-        | op::STAT_CACHE => (Local, false),
+        | op::STAT_CACHE
+        | op::STAT_METRICS
+        | op::MD_INFO => (Local, false),
         op::READ_VDIS
         | op::READ_DEL_VDIS
         | op::GET_NODE_LIST
@@ -87,6 +89,8 @@ type OpResult = Result<Answer, ResultCode>;
 /// Serves one request, which came on client connection `conn` of this node, and builds the
 /// whole reply.
 pub async fn handle(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: Bytes) -> (ResponseHeader, Vec<u8>) {
+    let in_flight = sheep.metrics.start(req.opcode);
+    let received = payload.len();
     let result = match admit(sheep, req) {
         Ok(k) => dispatch(sheep, conn, k, req, payload).await,
         Err(code) => Err(code),
@@ -115,6 +119,7 @@ pub async fn handle(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload:
     rsp.id = req.id;
     rsp.epoch = sheep.state().epoch();
     rsp.data_length = data.len() as u32;
+    in_flight.done(ResultCode(rsp.result), received, data.len());
     (rsp, data)
 }
 
@@ -374,6 +379,15 @@ async fn local_op(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: &
                 .flat_map(|v| v.to_le_bytes())
                 .collect();
         }
+        op::STAT => ans.data = sheep.metrics.node_stat().encode(),
+        op::MD_INFO => {
+            // The original asserts (and dies) on any other length; we refuse it.
+            if req.data_length as usize != protocol::stats::MD_INFO_SIZE {
+                return Err(ResultCode::INVALID_PARMS);
+            }
+            ans.data = md_info(sheep).await?;
+        }
+        op::STAT_METRICS => ans.data = sheep.metrics.render(sheep).into_bytes(),
         op::GET_CLUSTER_DEFAULT => {
             let st = sheep.state();
             let f = st.format.as_ref();
@@ -444,6 +458,29 @@ async fn local_op(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: &
         _ => return Err(ResultCode::NO_SUPPORT),
     }
     Ok(ans)
+}
+
+/// MD_INFO: this node's store as its one disk (a gateway has none).
+async fn md_info(sheep: &Arc<Sheep>) -> Result<Vec<u8>, ResultCode> {
+    if sheep.me.is_gateway() {
+        return Ok(protocol::stats::encode_md_info(&[]));
+    }
+    let s = sheep.clone();
+    let (free, used) =
+        tokio::task::spawn_blocking(move || Ok::<_, std::io::Error>((s.store.space()?.1, s.store.used())))
+            .await
+            .map_err(|_| ResultCode::SYSTEM_ERROR)?
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot stat the store");
+                ResultCode::EIO
+            })?;
+    let disk = protocol::stats::MdDisk {
+        idx: 0,
+        free,
+        used,
+        path: sheep.store.dir().display().to_string(),
+    };
+    Ok(protocol::stats::encode_md_info(&[disk]))
 }
 
 /// FLUSH_VDI: every storage node makes the VDI's writes durable (every write, when the

@@ -34,6 +34,8 @@ pub trait Backend: ObjectIo {
     fn release_vdi(&self, name: &str) -> impl Future<Output = FsResult<()>> + Send;
     /// The gateway's object cache figures (all zero where it runs none).
     fn stat_cache(&self) -> impl Future<Output = FsResult<CacheStats>> + Send;
+    /// The gateway's metrics, as Prometheus/OpenMetrics text.
+    fn metrics(&self) -> impl Future<Output = FsResult<String>> + Send;
     /// Whether object I/O asks the gateway's object cache to serve it (`/config/object_cache`).
     fn object_cache(&self) -> bool;
     fn set_object_cache(&self, on: bool);
@@ -361,6 +363,10 @@ impl Backend for ClusterBackend {
 
     async fn stat_cache(&self) -> FsResult<CacheStats> {
         self.retry("object cache figures", || self.client().stat_cache()).await
+    }
+
+    async fn metrics(&self) -> FsResult<String> {
+        self.retry("metrics", || self.client().metrics()).await
     }
 
     fn object_cache(&self) -> bool {

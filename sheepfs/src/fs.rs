@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! /vdi/list  /vdi/<name>/{volume,snapshot,info,snapshots/<id>/{volume,clone}}
-//! /cluster/info  /node/list  /node/info
+//! /cluster/info  /cluster/recovery  /node/list  /node/info  /node/metrics
 //! ```
 
 use std::collections::HashMap;
@@ -34,6 +34,7 @@ pub enum Entry {
     ClusterRecovery,
     NodeList,
     NodeInfo,
+    NodeMetrics,
     Vdi(String),
     Volume(String),
     SnapshotCtl(String),
@@ -85,7 +86,13 @@ impl Entry {
     fn is_monitor(&self) -> bool {
         matches!(
             self,
-            Entry::VdiList | Entry::ClusterInfo | Entry::NodeList | Entry::NodeInfo | Entry::Info(_)
+            Entry::VdiList
+                | Entry::ClusterInfo
+                | Entry::ClusterRecovery
+                | Entry::NodeList
+                | Entry::NodeInfo
+                | Entry::NodeMetrics
+                | Entry::Info(_)
         )
     }
 }
@@ -250,6 +257,7 @@ impl<B: Backend> Fs<B> {
             (Entry::ClusterDir, "recovery") => Entry::ClusterRecovery,
             (Entry::NodeDir, "list") => Entry::NodeList,
             (Entry::NodeDir, "info") => Entry::NodeInfo,
+            (Entry::NodeDir, "metrics") => Entry::NodeMetrics,
             (Entry::Vdi(v), "volume") => Entry::Volume(v.clone()),
             (Entry::Vdi(v), "snapshot") => Entry::SnapshotCtl(v.clone()),
             (Entry::Vdi(v), "info") => Entry::Info(v.clone()),
@@ -290,7 +298,7 @@ impl<B: Backend> Fs<B> {
                 v
             }
             Entry::ClusterDir => vec!["info".into(), "recovery".into()],
-            Entry::NodeDir => vec!["list".into(), "info".into()],
+            Entry::NodeDir => vec!["list".into(), "info".into(), "metrics".into()],
             Entry::Vdi(_) => vec!["volume".into(), "snapshot".into(), "info".into(), "snapshots".into()],
             Entry::Snapshots(n) => self.snapshot_ids(n).await?.iter().map(u32::to_string).collect(),
             Entry::Snapshot(..) => vec!["volume".into(), "clone".into()],
@@ -384,6 +392,7 @@ impl<B: Backend> Fs<B> {
                     &cache,
                 ))
             }
+            Entry::NodeMetrics => self.backend.metrics().await,
             _ => Err(FsError::invalid("not a monitoring file")),
         }
     }

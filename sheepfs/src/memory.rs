@@ -236,6 +236,11 @@ impl Backend for MemoryBackend {
         Ok(CacheStats::default())
     }
 
+    /// No daemon here, so no counters: an exposition with nothing but its end.
+    async fn metrics(&self) -> FsResult<String> {
+        Ok("# EOF\n".into())
+    }
+
     /// No cache here: the switch is only remembered.
     fn object_cache(&self) -> bool {
         self.cache_on.load(std::sync::atomic::Ordering::Acquire)

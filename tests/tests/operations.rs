@@ -1,9 +1,15 @@
 //! What an operator runs the cluster with: versions, the rest of the original `dog`'s
 //! commands, metrics, packaging.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
+use std::time::Duration;
 
-use tests::{dog_bin, sheep_bin, sheepfs_bin};
+use prometheus_parse::{Scrape, Value};
+use protocol::stats::{decode_md_info, NodeStat, MD_INFO_SIZE};
+use protocol::{op, RequestHeader, ResultCode};
+use tests::{dog_bin, free_ports, pseudo_random, sheep_bin, sheepfs_bin, Cluster, Mount, RawConn};
 
 /// Every binary says which commit it was built from, so a bug report names the code.
 #[test]
@@ -25,4 +31,227 @@ fn version_names_the_git_commit() {
         let want = format!("{name} {} (git {head})", env!("CARGO_PKG_VERSION"));
         assert_eq!(text.trim(), want, "{name} --version");
     }
+}
+
+const MIB: usize = 1 << 20;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET path` over HTTP/1.1: (status line, headers, body).
+fn http(addr: SocketAddr, request: &[u8]) -> (String, String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(TIMEOUT)).expect("read timeout");
+    s.write_all(request).expect("sending the request");
+    let mut reply = Vec::new();
+    // A server that closes before reading all we sent resets the connection: what came
+    // before the reset is the reply.
+    if let Err(e) = s.read_to_end(&mut reply) {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "reading the reply: {e}");
+    }
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_string(), body.to_string())
+}
+
+fn scrape(text: &str) -> Scrape {
+    assert!(
+        text.ends_with("# EOF\n"),
+        "an OpenMetrics exposition ends with # EOF:\n{text}"
+    );
+    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("the metrics parse as Prometheus text")
+}
+
+/// The value of the sample `metric` whose labels include `labels` (0 when there is none).
+fn sample(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(v)))
+        .map(|x| match &x.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            Value::Summary(_) => panic!("{metric} is not a summary"),
+        })
+        .collect();
+    assert!(found.len() <= 1, "{metric} {labels:?} matches {} samples", found.len());
+    found.first().copied().unwrap_or(0.0)
+}
+
+/// The metrics endpoint answers with Prometheus text whose counters follow the requests
+/// made, and shrugs off requests that are not a GET of /metrics.
+#[test]
+fn metrics_endpoint_counts_requests() {
+    let port = free_ports(1)[0];
+    let c = Cluster::builder()
+        .nodes(1)
+        .args(&["--metrics", &port.to_string()])
+        .start();
+    c.format(1);
+    let at = SocketAddr::from(([127, 0, 0, 1], port));
+    c.dog_ok(&["vdi", "create", "m", "16M"]);
+    c.write_vdi("m", 0, &pseudo_random(1, MIB));
+    c.dog(&["vdi", "read", "nosuch", "0", "1"]).expect_failure();
+
+    let (status, headers, body) = http(at, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(headers.contains("application/openmetrics-text"), "{headers}");
+    let s = scrape(&body);
+    let writes = sample(&s, "sheep_requests_total", &[("op", "gateway_write")]);
+    assert!(writes >= 1.0, "gateway writes counted: {writes}\n{body}");
+    let timed = sample(&s, "sheep_request_duration_seconds", &[("op", "gateway_write")]);
+    assert_eq!(timed, writes, "every counted write is timed\n{body}");
+    let bytes_in = sample(
+        &s,
+        "sheep_request_bytes_total",
+        &[("op", "gateway_write"), ("direction", "in")],
+    );
+    assert!(bytes_in >= MIB as f64, "1 MiB written, {bytes_in} bytes counted");
+    let missing = sample(
+        &s,
+        "sheep_request_errors_total",
+        &[("op", "other"), ("result", "NO_VDI")],
+    );
+    assert!(
+        missing >= 1.0,
+        "the lookup of a missing VDI is an error: {missing}\n{body}"
+    );
+    assert_eq!(sample(&s, "sheep_epoch", &[]), 1.0);
+    assert_eq!(sample(&s, "sheep_members", &[]), 1.0);
+    assert!(sample(&s, "sheep_store_size_bytes", &[]) > 0.0);
+
+    // The counters move with the next request, and a second scrape sees it.
+    c.write_vdi("m", 4096, &pseudo_random(2, 4096));
+    let (_, _, body) = http(at, b"GET /metrics HTTP/1.0\r\n\r\n");
+    let after = sample(&scrape(&body), "sheep_requests_total", &[("op", "gateway_write")]);
+    assert!(after > writes, "{after} after {writes}");
+
+    let (status, _, _) = http(at, b"GET /other HTTP/1.1\r\n\r\n");
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    let (status, _, _) = http(at, b"POST /metrics HTTP/1.1\r\n\r\n");
+    assert!(status.starts_with("HTTP/1.1 405"), "{status}");
+    // A head that never ends is cut off, and the endpoint keeps serving.
+    let (status, _, _) = http(at, &vec![b'A'; 20_000]);
+    assert_eq!(status, "", "an oversized head gets no answer");
+    let (status, _, _) = http(at, b"GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+}
+
+/// `dog node stat` and STAT agree with what was done: the gateway counts the client's
+/// writes, the other replicas count them as peer writes.
+#[test]
+fn node_stat_counts_client_and_peer_requests() {
+    let c = Cluster::start_formatted(3, 3);
+    c.dog_ok(&["vdi", "create", "s", "16M"]);
+    c.write_vdi("s", 0, &pseudo_random(3, MIB));
+    assert_eq!(c.read_vdi("s", 0, 4096, None), pseudo_random(3, MIB)[..4096]);
+
+    let stat = |i: usize| {
+        let mut req = RequestHeader::new(op::STAT);
+        req.data_length = NodeStat::SIZE as u32;
+        let (h, data) = RawConn::connect(c.node(i).addr(), TIMEOUT)
+            .exchange(&req, &[], 4096)
+            .expect("STAT");
+        assert_eq!(h.result_code(), ResultCode::SUCCESS);
+        assert_eq!(data.len(), NodeStat::SIZE, "struct sd_stat is 120 bytes");
+        NodeStat::decode(&data).expect("decodes")
+    };
+    let gw = stat(0).gateway;
+    assert!(gw.write >= 1 && gw.read >= 1, "{gw:?}");
+    assert!(gw.rx >= MIB as u64 && gw.tx >= 4096, "{gw:?}");
+    assert_eq!(gw.active, 0, "nothing in flight: {gw:?}");
+    for i in 1..3 {
+        let p = stat(i).peer;
+        assert!(p.write >= 1 && p.rx >= MIB as u64, "node {i} stored its replica: {p:?}");
+    }
+
+    // dog prints the same counters (STAT itself and dog's lookups are not counted).
+    let raw = c.dog_ok(&["node", "stat", "-r"]).stdout_str();
+    let s = stat(0);
+    let rows: Vec<Vec<u64>> = raw
+        .lines()
+        .map(|l| l.split('\t').map(|f| f.parse().expect("a number")).collect())
+        .collect();
+    let want = |x: &protocol::stats::StatSide| vec![x.active, x.total, x.write, x.read, x.remove, x.flush, x.rx, x.tx];
+    assert_eq!(rows, vec![want(&s.gateway), want(&s.peer)], "{raw}");
+    let text = c.dog_ok(&["node", "stat"]).stdout_str();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD"
+    );
+    assert!(
+        lines[1].starts_with("Client\t") && lines[2].starts_with("Peer\t"),
+        "{text}"
+    );
+}
+
+/// MD_INFO answers with the original's 263,688-byte layout: the store as one disk.
+#[test]
+fn md_info_shows_the_store_as_one_disk() {
+    let c = Cluster::start_formatted(2, 2);
+    c.dog_ok(&["vdi", "create", "d", "16M"]);
+    c.write_vdi("d", 0, &pseudo_random(4, 2 * MIB));
+    let mut conn = RawConn::connect(c.node(0).addr(), TIMEOUT);
+    let mut req = RequestHeader::new(op::MD_INFO);
+    req.data_length = MD_INFO_SIZE as u32;
+    let (h, data) = conn.exchange(&req, &[], MD_INFO_SIZE).expect("MD_INFO");
+    assert_eq!(h.result_code(), ResultCode::SUCCESS);
+    assert_eq!(data.len(), 263_688);
+    let disks = decode_md_info(&data).expect("decodes");
+    let obj = c.node(0).dir().join("obj");
+    let used: u64 = std::fs::read_dir(&obj)
+        .expect("obj dir")
+        .map(|e| e.expect("entry").metadata().expect("metadata").len())
+        .sum();
+    assert_eq!(disks.len(), 1, "{disks:?}");
+    assert_eq!((disks[0].idx, disks[0].used), (0, used));
+    assert_eq!(std::path::Path::new(&disks[0].path), obj);
+    assert!(disks[0].free > 0);
+
+    // The original dies on a wrong length; ours refuses it and goes on.
+    req.data_length = 4096;
+    let (h, data) = conn.exchange(&req, &[], MD_INFO_SIZE).expect("MD_INFO, short");
+    assert_eq!((h.result_code(), data.len()), (ResultCode::INVALID_PARMS, 0));
+
+    let raw = c.dog_ok(&["node", "md", "info", "-A", "-r"]).stdout_str();
+    let lines: Vec<&str> = raw.lines().collect();
+    assert_eq!(lines.len(), 2, "{raw}");
+    let mut seen = Vec::new();
+    for l in &lines {
+        let f: Vec<&str> = l.split(' ').collect();
+        let i = c.index_of(f[0].parse().expect("host:port first"));
+        assert_eq!(f[6], c.node(i).dir().join("obj").display().to_string(), "{l}");
+        seen.push(i);
+    }
+    seen.sort();
+    assert_eq!(seen, [0, 1], "{raw}");
+    let text = c.dog_ok(&["node", "md", "info"]).stdout_str();
+    assert!(text.starts_with("Id\tSize\tUsed\tAvail\tUse%\tPath\n 0\t"), "{text}");
+}
+
+/// sheepfs shows the gateway's metrics and every node's recovery as files to `cat`.
+#[test]
+fn sheepfs_node_metrics_and_cluster_recovery() {
+    let c = Cluster::start_formatted(2, 2);
+    c.dog_ok(&["vdi", "create", "v", "8M"]);
+    let m = Mount::start(&c, 0);
+    std::fs::write(m.join("vdi/v/volume"), pseudo_random(5, 65536)).expect("writing the volume");
+    let text = std::fs::read_to_string(m.join("node/metrics")).expect("reading /node/metrics");
+    let s = scrape(&text);
+    assert!(
+        sample(&s, "sheep_requests_total", &[("op", "gateway_write")]) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(sample(&s, "sheep_members", &[]), 2.0);
+    let names: Vec<String> = std::fs::read_dir(m.join("node"))
+        .expect("listing /node")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"metrics".to_string()), "{names:?}");
+    let rec = std::fs::read_to_string(m.join("cluster/recovery")).expect("reading /cluster/recovery");
+    assert_eq!(rec.lines().count(), 3, "a header and one line per node:\n{rec}");
+    assert!(
+        std::fs::write(m.join("node/metrics"), b"x").is_err(),
+        "monitoring files are read-only"
+    );
 }

@@ -498,6 +498,15 @@ impl Store {
         Ok(sha1::Sha1::digest(&data).into())
     }
 
+    /// Bytes the stored objects take (their sizes, as the original's `md info` counts).
+    pub fn used(&self) -> u64 {
+        self.list()
+            .into_iter()
+            .filter_map(|oid| fs::metadata(self.path(oid)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     /// (capacity, free) of the filesystem holding the store, in bytes.
     pub fn space(&self) -> io::Result<(u64, u64)> {
         statvfs(&self.dir)

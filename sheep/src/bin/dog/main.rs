@@ -138,6 +138,35 @@ enum NodeCmd {
         #[arg(short = 'r', long = "raw")]
         raw: bool,
     },
+    /// Show the request counters of the node dog talks to
+    ///
+    /// Two lines, Client (requests this node served as a gateway) and Peer (requests other
+    /// nodes sent it): in flight now, total, writes, reads, removes, flushes, bytes received
+    /// and sent. `sheep --metrics` serves the same counters with latencies.
+    Stat {
+        /// Raw output: no header or row names, tab-separated, sizes in bytes
+        #[arg(short = 'r', long = "raw")]
+        raw: bool,
+        /// Print the counters every second with the rates since the last line, until ^C
+        #[arg(short = 'w', long = "watch")]
+        watch: bool,
+    },
+    /// The disks of a node's store (this implementation has one per node)
+    #[command(subcommand)]
+    Md(MdCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum MdCmd {
+    /// Show the disk of the node's store: size, used (by objects), free and path
+    Info {
+        /// Every node of the cluster, not only the one dog talks to
+        #[arg(short = 'A', long = "all")]
+        all: bool,
+        /// Raw output: one line per disk, host:port first, sizes in bytes
+        #[arg(short = 'r', long = "raw")]
+        raw: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -358,6 +387,8 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
             NodeCmd::List { raw } => node::list(addr, raw).await,
             NodeCmd::Info { raw } => node::info(addr, raw).await,
             NodeCmd::Recovery { raw } => node::recovery(addr, raw).await,
+            NodeCmd::Stat { raw, watch } => node::stat(addr, raw, watch).await,
+            NodeCmd::Md(MdCmd::Info { all, raw }) => node::md_info(addr, all, raw).await,
         },
         Cmd::Vdi(v) => match v {
             VdiCmd::Create {

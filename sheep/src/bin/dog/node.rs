@@ -1,4 +1,5 @@
-//! `dog node list | info` (PROTOCOL.md 5.9, 5.11).
+//! `dog node list | info | recovery | stat | md info` (PROTOCOL.md 5.9, 5.11; `stat` and
+//! `md info` use the original's STAT and MD_INFO layouts, see `protocol::stats`).
 
 use std::net::SocketAddr;
 
@@ -56,6 +57,100 @@ pub async fn recovery(addr: SocketAddr, raw: bool) -> Result<(), Failure> {
                 "{i:4}   {host:<22} {state:<10} {:>6} {:>10}  {:>15}",
                 st.done, st.total, st.recovered_epoch
             ));
+        }
+    }
+    out.print()
+}
+
+/// `dog node stat`: STAT to the node dog talks to; with `watch`, again every second.
+pub async fn stat(addr: SocketAddr, raw: bool, watch: bool) -> Result<(), Failure> {
+    let c = net::connect(addr).await?;
+    let get = || async {
+        c.stat()
+            .await
+            .map_err(|e| Failure::new(format!("failed to get stat information: {}", why(&e))))
+    };
+    let mut last = get().await?;
+    if !watch {
+        let mut out = Out::new();
+        if !raw {
+            out.line("Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD");
+        }
+        for (name, s) in [("Client", &last.gateway), ("Peer", &last.peer)] {
+            let row = stat_row(s, raw);
+            out.line(if raw { row } else { format!("{name}\t{row}") });
+        }
+        return out.print();
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = get().await?;
+        let mut out = Out::new();
+        if !raw {
+            out.line("Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD\tWRBW\tRDBW\tRPS");
+        }
+        for (name, s, l) in [("Client", &now.gateway, &last.gateway), ("Peer", &now.peer, &last.peer)] {
+            let rates = format!(
+                "{}\t{}\t{}",
+                size_str(s.rx.saturating_sub(l.rx), raw),
+                size_str(s.tx.saturating_sub(l.tx), raw),
+                s.total.saturating_sub(l.total)
+            );
+            let row = stat_row(s, raw);
+            out.line(if raw {
+                format!("{row}\t{rates}")
+            } else {
+                format!("{name}\t{row}\t{rates}")
+            });
+        }
+        out.print()?;
+        last = now;
+    }
+}
+
+fn stat_row(s: &protocol::stats::StatSide, raw: bool) -> String {
+    format!(
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        s.active,
+        s.total,
+        s.write,
+        s.read,
+        s.remove,
+        s.flush,
+        size_str(s.rx, raw),
+        size_str(s.tx, raw)
+    )
+}
+
+/// `dog node md info`: MD_INFO to the node dog talks to, or (`all`) to every node.
+pub async fn md_info(addr: SocketAddr, all: bool, raw: bool) -> Result<(), Failure> {
+    let c = net::connect(addr).await?;
+    let nodes: Vec<SocketAddr> = if all {
+        net::node_list(&c).await?.nodes.iter().map(|n| n.addr).collect()
+    } else {
+        vec![addr]
+    };
+    let mut out = Out::new();
+    if !raw {
+        out.line("Id\tSize\tUsed\tAvail\tUse%\tPath");
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let disks = protocol::Client::new(*n)
+            .md_info()
+            .await
+            .map_err(|e| Failure::new(format!("failed to get multi-disk information: {}", why(&e))))?;
+        if all && !raw {
+            out.line(format!("Node {i}:"));
+        }
+        for d in disks {
+            let size = d.free + d.used;
+            let [s, u, f] = [size, d.used, d.free].map(|v| size_str(v, raw));
+            let ratio = use_ratio(size, d.free);
+            out.line(if raw {
+                format!("{n} {} {s} {u} {f} {ratio}% {}", d.idx, d.path)
+            } else {
+                format!("{:2}\t{s}\t{u}\t{f}\t{ratio:3}%\t{}", d.idx, d.path)
+            });
         }
     }
     out.print()
