@@ -280,6 +280,10 @@ impl ResponseHeader {
         get_u32(&self.rest, 8)
     }
 
+    pub fn set_attr_id(&mut self, attr_id: u32) {
+        put_u32(&mut self.rest, 8, attr_id);
+    }
+
     pub fn vdi_copies(&self) -> u8 {
         self.rest[12]
     }

@@ -2,6 +2,7 @@
 //! client shared by `dog` and `sheepfs`. Byte layouts follow `PROTOCOL.md`; every integer on the
 //! wire is little-endian.
 
+pub mod attr;
 pub mod bitmap;
 mod bytes;
 pub mod client;

@@ -14,6 +14,12 @@ pub mod flags {
     pub const PIGGYBACK: u16 = 0x0010;
     /// Internal: a recovery read, served whatever the epochs say.
     pub const RECOVERY: u16 = 0x0080;
+    /// GET_VDI_ATTR: create the attribute (or replace its value).
+    pub const CREAT: u16 = 0x0100;
+    /// GET_VDI_ATTR: fail with VDI_EXIST if the attribute exists.
+    pub const EXCL: u16 = 0x0200;
+    /// GET_VDI_ATTR: delete the attribute.
+    pub const DEL: u16 = 0x0400;
 }
 
 /// Cluster flag bits stored by MAKE_FS.

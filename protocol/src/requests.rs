@@ -388,6 +388,21 @@ impl Client {
         Ok((r.header.store_size(), r.header.store_free()))
     }
 
+    /// GET_VDI_ATTR: finds (with `flags` CREAT, EXCL, DEL: sets or deletes) the attribute
+    /// `a` names. Returns the oid of its object.
+    pub async fn get_vdi_attr(&self, a: &crate::attr::VdiAttr, flags: u16) -> Result<Oid, ClientError> {
+        let payload = a.encode();
+        let mut req = RequestHeader::new(op::GET_VDI_ATTR);
+        req.flags = flags | flags::WRITE;
+        req.data_length = payload.len() as u32;
+        req.set_vdi(&VdiArgs {
+            snapid: a.snap_id,
+            ..VdiArgs::default()
+        });
+        let r = self.call(req, &payload).await?;
+        Ok(Oid(crate::attr::attr_oid(r.header.vdi_id(), r.header.attr_id())))
+    }
+
     /// STAT: the node's request counters.
     pub async fn stat(&self) -> Result<crate::stats::NodeStat, ClientError> {
         let mut req = RequestHeader::new(op::STAT);

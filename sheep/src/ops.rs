@@ -188,7 +188,7 @@ async fn dispatch(sheep: &Arc<Sheep>, conn: u64, k: Kind, req: &RequestHeader, p
 fn changes_a_snapshot(sheep: &Sheep, req: &RequestHeader, oid: Oid, end: u64) -> bool {
     let applies = match req.opcode {
         op::WRITE_OBJ if oid.is_data() => true,
-        op::WRITE_OBJ => req.flags & flags::DIRECT == 0 && end > u64::from(data_vdi_id_offset(0)),
+        op::WRITE_OBJ => oid.is_inode() && req.flags & flags::DIRECT == 0 && end > u64::from(data_vdi_id_offset(0)),
         op::CREATE_AND_WRITE_OBJ | op::REMOVE_OBJ => oid.is_data(),
         _ => false,
     };
@@ -365,6 +365,11 @@ async fn local_op(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: &
                 .set_vdi(vid, v.map_or(0, |v| v.copies), v.map_or(0, |v| v.block_size_shift));
         }
         op::RELEASE_VDI => vdi::release(sheep, req.vdi().base_vdi_id).await?,
+        op::GET_VDI_ATTR => {
+            let f = crate::attr::get_vdi_attr(sheep, req, payload).await?;
+            ans.rsp.set_vdi(f.vid, f.copies, 0);
+            ans.rsp.set_attr_id(f.attr_id);
+        }
         op::READ_VDIS => return bitmap_reply(req, &sheep.state().in_use),
         op::READ_DEL_VDIS => return bitmap_reply(req, &sheep.state().deleted),
         op::FLUSH_VDI => {

@@ -7,8 +7,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use prometheus_parse::{Scrape, Value};
+use protocol::attr::{attr_oid, VdiAttr};
+use protocol::hash::sd_hash_vdi;
+use protocol::inode::{InodeHeader, INODE_HEADER_SIZE};
 use protocol::stats::{decode_md_info, NodeStat, MD_INFO_SIZE};
-use protocol::{op, RequestHeader, ResultCode};
+use protocol::{flags, op, ObjArgs, Oid, RequestHeader, ResultCode, Vid};
 use tests::{dog_bin, free_ports, pseudo_random, sheep_bin, sheepfs_bin, Cluster, Mount, RawConn};
 
 /// Every binary says which commit it was built from, so a bug report names the code.
@@ -254,4 +257,108 @@ fn sheepfs_node_metrics_and_cluster_recovery() {
         std::fs::write(m.join("node/metrics"), b"x").is_err(),
         "monitoring files are read-only"
     );
+}
+
+/// `dog vdi setattr/getattr`: values round-trip byte for byte, -x and -d behave as the
+/// original's, refusals change nothing, and the reply and the object are laid out as
+/// PROTOCOL.md says.
+#[test]
+fn vdi_attributes() {
+    let mut c = Cluster::start_formatted(3, 2);
+    c.dog_ok(&["vdi", "create", "a", "8M"]);
+    let get = |c: &Cluster, key: &str| c.dog_ok(&["vdi", "getattr", "a", key]).stdout;
+    let code = |o: tests::DogOutput| o.expect_failure().status.code();
+
+    c.dog_ok(&["vdi", "setattr", "a", "k1", "v1"]);
+    assert_eq!(get(&c, "k1"), b"v1");
+    let big = pseudo_random(6, 65536);
+    c.dog_with_input(&["vdi", "setattr", "a", "k2"], &big).expect_ok();
+    assert_eq!(get(&c, "k2"), big, "a 64 KiB value from stdin round-trips");
+    c.dog_ok(&["vdi", "setattr", "a", "k1", "v2"]);
+    assert_eq!(get(&c, "k1"), b"v2", "a set replaces the value");
+
+    let o = c.dog(&["vdi", "setattr", "-x", "a", "k1", "v3"]);
+    assert!(o.stderr.contains("The attribute 'k1' already exists"), "{}", o.stderr);
+    assert_eq!(code(o), Some(3));
+    assert_eq!(get(&c, "k1"), b"v2", "a refused -x changes nothing");
+    c.dog_ok(&["vdi", "setattr", "-x", "a", "k3", "new"]);
+    assert_eq!(get(&c, "k3"), b"new");
+
+    let o = c.dog(&["vdi", "getattr", "a", "nokey"]);
+    assert!(
+        o.stdout.is_empty() && o.stderr.contains("Attribute 'nokey' not found"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(code(o), Some(5));
+    let o = c.dog(&["vdi", "getattr", "nosuch", "k1"]);
+    assert!(o.stderr.contains("VDI not found"), "{}", o.stderr);
+    assert_eq!(code(o), Some(5));
+    let o = c.dog_with_input(&["vdi", "setattr", "a", "k2"], &vec![1u8; 65537]);
+    assert_eq!(code(o), Some(2), "a value over 64 KiB is a usage error");
+    assert_eq!(get(&c, "k2"), big, "and changes nothing");
+
+    c.dog_ok(&["vdi", "setattr", "-d", "a", "k1"]);
+    assert_eq!(code(c.dog(&["vdi", "getattr", "a", "k1"])), Some(5), "deleted");
+    assert_eq!(
+        code(c.dog(&["vdi", "setattr", "-d", "a", "k1"])),
+        Some(5),
+        "deleted twice"
+    );
+    assert_eq!(get(&c, "k2"), big, "other attributes stay");
+    c.dog_ok(&["vdi", "setattr", "a", "k1", "again"]);
+    assert_eq!(get(&c, "k1"), b"again", "a deleted key can be set again");
+
+    // The reply: vdi_id is sd_hash_vdi(name), attr_id the slot; the object holds the record
+    // with the VDI's creation time.
+    let want = VdiAttr {
+        name: "a".into(),
+        key: "k3".into(),
+        ..VdiAttr::default()
+    };
+    let payload = want.encode();
+    let mut req = RequestHeader::new(op::GET_VDI_ATTR);
+    req.flags = flags::WRITE;
+    req.data_length = payload.len() as u32;
+    let r = c.call(1, req.clone(), &payload).expect("GET_VDI_ATTR");
+    assert_eq!(r.header.vdi_id(), sd_hash_vdi(b"a"));
+    assert_eq!(r.header.attr_id(), want.first_id(), "no collision: the first slot");
+    assert_eq!(r.header.vdi_copies(), 2);
+    assert!(r.data.is_empty());
+    let oid = Oid(attr_oid(r.header.vdi_id(), r.header.attr_id()));
+    let holders: Vec<usize> = (0..3).filter(|&i| c.node(i).object_bytes(oid).is_some()).collect();
+    assert_eq!(holders.len(), 2, "two copies of the attribute object");
+    let stored = VdiAttr::decode(&c.node(holders[0]).object_bytes(oid).expect("object")).expect("a record");
+    let mut inode = RequestHeader::new(op::READ_OBJ);
+    inode.data_length = INODE_HEADER_SIZE as u32;
+    inode.set_obj(&ObjArgs {
+        oid: Vid::new(c.vid_of("a")).expect("vid").inode_oid().0,
+        ..ObjArgs::default()
+    });
+    let h = InodeHeader::decode(&c.call(0, inode, &[]).expect("inode").data).expect("header");
+    assert_eq!(
+        (stored.key.as_str(), stored.value.as_slice(), stored.ctime),
+        ("k3", &b"new"[..], h.create_time)
+    );
+
+    // Malformed requests are refused.
+    let mut bad = req;
+    bad.flags = 0;
+    bad.data_length = 0;
+    assert_eq!(
+        c.send(0, bad.clone(), &[]).expect("reply").header.result_code(),
+        ResultCode::INVALID_PARMS
+    );
+    bad.flags = flags::WRITE;
+    bad.data_length = 100;
+    assert_eq!(
+        c.send(0, bad, &[0; 100]).expect("reply").header.result_code(),
+        ResultCode::INVALID_PARMS
+    );
+
+    // One copy lost: the attributes are still there.
+    c.kill(holders[0]);
+    let alive = (0..3).find(|&i| i != holders[0]).expect("a live node");
+    let o = c.dog_at(alive, &["vdi", "getattr", "a", "k3"], None).expect_ok();
+    assert_eq!(o.stdout, b"new");
 }

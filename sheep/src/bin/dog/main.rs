@@ -2,6 +2,7 @@
 //! (virtual disk images) by sending the request sequences of the original `dog`
 //! (PROTOCOL.md section 5) to one sheep.
 
+mod attr;
 mod cluster;
 mod error;
 mod fmt;
@@ -291,6 +292,34 @@ enum VdiCmd {
         #[arg(value_parser = fmt::parse_size)]
         size: u64,
     },
+    /// Set (or with -d delete) attribute KEY of a VDI: a small value beside it
+    ///
+    /// The value is VALUE, or standard input when VALUE is not given (up to 64 KiB).
+    /// Exit status 3 when -x finds the attribute already set, 5 when the VDI or (with -d)
+    /// the attribute does not exist.
+    #[command(after_help = "Exit status: 0 done, 1 failed, 3 exists (-x), 5 VDI or attribute missing.")]
+    Setattr {
+        /// Name of the VDI
+        name: String,
+        /// The attribute's key (at most 255 bytes)
+        key: String,
+        /// The value; read from standard input when absent
+        value: Option<String>,
+        /// Delete the attribute instead
+        #[arg(short = 'd', long = "delete")]
+        delete: bool,
+        /// Only create: fail (exit 3) if the attribute is already set
+        #[arg(short = 'x', long = "exclusive")]
+        exclusive: bool,
+    },
+    /// Print attribute KEY of a VDI to standard output, as stored (no newline added)
+    #[command(after_help = "Exit status: 0 printed, 1 failed, 5 VDI or attribute missing.")]
+    Getattr {
+        /// Name of the VDI
+        name: String,
+        /// The attribute's key
+        key: String,
+    },
 }
 
 /// Text for stdout, written at once at the end of a command.
@@ -452,6 +481,14 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
                 writeback,
             } => vdi::write(addr, &name, offset.unwrap_or(0), len, writeback).await,
             VdiCmd::Resize { name, size } => vdi::resize(addr, &name, size).await,
+            VdiCmd::Setattr {
+                name,
+                key,
+                value,
+                delete,
+                exclusive,
+            } => attr::set(addr, &name, &key, value, delete, exclusive).await,
+            VdiCmd::Getattr { name, key } => attr::get(addr, &name, &key).await,
         },
     }
 }
