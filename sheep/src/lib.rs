@@ -6,6 +6,7 @@ pub mod attr;
 pub mod cache;
 pub mod cluster;
 pub mod config;
+pub mod dogcli;
 pub mod gateway;
 pub mod group;
 pub mod metrics;

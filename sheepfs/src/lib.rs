@@ -2,6 +2,7 @@
 //! the thin adapter, `backend` the cluster client behind a trait.
 
 pub mod backend;
+pub mod cli;
 pub mod control;
 pub mod fs;
 pub mod fuse;

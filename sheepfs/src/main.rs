@@ -1,7 +1,6 @@
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,52 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 use fuser::{Config, MountOption, Session, SessionACL};
 use sheepfs::backend::{Backend, ClusterBackend};
+use sheepfs::cli::Args;
 use sheepfs::fs::Fs;
 use sheepfs::fuse::SheepFuse;
-
-/// Mounts a Sheepdog cluster as a filesystem: every VDI is a directory holding its bytes
-/// (`volume`), control files (`snapshot`, `snapshots/<id>/clone`) and an `info` file;
-/// `/cluster/info`, `/node/list` and `/node/info` are monitoring files for `cat`.
-///
-/// Returns once the mount is ready and keeps serving in the background (`-f` stays in the
-/// foreground). `umount MOUNTPOINT` or SIGTERM flushes everything and exits.
-#[derive(Parser, Debug)]
-#[command(name = "sheepfs", version = protocol::VERSION)]
-struct Args {
-    /// Where to mount.
-    mountpoint: PathBuf,
-    /// Address of the gateway sheep.
-    #[arg(short, long, default_value = "127.0.0.1", env = "SHEEPDOG_DOG_ADDR")]
-    address: IpAddr,
-    /// Port of the gateway sheep.
-    #[arg(short, long, default_value_t = 7000, env = "SHEEPDOG_DOG_PORT")]
-    port: u16,
-    /// Stay in the foreground.
-    #[arg(short, long)]
-    foreground: bool,
-    /// How long to keep retrying while the gateway is unreachable before failing with EIO.
-    #[arg(long, default_value_t = 15)]
-    retry_secs: u64,
-    /// FUSE worker threads: each serves one request at a time, so this bounds how many are in
-    /// flight (16 covers a queue depth of 16).
-    #[arg(long, default_value_t = 16)]
-    threads: usize,
-    /// Largest request sent to the gateway, in KiB: a larger read or write is cut into
-    /// pieces of this size that are all in flight at once.
-    #[arg(long, default_value_t = volume::DEFAULT_CHUNK >> 10, value_parser = clap::value_parser!(u32).range(4..=4096))]
-    chunk_kib: u32,
-    /// Kernel read-ahead for the mount, in KiB (the default of 128 starves sequential reads).
-    /// Needs root (it is set through /sys/class/bdi); 0 leaves the kernel's value.
-    #[arg(long, default_value_t = 4096)]
-    read_ahead_kib: u32,
-    /// Start with the gateway's object cache off for this mount (`/config/object_cache`
-    /// switches it at run time). It only matters where the gateway sheep runs with `-w`.
-    #[arg(long)]
-    no_object_cache: bool,
-    /// Write logs here (in the background they are discarded otherwise).
-    #[arg(long)]
-    log_file: Option<PathBuf>,
-}
 
 /// Forks; the parent waits for the child's word on the mount and exits with it.
 fn daemonize() -> std::io::Result<std::fs::File> {

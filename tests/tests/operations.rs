@@ -14,16 +14,21 @@ use protocol::stats::{decode_md_info, NodeStat, MD_INFO_SIZE};
 use protocol::{flags, op, ObjArgs, Oid, RequestHeader, ResultCode, Vid};
 use tests::{dog_bin, free_ports, pseudo_random, sheep_bin, sheepfs_bin, Cluster, Mount, RawConn};
 
-/// Every binary says which commit it was built from, so a bug report names the code.
-#[test]
-fn version_names_the_git_commit() {
+/// The commit the binaries were built from.
+fn git_head() -> String {
     let head = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cannot run git");
     assert!(head.status.success(), "git rev-parse failed");
-    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    String::from_utf8_lossy(&head.stdout).trim().to_string()
+}
+
+/// Every binary says which commit it was built from, so a bug report names the code.
+#[test]
+fn version_names_the_git_commit() {
+    let head = git_head();
     for (name, bin) in [("sheep", sheep_bin()), ("dog", dog_bin()), ("sheepfs", sheepfs_bin())] {
         let out = Command::new(&bin)
             .arg("--version")
@@ -361,4 +366,43 @@ fn vdi_attributes() {
     let alive = (0..3).find(|&i| i != holders[0]).expect("a live node");
     let o = c.dog_at(alive, &["vdi", "getattr", "a", "k3"], None).expect_ok();
     assert_eq!(o.stdout, b"new");
+}
+
+/// `xtask docs` renders a man page per command and subcommand and shell completions that
+/// the shells accept, from the same definitions the binaries parse with.
+#[test]
+fn man_pages_and_completions() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let status = Command::new(tests::bin_dir().join("xtask"))
+        .arg("docs")
+        .arg(out.path())
+        .status()
+        .expect("running xtask (built by `cargo build --workspace --bins`)");
+    assert!(status.success(), "xtask docs failed");
+    let read = |rel: &str| std::fs::read_to_string(out.path().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let sheep = read("man/man1/sheep.1");
+    assert!(sheep.starts_with(".ie") && sheep.contains(".TH sheep 1"), "{sheep}");
+    assert!(
+        sheep.contains("metrics") && sheep.contains(&format!("git {}", git_head())),
+        "{sheep}"
+    );
+    assert!(read("man/man1/dog.1").contains("vdi"));
+    assert!(read("man/man1/dog-vdi-setattr.1").contains("exclusive"));
+    let sub = read("man/man1/dog-node-md-info.1");
+    assert!(
+        sub.contains(&format!(
+            ".TH dog-node-md-info 1  \"dog-node-md-info {}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{sub}"
+    );
+    assert!(read("man/man1/sheepfs.1").contains("MOUNTPOINT"));
+    for name in ["sheep", "dog", "sheepfs"] {
+        let bash = out.path().join("completions/bash").join(name);
+        let ok = Command::new("bash").arg("-n").arg(&bash).status().expect("bash -n");
+        assert!(ok.success(), "{} does not parse", bash.display());
+        assert!(read(&format!("completions/zsh/_{name}")).starts_with(&format!("#compdef {name}")));
+        assert!(read(&format!("completions/fish/{name}.fish")).contains(&format!("complete -c {name}")));
+    }
+    assert!(read("completions/bash/dog").contains("setattr"));
 }

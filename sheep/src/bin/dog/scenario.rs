@@ -9,11 +9,11 @@ use protocol::{flags, op};
 
 use crate::cluster::{self, FormatOpts};
 use crate::error::EXIT_USAGE;
-use crate::fmt::Snap;
 use crate::mock::{Logged, Mock};
 use crate::net::{self, data_oid, vdi_oid};
 use crate::transfer::{self, WriteTarget};
 use crate::vdi::{self, CreateOpts};
+use sheep::dogcli::Snap;
 
 const MIB4: u64 = 4 << 20;
 

@@ -8,11 +8,12 @@ use protocol::inode::{data_vdi_id_offset, Inode, InodeHeader, INODE_HEADER_SIZE,
 use protocol::{flags, op, Client, RequestHeader, ResultCode, VdiArgs};
 
 use crate::error::{fail, warn, why, Failure};
-use crate::fmt::{escape_name, local_time, redundancy, size_str, Snap};
+use crate::fmt::{escape_name, local_time, redundancy, size_str};
 use crate::net::{self, vdi_oid, NewVdi, ObjWrite};
 use crate::span::{delete_runs, DELETE_BATCH};
 use crate::transfer::{self, WriteTarget};
 use crate::Out;
+use sheep::dogcli::Snap;
 
 /// The object size of a VDI, refusing block size shifts no VDI can have.
 fn object_size(h: &InodeHeader) -> Result<u64, Failure> {

@@ -1,0 +1,52 @@
+//! sheepfs's command line: what it accepts and the help it prints, for the binary and the
+//! docs generator (`xtask docs`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Mounts a Sheepdog cluster as a filesystem: every VDI is a directory holding its bytes
+/// (`volume`), control files (`snapshot`, `snapshots/<id>/clone`) and an `info` file;
+/// `/cluster/info`, `/cluster/recovery`, `/node/list`, `/node/info` and `/node/metrics` are
+/// monitoring files for `cat`; `/config/object_cache` switches the gateway's object cache.
+///
+/// Returns once the mount is ready and keeps serving in the background (`-f` stays in the
+/// foreground). `umount MOUNTPOINT` or SIGTERM flushes everything and exits.
+#[derive(Parser, Debug)]
+#[command(name = "sheepfs", version = protocol::VERSION)]
+pub struct Args {
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// Address of the gateway sheep.
+    #[arg(short, long, default_value = "127.0.0.1", env = "SHEEPDOG_DOG_ADDR")]
+    pub address: IpAddr,
+    /// Port of the gateway sheep.
+    #[arg(short, long, default_value_t = 7000, env = "SHEEPDOG_DOG_PORT")]
+    pub port: u16,
+    /// Stay in the foreground.
+    #[arg(short, long)]
+    pub foreground: bool,
+    /// How long to keep retrying while the gateway is unreachable before failing with EIO.
+    #[arg(long, default_value_t = 15)]
+    pub retry_secs: u64,
+    /// FUSE worker threads: each serves one request at a time, so this bounds how many are in
+    /// flight (16 covers a queue depth of 16).
+    #[arg(long, default_value_t = 16)]
+    pub threads: usize,
+    /// Largest request sent to the gateway, in KiB: a larger read or write is cut into
+    /// pieces of this size that are all in flight at once.
+    #[arg(long, default_value_t = volume::DEFAULT_CHUNK >> 10, value_parser = clap::value_parser!(u32).range(4..=4096))]
+    pub chunk_kib: u32,
+    /// Kernel read-ahead for the mount, in KiB (the default of 128 starves sequential reads).
+    /// Needs root (it is set through /sys/class/bdi); 0 leaves the kernel's value.
+    #[arg(long, default_value_t = 4096)]
+    pub read_ahead_kib: u32,
+    /// Start with the gateway's object cache off for this mount (`/config/object_cache`
+    /// switches it at run time). It only matters where the gateway sheep runs with `-w`.
+    #[arg(long)]
+    pub no_object_cache: bool,
+    /// Write logs here (in the background they are discarded otherwise).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+}
