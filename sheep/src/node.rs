@@ -168,6 +168,36 @@ impl Sheep {
         }
     }
 
+    /// One line per membership change: who joined and left, and how many are members now.
+    fn log_membership(&self, e: u32) {
+        let st = self.state();
+        let members = |n: u32| {
+            st.epochs
+                .iter()
+                .find(|r| r.epoch == n)
+                .map(|r| r.nodes.iter().map(|n| n.addr).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        let (now, before) = (members(e), members(e.saturating_sub(1)));
+        let joined: Vec<String> = now
+            .iter()
+            .filter(|a| !before.contains(a))
+            .map(|a| a.to_string())
+            .collect();
+        let left: Vec<String> = before
+            .iter()
+            .filter(|a| !now.contains(a))
+            .map(|a| a.to_string())
+            .collect();
+        tracing::info!(
+            epoch = e,
+            members = now.len(),
+            joined = joined.join(","),
+            left = left.join(","),
+            "new epoch"
+        );
+    }
+
     async fn effect(&self, fx: Effect, fresh: bool, was_member: bool, pos: u64, epoch: u32) {
         match fx {
             Effect::WipeStore => {
@@ -186,7 +216,7 @@ impl Sheep {
                 }
             }
             Effect::NewEpoch(e) => {
-                tracing::info!(epoch = e, "new epoch");
+                self.log_membership(e);
                 if let Err(err) = self.persist_epoch(e) {
                     tracing::error!(epoch = e, error = %err, "cannot persist the epoch log");
                 }

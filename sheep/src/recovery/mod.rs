@@ -218,6 +218,7 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
         total: mine.len() as u64,
     });
     tracing::info!(epoch, objects = mine.len(), "recovery started");
+    let (started, total, mut failed) = (std::time::Instant::now(), mine.len(), 0usize);
     let pause = rec.pause();
     for oid in mine {
         if superseded() {
@@ -230,6 +231,7 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
             if code != ResultCode::NO_OBJ {
                 // Retried by the next epoch's recovery or on first access.
                 tracing::error!(%oid, epoch, result = %code, "cannot recover object");
+                failed += 1;
             }
         }
         drop(_g);
@@ -240,7 +242,13 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
     }
     rec.set_recovered(&sheep.dir, epoch);
     rec.update_progress(|p| p.running = false);
-    tracing::info!(epoch, "recovery finished");
+    tracing::info!(
+        epoch,
+        objects = total,
+        failed,
+        secs = started.elapsed().as_secs_f64(),
+        "recovery finished"
+    );
     remove_orphans(sheep, epoch, &nodes).await;
 }
 
