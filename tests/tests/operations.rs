@@ -92,7 +92,7 @@ fn metrics_endpoint_counts_requests() {
     let port = free_ports(1)[0];
     let c = Cluster::builder()
         .nodes(1)
-        .args(&["--metrics", &port.to_string()])
+        .args(&["--metrics", &port.to_string(), "-w", "16M"])
         .start();
     c.format(1);
     let at = SocketAddr::from(([127, 0, 0, 1], port));
@@ -126,6 +126,23 @@ fn metrics_endpoint_counts_requests() {
     assert_eq!(sample(&s, "sheep_epoch", &[]), 1.0);
     assert_eq!(sample(&s, "sheep_members", &[]), 1.0);
     assert!(sample(&s, "sheep_store_size_bytes", &[]) > 0.0);
+    assert_eq!(sample(&s, "sheep_cache_limit_bytes", &[]), 16.0 * MIB as f64);
+
+    // Every series the sample dashboard plots exists.
+    let dashboard = include_str!("../../contrib/grafana-dashboard.json");
+    let mut plotted: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("sheep_"))
+        .collect();
+    plotted.sort();
+    plotted.dedup();
+    assert!(plotted.len() >= 10, "{plotted:?}");
+    for name in plotted {
+        assert!(
+            body.contains(&format!("\n{name}")),
+            "the dashboard plots {name}, which is not served:\n{body}"
+        );
+    }
 
     // The counters move with the next request, and a second scrape sees it.
     c.write_vdi("m", 4096, &pseudo_random(2, 4096));
@@ -405,4 +422,103 @@ fn man_pages_and_completions() {
         assert!(read(&format!("completions/fish/{name}.fish")).contains(&format!("complete -c {name}")));
     }
     assert!(read("completions/bash/dog").contains("setattr"));
+}
+
+/// `contrib/install.sh` puts binaries, man pages, completions, units and example configs
+/// where Debian looks, keeps an edited config on a second run, and `--uninstall` removes
+/// exactly what it installed.
+#[test]
+fn install_script_installs_and_uninstalls() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let release = tmp.path().join("target/release");
+    std::fs::create_dir_all(&release).expect("mkdir");
+    for b in ["sheep", "dog", "sheepfs"] {
+        std::os::unix::fs::symlink(tests::bin_dir().join(b), release.join(b)).expect("symlink");
+    }
+    let docs = tmp.path().join("docs");
+    let ok = Command::new(tests::bin_dir().join("xtask"))
+        .arg("docs")
+        .arg(&docs)
+        .status();
+    assert!(ok.expect("xtask").success());
+    let root = tmp.path().join("root");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/install.sh");
+    let install = |extra: &[&str]| {
+        let out = Command::new("sh")
+            .arg(&script)
+            .args(["--no-build", "--docs"])
+            .arg(&docs)
+            .arg("--destdir")
+            .arg(&root)
+            .args(extra)
+            .env("CARGO_TARGET_DIR", tmp.path().join("target"))
+            .output()
+            .expect("running install.sh");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "install.sh {extra:?} failed:\n{text}");
+    };
+    install(&[]);
+    let at = |rel: &str| root.join(rel);
+    for f in [
+        "usr/local/bin/sheep",
+        "usr/local/bin/dog",
+        "usr/local/bin/sheepfs",
+        "usr/local/share/man/man1/sheep.1.gz",
+        "usr/local/share/man/man1/dog-vdi-setattr.1.gz",
+        "usr/local/share/bash-completion/completions/dog",
+        "usr/local/share/fish/vendor_completions.d/sheepfs.fish",
+        "usr/lib/tmpfiles.d/sheepdog.conf",
+        "etc/sheepdog/node0.toml",
+        "etc/sheepdog/sheepfs-node0.env",
+    ] {
+        assert!(at(f).is_file(), "{f} is not installed");
+    }
+    let unit = std::fs::read_to_string(at("lib/systemd/system/sheep@.service")).expect("unit");
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/sheep --config /etc/sheepdog/%i.toml"),
+        "{unit}"
+    );
+    let v = Command::new(at("usr/local/bin/dog"))
+        .arg("--version")
+        .output()
+        .expect("dog --version");
+    assert!(v.status.success());
+
+    // The example config parses as sheep's TOML (its one placeholder is the bind address).
+    let out = Command::new(tests::sheep_bin())
+        .arg("--config")
+        .arg(at("etc/sheepdog/node0.toml"))
+        .arg(tmp.path().join("store"))
+        .output()
+        .expect("sheep");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot listen on 192.0.2.10:7000"),
+        "{err}"
+    );
+
+    std::fs::write(at("etc/sheepdog/node0.toml"), "port = 7001\n").expect("edit");
+    install(&[]);
+    let kept = std::fs::read_to_string(at("etc/sheepdog/node0.toml")).expect("config");
+    assert_eq!(kept, "port = 7001\n", "a second install keeps the operator's config");
+
+    install(&["--uninstall"]);
+    let mut left = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                left.push(p.strip_prefix(&root).expect("under root").display().to_string());
+            }
+        }
+    }
+    left.sort();
+    assert_eq!(left, ["etc/sheepdog/node0.toml", "etc/sheepdog/sheepfs-node0.env"]);
 }
