@@ -114,6 +114,18 @@ impl Client {
         };
         // Latency matters more than packet count for small control requests.
         let _ = s.set_nodelay(true);
+        let mut s = s;
+        if let Some(key) = crate::auth::installed() {
+            crate::auth::connect(&mut s, key)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    addr: self.addr,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        format!("authentication failed: {e}"),
+                    ),
+                })?;
+        }
         Ok((s, false))
     }
 

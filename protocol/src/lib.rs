@@ -3,6 +3,7 @@
 //! wire is little-endian.
 
 pub mod attr;
+pub mod auth;
 pub mod bitmap;
 mod bytes;
 pub mod client;

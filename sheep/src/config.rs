@@ -80,11 +80,23 @@ pub struct Args {
     /// members, recovery, store space and the object cache's figures. Off by default.
     #[arg(long, value_name = "[ADDR:]PORT")]
     pub metrics: Option<String>,
+    /// File holding the cluster secret (at least 16 bytes, mode 600). Every connection to
+    /// this sheep, from clients and other sheep, must then prove it knows the secret before
+    /// its first request, and this sheep proves it to those it connects to; dog and sheepfs
+    /// take the same file. A node whose secret differs from the members' cannot join. Off by
+    /// default: anyone who reaches the port can read and write every VDI.
+    #[arg(long, value_name = "FILE")]
+    pub auth_key_file: Option<PathBuf>,
+    /// Only these client networks may connect (every listener: Sheepdog, NBD, metrics):
+    /// addresses or CIDR networks, comma-separated, e.g. `10.0.0.0/24,192.0.2.7`. Loopback
+    /// is always allowed. Default: whoever reaches the bind address.
+    #[arg(long, value_name = "NET[,NET...]")]
+    pub allow: Option<String>,
     /// Log filter, e.g. `info` or `sheep=debug` [default: info; env RUST_LOG also works].
     #[arg(long)]
     pub log_level: Option<String>,
     /// TOML file with any of: port, bind, cluster, zone, gateway, vnodes, log_file, log_level,
-    /// recovery_rate, buffered_io, sync_writes, cache, nbd, metrics.
+    /// recovery_rate, buffered_io, sync_writes, cache, nbd, metrics, auth_key_file, allow.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -107,6 +119,8 @@ pub struct FileConfig {
     pub cache: Option<String>,
     pub nbd: Option<String>,
     pub metrics: Option<String>,
+    pub auth_key_file: Option<PathBuf>,
+    pub allow: Option<String>,
 }
 
 /// Effective settings.
@@ -129,6 +143,10 @@ pub struct Config {
     pub nbd: Option<SocketAddr>,
     /// Where the metrics endpoint listens, if it runs.
     pub metrics: Option<SocketAddr>,
+    /// The cluster secret's file (read at start, never logged).
+    pub auth_key_file: Option<PathBuf>,
+    /// Client networks let in (empty: all).
+    pub allow: Vec<crate::access::Network>,
 }
 
 /// `-w SIZE[,dir=PATH]`.
@@ -198,6 +216,8 @@ impl Config {
             cache: None,
             nbd: None,
             metrics: None,
+            auth_key_file: None,
+            allow: Vec::new(),
         }
     }
 
@@ -229,6 +249,11 @@ impl Config {
             metrics: (args.metrics.or(file.metrics).as_deref())
                 .map(|s| parse_listen("metrics", s, 9100))
                 .transpose()?,
+            auth_key_file: args.auth_key_file.or(file.auth_key_file),
+            allow: match args.allow.or(file.allow) {
+                Some(spec) => crate::access::parse_networks(&spec)?,
+                None => Vec::new(),
+            },
             dir: d.dir,
         };
         if cfg.bind.is_unspecified() {

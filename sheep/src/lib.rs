@@ -2,6 +2,7 @@
 //! membership, VDI management and the plain object store. `ARCHITECTURE.md` at the
 //! repository root walks a request through these modules.
 
+pub mod access;
 pub mod attr;
 pub mod cache;
 pub mod cluster;

@@ -86,7 +86,33 @@ async fn run(cfg: Config) -> Result<(), String> {
         }
         None => (None, Vec::new()),
     };
-    let sheep = Arc::new(Sheep::new(me.clone(), cfg.dir.clone(), store, driver, recovery, cache));
+    let key = match &cfg.auth_key_file {
+        Some(p) => Some(protocol::auth::AuthKey::from_file(p)?),
+        None => None,
+    };
+    if let Some(k) = &key {
+        // Every request this sheep sends (to its peers) proves the secret too.
+        protocol::auth::install(k.clone());
+    }
+    let others: Vec<_> = driver
+        .listed_members()
+        .await
+        .into_iter()
+        .filter(|a| *a != addr)
+        .collect();
+    sheep::access::check_members(key.as_ref(), &others)
+        .await
+        .map_err(|e| format!("cannot join the cluster: {e}"))?;
+    let access = sheep::access::Access::new(key, cfg.allow.clone());
+    let sheep = Arc::new(Sheep::new(
+        me.clone(),
+        cfg.dir.clone(),
+        store,
+        driver,
+        recovery,
+        cache,
+        access,
+    ));
     tokio::spawn(sheep.clone().apply_loop(rx));
     tokio::spawn(sheep.clone().report_loop());
     let pos = sheep

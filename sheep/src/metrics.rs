@@ -331,7 +331,8 @@ const MAX_HEAD: usize = 8192;
 
 /// Serves `GET /metrics` over HTTP/1.x on `listener` for ever.
 pub async fn serve(sheep: Arc<Sheep>, listener: TcpListener) {
-    crate::server::accept_loop(listener, "metrics connection", move |s| answer(sheep.clone(), s)).await
+    let s = sheep.clone();
+    crate::server::accept_loop(listener, "metrics connection", &sheep, move |c| answer(s.clone(), c)).await
 }
 
 async fn answer(sheep: Arc<Sheep>, mut s: TcpStream) {

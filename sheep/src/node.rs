@@ -29,6 +29,8 @@ pub struct Sheep {
     pub recovery: Recovery,
     /// The object cache (`-w`), if on.
     pub cache: Option<Arc<Index>>,
+    /// Who may connect, and the cluster secret they must prove.
+    pub access: crate::access::Access,
     /// Request counters for `--metrics`, STAT and STAT_METRICS.
     pub metrics: crate::metrics::Metrics,
     state: RwLock<ClusterState>,
@@ -58,6 +60,7 @@ impl Sheep {
         driver: Driver,
         recovery: Recovery,
         cache: Option<Arc<Index>>,
+        access: crate::access::Access,
     ) -> Sheep {
         Sheep {
             me,
@@ -66,6 +69,7 @@ impl Sheep {
             driver,
             recovery,
             cache,
+            access,
             metrics: crate::metrics::Metrics::new(),
             state: RwLock::new(ClusterState::default()),
             applied: watch::channel(0).0,

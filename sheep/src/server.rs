@@ -19,12 +19,16 @@ use crate::store::aligned::Aligned;
 const MAX_IN_FLIGHT: usize = 64;
 
 pub async fn serve(sheep: Arc<Sheep>, listener: TcpListener) {
-    accept_loop(listener, "connection", move |stream| connection(sheep.clone(), stream)).await
+    let s = sheep.clone();
+    accept_loop(listener, "connection", &sheep, move |stream| {
+        connection(s.clone(), stream)
+    })
+    .await
 }
 
 /// Accepts connections on `listener` for ever, each served by its own task running
-/// `serve(stream)`.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, serve: F)
+/// `serve(stream)`; those from addresses outside `sheep`'s allow-list are closed at once.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, sheep: &Sheep, serve: F)
 where
     F: Fn(TcpStream) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -32,6 +36,10 @@ where
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                if !sheep.access.allows(peer.ip()) {
+                    tracing::warn!(%peer, "refused a {what} from outside the allowed networks");
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 let served = serve(stream);
                 tokio::spawn(async move {
@@ -57,9 +65,12 @@ pub fn next_connection() -> u64 {
     CONNECTIONS.fetch_add(1, Ordering::Relaxed)
 }
 
-async fn connection(sheep: Arc<Sheep>, stream: TcpStream) {
+async fn connection(sheep: Arc<Sheep>, mut stream: TcpStream) {
     let conn = next_connection();
     let peer = stream.peer_addr().ok();
+    if !sheep.access.authenticate(&mut stream, peer).await {
+        return;
+    }
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<(ResponseHeader, Vec<u8>)>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {

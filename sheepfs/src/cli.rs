@@ -46,6 +46,14 @@ pub struct Args {
     /// switches it at run time). It only matters where the gateway sheep runs with `-w`.
     #[arg(long)]
     pub no_object_cache: bool,
+    /// File holding the cluster secret, when the sheep run with --auth-key-file.
+    #[arg(long, value_name = "FILE", env = "SHEEPDOG_AUTH_KEY_FILE")]
+    pub auth_key_file: Option<PathBuf>,
+    /// Let other users than the one who mounts use the mount (FUSE's allow_other). The
+    /// kernel then checks each file's mode bits: volumes are 0600, snapshot volumes 0400,
+    /// control files 0200 or 0600, monitoring files 0444, all owned by the mounting user.
+    #[arg(long)]
+    pub allow_other: bool,
     /// Write logs here (in the background they are discarded otherwise).
     #[arg(long)]
     pub log_file: Option<PathBuf>,

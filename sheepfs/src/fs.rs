@@ -222,7 +222,9 @@ impl<B: Backend> Fs<B> {
         };
         let perm = match &e {
             _ if e.kind() == Kind::Dir => 0o755,
-            Entry::Volume(_) | Entry::ObjectCache => 0o644,
+            // A disk's bytes are its owner's alone; so are the switches.
+            Entry::Volume(_) | Entry::ObjectCache => 0o600,
+            Entry::SnapVolume(..) => 0o400,
             Entry::SnapshotCtl(_) | Entry::CloneCtl(..) => 0o200,
             _ => 0o444,
         };

@@ -27,6 +27,8 @@ pub const MAX_WRITE: u32 = 1 << 20;
 pub struct SheepFuse<B: Backend> {
     fs: Arc<Fs<B>>,
     mounted_at: SystemTime,
+    /// Everything belongs to whoever mounted it.
+    owner: (u32, u32),
 }
 
 /// Runs `f` to completion on this thread's own runtime (made at its first call).
@@ -54,6 +56,8 @@ impl<B: Backend> SheepFuse<B> {
         SheepFuse {
             fs,
             mounted_at: SystemTime::now(),
+            // SAFETY: getuid and getgid cannot fail and touch no memory of ours.
+            owner: unsafe { (libc::getuid(), libc::getgid()) },
         }
     }
 
@@ -83,8 +87,8 @@ impl<B: Backend> SheepFuse<B> {
             },
             perm: a.perm,
             nlink: if a.kind == Kind::Dir { 2 } else { 1 },
-            uid: 0,
-            gid: 0,
+            uid: self.owner.0,
+            gid: self.owner.1,
             rdev: 0,
             blksize: if volume { MAX_WRITE } else { 4096 },
             flags: 0,

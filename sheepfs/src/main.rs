@@ -103,6 +103,9 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    if let Some(p) = &args.auth_key_file {
+        protocol::auth::install(protocol::auth::AuthKey::from_file(p)?);
+    }
     let gateway = SocketAddr::new(args.address, args.port);
     let backend = Arc::new(ClusterBackend::new(
         gateway,
@@ -118,8 +121,13 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     config.mount_options = vec![
         MountOption::FSName(format!("sheepdog@{gateway}")),
         MountOption::Subtype("sheepfs".into()),
+        MountOption::DefaultPermissions,
     ];
-    config.acl = SessionACL::All;
+    config.acl = if args.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     config.n_threads = Some(args.threads.max(1));
     let session = Session::new(SheepFuse::new(fs.clone()), &args.mountpoint, &config)
         .map_err(|e| format!("cannot mount at {}: {e}", args.mountpoint.display()))?;

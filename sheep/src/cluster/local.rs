@@ -178,6 +178,13 @@ impl LocalDriver {
             .map_err(|e| DriverError::Task(e.to_string()))?
     }
 
+    /// Every sheep that ever joined through this rendezvous (live or not).
+    pub fn listed_members(&self) -> Vec<SocketAddr> {
+        fs::read_dir(&self.paths.members)
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
     pub async fn join(&self, node: Node) -> Result<u64, DriverError> {
         let me = self.me;
         let (lock, pos) = self

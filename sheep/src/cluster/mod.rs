@@ -101,6 +101,14 @@ impl Driver {
         }
     }
 
+    /// The members the driver knows of before this node joins (some may be gone).
+    pub async fn listed_members(&self) -> Vec<SocketAddr> {
+        match self {
+            Driver::Local(d) => d.listed_members(),
+            Driver::Zookeeper(d) => d.listed_members().await,
+        }
+    }
+
     /// Announces this node. Returns the position of its join event.
     pub async fn join(&self, node: Node) -> Result<u64, DriverError> {
         match self {

@@ -274,6 +274,12 @@ impl ZkDriver {
         self.shared.join(node).await
     }
 
+    /// The sheep registered as live members right now.
+    pub async fn listed_members(&self) -> Vec<SocketAddr> {
+        let names = self.shared.client().list_children(MEMBERS).await.unwrap_or_default();
+        names.iter().filter_map(|n| n.parse().ok()).collect()
+    }
+
     pub async fn leave(&self) -> Result<(), DriverError> {
         let s = &self.shared;
         s.healthy.store(false, Ordering::Release);

@@ -37,6 +37,9 @@ pub struct Conn {
     /// Port of the sheep to talk to [default: $SHEEPDOG_DOG_PORT, else 7000]
     #[arg(short = 'p', long = "port", value_name = "PORT", global = true)]
     pub port: Option<u16>,
+    /// File holding the cluster secret, when the sheep run with --auth-key-file
+    #[arg(long, value_name = "FILE", global = true, env = "SHEEPDOG_AUTH_KEY_FILE")]
+    pub auth_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

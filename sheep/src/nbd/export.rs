@@ -49,6 +49,11 @@ pub struct Description {
 impl Exports {
     /// Exports served by `sheep`, whose object I/O it serves in process (through its object
     /// cache if it runs one); lookups go to its client port at `gateway`.
+    /// The sheep whose VDIs these are.
+    pub fn sheep(&self) -> &Arc<Sheep> {
+        &self.sheep
+    }
+
     pub fn new(sheep: Arc<Sheep>, gateway: std::net::SocketAddr) -> Exports {
         let object_flags = if sheep.cache.is_some() { flags::CACHE } else { 0 };
         let rare = Gateway::new(Client::new(gateway), 0);

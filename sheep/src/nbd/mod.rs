@@ -52,7 +52,8 @@ struct Negotiated {
 }
 
 pub async fn serve(exports: Arc<Exports>, listener: TcpListener) {
-    crate::server::accept_loop(listener, "NBD connection", move |stream| {
+    let sheep = exports.sheep().clone();
+    crate::server::accept_loop(listener, "NBD connection", &sheep, move |stream| {
         let exports = exports.clone();
         async move {
             if let Err(e) = connection(&exports, stream).await {

@@ -204,6 +204,9 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     let addr = target(&cli.conn)?;
+    if let Some(p) = &cli.conn.auth_key_file {
+        protocol::auth::install(protocol::auth::AuthKey::from_file(p).map_err(Failure::usage)?);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -302,11 +305,13 @@ mod tests {
         let conn = Conn {
             address: Some("127.0.0.1".into()),
             port: Some(7000),
+            auth_key_file: None,
         };
         assert_eq!(target(&conn).expect("addr"), "127.0.0.1:7000".parse().expect("addr"));
         let conn = Conn {
             address: Some("[::1]".into()),
             port: Some(7000),
+            auth_key_file: None,
         };
         assert_eq!(target(&conn).expect("addr"), "[::1]:7000".parse().expect("addr"));
     }
