@@ -36,13 +36,15 @@ pub fn parse_networks(spec: &str) -> Result<Vec<Network>, String> {
         .map(str::trim)
         .map(|n| {
             let bad = || format!("--allow {n:?}: expected an address or ADDR/PREFIX, e.g. 10.0.0.0/24");
-            let (addr, prefix) = n.split_once('/').unwrap_or((n, ""));
+            let (addr, prefix) = match n.split_once('/') {
+                Some((a, p)) => (a, Some(p)),
+                None => (n, None),
+            };
             let addr: IpAddr = addr.parse().map_err(|_| bad())?;
             let max = if addr.is_ipv4() { 32 } else { 128 };
-            let prefix = if prefix.is_empty() {
-                max
-            } else {
-                prefix.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?
+            let prefix = match prefix {
+                None => max,
+                Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
             };
             Ok(Network { addr, prefix })
         })

@@ -233,9 +233,9 @@ impl Host {
         SocketAddr::new(IpAddr::V4(self.ip), SHEEP_PORT)
     }
 
-    /// `ip netns exec NS sheep -b IP -p 7000 -z (i+1) -c SPEC --log-file LOG DIR`. `ip netns
-    /// exec` execs the command in place, so the child is the sheep itself.
-    fn start(&mut self, spec: &str) {
+    /// `ip netns exec NS sheep -b IP -p 7000 -z (i+1) -c SPEC --log-file LOG EXTRA... DIR`.
+    /// `ip netns exec` execs the command in place, so the child is the sheep itself.
+    fn start(&mut self, spec: &str, extra: &[String]) {
         assert!(self.child.is_none(), "host {} already runs a sheep", self.index);
         fs::create_dir_all(&self.dir).unwrap_or_else(|e| panic!("creating {}: {e}", self.dir.display()));
         let mut cmd = Command::new("ip");
@@ -244,6 +244,7 @@ impl Host {
             .args(["-b", &self.ip.to_string(), "-p", &SHEEP_PORT.to_string()])
             .args(["-z", &(self.index + 1).to_string(), "-c", spec, "--log-file"])
             .arg(&self.log)
+            .args(extra)
             .arg(&self.dir);
         // Killed with the test even through the exec of `ip` and its exec of sheep.
         let what = format!("sheep on host {}", self.index);
@@ -292,6 +293,11 @@ struct Hosts {
 
 impl Hosts {
     fn start(net: &Net, spec: &str) -> Hosts {
+        Hosts::start_with(net, spec, &[])
+    }
+
+    /// [`Hosts::start`] with extra sheep flags for the first hosts (`extra[i]` for host i).
+    fn start_with(net: &Net, spec: &str, extra: &[Vec<String>]) -> Hosts {
         let tmp = tempfile::Builder::new()
             .prefix("sheep-multihost-")
             .tempdir()
@@ -311,8 +317,8 @@ impl Hosts {
             })
             .collect();
         let mut hs = Hosts { tmp, hosts };
-        for h in &mut hs.hosts {
-            h.start(spec);
+        for (i, h) in hs.hosts.iter_mut().enumerate() {
+            h.start(spec, extra.get(i).map_or(&[][..], |e| &e[..]));
         }
         let all: Vec<usize> = (0..hs.hosts.len()).collect();
         hs.wait_members(&all, 0, START_TIMEOUT, "every host to list every host");
@@ -691,5 +697,39 @@ fn partitioned_host_is_fenced_and_rejoins() {
          {rejoined:?} after the heal (epoch {e2}); recovered epoch {rec}; checksums {sums:?}; \
          total {:?}",
         t0.elapsed()
+    );
+}
+
+/// `--allow`: a sheep that lets in only the root namespace's address (the bridge) answers
+/// dog from there, and closes connections from another host at once, with a log line.
+#[test]
+fn allow_list_keeps_other_networks_out() {
+    let net = net_or_skip!(2);
+    let zk = ZooKeeper::standalone_on(IpAddr::V4(net.bridge_ip()));
+    let only_bridge = vec!["--allow".to_string(), format!("{}/32", net.bridge_ip())];
+    let hosts = Hosts::start_with(&net, &zk.spec(SESSION_SECS), &[only_bridge]);
+    hosts.dog_ok(0, &["node", "list"], None);
+
+    // dog inside host 1's namespace: host 1 itself answers, host 0 refuses.
+    let from_host1 = |target: usize| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &hosts.hosts[1].ns])
+            .arg(dog_bin())
+            .args(dog_args(hosts.ip(target), SHEEP_PORT, &["node", "list"]));
+        run_tool(cmd, None, DOG_TIMEOUT)
+    };
+    let own = from_host1(1);
+    assert!(own.success(), "host 1 serves its own namespace: {}", own.describe());
+    let other = from_host1(0);
+    assert!(
+        !other.success(),
+        "host 0 must refuse host 1's address: {}",
+        other.describe()
+    );
+    let log = hosts.hosts[0].log_text();
+    assert!(
+        log.contains("from outside the allowed networks"),
+        "{}",
+        hosts.hosts[0].log_tail(40)
     );
 }

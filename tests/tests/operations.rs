@@ -208,6 +208,18 @@ fn node_stat_counts_client_and_peer_requests() {
         lines[1].starts_with("Client\t") && lines[2].starts_with("Peer\t"),
         "{text}"
     );
+
+    // -w prints them every second with the rates since the last round, until stopped.
+    let mut cmd = Command::new(dog_bin());
+    cmd.args(["node", "stat", "-w", "-r", "-p", &c.node(0).port().to_string()]);
+    let out = tests::run_command(cmd, Duration::from_millis(3500));
+    assert!(out.timed_out(), "watch mode runs until stopped: {}", out.describe());
+    let text = out.stdout_str();
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(rows.len() >= 2 && rows.len() % 2 == 0, "{text}");
+    for r in rows {
+        assert_eq!(r.split('\t').count(), 11, "8 counters and 3 rates: {r}");
+    }
 }
 
 /// MD_INFO answers with the original's 263,688-byte layout: the store as one disk.
