@@ -216,7 +216,7 @@ fn node_stat_counts_client_and_peer_requests() {
     assert!(out.timed_out(), "watch mode runs until stopped: {}", out.describe());
     let text = out.stdout_str();
     let rows: Vec<&str> = text.lines().collect();
-    assert!(rows.len() >= 2 && rows.len() % 2 == 0, "{text}");
+    assert!(rows.len() >= 2 && rows.len().is_multiple_of(2), "{text}");
     for r in rows {
         assert_eq!(r.split('\t').count(), 11, "8 counters and 3 rates: {r}");
     }
