@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use protocol::auth::{AuthError, AuthKey};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// One network of the allow-list: an address and a prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +85,36 @@ impl Access {
             Err(e) => {
                 tracing::warn!(?peer, error = %e, "refused a connection that did not authenticate");
                 false
+            }
+        }
+    }
+}
+
+/// Accepts connections on `listener` for ever, each served by its own task running
+/// `serve(stream)`; those from addresses `access` does not allow are closed at once.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, access: &Access, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if !access.allows(peer.ip()) {
+                    tracing::warn!(%peer, "refused a {what} from outside the allowed networks");
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let served = serve(stream);
+                tokio::spawn(async move {
+                    served.await;
+                    tracing::trace!(%peer, "{what} closed");
+                });
+            }
+            Err(e) => {
+                // Out of descriptors and similar: wait a moment rather than spin.
+                tracing::error!(error = %e, "accept of a {what} failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
     }

@@ -16,6 +16,7 @@ pub mod node;
 pub mod ops;
 pub mod peer;
 pub mod recovery;
+pub mod scrape;
 pub mod server;
 pub mod store;
 pub mod uring;

@@ -134,7 +134,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     }
     if let Some(l) = metrics_listener {
         tracing::info!(addr = ?l.local_addr().ok(), "serving metrics over HTTP");
-        tokio::spawn(sheep::metrics::serve(sheep.clone(), l));
+        tokio::spawn(sheep::scrape::serve(sheep.clone(), l));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;

@@ -1,24 +1,18 @@
 //! What this node has done, for operators: request counts, latencies, bytes and errors by op
-//! class, plus figures read off the node at scrape time (epoch, members, recovery, cache,
-//! store). Served as Prometheus/OpenMetrics text on `--metrics ADDR:PORT` and over the
-//! protocol (STAT_METRICS, for sheepfs's `/node/metrics`); `dog node stat` (STAT) reads the
-//! same counters in the original's `sd_stat` layout.
+//! class, counted as requests pass through `ops::handle`. `crate::scrape` renders them with
+//! the node's figures of the moment (Prometheus/OpenMetrics text, for `--metrics` and
+//! STAT_METRICS); `dog node stat` (STAT) reads them in the original's `sd_stat` layout.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use protocol::stats::{NodeStat, StatSide};
 use protocol::{op, ResultCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-use crate::node::Sheep;
 
 /// What kind of work a request is, as the original's `sd_stat` splits it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,142 +230,16 @@ impl Metrics {
         }
     }
 
-    /// The whole exposition: the request counters, then what `sheep` holds right now.
-    pub fn render(&self, sheep: &Sheep) -> String {
-        let mut now = Registry::with_prefix("sheep");
-        {
-            let st = sheep.state();
-            gauge(
-                &mut now,
-                "epoch",
-                "The cluster epoch this node is in",
-                u64::from(st.epoch()),
-            );
-            gauge(&mut now, "members", "Nodes in the cluster", st.nodes().len() as u64);
-            let vnodes = u64::from(sheep.me.nr_vnodes);
-            gauge(
-                &mut now,
-                "vnodes",
-                "This node's virtual nodes (0: gateway only)",
-                vnodes,
-            );
-        }
-        let p = sheep.recovery.progress();
-        gauge(
-            &mut now,
-            "recovery_running",
-            "1 while this node recovers objects",
-            u64::from(p.running),
-        );
-        gauge(
-            &mut now,
-            "recovery_objects_done",
-            "Objects the current recovery has handled",
-            p.done,
-        );
-        gauge(
-            &mut now,
-            "recovery_objects",
-            "Objects the current recovery has to handle",
-            p.total,
-        );
-        if let Ok((size, free)) = sheep.store.space() {
-            gauge(
-                &mut now,
-                "store_size_bytes",
-                "Size of the filesystem holding the store",
-                size,
-            );
-            gauge(
-                &mut now,
-                "store_free_bytes",
-                "Free space of the filesystem holding the store",
-                free,
-            );
-        }
-        if let Some(c) = &sheep.cache {
-            let s = c.stats();
-            gauge(&mut now, "cache_limit_bytes", "The object cache's size", s.limit);
-            gauge(
-                &mut now,
-                "cache_used_bytes",
-                "Bytes of object copies in the cache",
-                s.used,
-            );
-            gauge(
-                &mut now,
-                "cache_dirty_bytes",
-                "Bytes in the cache not yet pushed to the replicas",
-                s.dirty,
-            );
-            now.register("cache_hits", "Cached I/O served from a copy", ConstCounter::new(s.hits));
-            now.register(
-                "cache_misses",
-                "Cached I/O that fetched a copy first",
-                ConstCounter::new(s.misses),
-            );
-        }
+    /// The whole exposition: these counters, then the figures of `now` (built by
+    /// [`crate::scrape`] from the node's state at scrape time), then `# EOF`.
+    pub fn render(&self, now: &Registry) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode_registry(&mut out, &self.registry);
-        let _ = encode_registry(&mut out, &now);
+        let _ = encode_registry(&mut out, now);
         let _ = encode_eof(&mut out);
         out
     }
-}
-
-fn gauge(r: &mut Registry, name: &str, help: &str, v: u64) {
-    r.register(name, help, ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)));
-}
-
-/// The content type of [`Metrics::render`]'s text.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// Longest request head the endpoint reads.
-const MAX_HEAD: usize = 8192;
-
-/// Serves `GET /metrics` over HTTP/1.x on `listener` for ever.
-pub async fn serve(sheep: Arc<Sheep>, listener: TcpListener) {
-    let s = sheep.clone();
-    crate::server::accept_loop(listener, "metrics connection", &sheep, move |c| answer(s.clone(), c)).await
-}
-
-async fn answer(sheep: Arc<Sheep>, mut s: TcpStream) {
-    let head = match tokio::time::timeout(std::time::Duration::from_secs(10), read_head(&mut s)).await {
-        Ok(Some(h)) => h,
-        _ => return,
-    };
-    let mut words = head.split_ascii_whitespace();
-    let (status, ctype, body) = match (words.next(), words.next()) {
-        (Some("GET"), Some("/metrics")) => ("200 OK", CONTENT_TYPE, sheep.metrics.render(&sheep)),
-        (Some("GET"), _) => ("404 Not Found", "text/plain", "only /metrics is served here\n".into()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET is served here\n".into(),
-        ),
-    };
-    let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    if let Err(e) = s.write_all(reply.as_bytes()).await {
-        tracing::debug!(error = %e, "metrics client gone before the reply");
-    }
-}
-
-/// The request line and headers, up to the blank line; `None` if the client sends more than
-/// [`MAX_HEAD`] bytes or hangs up first.
-async fn read_head(s: &mut TcpStream) -> Option<String> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 || buf.len() + n > MAX_HEAD {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
 #[cfg(test)]

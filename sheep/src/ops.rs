@@ -392,7 +392,7 @@ async fn local_op(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: &
             }
             ans.data = md_info(sheep).await?;
         }
-        op::STAT_METRICS => ans.data = sheep.metrics.render(sheep).into_bytes(),
+        op::STAT_METRICS => ans.data = crate::scrape::render(sheep).into_bytes(),
         op::GET_CLUSTER_DEFAULT => {
             let st = sheep.state();
             let f = st.format.as_ref();

@@ -20,40 +20,10 @@ const MAX_IN_FLIGHT: usize = 64;
 
 pub async fn serve(sheep: Arc<Sheep>, listener: TcpListener) {
     let s = sheep.clone();
-    accept_loop(listener, "connection", &sheep, move |stream| {
+    crate::access::accept_loop(listener, "connection", &sheep.access, move |stream| {
         connection(s.clone(), stream)
     })
     .await
-}
-
-/// Accepts connections on `listener` for ever, each served by its own task running
-/// `serve(stream)`; those from addresses outside `sheep`'s allow-list are closed at once.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, sheep: &Sheep, serve: F)
-where
-    F: Fn(TcpStream) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                if !sheep.access.allows(peer.ip()) {
-                    tracing::warn!(%peer, "refused a {what} from outside the allowed networks");
-                    continue;
-                }
-                let _ = stream.set_nodelay(true);
-                let served = serve(stream);
-                tokio::spawn(async move {
-                    served.await;
-                    tracing::trace!(%peer, "{what} closed");
-                });
-            }
-            Err(e) => {
-                // Out of descriptors and similar: wait a moment rather than spin.
-                tracing::error!(error = %e, "accept of a {what} failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    }
 }
 
 /// Client connections so far: each one's id names it as the holder of the VDI locks it takes.

@@ -53,7 +53,7 @@ struct Negotiated {
 
 pub async fn serve(exports: Arc<Exports>, listener: TcpListener) {
     let sheep = exports.sheep().clone();
-    crate::server::accept_loop(listener, "NBD connection", &sheep, move |stream| {
+    crate::access::accept_loop(listener, "NBD connection", &sheep.access, move |stream| {
         let exports = exports.clone();
         async move {
             if let Err(e) = connection(&exports, stream).await {
