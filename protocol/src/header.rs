@@ -98,6 +98,20 @@ impl RequestHeader {
         a.encode(&mut self.args)
     }
 
+    /// REPAIR_REPLICA's `forw` variant: the object, and the node to copy it from.
+    pub fn forw(&self) -> (u64, std::net::SocketAddr) {
+        let oid = u64::from_le_bytes(self.args[0..8].try_into().unwrap_or_default());
+        let ip = crate::node::addr_from_bytes(&self.args[8..24]);
+        let port = u16::from_le_bytes([self.args[24], self.args[25]]);
+        (oid, std::net::SocketAddr::new(ip, port))
+    }
+
+    pub fn set_forw(&mut self, oid: u64, from: std::net::SocketAddr) {
+        self.args[0..8].copy_from_slice(&oid.to_le_bytes());
+        self.args[8..24].copy_from_slice(&crate::node::addr_bytes(from.ip()));
+        self.args[24..26].copy_from_slice(&from.port().to_le_bytes());
+    }
+
     pub fn vdi(&self) -> VdiArgs {
         VdiArgs::decode(&self.args)
     }

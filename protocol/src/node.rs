@@ -35,7 +35,8 @@ pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-fn addr_from_bytes(b: &[u8]) -> IpAddr {
+/// The address a 16-byte field holds (IPv4 as `::a.b.c.d`, as `addr_bytes` writes it).
+pub fn addr_from_bytes(b: &[u8]) -> IpAddr {
     if b[..12].iter().all(|&x| x == 0) && b[12] != 0 {
         IpAddr::V4(Ipv4Addr::new(b[12], b[13], b[14], b[15]))
     } else {

@@ -84,6 +84,7 @@ opcodes! {
     STAT = 0xb8,
     EXIST = 0xbd,
     CLUSTER_INFO = 0xbe,
+    REPAIR_REPLICA = 0xc5,
     OIDS_EXIST = 0xc6,
     READ_DEL_VDIS = 0xc9,
     GET_VNODES = 0xcd,

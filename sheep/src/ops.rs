@@ -54,7 +54,8 @@ pub fn kind(opcode: u8) -> Option<(Kind, bool)> {
         | op::OIDS_EXIST
         | op::STAT_CACHE
         | op::STAT_METRICS
-        | op::MD_INFO => (Local, false),
+        | op::MD_INFO
+        | op::REPAIR_REPLICA => (Local, false),
         op::READ_VDIS
         | op::READ_DEL_VDIS
         | op::GET_NODE_LIST
@@ -385,6 +386,10 @@ async fn local_op(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: &
                 .collect();
         }
         op::STAT => ans.data = sheep.metrics.node_stat().encode(),
+        op::REPAIR_REPLICA => {
+            let (oid, from) = req.forw();
+            crate::recovery::repair(sheep, Oid(oid), from).await?;
+        }
         op::MD_INFO => {
             // The original asserts (and dies) on any other length; we refuse it.
             if req.data_length as usize != protocol::stats::MD_INFO_SIZE {

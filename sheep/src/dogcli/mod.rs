@@ -272,6 +272,27 @@ pub enum VdiCmd {
         #[arg(value_parser = args::parse_size)]
         size: u64,
     },
+    /// Find and repair missing or differing copies of a VDI's objects
+    ///
+    /// Asks every replica node of the inode and of each used data object for the object's
+    /// SHA-1 (GET_HASH) and repairs each missing or differing copy from one the majority
+    /// holds (REPAIR_REPLICA). When the copies differ and none is held by more than half of
+    /// the replica nodes, the object is reported and nothing changes. One line per problem,
+    /// then a summary line. A working VDI is locked for writing while it is checked (refused
+    /// while a mount or a VM writes it: check a snapshot of it instead).
+    #[command(
+        after_help = "Exit status: 0 every copy good, 1 copies repaired (or, with --dry-run, to repair), 2 copies that cannot be repaired or checked."
+    )]
+    Check {
+        /// Name of the VDI
+        name: String,
+        /// Check this snapshot (id or tag) instead of the working VDI
+        #[arg(short = 's', long = "snapshot", value_name = "SNAPSHOT", value_parser = args::parse_snap)]
+        snapshot: Option<Snap>,
+        /// Only report: change nothing
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+    },
     /// Set (or with -d delete) attribute KEY of a VDI: a small value beside it
     ///
     /// The value is VALUE, or standard input when VALUE is not given (up to 64 KiB).

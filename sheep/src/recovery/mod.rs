@@ -13,6 +13,7 @@
 //! copies owned at that epoch count as good at it, and everything else as untrusted.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,31 +124,55 @@ pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCo
             Ok(())
         }
         (_, Some((node, g))) => {
-            let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)?;
-            let mut req = RequestHeader::new(op::READ_PEER);
-            req.flags |= flags::RECOVERY;
-            req.data_length = size as u32;
-            req.set_obj(&ObjArgs {
-                oid: oid.0,
-                ..ObjArgs::default()
-            });
-            let data = sheep.peer(node.addr).call(req, &[]).await.map_err(|e| {
-                tracing::error!(%oid, from = %node.addr, epoch, error = %e, "recovery read failed");
-                ResultCode::EIO
-            })?;
-            let s = sheep.clone();
-            tokio::task::spawn_blocking(move || s.store.create(oid, size, 0, &data.data, Durability::Now))
-                .await
-                .map_err(|_| ResultCode::SYSTEM_ERROR)?
-                .map_err(|e| {
-                    tracing::error!(%oid, epoch, error = %e, "cannot store a recovered object");
-                    e.code()
-                })?;
-            rec.mark(oid, epoch);
+            fetch(sheep, oid, node.addr, epoch).await?;
             tracing::debug!(%oid, from = %node.addr, good = g, epoch, "object recovered");
             Ok(())
         }
     }
+}
+
+/// Replaces this node's copy of `oid` with `from`'s whole object and marks it current.
+/// Callers hold the object's stripe.
+async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -> Result<(), ResultCode> {
+    let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)?;
+    let mut req = RequestHeader::new(op::READ_PEER);
+    req.flags |= flags::RECOVERY;
+    req.data_length = size as u32;
+    req.set_obj(&ObjArgs {
+        oid: oid.0,
+        ..ObjArgs::default()
+    });
+    let data = sheep.peer(from).call(req, &[]).await.map_err(|e| {
+        tracing::error!(%oid, %from, epoch, error = %e, "reading a copy from a peer failed");
+        if e.result() == Some(ResultCode::NO_OBJ) {
+            ResultCode::NO_OBJ
+        } else {
+            ResultCode::EIO
+        }
+    })?;
+    let s = sheep.clone();
+    tokio::task::spawn_blocking(move || s.store.create(oid, size, 0, &data.data, Durability::Now))
+        .await
+        .map_err(|_| ResultCode::SYSTEM_ERROR)?
+        .map_err(|e| {
+            tracing::error!(%oid, epoch, error = %e, "cannot store a fetched copy");
+            e.code()
+        })?;
+    sheep.recovery.mark(oid, epoch);
+    Ok(())
+}
+
+/// REPAIR_REPLICA (`dog vdi check`): this node's copy of `oid` is missing or differs from
+/// the majority's; take `from`'s.
+pub async fn repair(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr) -> Result<(), ResultCode> {
+    if sheep.me.is_gateway() || from == sheep.me.addr {
+        return Err(ResultCode::INVALID_PARMS);
+    }
+    let _g = sheep.recovery.stripe(oid).write().await;
+    let epoch = sheep.state().epoch();
+    fetch(sheep, oid, from, epoch).await?;
+    tracing::warn!(%oid, %from, epoch, "replica repaired from another node's copy");
+    Ok(())
 }
 
 /// The recovery worker: recovers the newest requested epoch, abandoning an older one as soon

@@ -3,6 +3,7 @@
 //! (PROTOCOL.md section 5) to one sheep.
 
 mod attr;
+mod check;
 mod cluster;
 mod error;
 mod fmt;
@@ -198,6 +199,11 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
                 exclusive,
             } => attr::set(addr, &name, &key, value, delete, exclusive).await,
             VdiCmd::Getattr { name, key } => attr::get(addr, &name, &key).await,
+            VdiCmd::Check {
+                name,
+                snapshot,
+                dry_run,
+            } => check::check(addr, &name, snapshot.as_ref(), dry_run).await,
         },
     }
 }

@@ -494,16 +494,9 @@ pub async fn read(
     transfer::read_range(&c, name, &inode.data_vdi_id, object_size(h)?, offset, total, &mut out).await
 }
 
-pub async fn write(
-    addr: SocketAddr,
-    name: &str,
-    offset: u64,
-    len: Option<u64>,
-    writeback: bool,
-) -> Result<(), Failure> {
-    let c = net::connect(addr).await?;
-    // One writer per VDI: held on a connection of its own until dog is done (or dies, which
-    // closes it and frees the VDI).
+/// Takes working VDI `name`'s write lock (one writer per VDI) on a connection of its own,
+/// held until dog releases it or exits (which closes the connection and frees the VDI).
+pub async fn write_lock(addr: SocketAddr, name: &str) -> Result<Client, Failure> {
     let locker = Client::new(addr);
     locker.lock_vdi(name).await.map_err(|e| match e.result() {
         Some(ResultCode::VDI_LOCKED) => Failure::new(format!(
@@ -512,6 +505,18 @@ pub async fn write(
         )),
         _ => open_failed(name, None, &e),
     })?;
+    Ok(locker)
+}
+
+pub async fn write(
+    addr: SocketAddr,
+    name: &str,
+    offset: u64,
+    len: Option<u64>,
+    writeback: bool,
+) -> Result<(), Failure> {
+    let c = net::connect(addr).await?;
+    let locker = write_lock(addr, name).await?;
     let (vid, inode) = open_vdi(&c, name, None).await?;
     let h = &inode.header;
     let total = range_len(h.vdi_size, offset, len).ok_or_else(|| {

@@ -1,0 +1,141 @@
+//! `dog vdi check`: damaged replicas (bytes flipped, truncated, removed) are found and
+//! repaired from the majority; without a majority they are reported and nothing changes.
+
+use std::collections::BTreeMap;
+use std::io::{Seek, SeekFrom, Write};
+
+use protocol::{op, ObjArgs, Oid, RequestHeader, Vid};
+use tests::{pseudo_random, Cluster};
+
+const MIB: usize = 1 << 20;
+
+/// The file of `oid` on node `i`.
+fn object_file(c: &Cluster, i: usize, oid: Oid) -> std::path::PathBuf {
+    c.node(i).dir().join("obj").join(oid.file_name())
+}
+
+/// Every copy of every object of the cluster, by node.
+fn snapshot_files(c: &Cluster) -> BTreeMap<(usize, Oid), Vec<u8>> {
+    let mut all = BTreeMap::new();
+    for i in 0..c.len() {
+        for oid in c.node(i).objects() {
+            all.insert((i, oid), c.node(i).object_bytes(oid).expect("object bytes"));
+        }
+    }
+    all
+}
+
+fn flip(c: &Cluster, i: usize, oid: Oid, at: u64) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(object_file(c, i, oid))
+        .expect("opening a replica");
+    f.seek(SeekFrom::Start(at)).expect("seek");
+    f.write_all(b"ROT!").expect("flipping bytes");
+    f.sync_all().expect("sync");
+}
+
+/// `dog vdi check ARGS`: (exit status, stdout).
+fn check(c: &Cluster, args: &[&str]) -> (i32, String) {
+    let mut full = vec!["vdi", "check"];
+    full.extend_from_slice(args);
+    let o = c.dog(&full);
+    (o.status.code().unwrap_or(-1), o.stdout_str())
+}
+
+#[test]
+fn vdi_check_repairs_missing_and_differing_copies_from_the_majority() {
+    let c = Cluster::start_formatted(3, 3);
+    c.dog_ok(&["vdi", "create", "v", "32M"]);
+    let data = pseudo_random(21, 12 * MIB);
+    c.write_vdi("v", 0, &data);
+    let vid = Vid::new(c.vid_of("v")).expect("vid");
+    let (rot, short, gone) = (vid.data_oid(0), vid.data_oid(1), vid.data_oid(2));
+
+    flip(&c, 0, rot, 4096);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(object_file(&c, 1, short))
+        .expect("open");
+    f.set_len(1000).expect("truncating a replica");
+    // A lost copy: the node itself removes it, as a failed disk sector would lose it.
+    let mut rm = RequestHeader::new(op::REMOVE_PEER);
+    rm.epoch = c.cluster_info(0).expect("info").epoch;
+    rm.set_obj(&ObjArgs {
+        oid: gone.0,
+        ..ObjArgs::default()
+    });
+    c.call(2, rm, &[]).expect("REMOVE_PEER");
+    assert!(c.node(2).object_bytes(gone).is_none());
+
+    let before = snapshot_files(&c);
+    let (code, out) = check(&c, &["v", "--dry-run"]);
+    assert_eq!(code, 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "three problems and the summary:\n{out}");
+    let a = |i: usize| c.node(i).addr().to_string();
+    assert!(
+        out.contains(&format!("{:016x} differs on {}: would repair", rot.0, a(0))),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{:016x} differs on {}: would repair", short.0, a(1))),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{:016x} missing on {}: would repair", gone.0, a(2))),
+        "{out}"
+    );
+    assert_eq!(lines[3], "v: 4 objects, 1 good, 3 to repair, 0 unrepairable");
+    assert_eq!(snapshot_files(&c), before, "--dry-run changes nothing");
+
+    let (code, out) = check(&c, &["v"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.ends_with("v: 4 objects, 1 good, 3 repaired, 0 unrepairable\n"),
+        "{out}"
+    );
+    for oid in [rot, short, gone] {
+        let copies: Vec<Vec<u8>> = (0..3).map(|i| c.node(i).object_bytes(oid).expect("a copy")).collect();
+        assert!(
+            copies.iter().all(|x| *x == copies[0]),
+            "{oid}: the copies agree after the repair"
+        );
+    }
+    let (code, out) = check(&c, &["v"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "v: 4 objects, 4 good, 0 repaired, 0 unrepairable\n")
+    );
+    assert_eq!(c.read_vdi("v", 0, data.len() as u64, None), data);
+}
+
+#[test]
+fn vdi_check_reports_copies_without_a_majority_and_changes_nothing() {
+    let c = Cluster::start_formatted(2, 2);
+    c.dog_ok(&["vdi", "create", "w", "8M"]);
+    c.write_vdi("w", 0, &pseudo_random(22, 4 * MIB));
+    let oid = Vid::new(c.vid_of("w")).expect("vid").data_oid(0);
+    flip(&c, 1, oid, 0);
+    let before = snapshot_files(&c);
+    let (code, out) = check(&c, &["w"]);
+    assert_eq!(code, 2, "{out}");
+    let first = out.lines().next().unwrap_or_default();
+    assert!(first.starts_with(&format!("{:016x} no majority: ", oid.0)), "{out}");
+    assert!(
+        out.ends_with("w: 2 objects, 1 good, 0 repaired, 1 unrepairable\n"),
+        "{out}"
+    );
+    assert_eq!(snapshot_files(&c), before, "nothing changes without a majority");
+
+    // A VDI someone writes is not checked (its copies differ for a moment); a dry run is.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let writer = protocol::Client::new(c.node(0).addr());
+    rt.block_on(writer.lock_vdi("w")).expect("lock");
+    let o = c.dog(&["vdi", "check", "w"]).expect_failure();
+    assert!(o.stderr.contains("open for writing"), "{}", o.stderr);
+    assert_eq!(check(&c, &["w", "--dry-run"]).0, 2);
+}
