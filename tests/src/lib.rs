@@ -9,6 +9,7 @@
 //! Waiting is always a poll against a condition with a deadline ([`wait_until`]), never a
 //! fixed sleep.
 
+pub mod fuzz;
 pub mod zk;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -10,7 +10,7 @@
 
 mod export;
 mod local;
-mod wire;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
