@@ -6,6 +6,7 @@ pub mod attr;
 pub mod auth;
 pub mod bitmap;
 mod bytes;
+pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod frame;

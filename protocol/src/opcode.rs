@@ -92,6 +92,8 @@ opcodes! {
     STAT_CACHE = 0xe0,
     // ... and its metrics as Prometheus/OpenMetrics text.
     STAT_METRICS = 0xe1,
+    // ... and its background scrub's progress and findings.
+    STAT_SCRUB = 0xe2,
 }
 
 /// True for the node-to-node (peer) ops, which only sheep send each other.

@@ -403,6 +403,14 @@ impl Client {
         Ok(Oid(crate::attr::attr_oid(r.header.vdi_id(), r.header.attr_id())))
     }
 
+    /// STAT_SCRUB: the node's background scrub.
+    pub async fn stat_scrub(&self) -> Result<crate::stats::ScrubStats, ClientError> {
+        let mut req = RequestHeader::new(op::STAT_SCRUB);
+        req.data_length = crate::stats::ScrubStats::MAX_SIZE as u32;
+        let r = self.call(req, &[]).await?;
+        crate::stats::ScrubStats::decode(&r.data).ok_or_else(|| self.short_reply(op::STAT_SCRUB))
+    }
+
     /// STAT: the node's request counters.
     pub async fn stat(&self) -> Result<crate::stats::NodeStat, ClientError> {
         let mut req = RequestHeader::new(op::STAT);

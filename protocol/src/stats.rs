@@ -131,8 +131,87 @@ pub fn decode_md_info(b: &[u8]) -> Option<Vec<MdDisk>> {
     )
 }
 
+/// A node's background scrub (STAT_SCRUB, this implementation's own 0xE2): six u64 (on,
+/// passes finished, objects checked in this pass, objects in this pass, copies of this node
+/// repaired, objects that could not be judged or repaired, all since start), then the latest
+/// findings as UTF-8 lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubStats {
+    pub enabled: bool,
+    pub passes: u64,
+    pub checked: u64,
+    pub total: u64,
+    pub repaired: u64,
+    pub unrepairable: u64,
+    pub findings: Vec<String>,
+}
+
+impl ScrubStats {
+    const FIXED: usize = 48;
+    /// Findings kept (the newest).
+    pub const FINDINGS: usize = 32;
+    /// Room a client gives the reply.
+    pub const MAX_SIZE: usize = 64 * 1024;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let fixed = [
+            u64::from(self.enabled),
+            self.passes,
+            self.checked,
+            self.total,
+            self.repaired,
+            self.unrepairable,
+        ];
+        let mut b: Vec<u8> = fixed.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for f in &self.findings {
+            if b.len() + f.len() + 1 > Self::MAX_SIZE {
+                break;
+            }
+            b.extend_from_slice(f.as_bytes());
+            b.push(b'\n');
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<ScrubStats> {
+        let v: Vec<u64> = b
+            .get(..Self::FIXED)?
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+            .collect();
+        let text = std::str::from_utf8(&b[Self::FIXED..]).ok()?;
+        Some(ScrubStats {
+            enabled: v[0] != 0,
+            passes: v[1],
+            checked: v[2],
+            total: v[3],
+            repaired: v[4],
+            unrepairable: v[5],
+            findings: text.lines().map(str::to_string).collect(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn scrub_stats_round_trip() {
+        let s = ScrubStats {
+            enabled: true,
+            passes: 2,
+            checked: 3,
+            total: 4,
+            repaired: 5,
+            unrepairable: 6,
+            findings: vec!["a".into(), "b c".into()],
+        };
+        let b = s.encode();
+        assert_eq!(&b[..8], &1u64.to_le_bytes());
+        assert_eq!(&b[48..], b"a\nb c\n");
+        assert_eq!(ScrubStats::decode(&b), Some(s));
+        assert_eq!(ScrubStats::decode(&b[..47]), None);
+    }
+
     use super::*;
 
     #[test]

@@ -47,6 +47,13 @@ pub struct Args {
     /// come and go [default: 0 = no limit].
     #[arg(long)]
     pub recovery_rate: Option<u32>,
+    /// Background scrub in objects per second [default: 0 = off]: this node walks its store
+    /// again and again, compares each copy's SHA-1 with the other replicas' and, when the
+    /// majority holds another, replaces its own (after a second look, so that a write in
+    /// flight is not mistaken for damage). Progress and findings: `dog cluster scrub`,
+    /// `/cluster/scrub` in sheepfs, the sheep's log.
+    #[arg(long)]
+    pub scrub_rate: Option<u32>,
     /// Write data objects through the page cache. By default, writes aligned to 4 KiB go
     /// straight to the disk (O_DIRECT, as Sheepdog's -D did): three copies on one host do not
     /// triple the page cache, and the flush that follows has little left to do. Stores on
@@ -96,7 +103,8 @@ pub struct Args {
     #[arg(long)]
     pub log_level: Option<String>,
     /// TOML file with any of: port, bind, cluster, zone, gateway, vnodes, log_file, log_level,
-    /// recovery_rate, buffered_io, sync_writes, cache, nbd, metrics, auth_key_file, allow.
+    /// recovery_rate, scrub_rate, buffered_io, sync_writes, cache, nbd, metrics, auth_key_file,
+    /// allow.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -114,6 +122,7 @@ pub struct FileConfig {
     pub log_file: Option<PathBuf>,
     pub log_level: Option<String>,
     pub recovery_rate: Option<u32>,
+    pub scrub_rate: Option<u32>,
     pub buffered_io: Option<bool>,
     pub sync_writes: Option<bool>,
     pub cache: Option<String>,
@@ -136,6 +145,7 @@ pub struct Config {
     pub log_file: Option<PathBuf>,
     pub log_level: String,
     pub recovery_rate: u32,
+    pub scrub_rate: u32,
     pub buffered_io: bool,
     pub sync_writes: bool,
     pub cache: Option<CacheConfig>,
@@ -211,6 +221,7 @@ impl Config {
             log_file: None,
             log_level: "info".into(),
             recovery_rate: 0,
+            scrub_rate: 0,
             buffered_io: false,
             sync_writes: false,
             cache: None,
@@ -237,6 +248,7 @@ impl Config {
             log_file: args.log_file.or(file.log_file),
             log_level: args.log_level.or(file.log_level).unwrap_or(d.log_level),
             recovery_rate: args.recovery_rate.or(file.recovery_rate).unwrap_or(d.recovery_rate),
+            scrub_rate: args.scrub_rate.or(file.scrub_rate).unwrap_or(d.scrub_rate),
             buffered_io: args.buffered_io || file.buffered_io.unwrap_or(d.buffered_io),
             sync_writes: args.sync_writes || file.sync_writes.unwrap_or(d.sync_writes),
             cache: match args.cache.or(file.cache) {

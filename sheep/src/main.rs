@@ -76,7 +76,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = Driver::start(&spec, addr, tx).await.map_err(|e| e.to_string())?;
-    let recovery = sheep::recovery::freshness::Recovery::new(cfg.recovery_rate);
+    let recovery = sheep::recovery::freshness::Recovery::new(cfg.recovery_rate, cfg.scrub_rate);
     let (cache, leftovers) = match &cfg.cache {
         Some(c) => {
             let (index, left) = Index::open(&c.dir, c.size)
@@ -122,6 +122,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot join the cluster: {e}"))?;
     sheep.wait_applied(pos).await;
     tokio::spawn(sheep::recovery::worker(sheep.clone()));
+    tokio::spawn(sheep::recovery::scrub::worker(sheep.clone()));
     tokio::spawn(sheep::cache::recover(sheep.clone(), leftovers));
     tokio::spawn(sheep::cache::pusher(sheep.clone()));
     sheep::recovery::init(&sheep);

@@ -55,7 +55,8 @@ pub fn kind(opcode: u8) -> Option<(Kind, bool)> {
         | op::STAT_CACHE
         | op::STAT_METRICS
         | op::MD_INFO
-        | op::REPAIR_REPLICA => (Local, false),
+        | op::REPAIR_REPLICA
+        | op::STAT_SCRUB => (Local, false),
         op::READ_VDIS
         | op::READ_DEL_VDIS
         | op::GET_NODE_LIST
@@ -386,6 +387,7 @@ async fn local_op(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: &
                 .collect();
         }
         op::STAT => ans.data = sheep.metrics.node_stat().encode(),
+        op::STAT_SCRUB => ans.data = sheep.recovery.scrub_stats().encode(),
         op::REPAIR_REPLICA => {
             let (oid, from) = req.forw();
             crate::recovery::repair(sheep, Oid(oid), from).await?;

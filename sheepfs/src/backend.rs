@@ -47,6 +47,8 @@ pub trait Backend: ObjectIo {
     fn nodes(&self) -> impl Future<Output = FsResult<Vec<Node>>> + Send;
     /// Recovery progress of one node.
     fn stat_recovery(&self, node: SocketAddr) -> impl Future<Output = FsResult<RecoveryState>> + Send;
+    /// Node `node`'s background scrub.
+    fn stat_scrub(&self, node: SocketAddr) -> impl Future<Output = FsResult<protocol::stats::ScrubStats>> + Send;
     /// (size, free) of one node's store; `None` for the gateway this backend talks to.
     fn stat_sheep(&self, node: Option<SocketAddr>) -> impl Future<Output = FsResult<(u64, u64)>> + Send;
 }
@@ -394,6 +396,13 @@ impl Backend for ClusterBackend {
             .stat_recovery()
             .await
             .map_err(|e| FsError::cluster("recovery state", &e))
+    }
+
+    async fn stat_scrub(&self, node: SocketAddr) -> FsResult<protocol::stats::ScrubStats> {
+        Client::with_timeout(node, Duration::from_secs(2))
+            .stat_scrub()
+            .await
+            .map_err(|e| FsError::cluster("scrub state", &e))
     }
 
     async fn stat_sheep(&self, node: Option<SocketAddr>) -> FsResult<(u64, u64)> {

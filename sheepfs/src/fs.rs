@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! /vdi/list  /vdi/<name>/{volume,snapshot,info,snapshots/<id>/{volume,clone}}
-//! /cluster/info  /cluster/recovery  /node/list  /node/info  /node/metrics
+//! /cluster/info  /cluster/recovery  /cluster/scrub  /node/list  /node/info  /node/metrics
 //! ```
 
 use std::collections::HashMap;
@@ -32,6 +32,7 @@ pub enum Entry {
     VdiList,
     ClusterInfo,
     ClusterRecovery,
+    ClusterScrub,
     NodeList,
     NodeInfo,
     NodeMetrics,
@@ -89,6 +90,7 @@ impl Entry {
             Entry::VdiList
                 | Entry::ClusterInfo
                 | Entry::ClusterRecovery
+                | Entry::ClusterScrub
                 | Entry::NodeList
                 | Entry::NodeInfo
                 | Entry::NodeMetrics
@@ -257,6 +259,7 @@ impl<B: Backend> Fs<B> {
             }
             (Entry::ClusterDir, "info") => Entry::ClusterInfo,
             (Entry::ClusterDir, "recovery") => Entry::ClusterRecovery,
+            (Entry::ClusterDir, "scrub") => Entry::ClusterScrub,
             (Entry::NodeDir, "list") => Entry::NodeList,
             (Entry::NodeDir, "info") => Entry::NodeInfo,
             (Entry::NodeDir, "metrics") => Entry::NodeMetrics,
@@ -299,7 +302,7 @@ impl<B: Backend> Fs<B> {
                 v.extend(hs.into_iter().filter(|h| !h.is_snapshot()).map(|h| h.name));
                 v
             }
-            Entry::ClusterDir => vec!["info".into(), "recovery".into()],
+            Entry::ClusterDir => vec!["info".into(), "recovery".into(), "scrub".into()],
             Entry::NodeDir => vec!["list".into(), "info".into(), "metrics".into()],
             Entry::Vdi(_) => vec!["volume".into(), "snapshot".into(), "info".into(), "snapshots".into()],
             Entry::Snapshots(n) => self.snapshot_ids(n).await?.iter().map(u32::to_string).collect(),
@@ -371,6 +374,15 @@ impl<B: Backend> Fs<B> {
                     rows.push((n, st));
                 }
                 Ok(monitor::recovery(&rows))
+            }
+            Entry::ClusterScrub => {
+                let nodes = self.backend.nodes().await?;
+                let mut rows = Vec::with_capacity(nodes.len());
+                for n in nodes {
+                    let st = self.backend.stat_scrub(n.addr).await.ok();
+                    rows.push((n, st));
+                }
+                Ok(monitor::scrub(&rows))
             }
             Entry::NodeList => {
                 let nodes = self.backend.nodes().await?;

@@ -293,6 +293,10 @@ impl Backend for MemoryBackend {
         Ok(RecoveryState::default())
     }
 
+    async fn stat_scrub(&self, _node: SocketAddr) -> FsResult<protocol::stats::ScrubStats> {
+        Ok(protocol::stats::ScrubStats::default())
+    }
+
     async fn stat_sheep(&self, _node: Option<SocketAddr>) -> FsResult<(u64, u64)> {
         Ok((0, 0))
     }

@@ -130,6 +130,34 @@ pub fn node_list(nodes: &[(Node, Option<(u64, u64)>)]) -> String {
     out
 }
 
+/// `/cluster/scrub`: a header, then `addr state passes checked total repaired unrepairable`
+/// per node (state `on` or `off`; `-` fields when a node could not be asked), then each
+/// node's latest findings as `addr finding TEXT`.
+pub fn scrub(nodes: &[(Node, Option<protocol::stats::ScrubStats>)]) -> String {
+    let mut out = String::from("# addr state passes checked total repaired unrepairable\n");
+    for (n, st) in nodes {
+        match st {
+            Some(s) => {
+                let state = if s.enabled { "on" } else { "off" };
+                let _ = writeln!(
+                    out,
+                    "{} {state} {} {} {} {} {}",
+                    n.addr, s.passes, s.checked, s.total, s.repaired, s.unrepairable
+                );
+            }
+            None => {
+                let _ = writeln!(out, "{} - - - - - -", n.addr);
+            }
+        }
+    }
+    for (n, st) in nodes {
+        for f in st.iter().flat_map(|s| &s.findings) {
+            let _ = writeln!(out, "{} finding {f}", n.addr);
+        }
+    }
+    out
+}
+
 /// `/cluster/recovery`: a header, then `addr state done total recovered_epoch` per node
 /// (`-` fields when a node could not be asked).
 pub fn recovery(nodes: &[(Node, Option<protocol::requests::RecoveryState>)]) -> String {

@@ -139,3 +139,80 @@ fn vdi_check_reports_copies_without_a_majority_and_changes_nothing() {
     assert!(o.stderr.contains("open for writing"), "{}", o.stderr);
     assert_eq!(check(&c, &["w", "--dry-run"]).0, 2);
 }
+
+/// `sheep --scrub-rate`: a node finds its own damaged copy on its own, replaces it from the
+/// majority, and says so in `dog cluster scrub` and `/cluster/scrub`.
+#[test]
+fn scrub_repairs_a_damaged_copy_and_reports_it() {
+    let c = Cluster::builder().nodes(3).args(&["--scrub-rate", "500"]).start();
+    c.format(3);
+    c.dog_ok(&["vdi", "create", "s", "16M"]);
+    let data = pseudo_random(23, 8 * MIB);
+    c.write_vdi("s", 0, &data);
+    let oid = Vid::new(c.vid_of("s")).expect("vid").data_oid(1);
+    flip(&c, 1, oid, 12345);
+    let agree = || {
+        let copies: Vec<Option<Vec<u8>>> = (0..3).map(|i| c.node(i).object_bytes(oid)).collect();
+        if copies.iter().all(|x| x.is_some() && *x == copies[0]) {
+            Ok(())
+        } else {
+            Err("the copies still differ".to_string())
+        }
+    };
+    tests::wait_until(
+        "the scrub to repair node 1's copy",
+        std::time::Duration::from_secs(60),
+        agree,
+    );
+    let raw = c.dog_ok(&["cluster", "scrub", "-r"]).stdout_str();
+    let a1 = c.node(1).addr().to_string();
+    let row = raw
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(a1.as_str()))
+        .unwrap_or_else(|| panic!("no row for {a1}:\n{raw}"));
+    let f: Vec<&str> = row.split(' ').collect();
+    assert_eq!(f[2], "on", "{row}");
+    assert!(f[6].parse::<u64>().expect("repaired") >= 1, "{row}");
+    assert!(
+        raw.contains(&format!("finding {a1} {:016x} repaired from", oid.0)),
+        "{raw}"
+    );
+    assert_eq!(c.read_vdi("s", 0, data.len() as u64, None), data);
+
+    let m = tests::Mount::start(&c, 0);
+    let text = std::fs::read_to_string(m.join("cluster/scrub")).expect("reading /cluster/scrub");
+    assert!(
+        text.starts_with("# addr state passes checked total repaired unrepairable\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{a1} finding {:016x} repaired from", oid.0)),
+        "{text}"
+    );
+}
+
+/// Two copies that differ: the scrub reports "no majority" and changes neither.
+#[test]
+fn scrub_leaves_copies_without_a_majority_alone() {
+    let c = Cluster::builder().nodes(2).args(&["--scrub-rate", "500"]).start();
+    c.format(2);
+    c.dog_ok(&["vdi", "create", "n", "8M"]);
+    c.write_vdi("n", 0, &pseudo_random(24, 4 * MIB));
+    let oid = Vid::new(c.vid_of("n")).expect("vid").data_oid(0);
+    flip(&c, 0, oid, 0);
+    let before = snapshot_files(&c);
+    let reported = || {
+        let raw = c.dog_ok(&["cluster", "scrub", "-r"]).stdout_str();
+        if raw.contains(&format!("{:016x} no majority:", oid.0)) {
+            Ok(raw)
+        } else {
+            Err(raw)
+        }
+    };
+    tests::wait_until(
+        "the scrub to report the object",
+        std::time::Duration::from_secs(60),
+        reported,
+    );
+    assert_eq!(snapshot_files(&c), before, "without a majority nothing changes");
+}

@@ -97,6 +97,14 @@ pub enum ClusterCmd {
     },
     /// Stop every sheep of the cluster
     Shutdown,
+    /// Show each node's background scrub (sheep --scrub-rate): passes, progress, copies
+    /// repaired, objects it could not repair, then the latest findings
+    Scrub {
+        /// Raw output: no header, fields separated by single spaces; findings as
+        /// `finding HOST:PORT TEXT`
+        #[arg(short = 'r', long = "raw")]
+        raw: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

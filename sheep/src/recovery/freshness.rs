@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use protocol::node::Node;
 use protocol::placement::Ring;
+use protocol::stats::ScrubStats;
 use protocol::Oid;
 use tokio::sync::watch;
 
@@ -44,6 +45,9 @@ pub struct Recovery {
     ready: AtomicBool,
     /// Objects per second; 0 = as fast as the disks go.
     rate: u32,
+    /// The background scrub's objects per second (0: off) and what it found.
+    scrub_rate: u32,
+    scrub: Mutex<ScrubStats>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -59,7 +63,7 @@ pub fn read_recovered(dir: &Path) -> u32 {
 }
 
 impl Recovery {
-    pub fn new(rate: u32) -> Recovery {
+    pub fn new(rate: u32, scrub_rate: u32) -> Recovery {
         Recovery {
             good: Mutex::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
@@ -69,7 +73,28 @@ impl Recovery {
             target: watch::channel(0).0,
             ready: AtomicBool::new(false),
             rate,
+            scrub_rate,
+            scrub: Mutex::new(ScrubStats {
+                enabled: scrub_rate > 0,
+                ..ScrubStats::default()
+            }),
         }
+    }
+
+    /// The pause between two objects of the scrub; `None` when it is off.
+    pub fn scrub_pause(&self) -> Option<Duration> {
+        (self.scrub_rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(self.scrub_rate)))
+    }
+
+    pub fn scrub_stats(&self) -> ScrubStats {
+        lock(&self.scrub).clone()
+    }
+
+    pub fn update_scrub(&self, f: impl FnOnce(&mut ScrubStats)) {
+        let mut s = lock(&self.scrub);
+        f(&mut s);
+        let over = s.findings.len().saturating_sub(ScrubStats::FINDINGS);
+        s.findings.drain(..over);
     }
 
     pub fn progress(&self) -> Progress {

@@ -24,6 +24,7 @@ use crate::node::Sheep;
 use crate::store::Durability;
 
 pub mod freshness;
+pub mod scrub;
 
 use freshness::Progress;
 
@@ -133,7 +134,7 @@ pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCo
 
 /// Replaces this node's copy of `oid` with `from`'s whole object and marks it current.
 /// Callers hold the object's stripe.
-async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -> Result<(), ResultCode> {
+pub async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -> Result<(), ResultCode> {
     let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)?;
     let mut req = RequestHeader::new(op::READ_PEER);
     req.flags |= flags::RECOVERY;

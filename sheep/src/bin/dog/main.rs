@@ -121,6 +121,7 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
             }
             ClusterCmd::Info { raw, verbose } => cluster::info(addr, raw, verbose).await,
             ClusterCmd::Shutdown => cluster::shutdown(addr).await,
+            ClusterCmd::Scrub { raw } => node::scrub(addr, raw).await,
         },
         Cmd::Node(n) => match n {
             NodeCmd::List { raw } => node::list(addr, raw).await,

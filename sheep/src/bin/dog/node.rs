@@ -156,6 +156,48 @@ pub async fn md_info(addr: SocketAddr, all: bool, raw: bool) -> Result<(), Failu
     out.print()
 }
 
+/// `dog cluster scrub`: STAT_SCRUB to every node.
+pub async fn scrub(addr: SocketAddr, raw: bool) -> Result<(), Failure> {
+    let c = net::connect(addr).await?;
+    let list = net::node_list(&c).await?;
+    let mut out = Out::new();
+    if !raw {
+        out.line("  Id   Host:Port              State  Passes    Checked      Total  Repaired  Unrepairable");
+    }
+    let mut findings = Vec::new();
+    for (i, n) in list.nodes.iter().enumerate() {
+        let s = match protocol::Client::new(n.addr).stat_scrub().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn(format!("Failed to get the scrub state of {}: {}", n.addr, why(&e)));
+                continue;
+            }
+        };
+        let state = if s.enabled { "on" } else { "off" };
+        let host = n.addr.to_string();
+        out.line(if raw {
+            format!(
+                "{i} {host} {state} {} {} {} {} {}",
+                s.passes, s.checked, s.total, s.repaired, s.unrepairable
+            )
+        } else {
+            format!(
+                "{i:4}   {host:<22} {state:<5} {:>7} {:>10} {:>10} {:>9} {:>13}",
+                s.passes, s.checked, s.total, s.repaired, s.unrepairable
+            )
+        });
+        findings.extend(s.findings.into_iter().map(|f| (host.clone(), f)));
+    }
+    for (host, f) in findings {
+        out.line(if raw {
+            format!("finding {host} {f}")
+        } else {
+            format!("{host}: {f}")
+        });
+    }
+    out.print()
+}
+
 /// Percentage used, truncated like the original's `(int)` cast; 0 for an empty store.
 fn use_ratio(size: u64, free: u64) -> u64 {
     if size == 0 {
