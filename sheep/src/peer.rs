@@ -21,7 +21,9 @@ const EPOCH_WAIT: Duration = Duration::from_secs(2);
 
 /// Answers OLD_NODE_VER to a request from an older epoch; waits a little for a newer one.
 pub async fn check_epoch(sheep: &Sheep, req: &RequestHeader) -> Result<(), ResultCode> {
-    if matches!(req.opcode, op::GET_OBJ_LIST | op::FLUSH_PEER | op::GET_OBJ_EPOCH) || req.flags & flags::RECOVERY != 0 {
+    // A recovery read is served whatever the epochs say; nothing that writes is.
+    let recovery_read = req.opcode == op::READ_PEER && req.flags & flags::RECOVERY != 0;
+    if matches!(req.opcode, op::GET_OBJ_LIST | op::FLUSH_PEER | op::GET_OBJ_EPOCH) || recovery_read {
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + EPOCH_WAIT;

@@ -220,3 +220,39 @@ fn dog_refuses_bad_commands_and_changes_nothing() {
     let got = c.dog_ok(&["vdi", "read", "alpha"]).stdout;
     assert_same_bytes("alpha after growing", &got, &model);
 }
+
+/// Peer writes from the past are refused, even when they claim to be recovery traffic: the
+/// recovery flag lets only reads past the epoch check.
+#[test]
+fn stale_peer_writes_are_refused_even_as_recovery() {
+    let c = Cluster::start_formatted(2, 2);
+    c.dog_ok(&["vdi", "create", "p", "8M"]);
+    let data = pseudo_random(41, 1 << 20);
+    c.write_vdi("p", 0, &data);
+    let oid = Vid::new(c.vid_of("p")).expect("vid").data_oid(0);
+    let before = c.node(1).object_bytes(oid).expect("node 1 holds a copy");
+    let epoch = c.cluster_info(0).expect("info").epoch;
+    for opcode in [op::WRITE_PEER, op::CREATE_AND_WRITE_PEER, op::REMOVE_PEER] {
+        let mut h = RequestHeader::new(opcode);
+        h.epoch = epoch - 1;
+        h.flags = flags::RECOVERY;
+        let payload = if opcode == op::REMOVE_PEER {
+            vec![]
+        } else {
+            vec![0xAB; 4096]
+        };
+        h.set_obj(&ObjArgs {
+            oid: oid.0,
+            ..ObjArgs::default()
+        });
+        let r = c.send(1, h, &payload).expect("a reply");
+        assert_eq!(
+            r.header.result_code(),
+            ResultCode::OLD_NODE_VER,
+            "{}",
+            protocol::opcode::op_name(opcode)
+        );
+    }
+    assert_eq!(c.node(1).object_bytes(oid), Some(before), "the copy is untouched");
+    assert_eq!(c.read_vdi("p", 0, data.len() as u64, None), data);
+}
