@@ -137,9 +137,16 @@ pub async fn check_members(key: Option<&AuthKey>, members: &[SocketAddr]) -> Res
                     .map_err(|e| format!("member {m} refused this node's --auth-key-file: {e}"))
             }
             None => {
-                // An authenticating sheep speaks first; a plain one waits for a request.
+                // Ask something harmless: a plain sheep answers with a reply header, an
+                // authenticating one has sent its challenge before it read a byte.
+                use tokio::io::AsyncWriteExt;
+                let req = protocol::RequestHeader::new(protocol::op::GET_NODE_LIST);
                 let mut first = [0u8; 8];
-                let heard = tokio::time::timeout(std::time::Duration::from_secs(1), s.read_exact(&mut first)).await;
+                let heard = tokio::time::timeout(protocol::auth::HANDSHAKE_TIMEOUT, async {
+                    s.write_all(&req.encode()).await?;
+                    s.read_exact(&mut first).await
+                })
+                .await;
                 if matches!(heard, Ok(Ok(_))) && protocol::auth::is_challenge(&first) {
                     return Err(format!(
                         "member {m} requires a cluster secret: start with --auth-key-file"

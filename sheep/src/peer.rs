@@ -11,7 +11,7 @@ use protocol::{flags, op, Oid, RequestHeader, ResultCode};
 use crate::node::Sheep;
 use crate::recovery;
 use crate::store::aligned::{self, Aligned};
-use crate::store::{Cached, Durability, StoreError};
+use crate::store::{sums, Cached, Durability, StoreError};
 
 /// Reads up to this size are tried on the calling worker, from the page cache only.
 const SMALL_READ: usize = 128 * 1024;
@@ -87,7 +87,7 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
             if req.flags & flags::RECOVERY == 0 {
                 current_for_io(sheep, oid, epoch).await?;
             }
-            read(sheep, oid, offset, req.data_length as usize).await
+            checked_read(sheep, oid, offset, req.data_length as usize).await
         }
         op::WRITE_PEER | op::CREATE_AND_WRITE_PEER => {
             let size = sheep.state().object_size(oid).ok_or_else(|| {
@@ -101,6 +101,7 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
             if req.opcode == op::CREATE_AND_WRITE_PEER {
                 // A create replaces the whole object.
                 let _g = sheep.recovery.stripe(oid).write().await;
+                let _r = sheep.store.own_regions(oid, 0, size).await;
                 blocking(sheep, move |s| {
                     // A client's data object is durable at its next flush, like any write;
                     // the VDI's inode is metadata and is made durable at once.
@@ -116,7 +117,12 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                 // A write needs the current bytes around it.
                 current_for_io(sheep, oid, epoch).await?;
                 let _g = sheep.recovery.stripe(oid).read().await;
-                write(sheep, oid, offset, payload).await?;
+                let _r = sheep.store.own_regions(oid, offset, payload.len() as u64).await;
+                write(sheep, oid, offset, payload.clone()).await?;
+                sheep
+                    .store
+                    .update_sums(oid, size, offset, &payload)
+                    .map_err(|e| log_store_error(sheep, &e))?;
             }
             sheep.recovery.mark(oid, epoch);
             Ok(Vec::new())
@@ -139,6 +145,32 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
         },
         _ => Err(ResultCode::INVALID_PARMS),
     }
+}
+
+/// Reads `len` bytes at `offset` of this node's copy, checked against its checksums (the
+/// read widened to whole blocks). A copy that fails them is not served: EIO, a log line
+/// naming the object, node and epoch, and a repair from another replica in the background.
+async fn checked_read(sheep: &Arc<Sheep>, oid: Oid, offset: u64, len: usize) -> Result<Vec<u8>, ResultCode> {
+    let Some(size) = sheep.state().object_size(oid) else {
+        return read(sheep, oid, offset, len).await;
+    };
+    let (at, wide) = sums::widen(offset, len as u64, size);
+    let _r = sheep.store.share_regions(oid, at, wide).await;
+    let mut data = read(sheep, oid, at, wide as usize).await?;
+    let bad = sheep
+        .store
+        .verify(oid, size, at, &data)
+        .map_err(|e| log_store_error(sheep, &e))?;
+    if !bad.is_empty() {
+        let epoch = sheep.state().epoch();
+        tracing::error!(%oid, node = %sheep.me.addr, epoch, blocks = ?bad, "checksum mismatch: this copy is damaged and is not served; repairing it from another replica");
+        tokio::spawn(recovery::heal(sheep.clone(), oid));
+        return Err(ResultCode::EIO);
+    }
+    let skip = (offset - at) as usize;
+    data.drain(..skip);
+    data.truncate(len);
+    Ok(data)
 }
 
 /// Reads from this node's copy: on the worker when the page cache holds a small read,
@@ -213,7 +245,14 @@ async fn flush(sheep: &Arc<Sheep>, vid: Option<u32>) -> Result<(), ResultCode> {
     }
     for &oid in &dirty.oids {
         match sheep.store.file(oid) {
-            Ok(f) => files.push((oid, f)),
+            Ok(f) => {
+                files.push((oid, f));
+                match sheep.store.sums_file(oid) {
+                    Ok(Some(s)) => files.push((oid, s)),
+                    Ok(None) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => failed = Some(log_store_error(sheep, &e)),
+                }
+            }
             // Removed since it was written: nothing left to make durable.
             Err(StoreError::NotFound(_)) => {}
             Err(e) => failed = Some(log_store_error(sheep, &e)),

@@ -908,8 +908,16 @@ fn full_disk_on_one_node_fails_writes_cleanly() {
     let mut unreferenced = BTreeMap::new();
     let inode = c.node(0).object_bytes(v.inode_oid()).expect("node 0 holds the inode");
     for i in 0..c.len() {
-        for name in obj_dir_entries(c.node(i).dir()) {
-            let Some(oid) = Oid::from_file_name(&name) else {
+        let names = obj_dir_entries(c.node(i).dir());
+        for name in &names {
+            // An object's checksums sit beside it, and only beside an object.
+            if let Some(object) = name.strip_suffix(".sum") {
+                if !names.iter().any(|n| n == object) {
+                    problems.push(format!("node {i}: obj/{name} has no object"));
+                }
+                continue;
+            }
+            let Some(oid) = Oid::from_file_name(name) else {
                 problems.push(format!("node {i}: obj/{name} is not an object file"));
                 continue;
             };

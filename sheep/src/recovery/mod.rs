@@ -151,6 +151,7 @@ pub async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -
             ResultCode::EIO
         }
     })?;
+    let _r = sheep.store.own_regions(oid, 0, size).await;
     let s = sheep.clone();
     tokio::task::spawn_blocking(move || s.store.create(oid, size, 0, &data.data, Durability::Now))
         .await
@@ -161,6 +162,31 @@ pub async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -
         })?;
     sheep.recovery.mark(oid, epoch);
     Ok(())
+}
+
+/// This node's copy of `oid` failed its checksums: replace it with the first other replica's
+/// that passes its own (each replica checks what it serves).
+pub async fn heal(sheep: Arc<Sheep>, oid: Oid) {
+    let _g = sheep.recovery.stripe(oid).write().await;
+    let (others, epoch) = {
+        let st = sheep.state();
+        let copies = usize::from(st.copies_for(oid.vid().get()));
+        let others: Vec<SocketAddr> = st
+            .ring()
+            .replicas(oid.0, copies)
+            .iter()
+            .map(|n| n.addr)
+            .filter(|a| *a != sheep.me.addr)
+            .collect();
+        (others, st.epoch())
+    };
+    for from in others {
+        if fetch(&sheep, oid, from, epoch).await.is_ok() {
+            tracing::warn!(%oid, %from, epoch, "damaged copy replaced from another replica");
+            return;
+        }
+    }
+    tracing::error!(%oid, epoch, "damaged copy: no other replica could provide a good one");
 }
 
 /// REPAIR_REPLICA (`dog vdi check`): this node's copy of `oid` is missing or differs from

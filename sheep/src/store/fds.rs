@@ -18,6 +18,8 @@ pub struct Open {
     pub file: Arc<File>,
     /// Write with O_DIRECT, opened at the first aligned write of a data object.
     pub direct: Option<Arc<File>>,
+    /// The object's checksums (`<oid>.sum`), if it has them.
+    pub sums: Option<Arc<File>>,
 }
 
 pub struct Fds {
@@ -119,6 +121,7 @@ mod tests {
         Open {
             file: Arc::new(File::open("/dev/null").expect("open /dev/null")),
             direct: None,
+            sums: None,
         }
     }
 

@@ -15,6 +15,7 @@ use protocol::{Oid, ResultCode};
 pub mod aligned;
 mod fds;
 mod plain;
+pub mod sums;
 
 pub use plain::{Dirty, Options, Store, Target};
 

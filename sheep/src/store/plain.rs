@@ -36,9 +36,14 @@ use protocol::ResultCode;
 
 use super::aligned::{self, Aligned};
 use super::fds::{Fds, Open};
-use super::{lock, Cached, Durability, StoreError};
+use super::{lock, sums, Cached, Durability, StoreError};
 
 const STRIPES: usize = 64;
+/// Striped locks over 64 KiB regions of objects: a checked read holds its regions shared,
+/// a write (data, then checksums) exclusive, so no read sees data and checksum out of step
+/// and two writers into one block do not leave the checksum of the other's bytes.
+const REGIONS: usize = 4096;
+const REGION: u64 = 64 << 10;
 const TMP_PREFIX: &str = ".tmp-";
 /// Larger writes go through the page cache (an object is 4 MiB by default).
 const DIO_MAX: usize = 4 << 20;
@@ -97,6 +102,7 @@ pub struct Store {
     /// a later sync that succeeds proves nothing: every flush of their VDI fails until the
     /// object is replaced whole (recovery) or removed.
     poisoned: Mutex<HashSet<Oid>>,
+    regions: Vec<tokio::sync::RwLock<()>>,
 }
 
 impl Store {
@@ -127,6 +133,7 @@ impl Store {
             dirty: Mutex::new(HashMap::new()),
             dir_dirty: AtomicBool::new(false),
             poisoned: Mutex::new(HashSet::new()),
+            regions: (0..REGIONS).map(|_| tokio::sync::RwLock::new(())).collect(),
         })
     }
 
@@ -145,6 +152,86 @@ impl Store {
 
     fn path(&self, oid: Oid) -> PathBuf {
         self.dir.join(oid.file_name())
+    }
+
+    /// The region locks covering `[offset, offset + len)` of `oid`, in the one order every
+    /// caller takes them.
+    fn region_locks(&self, oid: Oid, offset: u64, len: u64) -> Vec<&tokio::sync::RwLock<()>> {
+        let last = (offset + len.max(1) - 1) / REGION;
+        let mut ids: Vec<usize> = (offset / REGION..=last)
+            .map(|r| (protocol::hash::fnv64(r, oid.0) as usize) % REGIONS)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(|i| &self.regions[i]).collect()
+    }
+
+    /// Holds `[offset, offset + len)` of `oid` for a checked read.
+    pub async fn share_regions(&self, oid: Oid, offset: u64, len: u64) -> Vec<tokio::sync::RwLockReadGuard<'_, ()>> {
+        let mut g = Vec::new();
+        for l in self.region_locks(oid, offset, len) {
+            g.push(l.read().await);
+        }
+        g
+    }
+
+    /// Holds `[offset, offset + len)` of `oid` for a write and its checksums.
+    pub async fn own_regions(&self, oid: Oid, offset: u64, len: u64) -> Vec<tokio::sync::RwLockWriteGuard<'_, ()>> {
+        let mut g = Vec::new();
+        for l in self.region_locks(oid, offset, len) {
+            g.push(l.write().await);
+        }
+        g
+    }
+
+    fn sum_path(&self, oid: Oid) -> PathBuf {
+        self.dir.join(format!("{}.sum", oid.file_name()))
+    }
+
+    /// The object's checksum file, if it has one.
+    pub fn sums_file(&self, oid: Oid) -> Result<Option<Arc<File>>, StoreError> {
+        self.open_files(oid, false).map(|o| o.sums)
+    }
+
+    /// The blocks of `data`, read at block boundary `offset` of the object (`size` bytes),
+    /// whose checksums do not match. Empty for an object without checksums.
+    pub fn verify(&self, oid: Oid, size: u64, offset: u64, data: &[u8]) -> Result<Vec<u64>, StoreError> {
+        let Some(f) = self.sums_file(oid)? else {
+            return Ok(Vec::new());
+        };
+        let range = sums::blocks(offset, data.len() as u64);
+        let want = (range.end * sums::BLOCK).min(size) - offset;
+        if want != data.len() as u64 {
+            return Err(StoreError::from_io(
+                oid,
+                io::Error::other("a checked read must cover whole blocks"),
+            ));
+        }
+        let stored = sums::load(&f, range).map_err(|e| StoreError::from_io(oid, e))?;
+        Ok(sums::mismatches(offset, data, &stored))
+    }
+
+    /// Brings the checksums of the blocks `[offset, offset + len)` of the object (`size`
+    /// bytes) up to date after a write of `data` there: whole blocks from `data`, the partial
+    /// blocks at either end from the file. The caller holds those blocks' regions.
+    pub fn update_sums(&self, oid: Oid, size: u64, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        let Some(f) = self.sums_file(oid)? else {
+            return Ok(());
+        };
+        let range = sums::blocks(offset, data.len() as u64);
+        let mut new = Vec::with_capacity((range.end - range.start) as usize);
+        for b in range.clone() {
+            let start = b * sums::BLOCK;
+            let len = sums::BLOCK.min(size - start);
+            let crc = if start >= offset && start + len <= offset + data.len() as u64 {
+                let at = (start - offset) as usize;
+                crc32c::crc32c(&data[at..at + len as usize])
+            } else {
+                crc32c::crc32c(&self.read(oid, start, len as usize)?)
+            };
+            new.push(crc);
+        }
+        sums::store(&f, range.start, &new).map_err(|e| StoreError::from_io(oid, e))
     }
 
     fn lock(&self, oid: Oid) -> std::sync::MutexGuard<'_, ()> {
@@ -172,6 +259,11 @@ impl Store {
             None => Open {
                 file: Arc::new(OpenOptions::new().read(true).write(true).open(&path).map_err(io)?),
                 direct: None,
+                sums: match OpenOptions::new().read(true).write(true).open(self.sum_path(oid)) {
+                    Ok(f) => Some(Arc::new(f)),
+                    Err(e) if e.kind() == ErrorKind::NotFound => None,
+                    Err(e) => return Err(io(e)),
+                },
             },
         };
         if direct {
@@ -305,14 +397,19 @@ impl Store {
         let now = durability == Durability::Now || self.sync_writes;
         let _g = self.lock(oid);
         let tmp = self.dir.join(format!("{TMP_PREFIX}{}", oid.file_name()));
+        let tmp_sums = self.dir.join(format!("{TMP_PREFIX}{}.sum", oid.file_name()));
         let res = (|| {
             let direct = self.wants_direct(oid, offset, data.len());
             let (f, direct) = self.open_new(&tmp, direct)?;
             allocate(&f, size)?;
             self.write_at(&f, direct, offset, data)?;
+            let (s, _) = self.open_new(&tmp_sums, false)?;
+            sums::store(&s, 0, &sums::of_new(size, offset, data))?;
             if now {
                 f.sync_all()?;
+                s.sync_all()?;
             }
+            fs::rename(&tmp_sums, self.sum_path(oid))?;
             fs::rename(&tmp, self.path(oid))?;
             // Whatever was open under the old name is the replaced file.
             self.fds.forget(oid);
@@ -323,6 +420,7 @@ impl Store {
         })();
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&tmp_sums);
             return Err(StoreError::from_io(oid, e));
         }
         self.cached().insert(oid);
@@ -389,6 +487,10 @@ impl Store {
     pub fn remove(&self, oid: Oid) -> Result<(), StoreError> {
         let _g = self.lock(oid);
         fs::remove_file(self.path(oid)).map_err(|e| StoreError::from_io(oid, e))?;
+        match fs::remove_file(self.sum_path(oid)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(StoreError::from_io(oid, e)),
+            _ => {}
+        }
         self.fds.forget(oid);
         self.cached().remove(&oid);
         lock(&self.poisoned).remove(&oid);
@@ -411,10 +513,12 @@ impl Store {
         lock(&self.dirty).clear();
         lock(&self.poisoned).clear();
         for oid in &all {
-            match fs::remove_file(self.path(*oid)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+            for p in [self.path(*oid), self.sum_path(*oid)] {
+                match fs::remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
             }
             self.cached().remove(oid);
         }
@@ -472,8 +576,13 @@ impl Store {
         }
         let res = (|| {
             for &oid in &d.oids {
-                match self.file(oid) {
-                    Ok(f) => f.sync_data().inspect_err(|_| self.poison(oid))?,
+                match self.open_files(oid, false) {
+                    Ok(o) => {
+                        o.file.sync_data().inspect_err(|_| self.poison(oid))?;
+                        if let Some(s) = o.sums {
+                            s.sync_data().inspect_err(|_| self.poison(oid))?;
+                        }
+                    }
                     // Removed since it was written: nothing left to make durable.
                     Err(StoreError::NotFound(_)) => {}
                     Err(StoreError::Io { source, .. }) => return Err(source),
@@ -498,11 +607,13 @@ impl Store {
         Ok(sha1::Sha1::digest(&data).into())
     }
 
-    /// Bytes the stored objects take (their sizes, as the original's `md info` counts).
+    /// Bytes the stored objects take (their sizes, as the original's `md info` counts, and
+    /// their checksum files).
     pub fn used(&self) -> u64 {
         self.list()
             .into_iter()
-            .filter_map(|oid| fs::metadata(self.path(oid)).ok())
+            .flat_map(|oid| [self.path(oid), self.sum_path(oid)])
+            .filter_map(|p| fs::metadata(p).ok())
             .map(|m| m.len())
             .sum()
     }
