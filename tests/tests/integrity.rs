@@ -1,5 +1,7 @@
-//! `dog vdi check`: damaged replicas (bytes flipped, truncated, removed) are found and
-//! repaired from the majority; without a majority they are reported and nothing changes.
+//! End-to-end integrity: every object's copies carry checksums, checked on every read; `dog
+//! vdi check` and the background scrub find copies that are missing, fail their checksums
+//! or differ, and repair them from one that passes (differing copies: from the majority);
+//! without a majority they report and change nothing.
 
 use std::collections::BTreeMap;
 use std::io::{Seek, SeekFrom, Write};
@@ -35,6 +37,24 @@ fn flip(c: &Cluster, i: usize, oid: Oid, at: u64) {
     f.sync_all().expect("sync");
 }
 
+/// Changes a copy behind its sheep's back and rewrites its checksums to match: a copy that
+/// passes its own check yet differs from the others (what a bug, not rot, would leave).
+fn diverge(c: &Cluster, i: usize, oid: Oid, at: u64) {
+    flip(c, i, oid, at);
+    let data = c.node(i).object_bytes(oid).expect("the copy");
+    let sums: Vec<u8> = data
+        .chunks(4096)
+        .flat_map(|b| crc32c::crc32c(b).to_le_bytes())
+        .collect();
+    let path = c.node(i).dir().join("obj").join(format!("{}.sum", oid.file_name()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("the checksum file");
+    f.write_all(&sums).expect("rewriting the checksums");
+    f.sync_all().expect("sync");
+}
+
 /// `dog vdi check ARGS`: (exit status, stdout).
 fn check(c: &Cluster, args: &[&str]) -> (i32, String) {
     let mut full = vec!["vdi", "check"];
@@ -44,7 +64,7 @@ fn check(c: &Cluster, args: &[&str]) -> (i32, String) {
 }
 
 #[test]
-fn vdi_check_repairs_missing_and_differing_copies_from_the_majority() {
+fn vdi_check_repairs_missing_damaged_and_differing_copies() {
     let c = Cluster::start_formatted(3, 3);
     c.dog_ok(&["vdi", "create", "v", "32M"]);
     let data = pseudo_random(21, 12 * MIB);
@@ -52,7 +72,7 @@ fn vdi_check_repairs_missing_and_differing_copies_from_the_majority() {
     let vid = Vid::new(c.vid_of("v")).expect("vid");
     let (rot, short, gone) = (vid.data_oid(0), vid.data_oid(1), vid.data_oid(2));
 
-    flip(&c, 0, rot, 4096);
+    diverge(&c, 0, rot, 4096);
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(object_file(&c, 1, short))
@@ -79,7 +99,11 @@ fn vdi_check_repairs_missing_and_differing_copies_from_the_majority() {
         "{out}"
     );
     assert!(
-        out.contains(&format!("{:016x} differs on {}: would repair", short.0, a(1))),
+        out.contains(&format!(
+            "{:016x} fails its checksums on {}: would repair",
+            short.0,
+            a(1)
+        )),
         "{out}"
     );
     assert!(
@@ -116,7 +140,7 @@ fn vdi_check_reports_copies_without_a_majority_and_changes_nothing() {
     c.dog_ok(&["vdi", "create", "w", "8M"]);
     c.write_vdi("w", 0, &pseudo_random(22, 4 * MIB));
     let oid = Vid::new(c.vid_of("w")).expect("vid").data_oid(0);
-    flip(&c, 1, oid, 0);
+    diverge(&c, 1, oid, 0);
     let before = snapshot_files(&c);
     let (code, out) = check(&c, &["w"]);
     assert_eq!(code, 2, "{out}");
@@ -174,7 +198,10 @@ fn scrub_repairs_a_damaged_copy_and_reports_it() {
     assert_eq!(f[2], "on", "{row}");
     assert!(f[6].parse::<u64>().expect("repaired") >= 1, "{row}");
     assert!(
-        raw.contains(&format!("finding {a1} {:016x} repaired from", oid.0)),
+        raw.contains(&format!(
+            "finding {a1} {:016x} failed its checksums; repaired from",
+            oid.0
+        )),
         "{raw}"
     );
     assert_eq!(c.read_vdi("s", 0, data.len() as u64, None), data);
@@ -186,7 +213,10 @@ fn scrub_repairs_a_damaged_copy_and_reports_it() {
         "{text}"
     );
     assert!(
-        text.contains(&format!("{a1} finding {:016x} repaired from", oid.0)),
+        text.contains(&format!(
+            "{a1} finding {:016x} failed its checksums; repaired from",
+            oid.0
+        )),
         "{text}"
     );
 }
@@ -199,7 +229,7 @@ fn scrub_leaves_copies_without_a_majority_alone() {
     c.dog_ok(&["vdi", "create", "n", "8M"]);
     c.write_vdi("n", 0, &pseudo_random(24, 4 * MIB));
     let oid = Vid::new(c.vid_of("n")).expect("vid").data_oid(0);
-    flip(&c, 0, oid, 0);
+    diverge(&c, 0, oid, 0);
     let before = snapshot_files(&c);
     let reported = || {
         let raw = c.dog_ok(&["cluster", "scrub", "-r"]).stdout_str();
@@ -287,4 +317,25 @@ fn a_damaged_inode_copy_does_not_hide_the_vdi() {
     flip(&c, 0, inode, 0);
     assert_eq!(c.vdi_list(0).len(), 1, "dog vdi list through node 0");
     assert_eq!(c.read_vdi("i", 0, data.len() as u64, None), data);
+}
+
+/// Two copies, one rotten: no majority is needed, the one that passes its checksums wins.
+#[test]
+fn vdi_check_replaces_a_copy_that_fails_its_checksums_even_without_a_majority() {
+    let c = Cluster::start_formatted(2, 2);
+    c.dog_ok(&["vdi", "create", "t", "8M"]);
+    c.write_vdi("t", 0, &pseudo_random(28, 4 * MIB));
+    let oid = Vid::new(c.vid_of("t")).expect("vid").data_oid(0);
+    flip(&c, 1, oid, 4242);
+    let (code, out) = check(&c, &["t"]);
+    assert_eq!(code, 1, "{out}");
+    let want = format!(
+        "{:016x} fails its checksums on {}: repaired from {}",
+        oid.0,
+        c.node(1).addr(),
+        c.node(0).addr()
+    );
+    assert!(out.contains(&want), "{out}");
+    assert_eq!(c.node(1).object_bytes(oid), c.node(0).object_bytes(oid));
+    assert_eq!(check(&c, &["t"]).0, 0);
 }

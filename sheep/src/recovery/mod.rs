@@ -165,8 +165,8 @@ pub async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -
 }
 
 /// This node's copy of `oid` failed its checksums: replace it with the first other replica's
-/// that passes its own (each replica checks what it serves).
-pub async fn heal(sheep: Arc<Sheep>, oid: Oid) {
+/// that passes its own (each replica checks what it serves). Returns where it came from.
+pub async fn heal(sheep: Arc<Sheep>, oid: Oid) -> Option<SocketAddr> {
     let _g = sheep.recovery.stripe(oid).write().await;
     let (others, epoch) = {
         let st = sheep.state();
@@ -183,10 +183,11 @@ pub async fn heal(sheep: Arc<Sheep>, oid: Oid) {
     for from in others {
         if fetch(&sheep, oid, from, epoch).await.is_ok() {
             tracing::warn!(%oid, %from, epoch, "damaged copy replaced from another replica");
-            return;
+            return Some(from);
         }
     }
     tracing::error!(%oid, epoch, "damaged copy: no other replica could provide a good one");
+    None
 }
 
 /// REPAIR_REPLICA (`dog vdi check`): this node's copy of `oid` is missing or differs from

@@ -13,7 +13,10 @@ use protocol::check::{plan, Digest, Plan};
 use protocol::{op, ObjArgs, Oid, RequestHeader, ResultCode};
 
 use crate::node::Sheep;
+use crate::store::StoreError;
 
+/// What [`digests`] says when this node's own copy fails its checksums.
+const DAMAGED: &str = "this node's copy fails its checksums";
 /// How long to wait before the second look at a mismatch.
 const CONFIRM_AFTER: Duration = Duration::from_secs(1);
 /// Pause between passes, so that an empty store does not spin.
@@ -82,6 +85,7 @@ async fn digests(
             return match tokio::task::spawn_blocking(move || s.store.hash(oid, size)).await {
                 Ok(Ok(d)) => Ok(Some(d)),
                 Ok(Err(e)) if e.code() == ResultCode::NO_OBJ => Ok(None),
+                Ok(Err(StoreError::Damaged { .. })) => Err(DAMAGED.to_string()),
                 Ok(Err(e)) => Err(format!("cannot read this node's copy: {e}")),
                 Err(_) => Err("the hashing task died".to_string()),
             };
@@ -94,7 +98,8 @@ async fn digests(
         });
         match sheep.peer(at).call(req, &[]).await {
             Ok(r) => Ok(Some(r.header.hash())),
-            Err(e) if e.result() == Some(ResultCode::NO_OBJ) => Ok(None),
+            // A copy that fails its own checksums counts as none: its node repairs it.
+            Err(e) if matches!(e.result(), Some(ResultCode::NO_OBJ | ResultCode::EIO)) => Ok(None),
             Err(e) => Err(format!("cannot get the digest from {at}: {e}")),
         }
     };
@@ -118,6 +123,15 @@ async fn scrub(sheep: &Arc<Sheep>, oid: Oid) -> Finding {
     }
     let first = match digests(sheep, oid, &replicas).await {
         Ok(d) => d,
+        Err(e) if e == DAMAGED => {
+            return match super::heal(sheep.clone(), oid).await {
+                Some(from) => Finding::Repaired(format!("{:016x} failed its checksums; repaired from {from}", oid.0)),
+                None => Finding::Unrepairable(format!(
+                    "{:016x} failed its checksums; no replica had a good copy",
+                    oid.0
+                )),
+            };
+        }
         Err(_) => return Finding::Skipped,
     };
     match plan(&first) {

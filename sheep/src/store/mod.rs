@@ -28,6 +28,9 @@ pub enum StoreError {
     NoSpace(Oid),
     #[error("i/o error on object {oid}: {source}")]
     Io { oid: Oid, source: io::Error },
+    /// The copy fails its checksums in these blocks.
+    #[error("object {oid} fails its checksums in blocks {blocks:?}")]
+    Damaged { oid: Oid, blocks: Vec<u64> },
 }
 
 impl StoreError {
@@ -43,7 +46,7 @@ impl StoreError {
         match self {
             StoreError::NotFound(_) => ResultCode::NO_OBJ,
             StoreError::NoSpace(_) => ResultCode::NO_SPACE,
-            StoreError::Io { .. } => ResultCode::EIO,
+            StoreError::Io { .. } | StoreError::Damaged { .. } => ResultCode::EIO,
         }
     }
 }

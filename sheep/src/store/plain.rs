@@ -600,10 +600,15 @@ impl Store {
         res
     }
 
-    /// SHA-1 of the object's first `size` bytes (zeros past its end).
+    /// SHA-1 of the object's first `size` bytes (zeros past its end), of a copy that passes
+    /// its checksums ([`StoreError::Damaged`] otherwise).
     pub fn hash(&self, oid: Oid, size: usize) -> Result<[u8; 20], StoreError> {
         use sha1::Digest;
         let data = self.read(oid, 0, size)?;
+        let blocks = self.verify(oid, size as u64, 0, &data)?;
+        if !blocks.is_empty() {
+            return Err(StoreError::Damaged { oid, blocks });
+        }
         Ok(sha1::Sha1::digest(&data).into())
     }
 

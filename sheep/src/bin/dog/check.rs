@@ -39,18 +39,25 @@ struct Checker {
 }
 
 impl Checker {
-    async fn digest(&self, at: SocketAddr, oid: Oid) -> Result<Option<Digest>, String> {
+    /// A replica's digest of `oid`: `Ok(None)` when it has no copy, `Err(None)` when its
+    /// copy fails its own checksums (the sheep answers EIO), `Err(Some(why))` when it cannot
+    /// tell.
+    async fn digest(&self, at: SocketAddr, oid: Oid) -> Result<Option<Digest>, Option<String>> {
         let mut req = RequestHeader::new(op::GET_HASH);
         req.set_obj(&ObjArgs {
             oid: oid.0,
             tgt_epoch: self.epoch,
             ..ObjArgs::default()
         });
-        let c = self.clients.get(&at).ok_or_else(|| format!("{at} is not a member"))?;
+        let c = self
+            .clients
+            .get(&at)
+            .ok_or_else(|| Some(format!("{at} is not a member")))?;
         match c.call(req, &[]).await {
             Ok(r) => Ok(Some(r.header.hash())),
             Err(e) if e.result() == Some(ResultCode::NO_OBJ) => Ok(None),
-            Err(e) => Err(format!("cannot get the digest from {at}: {}", why(&e))),
+            Err(e) if e.result() == Some(ResultCode::EIO) => Err(None),
+            Err(e) => Err(Some(format!("cannot get the digest from {at}: {}", why(&e)))),
         }
     }
 
@@ -60,8 +67,9 @@ impl Checker {
         let c = self.clients.get(&to).ok_or_else(|| format!("{to} is not a member"))?;
         c.call(req, &[]).await.map_err(|e| why(&e))?;
         // A write that raced the repair shows here: report rather than claim success.
-        match self.digest(to, oid).await? {
-            Some(d) if d == want => Ok(()),
+        match self.digest(to, oid).await {
+            Ok(Some(d)) if d == want => Ok(()),
+            Err(Some(e)) => Err(e),
             _ => Err("the copy still differs after the repair".into()),
         }
     }
@@ -75,10 +83,16 @@ impl Checker {
             repaired: false,
             unrepairable: false,
         };
+        let mut damaged = Vec::new();
         for (a, r) in replicas.iter().zip(asked) {
             match r {
                 Ok(d) => held.push((*a, d)),
-                Err(e) => {
+                // A copy that fails its checksums counts as no copy: one that passes replaces it.
+                Err(None) => {
+                    held.push((*a, None));
+                    damaged.push(*a);
+                }
+                Err(Some(e)) => {
                     out.lines.push(format!("{:016x} unchecked: {e}", oid.0));
                     out.unrepairable = true;
                 }
@@ -107,6 +121,11 @@ impl Checker {
             }
             Plan::Repair { from, want, to } => {
                 for (bad, what) in to {
+                    let what = if damaged.contains(&bad) {
+                        "fails its checksums"
+                    } else {
+                        what
+                    };
                     if self.dry_run {
                         out.lines
                             .push(format!("{:016x} {what} on {bad}: would repair from {from}", oid.0));
