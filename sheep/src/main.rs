@@ -33,8 +33,24 @@ fn init_logging(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Binds the optional listener of `what`, if it is asked for.
+async fn listen_if(at: Option<SocketAddr>, what: &str) -> Result<Option<TcpListener>, String> {
+    match at {
+        Some(at) => TcpListener::bind(at)
+            .await
+            .map(Some)
+            .map_err(|e| format!("cannot listen for {what} on {at}: {e}")),
+        None => Ok(None),
+    }
+}
+
 async fn run(cfg: Config) -> Result<(), String> {
     let spec = DriverSpec::parse(&cfg.cluster).map_err(|e| e.to_string())?;
+    // A bad key file stops the start before anything is bound, opened or joined.
+    let key = match &cfg.auth_key_file {
+        Some(p) => Some(protocol::auth::AuthKey::from_file(p)?),
+        None => None,
+    };
     let addr = SocketAddr::new(cfg.bind, cfg.port);
     std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
     let opts = StoreOptions {
@@ -58,22 +74,8 @@ async fn run(cfg: Config) -> Result<(), String> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    let nbd_listener = match cfg.nbd {
-        Some(at) => Some(
-            TcpListener::bind(at)
-                .await
-                .map_err(|e| format!("cannot listen for NBD on {at}: {e}"))?,
-        ),
-        None => None,
-    };
-    let metrics_listener = match cfg.metrics {
-        Some(at) => Some(
-            TcpListener::bind(at)
-                .await
-                .map_err(|e| format!("cannot listen for metrics on {at}: {e}"))?,
-        ),
-        None => None,
-    };
+    let nbd_listener = listen_if(cfg.nbd, "NBD").await?;
+    let metrics_listener = listen_if(cfg.metrics, "metrics").await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = Driver::start(&spec, addr, tx).await.map_err(|e| e.to_string())?;
     let recovery = sheep::recovery::freshness::Recovery::new(cfg.recovery_rate, cfg.scrub_rate);
@@ -85,10 +87,6 @@ async fn run(cfg: Config) -> Result<(), String> {
             (Some(Arc::new(index)), left)
         }
         None => (None, Vec::new()),
-    };
-    let key = match &cfg.auth_key_file {
-        Some(p) => Some(protocol::auth::AuthKey::from_file(p)?),
-        None => None,
     };
     if let Some(k) = &key {
         // Every request this sheep sends (to its peers) proves the secret too.

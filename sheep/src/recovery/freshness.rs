@@ -48,6 +48,8 @@ pub struct Recovery {
     /// The background scrub's objects per second (0: off) and what it found.
     scrub_rate: u32,
     scrub: Mutex<ScrubStats>,
+    /// Objects whose damaged copy is being replaced (one heal at a time per object).
+    healing: Mutex<std::collections::HashSet<Oid>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -78,12 +80,22 @@ impl Recovery {
                 enabled: scrub_rate > 0,
                 ..ScrubStats::default()
             }),
+            healing: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
     /// The pause between two objects of the scrub; `None` when it is off.
     pub fn scrub_pause(&self) -> Option<Duration> {
         (self.scrub_rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(self.scrub_rate)))
+    }
+
+    /// Claims the heal of `oid`; `false` while another heal of it runs.
+    pub fn start_heal(&self, oid: Oid) -> bool {
+        lock(&self.healing).insert(oid)
+    }
+
+    pub fn end_heal(&self, oid: Oid) {
+        lock(&self.healing).remove(&oid);
     }
 
     pub fn scrub_stats(&self) -> ScrubStats {

@@ -165,8 +165,32 @@ pub async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -
 }
 
 /// This node's copy of `oid` failed its checksums: replace it with the first other replica's
-/// that passes its own (each replica checks what it serves). Returns where it came from.
-pub async fn heal(sheep: Arc<Sheep>, oid: Oid) -> Option<SocketAddr> {
+/// that passes its own (each replica checks what it serves). Every failed read asks for a
+/// heal: while one of the object runs, the others return [`Healed::Busy`], so a hot object
+/// does not fetch itself once per read.
+pub async fn heal(sheep: Arc<Sheep>, oid: Oid) -> Healed {
+    if !sheep.recovery.start_heal(oid) {
+        return Healed::Busy;
+    }
+    let from = heal_now(&sheep, oid).await;
+    sheep.recovery.end_heal(oid);
+    match from {
+        Some(a) => Healed::From(a),
+        None => Healed::Failed,
+    }
+}
+
+/// What [`heal`] did.
+pub enum Healed {
+    /// The copy was replaced from this node's.
+    From(SocketAddr),
+    /// Another heal of the object is under way.
+    Busy,
+    /// No other replica had a copy that passes its checksums.
+    Failed,
+}
+
+async fn heal_now(sheep: &Arc<Sheep>, oid: Oid) -> Option<SocketAddr> {
     let _g = sheep.recovery.stripe(oid).write().await;
     let (others, epoch) = {
         let st = sheep.state();
@@ -181,7 +205,7 @@ pub async fn heal(sheep: Arc<Sheep>, oid: Oid) -> Option<SocketAddr> {
         (others, st.epoch())
     };
     for from in others {
-        if fetch(&sheep, oid, from, epoch).await.is_ok() {
+        if fetch(sheep, oid, from, epoch).await.is_ok() {
             tracing::warn!(%oid, %from, epoch, "damaged copy replaced from another replica");
             return Some(from);
         }

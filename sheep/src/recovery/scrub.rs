@@ -12,6 +12,7 @@ use std::time::Duration;
 use protocol::check::{plan, Digest, Plan};
 use protocol::{op, ObjArgs, Oid, RequestHeader, ResultCode};
 
+use super::Healed;
 use crate::node::Sheep;
 use crate::store::StoreError;
 
@@ -125,8 +126,11 @@ async fn scrub(sheep: &Arc<Sheep>, oid: Oid) -> Finding {
         Ok(d) => d,
         Err(e) if e == DAMAGED => {
             return match super::heal(sheep.clone(), oid).await {
-                Some(from) => Finding::Repaired(format!("{:016x} failed its checksums; repaired from {from}", oid.0)),
-                None => Finding::Unrepairable(format!(
+                Healed::From(from) => {
+                    Finding::Repaired(format!("{:016x} failed its checksums; repaired from {from}", oid.0))
+                }
+                Healed::Busy => Finding::Skipped,
+                Healed::Failed => Finding::Unrepairable(format!(
                     "{:016x} failed its checksums; no replica had a good copy",
                     oid.0
                 )),
