@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use protocol::auth::AuthKey;
@@ -26,12 +27,25 @@ fn key_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
     p
 }
 
+/// The file holding [`KEY`], written once per test process. dog and sheepfs find it through
+/// `SHEEPDOG_AUTH_KEY_FILE`, which is process-wide, so it must outlive every test that runs in
+/// parallel: it lives in cargo's temp dir for this target, not in one test's temp dir.
+fn shared_key() -> &'static Path {
+    static KEY_FILE: OnceLock<PathBuf> = OnceLock::new();
+    KEY_FILE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("security");
+        std::fs::create_dir_all(&dir).expect("creating the key's directory");
+        let key = key_file(&dir, "key", KEY);
+        std::env::set_var("SHEEPDOG_AUTH_KEY_FILE", &key);
+        protocol::auth::install(AuthKey::new(KEY.as_bytes()).expect("key"));
+        key
+    })
+}
+
 /// A formatted cluster of `n` sheep sharing [`KEY`], with dog and sheepfs (through the
 /// environment) and this process's client holding it too.
-fn keyed(n: usize, copies: usize, keys: &Path) -> (Cluster, PathBuf) {
-    protocol::auth::install(AuthKey::new(KEY.as_bytes()).expect("key"));
-    let key = key_file(keys, "key", KEY);
-    std::env::set_var("SHEEPDOG_AUTH_KEY_FILE", &key);
+fn keyed(n: usize, copies: usize) -> (Cluster, PathBuf) {
+    let key = shared_key().to_path_buf();
     let c = ClusterBuilder::default()
         .nodes(n)
         .args(&["--auth-key-file", key.to_str().expect("utf-8 path")])
@@ -69,7 +83,7 @@ fn assert_no_answer(mut s: TcpStream, what: &str) {
 #[test]
 fn strangers_wrong_keys_and_replays_are_refused() {
     let keys = tempfile::tempdir().expect("temp dir");
-    let (c, key) = keyed(2, 2, keys.path());
+    let (c, key) = keyed(2, 2);
     let data = pseudo_random(11, 1 << 20);
     c.dog_ok(&["vdi", "create", "s", "8M"]);
     c.write_vdi("s", 0, &data);
@@ -137,7 +151,7 @@ fn strangers_wrong_keys_and_replays_are_refused() {
 #[test]
 fn a_node_with_another_key_cannot_join() {
     let keys = tempfile::tempdir().expect("temp dir");
-    let (c, _) = keyed(2, 2, keys.path());
+    let (c, _) = keyed(2, 2);
     let epoch = c.cluster_info(0).expect("cluster info").epoch;
     let wrong = key_file(keys.path(), "wrong", "a different secret, long enough");
     for (what, extra) in [
@@ -173,8 +187,7 @@ fn a_node_with_another_key_cannot_join() {
 /// files but neither a volume nor a control file. Without it, other users see nothing.
 #[test]
 fn sheepfs_mode_bits_under_allow_other() {
-    let keys = tempfile::tempdir().expect("temp dir");
-    let (c, _) = keyed(1, 1, keys.path());
+    let (c, _) = keyed(1, 1);
     c.dog_ok(&["vdi", "create", "p", "4M"]);
     let as_nobody = |script: &str| {
         let mut cmd = Command::new("setpriv");
