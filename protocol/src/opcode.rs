@@ -87,6 +87,9 @@ opcodes! {
     REPAIR_REPLICA = 0xc5,
     OIDS_EXIST = 0xc6,
     READ_DEL_VDIS = 0xc9,
+    // The original's SET_VNODES number; here it sets the vnodes of the node that receives
+    // it (payload: u32 LE count, 0 = follow the store's capacity again).
+    SET_VNODES = 0xcc,
     GET_VNODES = 0xcd,
     // This implementation's own (not in Sheepdog 1.0): the object cache's figures.
     STAT_CACHE = 0xe0,

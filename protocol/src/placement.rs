@@ -15,18 +15,16 @@ pub struct Ring {
 }
 
 /// Recomputes vnode counts in AUTO_VNODES mode: `rint(128 * space / average space)` over nodes
-/// that have both vnodes and space. Others keep their count.
-pub fn auto_vnodes(nodes: &mut [Node]) {
-    let weighted: Vec<u64> = nodes
-        .iter()
-        .filter(|n| n.nr_vnodes > 0 && n.space > 0)
-        .map(|n| n.space)
-        .collect();
-    if weighted.is_empty() {
+/// that have both vnodes and space and are not `fixed` (a count set by hand). Others keep
+/// their count.
+pub fn auto_vnodes(nodes: &mut [Node], fixed: impl Fn(&Node) -> bool) {
+    let weighted = |n: &Node| n.nr_vnodes > 0 && n.space > 0 && !fixed(n);
+    let spaces: Vec<u64> = nodes.iter().filter(|n| weighted(n)).map(|n| n.space).collect();
+    if spaces.is_empty() {
         return;
     }
-    let avg = weighted.iter().map(|&s| s as f64).sum::<f64>() / weighted.len() as f64;
-    for n in nodes.iter_mut().filter(|n| n.nr_vnodes > 0 && n.space > 0) {
+    let avg = spaces.iter().map(|&s| s as f64).sum::<f64>() / spaces.len() as f64;
+    for n in nodes.iter_mut().filter(|n| weighted(n)) {
         let v = (f32::from(DEFAULT_VNODES) * (n.space as f32) / (avg as f32)).round_ties_even();
         n.nr_vnodes = v.clamp(1.0, f32::from(u16::MAX)) as u16;
     }
@@ -154,8 +152,16 @@ mod tests {
         v[0].space = 100;
         v[1].space = 100;
         v[2].space = 200;
-        auto_vnodes(&mut v);
+        auto_vnodes(&mut v, |_| false);
         assert_eq!(v.iter().map(|n| n.nr_vnodes).collect::<Vec<_>>(), [96, 96, 192]);
+        // A fixed node keeps its count and is left out of the average.
+        let mut v = vec![node(1, 0), node(2, 1), node(3, 2)];
+        v[0].space = 100;
+        v[1].space = 300;
+        v[2].space = 10_000;
+        v[2].nr_vnodes = 7;
+        auto_vnodes(&mut v, |n| n.addr.port() == 3);
+        assert_eq!(v.iter().map(|n| n.nr_vnodes).collect::<Vec<_>>(), [64, 192, 7]);
     }
 
     proptest::proptest! {

@@ -388,6 +388,15 @@ impl Client {
         Ok((r.header.store_size(), r.header.store_free()))
     }
 
+    /// SET_VNODES: fixes the vnodes of the node this client talks to (`0`: back to its
+    /// capacity's share). The cluster agrees on it as an event: a new epoch and a recovery.
+    pub async fn set_vnodes(&self, vnodes: u16) -> Result<(), ClientError> {
+        let mut req = RequestHeader::new(op::SET_VNODES);
+        req.flags = flags::WRITE;
+        req.data_length = 4;
+        self.call(req, &u32::from(vnodes).to_le_bytes()).await.map(drop)
+    }
+
     /// GET_VDI_ATTR: finds (with `flags` CREAT, EXCL, DEL: sets or deletes) the attribute
     /// `a` names. Returns the oid of its object.
     pub async fn get_vdi_attr(&self, a: &crate::attr::VdiAttr, flags: u16) -> Result<Oid, ClientError> {

@@ -155,7 +155,7 @@ async fn zookeeper(zk: String, n: u32) {
         .enumerate()
         .map(|(i, d)| {
             let d = d.clone();
-            tokio::spawn(async move { d.join(node(i as u32)).await })
+            tokio::spawn(async move { d.join(node(i as u32), false).await })
         })
         .collect();
     for j in joins {

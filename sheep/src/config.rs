@@ -5,7 +5,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use protocol::node::DEFAULT_VNODES;
 
 /// The sheep storage daemon. Runs in the foreground (systemd style) and serves the Sheepdog
 /// 1.0 protocol: client I/O as a gateway, replicated objects in DIR/obj/, cluster membership
@@ -37,7 +36,10 @@ pub struct Args {
     /// Gateway only: store nothing (zero vnodes) but serve client I/O.
     #[arg(short, long)]
     pub gateway: bool,
-    /// Virtual nodes on the hash ring [default: 128].
+    /// Fix this node's virtual nodes on the hash ring. Without it the count follows the
+    /// store's capacity relative to the other nodes' (128 for an average store), so a node
+    /// with twice the space receives about twice the objects. `dog node vnodes set`
+    /// changes it on a running cluster.
     #[arg(short = 'V', long)]
     pub vnodes: Option<u16>,
     /// Write logs to this file instead of stderr.
@@ -141,7 +143,8 @@ pub struct Config {
     pub cluster: String,
     pub zone: Option<u32>,
     pub gateway: bool,
-    pub vnodes: u16,
+    /// `Some`: fixed by hand; `None`: weighted by capacity.
+    pub vnodes: Option<u16>,
     pub log_file: Option<PathBuf>,
     pub log_level: String,
     pub recovery_rate: u32,
@@ -217,7 +220,7 @@ impl Config {
             cluster: "local".into(),
             zone: None,
             gateway: false,
-            vnodes: DEFAULT_VNODES,
+            vnodes: None,
             log_file: None,
             log_level: "info".into(),
             recovery_rate: 0,
@@ -244,7 +247,7 @@ impl Config {
             cluster: args.cluster.or(file.cluster).unwrap_or(d.cluster),
             zone: args.zone.or(file.zone),
             gateway: args.gateway || file.gateway.unwrap_or(d.gateway),
-            vnodes: args.vnodes.or(file.vnodes).unwrap_or(d.vnodes),
+            vnodes: args.vnodes.or(file.vnodes),
             log_file: args.log_file.or(file.log_file),
             log_level: args.log_level.or(file.log_level).unwrap_or(d.log_level),
             recovery_rate: args.recovery_rate.or(file.recovery_rate).unwrap_or(d.recovery_rate),
@@ -310,7 +313,7 @@ mod tests {
         let args = Args::parse_from(["sheep", "--config", f.to_str().expect("utf8"), "-p", "7200", "/d"]);
         let c = Config::load(args).expect("load");
         assert_eq!((c.port, c.zone(), c.cluster.as_str()), (7200, 4, "local:/x"));
-        assert_eq!(c.vnodes, 128);
+        assert_eq!(c.vnodes, None);
         let c = Config::load(Args::parse_from(["sheep", "-p", "7003", "/d"])).expect("load");
         assert_eq!(c.zone(), 7003);
         let c = Config::load(Args::parse_from(["sheep", "-b", "10.0.0.5", "/d"])).expect("load");

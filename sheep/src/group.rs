@@ -3,7 +3,7 @@
 //! total order, so every node that applies the same events holds the same state. Applying is
 //! pure; what a node must do locally as a consequence comes back as [`Effect`]s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -36,11 +36,15 @@ pub struct Format {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     /// `incarnation` tells apart two lives of one address (the ZooKeeper session id).
+    /// `fixed_vnodes`: the node's count was set by hand (`sheep -V`), so capacity weighting
+    /// leaves it alone.
     Join {
         node: Node,
         time: u64,
         #[serde(default)]
         incarnation: u64,
+        #[serde(default)]
+        fixed_vnodes: bool,
     },
     /// With an incarnation, only that life of the node leaves (a late notice about a previous
     /// life is ignored).
@@ -67,6 +71,14 @@ pub enum Event {
     },
     /// `client` (a connection of gateway `owner`) opens working VDI `vid` for writing; a
     /// no-op when someone holds it already.
+    /// `dog node vnodes set`: member `addr` gets `vnodes` on the ring (`None`: its capacity's
+    /// share again, or its `-V` count). A new epoch when the ring changes. Lasts until the
+    /// node joins again, when its own configuration applies.
+    SetVnodes {
+        addr: SocketAddr,
+        vnodes: Option<u16>,
+        time: u64,
+    },
     LockVdi {
         vid: u32,
         owner: SocketAddr,
@@ -134,6 +146,10 @@ pub struct ClusterState {
     /// nobody took the VDI since.
     pub lock_gens: BTreeMap<u32, u64>,
     pub shutting_down: bool,
+    /// Members whose vnode count is fixed (by `-V` at join or by SET_VNODES), with it.
+    fixed_vnodes: BTreeMap<SocketAddr, u16>,
+    /// Members that joined with `-V`: SET_VNODES `None` returns them to that count.
+    pinned: BTreeSet<SocketAddr>,
     ring: Arc<Ring>,
 }
 
@@ -150,6 +166,8 @@ impl Default for ClusterState {
             locks: BTreeMap::new(),
             lock_gens: BTreeMap::new(),
             shutting_down: false,
+            fixed_vnodes: BTreeMap::new(),
+            pinned: BTreeSet::new(),
             ring: Arc::new(Ring::new(Vec::new())),
         }
     }
@@ -200,12 +218,17 @@ impl ClusterState {
 
     fn rebuild_ring(&mut self) {
         let mut nodes = self.members.clone();
+        for n in nodes.iter_mut() {
+            if let Some(&v) = self.fixed_vnodes.get(&n.addr) {
+                n.nr_vnodes = v;
+            }
+        }
         if self
             .format
             .as_ref()
             .is_none_or(|f| f.flags & cluster_flags::AUTO_VNODES != 0)
         {
-            auto_vnodes(&mut nodes);
+            auto_vnodes(&mut nodes, |n| self.fixed_vnodes.contains_key(&n.addr));
         }
         self.ring = Arc::new(Ring::new(nodes));
     }
@@ -231,12 +254,25 @@ impl ClusterState {
                 node,
                 time,
                 incarnation,
+                fixed_vnodes,
             } => {
                 self.incarnations.insert(node.addr, *incarnation);
                 self.locks.retain(|_, l| l.owner != node.addr);
-                if self.members.contains(node) {
+                let was_fixed = self.fixed_vnodes.get(&node.addr).copied();
+                let fixed = (*fixed_vnodes && !node.is_gateway()).then_some(node.nr_vnodes);
+                if self.members.contains(node) && was_fixed == fixed {
                     return fx;
                 }
+                match fixed {
+                    Some(v) => {
+                        self.pinned.insert(node.addr);
+                        self.fixed_vnodes.insert(node.addr, v)
+                    }
+                    None => {
+                        self.pinned.remove(&node.addr);
+                        self.fixed_vnodes.remove(&node.addr)
+                    }
+                };
                 self.members.retain(|n| n.addr != node.addr);
                 self.members.push(node.clone());
                 sort_nodes(&mut self.members);
@@ -255,6 +291,8 @@ impl ClusterState {
                 }
                 self.members.retain(|n| n.addr != *addr);
                 self.incarnations.remove(addr);
+                self.fixed_vnodes.remove(addr);
+                self.pinned.remove(addr);
                 self.locks.retain(|_, l| l.owner != *addr);
                 self.rebuild_ring();
                 self.new_epoch(*time, &mut fx);
@@ -308,6 +346,24 @@ impl ClusterState {
                     v.deleted = true;
                 }
             }
+            Event::SetVnodes { addr, vnodes, time } => {
+                let Some(m) = self.members.iter().find(|n| n.addr == *addr) else {
+                    return fx;
+                };
+                if m.is_gateway() {
+                    return fx;
+                }
+                let before = self.ring.clone();
+                match vnodes {
+                    Some(v) => self.fixed_vnodes.insert(*addr, *v),
+                    None if self.pinned.contains(addr) => self.fixed_vnodes.insert(*addr, m.nr_vnodes),
+                    None => self.fixed_vnodes.remove(addr),
+                };
+                self.rebuild_ring();
+                if before.nodes() != self.ring.nodes() {
+                    self.new_epoch(*time, &mut fx);
+                }
+            }
             Event::LockVdi { vid, owner, client } => {
                 let l = VdiLock {
                     owner: *owner,
@@ -334,6 +390,8 @@ impl ClusterState {
                 self.locks.clear();
                 self.members.clear();
                 self.incarnations.clear();
+                self.fixed_vnodes.clear();
+                self.pinned.clear();
                 self.rebuild_ring();
                 fx.push(Effect::Shutdown);
             }
@@ -397,6 +455,7 @@ mod tests {
                 node: n,
                 time: 1,
                 incarnation: 0,
+                fixed_vnodes: false,
             });
         }
         s.apply(&Event::LockVdi {
@@ -462,6 +521,75 @@ mod tests {
         }
     }
 
+    fn join(n: Node, fixed_vnodes: bool) -> Event {
+        Event::Join {
+            node: n,
+            time: 1,
+            incarnation: 0,
+            fixed_vnodes,
+        }
+    }
+
+    fn vnodes(s: &ClusterState) -> Vec<u16> {
+        s.nodes().iter().map(|n| n.nr_vnodes).collect()
+    }
+
+    #[test]
+    fn vnodes_follow_capacity_unless_fixed() {
+        let mut s = ClusterState::default();
+        s.apply(&format());
+        let (a, mut b, mut g) = (node(1), node(2), node(3));
+        b.space = 300;
+        g.nr_vnodes = 0;
+        let mut pinned = node(4);
+        pinned.nr_vnodes = 50;
+        pinned.space = 1_000_000;
+        for (n, fixed) in [
+            (a.clone(), false),
+            (b.clone(), false),
+            (g.clone(), false),
+            (pinned.clone(), true),
+        ] {
+            s.apply(&join(n, fixed));
+        }
+        assert_eq!(vnodes(&s), [64, 192, 0, 50], "capacity weights all but the -V node");
+        let set = |addr, vnodes| Event::SetVnodes { addr, vnodes, time: 9 };
+        let e = s.epoch();
+        assert_eq!(s.apply(&set(a.addr, Some(10))), [Effect::NewEpoch(e + 1)]);
+        assert_eq!(vnodes(&s), [10, 128, 0, 50], "b alone is weighted now: the average");
+        assert!(s.apply(&set(a.addr, Some(10))).is_empty(), "no change, no epoch");
+        assert!(
+            s.apply(&set(g.addr, Some(10))).is_empty(),
+            "a gateway keeps zero vnodes"
+        );
+        assert!(
+            s.apply(&set(pinned.addr, None)).is_empty(),
+            "auto returns a -V node to its -V count"
+        );
+        s.apply(&set(pinned.addr, Some(70)));
+        s.apply(&set(pinned.addr, None));
+        assert_eq!(vnodes(&s), [10, 128, 0, 50]);
+        assert_eq!(s.apply(&set(a.addr, None)), [Effect::NewEpoch(e + 4)]);
+        assert_eq!(vnodes(&s), [64, 192, 0, 50]);
+        // A set count lasts until the node joins again with its own configuration.
+        s.apply(&set(b.addr, Some(5)));
+        s.apply(&join(b.clone(), false));
+        assert_eq!(vnodes(&s), [64, 192, 0, 50]);
+        b.nr_vnodes = 33;
+        s.apply(&join(b, true));
+        assert_eq!(vnodes(&s)[1], 33, "joined again with -V 33");
+        s.apply(&Event::Leave {
+            addr: pinned.addr,
+            time: 10,
+            incarnation: None,
+        });
+        s.apply(&set(pinned.addr, Some(9)));
+        assert!(
+            !s.nodes().iter().any(|n| n.addr == pinned.addr),
+            "no set for a non-member"
+        );
+    }
+
     fn format() -> Event {
         let format = Format {
             ctime: 1,
@@ -481,11 +609,13 @@ mod tests {
             node: node(1),
             time: 1,
             incarnation: 0,
+            fixed_vnodes: false,
         });
         s.apply(&Event::Join {
             node: node(2),
             time: 2,
             incarnation: 0,
+            fixed_vnodes: false,
         });
         assert_eq!(s.epoch(), 0);
         assert_eq!(s.cluster_info().status, status::WAIT);
@@ -495,7 +625,8 @@ mod tests {
             s.apply(&Event::Join {
                 node: node(3),
                 time: 11,
-                incarnation: 0
+                incarnation: 0,
+                fixed_vnodes: false,
             }),
             vec![Effect::NewEpoch(2)]
         );
@@ -504,7 +635,8 @@ mod tests {
             .apply(&Event::Join {
                 node: node(3),
                 time: 12,
-                incarnation: 0
+                incarnation: 0,
+                fixed_vnodes: false,
             })
             .is_empty());
         assert!(s
@@ -536,6 +668,7 @@ mod tests {
             node: node(1),
             time: 1,
             incarnation: 7,
+            fixed_vnodes: false,
         });
         let e = s.epoch();
         // The node restarted (new session 8) before its old session's departure was seen.
@@ -543,7 +676,8 @@ mod tests {
             .apply(&Event::Join {
                 node: node(1),
                 time: 2,
-                incarnation: 8
+                incarnation: 8,
+                fixed_vnodes: false,
             })
             .is_empty());
         assert!(s
@@ -597,12 +731,14 @@ mod tests {
                 node: node(1),
                 time: 1,
                 incarnation: 0,
+                fixed_vnodes: false,
             },
             format(),
             Event::Join {
                 node: node(2),
                 time: 2,
                 incarnation: 0,
+                fixed_vnodes: false,
             },
             Event::VdiAdd {
                 vid: 7,

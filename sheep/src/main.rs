@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use protocol::node::Node;
+use protocol::node::{Node, DEFAULT_VNODES};
 use sheep::cache::index::Index;
 use sheep::cluster::{Driver, DriverSpec};
 use sheep::config::{Args, Config};
@@ -66,7 +66,11 @@ async fn run(cfg: Config) -> Result<(), String> {
     };
     let me = Node {
         addr,
-        nr_vnodes: if cfg.gateway { 0 } else { cfg.vnodes },
+        nr_vnodes: if cfg.gateway {
+            0
+        } else {
+            cfg.vnodes.unwrap_or(DEFAULT_VNODES)
+        },
         zone: cfg.zone(),
         space,
     };
@@ -115,7 +119,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     tokio::spawn(sheep.clone().report_loop());
     let pos = sheep
         .driver
-        .join(me.clone())
+        .join(me.clone(), cfg.vnodes.is_some() && !cfg.gateway)
         .await
         .map_err(|e| format!("cannot join the cluster: {e}"))?;
     sheep.wait_applied(pos).await;

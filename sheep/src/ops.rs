@@ -36,8 +36,8 @@ pub fn kind(opcode: u8) -> Option<(Kind, bool)> {
     use Kind::*;
     Some(match opcode {
         op::CREATE_AND_WRITE_OBJ | op::READ_OBJ | op::WRITE_OBJ | op::REMOVE_OBJ | op::DISCARD_OBJ => (Gateway, false),
-        op::NEW_VDI | op::DEL_VDI | op::MAKE_FS | op::SHUTDOWN => {
-            (Cluster, matches!(opcode, op::MAKE_FS | op::SHUTDOWN))
+        op::NEW_VDI | op::DEL_VDI | op::MAKE_FS | op::SHUTDOWN | op::SET_VNODES => {
+            (Cluster, matches!(opcode, op::MAKE_FS | op::SHUTDOWN | op::SET_VNODES))
         }
         op::GET_VDI_INFO
         | op::LOCK_VDI
@@ -291,6 +291,7 @@ async fn cluster_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> 
             ans.rsp.set_vdi(vid, 0, 0);
         }
         op::MAKE_FS => make_fs(sheep, req, payload).await?,
+        op::SET_VNODES => set_vnodes(sheep, payload).await?,
         op::SHUTDOWN => {
             sheep.driver.broadcast(Event::Shutdown).await.map_err(|e| {
                 tracing::error!(error = %e, "cannot broadcast shutdown");
@@ -339,6 +340,34 @@ async fn make_fs(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Res
         })
         .await
         .map_err(fail)
+}
+
+/// SET_VNODES: this node's vnodes become the payload's count (0: its capacity's share, or
+/// its `-V` count, again), through a cluster event so every member rebuilds the same ring.
+async fn set_vnodes(sheep: &Arc<Sheep>, payload: &[u8]) -> Result<(), ResultCode> {
+    let n = <[u8; 4]>::try_from(payload)
+        .map(u32::from_le_bytes)
+        .map_err(|_| ResultCode::INVALID_PARMS)?;
+    let vnodes = match n {
+        0 => None,
+        n => Some(u16::try_from(n).map_err(|_| ResultCode::INVALID_PARMS)?),
+    };
+    if sheep.me.is_gateway() {
+        return Err(ResultCode::GATEWAY_MODE);
+    }
+    sheep
+        .commit(Event::SetVnodes {
+            addr: sheep.me.addr,
+            vnodes,
+            time: crate::cluster::now_secs(),
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot commit a vnodes change");
+            ResultCode::CLUSTER_ERROR
+        })?;
+    tracing::info!(vnodes = ?vnodes, "this node's vnodes were set (None: by capacity)");
+    Ok(())
 }
 
 fn bitmap_reply(req: &RequestHeader, bits: &protocol::bitmap::VdiBitmap) -> OpResult {

@@ -116,16 +116,16 @@ pub fn cluster_info(ci: &ClusterInfo, epochs: &[EpochRecord]) -> String {
     out
 }
 
-/// `/node/list`: a header, then `addr zone vnodes size free` per node (`-` when a node
-/// could not be asked).
+/// `/node/list`: a header, then `addr zone vnodes size free used` per node (`-` when a
+/// node could not be asked).
 pub fn node_list(nodes: &[(Node, Option<(u64, u64)>)]) -> String {
-    let mut out = String::from("# addr zone vnodes size free\n");
+    let mut out = String::from("# addr zone vnodes size free used\n");
     for (n, stat) in nodes {
-        let (size, free) = match stat {
-            Some((s, f)) => (s.to_string(), f.to_string()),
-            None => ("-".into(), "-".into()),
+        let (size, free, used) = match stat {
+            Some((s, f)) => (s.to_string(), f.to_string(), s.saturating_sub(*f).to_string()),
+            None => ("-".into(), "-".into(), "-".into()),
         };
-        let _ = writeln!(out, "{} {} {} {size} {free}", n.addr, n.zone, n.nr_vnodes);
+        let _ = writeln!(out, "{} {} {} {size} {free} {used}", n.addr, n.zone, n.nr_vnodes);
     }
     out
 }

@@ -589,6 +589,7 @@ pub struct ClusterBuilder {
     driver: Option<String>,
     args: Vec<String>,
     nbd: bool,
+    dirs: Vec<PathBuf>,
 }
 
 impl Default for ClusterBuilder {
@@ -600,6 +601,7 @@ impl Default for ClusterBuilder {
             driver: None,
             args: Vec::new(),
             nbd: false,
+            dirs: Vec::new(),
         }
     }
 }
@@ -641,6 +643,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Store directories for the first nodes, in order (e.g. on [`ScratchFs`] mounts of
+    /// different sizes); the others get `node<i>` in the cluster's temp dir.
+    pub fn dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.dirs = dirs;
+        self
+    }
+
     /// Every sheep also serves NBD (`--nbd`) on a port of its own ([`Sheep::nbd_url`]).
     pub fn nbd(mut self) -> Self {
         self.nbd = true;
@@ -676,7 +685,11 @@ impl ClusterBuilder {
                 Sheep {
                     index: i,
                     port: ports[i],
-                    dir: tmp.path().join(format!("node{i}")),
+                    dir: self
+                        .dirs
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| tmp.path().join(format!("node{i}"))),
                     log: tmp.path().join(format!("node{i}.log")),
                     out: tmp.path().join(format!("node{i}.out")),
                     cluster: cluster.clone(),
@@ -795,6 +808,76 @@ impl Cluster {
             }
         }
         m
+    }
+
+    /// For every object on a running node's disk, the running nodes holding it.
+    pub fn live_holders(&self) -> BTreeMap<Oid, BTreeSet<usize>> {
+        let mut m: BTreeMap<Oid, BTreeSet<usize>> = BTreeMap::new();
+        for i in self.running() {
+            for oid in self.node(i).objects() {
+                m.entry(oid).or_default().insert(i);
+            }
+        }
+        m
+    }
+
+    /// Waits up to `timeout` until the running nodes hold exactly the objects `expected` (no
+    /// other object anywhere), each on exactly the nodes that `ring` names for `copies`
+    /// copies: no missing copy, no orphan. Copies a node no longer owns go only after every
+    /// node recovered the epoch, so this polls.
+    #[track_caller]
+    pub fn wait_placement(&self, ring: &Ring, copies: usize, expected: &BTreeSet<Oid>, timeout: Duration) {
+        let storage_zones: BTreeSet<u32> = ring
+            .nodes()
+            .iter()
+            .filter(|n| !n.is_gateway())
+            .map(|n| n.zone)
+            .collect();
+        let want: BTreeMap<Oid, BTreeSet<usize>> = expected
+            .iter()
+            .map(|&oid| {
+                let nodes: BTreeSet<usize> = ring
+                    .replicas(oid.0, copies)
+                    .iter()
+                    .map(|n| self.index_of(n.addr))
+                    .collect();
+                assert_eq!(
+                    nodes.len(),
+                    copies.min(storage_zones.len()),
+                    "the ring names {} nodes for {oid} with {copies} copies over {} zones: the \
+                     harness's zones are wrong",
+                    nodes.len(),
+                    storage_zones.len()
+                );
+                (oid, nodes)
+            })
+            .collect();
+        wait_until(
+            "every object on exactly its placement nodes (no missing copy, no orphan)",
+            timeout,
+            || {
+                let got = self.live_holders();
+                let mut problems = Vec::new();
+                for (oid, w) in &want {
+                    let g = got.get(oid).cloned().unwrap_or_default();
+                    if &g != w {
+                        problems.push(format!("{oid}: on nodes {g:?}, placement says {w:?}"));
+                    }
+                }
+                for (oid, g) in &got {
+                    if !want.contains_key(oid) {
+                        problems.push(format!("unexpected object {oid} on nodes {g:?}"));
+                    }
+                }
+                if problems.is_empty() {
+                    Ok(())
+                } else {
+                    let n = problems.len();
+                    problems.truncate(20);
+                    Err(format!("{n} problems, e.g.:\n  {}", problems.join("\n  ")))
+                }
+            },
+        );
     }
 
     // --- protocol calls -------------------------------------------------------------------
@@ -1477,6 +1560,11 @@ pub fn tool_ok(program: &str, args: &[&str]) -> ToolOutput {
     tool(program, args).expect_ok()
 }
 
+/// `path` as a command-line argument (test paths are UTF-8).
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}
+
 /// Is `path` a mount point right now (as listed in /proc/self/mountinfo)?
 pub fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
@@ -1802,6 +1890,71 @@ impl Cluster {
         self.nodes[i].start();
         self.wait_for_membership();
         i
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filesystems of a chosen size
+
+/// A filesystem of a chosen size mounted in its own temporary directory (a tmpfs, or ext4 on
+/// a sparse loop file, whose unwritten preallocations cost no backing space), unmounted and
+/// removed on drop, even when the test panics. Declare it before the cluster that stores on
+/// it, so the daemons die first.
+pub struct ScratchFs {
+    dir: Option<tempfile::TempDir>,
+    mnt: PathBuf,
+}
+
+impl ScratchFs {
+    /// `mount -t tmpfs -o size=SIZE` (e.g. `64m`).
+    #[track_caller]
+    pub fn tmpfs(size: &str) -> ScratchFs {
+        let (dir, mnt) = ScratchFs::mount_point();
+        tool_ok(
+            "mount",
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", path_str(&mnt)],
+        );
+        ScratchFs { dir: Some(dir), mnt }
+    }
+
+    /// ext4 on a sparse file of `bytes`, mounted through a loop device that the kernel
+    /// detaches at unmount.
+    #[track_caller]
+    pub fn ext4(bytes: u64) -> ScratchFs {
+        let (dir, mnt) = ScratchFs::mount_point();
+        let image = dir.path().join("image");
+        File::create(&image)
+            .and_then(|f| f.set_len(bytes))
+            .unwrap_or_else(|e| panic!("creating {}: {e}", image.display()));
+        tool_ok("mkfs.ext4", &["-q", "-F", path_str(&image)]);
+        let fs = ScratchFs { dir: Some(dir), mnt };
+        tool_ok("mount", &["-o", "loop", path_str(&image), path_str(&fs.mnt)]);
+        fs
+    }
+
+    fn mount_point() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("sheep-test-fs-")
+            .tempdir()
+            .expect("creating a directory for a scratch filesystem");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap_or_else(|e| panic!("creating {}: {e}", mnt.display()));
+        (dir, mnt)
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+}
+
+impl Drop for ScratchFs {
+    fn drop(&mut self) {
+        if !tool("umount", &[path_str(&self.mnt)]).success() {
+            // Still busy: detach it now; the kernel frees it when the last user goes.
+            let _ = tool("umount", &["-l", path_str(&self.mnt)]);
+        }
+        drop(self.dir.take());
     }
 }
 

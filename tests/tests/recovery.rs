@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use protocol::node::{sort_nodes, Node};
 use protocol::placement::Ring;
 use protocol::{Oid, Vid};
-use tests::{assert_same_bytes, dog_bin, pseudo_random, run_dog, wait_until, Cluster};
+use tests::{assert_same_bytes, dog_bin, pseudo_random, run_dog, wait_until, Cluster, ScratchFs};
 
 const MIB: u64 = 1 << 20;
 /// Object size of every VDI here (the cluster default, 1 << 22).
@@ -70,17 +70,6 @@ fn cluster_epoch(c: &Cluster) -> u32 {
     distinct.into_iter().next().expect("one epoch")
 }
 
-/// For every object on a running node's disk, the running nodes holding it.
-fn live_holders(c: &Cluster) -> BTreeMap<Oid, BTreeSet<usize>> {
-    let mut m: BTreeMap<Oid, BTreeSet<usize>> = BTreeMap::new();
-    for i in c.running() {
-        for oid in c.node(i).objects() {
-            m.entry(oid).or_default().insert(i);
-        }
-    }
-    m
-}
-
 /// The objects of a VDI written at `indices`: its inode and those data objects.
 fn vdi_objects(vid: u32, indices: impl IntoIterator<Item = u32>) -> BTreeSet<Oid> {
     let v = Vid::new(vid).expect("vid fits in 24 bits");
@@ -94,62 +83,10 @@ fn indices(offset: u64, len: u64) -> BTreeSet<u32> {
     (offset / OBJ..=(offset + len - 1) / OBJ).map(|i| i as u32).collect()
 }
 
-/// Waits until the running nodes hold exactly the objects `expected` (no other object
-/// anywhere), each on exactly the running nodes that the ring of the running nodes names for
-/// `copies` copies: no missing copy, no orphan.
+/// Waits until the running nodes hold exactly the objects `expected`, each where the ring of
+/// the running nodes (as the harness knows them) names for `copies` copies.
 fn wait_placement(c: &Cluster, copies: usize, expected: &BTreeSet<Oid>) {
-    let ring = live_ring(c);
-    let storage_zones: BTreeSet<u32> = ring
-        .nodes()
-        .iter()
-        .filter(|n| !n.is_gateway())
-        .map(|n| n.zone)
-        .collect();
-    let want: BTreeMap<Oid, BTreeSet<usize>> = expected
-        .iter()
-        .map(|&oid| {
-            let nodes: BTreeSet<usize> = ring
-                .replicas(oid.0, copies)
-                .iter()
-                .map(|n| c.index_of(n.addr))
-                .collect();
-            assert_eq!(
-                nodes.len(),
-                copies.min(storage_zones.len()),
-                "the ring names {} nodes for {oid} with {copies} copies over {} zones: the \
-                 harness's zones are wrong",
-                nodes.len(),
-                storage_zones.len()
-            );
-            (oid, nodes)
-        })
-        .collect();
-    wait_until(
-        "every object on exactly its placement nodes (no missing copy, no orphan)",
-        RECOVERY_TIMEOUT,
-        || {
-            let got = live_holders(c);
-            let mut problems = Vec::new();
-            for (oid, w) in &want {
-                let g = got.get(oid).cloned().unwrap_or_default();
-                if &g != w {
-                    problems.push(format!("{oid}: on nodes {g:?}, placement says {w:?}"));
-                }
-            }
-            for (oid, g) in &got {
-                if !want.contains_key(oid) {
-                    problems.push(format!("unexpected object {oid} on nodes {g:?}"));
-                }
-            }
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                let n = problems.len();
-                problems.truncate(20);
-                Err(format!("{n} problems, e.g.:\n  {}", problems.join("\n  ")))
-            }
-        },
-    );
+    c.wait_placement(&live_ring(c), copies, expected, RECOVERY_TIMEOUT);
 }
 
 /// Every copy on a running node of `vid`'s data objects holds exactly `model`'s bytes for
@@ -159,7 +96,7 @@ fn check_replica_bytes(c: &Cluster, vid: u32, model: &[u8]) {
     let v = Vid::new(vid).expect("vid fits in 24 bits");
     let mut problems = Vec::new();
     let mut inode: Option<(usize, Vec<u8>)> = None;
-    for (oid, nodes) in live_holders(c) {
+    for (oid, nodes) in c.live_holders() {
         if oid.vid().get() != vid {
             continue;
         }
@@ -794,64 +731,19 @@ fn gateway_stores_nothing_and_keeps_serving_after_a_storage_node_dies() {
 // ---------------------------------------------------------------------------------------------
 // 8. One node's disk fills up
 
-/// A 64 MiB tmpfs mounted in its own temporary directory, unmounted (and removed) on drop,
-/// even when the test panics. Declare it before the cluster so the daemons die first.
-struct Tmpfs {
-    dir: Option<tempfile::TempDir>,
-    mnt: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Tmpfs {
-        let dir = tempfile::Builder::new()
-            .prefix("sheep-test-tmpfs-")
-            .tempdir()
-            .expect("creating a directory for the tmpfs");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).expect("creating the tmpfs mount point");
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&mnt)
-            .output()
-            .expect("running mount");
-        assert!(
-            out.status.success(),
-            "`mount -t tmpfs -o size={size} tmpfs {}` failed ({}): {} (this test needs root)",
-            mnt.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Tmpfs { dir: Some(dir), mnt }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.mnt)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // Still busy: detach it now; the kernel frees it when the last user goes.
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
-        drop(self.dir.take());
-    }
-}
-
 /// One of 3 nodes (3 copies) stores on a 64 MiB tmpfs. Writing more than fits fails with a
 /// message about space; no sheep dies or leaves; what was written before reads back through
 /// every node; no store holds temporary files or objects placement does not put there.
 #[test]
 fn full_disk_on_one_node_fails_writes_cleanly() {
-    let small = Tmpfs::mount("64m");
+    let small = ScratchFs::tmpfs("64m");
     let mut c = Cluster::start(3);
     // Node 2's DIR becomes the small filesystem before the cluster is formatted.
     let full = 2;
     c.kill(full);
     let dir = c.node(full).dir().to_path_buf();
     std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
-    std::os::unix::fs::symlink(&small.mnt, &dir).unwrap_or_else(|e| panic!("linking {}: {e}", dir.display()));
+    std::os::unix::fs::symlink(small.path(), &dir).unwrap_or_else(|e| panic!("linking {}: {e}", dir.display()));
     c.node_mut(full).start();
     c.wait_for_membership();
     c.format(3);

@@ -397,7 +397,7 @@ fn monitoring_files_describe_the_cluster_and_are_fresh() {
     let mut lines = text.lines();
     assert_eq!(
         lines.next(),
-        Some("# addr zone vnodes size free"),
+        Some("# addr zone vnodes size free used"),
         "/node/list header:\n{text}"
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
@@ -406,7 +406,7 @@ fn monitoring_files_describe_the_cluster_and_are_fresh() {
     let listed: BTreeSet<String> = rows.iter().map(|r| r[0].to_string()).collect();
     assert_eq!(listed, all, "/node/list addresses:\n{text}");
     for r in &rows {
-        assert_eq!(r.len(), 5, "/node/list line {r:?}");
+        assert_eq!(r.len(), 6, "/node/list line {r:?}");
         let n = want
             .iter()
             .find(|n| n.addr.to_string() == r[0])
@@ -420,6 +420,7 @@ fn monitoring_files_describe_the_cluster_and_are_fresh() {
                 .unwrap_or_else(|_| panic!("free of {} is {:?}:\n{text}", r[0], r[4])),
         );
         assert!(size > 0 && free <= size, "size {size}, free {free} of {}", r[0]);
+        assert_eq!(r[5], (size - free).to_string(), "used of {}: {text}", r[0]);
     }
 
     // /node/info: the gateway, node 0.

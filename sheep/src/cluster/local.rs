@@ -185,7 +185,7 @@ impl LocalDriver {
             .unwrap_or_default()
     }
 
-    pub async fn join(&self, node: Node) -> Result<u64, DriverError> {
+    pub async fn join(&self, node: Node, fixed_vnodes: bool) -> Result<u64, DriverError> {
         let me = self.me;
         let (lock, pos) = self
             .blocking(move |p| {
@@ -196,6 +196,7 @@ impl LocalDriver {
                     node,
                     time: now_secs(),
                     incarnation: 0,
+                    fixed_vnodes,
                 })?;
                 Ok((f, pos))
             })

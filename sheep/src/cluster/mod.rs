@@ -109,11 +109,12 @@ impl Driver {
         }
     }
 
-    /// Announces this node. Returns the position of its join event.
-    pub async fn join(&self, node: Node) -> Result<u64, DriverError> {
+    /// Announces this node (`fixed_vnodes`: its vnode count was set by hand, so capacity
+    /// weighting leaves it alone). Returns the position of its join event.
+    pub async fn join(&self, node: Node, fixed_vnodes: bool) -> Result<u64, DriverError> {
         match self {
-            Driver::Local(d) => d.join(node).await,
-            Driver::Zookeeper(d) => d.join(node).await,
+            Driver::Local(d) => d.join(node, fixed_vnodes).await,
+            Driver::Zookeeper(d) => d.join(node, fixed_vnodes).await,
         }
     }
 

@@ -88,7 +88,7 @@ struct Shared {
     /// False from a session expiry until this sheep has joined again.
     healthy: AtomicBool,
     /// Our node record, kept to join again after an expiry.
-    node: Mutex<Option<Node>>,
+    node: Mutex<Option<(Node, bool)>>,
     /// Members as the delivered events say, with their incarnations.
     members: Mutex<BTreeMap<SocketAddr, u64>>,
     /// Set by [`ZkDriver::close`]: the background tasks end and the session closes.
@@ -183,8 +183,8 @@ impl Shared {
     }
 
     /// Creates our member znode (waiting out a previous life's) and announces the join.
-    async fn join(&self, node: Node) -> Result<u64, DriverError> {
-        *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node.clone());
+    async fn join(&self, node: Node, fixed_vnodes: bool) -> Result<u64, DriverError> {
+        *self.node.lock().unwrap_or_else(|p| p.into_inner()) = Some((node.clone(), fixed_vnodes));
         let incarnation = self.incarnation();
         let record = serde_json::to_vec(&MemberRecord {
             node: node.clone(),
@@ -214,6 +214,7 @@ impl Shared {
                 node,
                 time: now_secs(),
                 incarnation,
+                fixed_vnodes,
             })
             .await?;
         self.healthy.store(true, Ordering::Release);
@@ -270,8 +271,8 @@ impl ZkDriver {
         self.shared.healthy.store(false, Ordering::Release);
     }
 
-    pub async fn join(&self, node: Node) -> Result<u64, DriverError> {
-        self.shared.join(node).await
+    pub async fn join(&self, node: Node, fixed_vnodes: bool) -> Result<u64, DriverError> {
+        self.shared.join(node, fixed_vnodes).await
     }
 
     /// The sheep registered as live members right now.
@@ -596,8 +597,8 @@ async fn watch_session(s: Arc<Shared>) {
         };
         *s.client.write().unwrap_or_else(|p| p.into_inner()) = client;
         let node = s.node.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(node) = node {
-            match s.join(node).await {
+        if let Some((node, fixed_vnodes)) = node {
+            match s.join(node, fixed_vnodes).await {
                 Ok(_) => tracing::info!(incarnation = s.incarnation(), "joined again after the session expiry"),
                 Err(e) => tracing::error!(error = %e, "cannot join again after the session expiry"),
             }

@@ -135,9 +135,32 @@ pub fn parse_block_size_shift(s: &str) -> Result<u8, String> {
     }
 }
 
+/// A `dog node vnodes set` count: fixed, or `None` for "follow the capacity" (`auto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vnodes(pub Option<u16>);
+
+pub fn parse_vnodes(s: &str) -> Result<Vnodes, String> {
+    if s == "auto" {
+        return Ok(Vnodes(None));
+    }
+    match s.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(Vnodes(Some(n))),
+        _ => Err(format!("invalid vnodes '{s}': use a count from 1 to 65535, or auto")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vnodes_parse() {
+        assert_eq!(parse_vnodes("auto"), Ok(Vnodes(None)));
+        assert_eq!(parse_vnodes("256"), Ok(Vnodes(Some(256))));
+        for bad in ["0", "65536", "-1", "", "Auto", "12x"] {
+            assert!(parse_vnodes(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_parse() {

@@ -143,6 +143,25 @@ pub enum NodeCmd {
     /// The disks of a node's store (this implementation has one per node)
     #[command(subcommand)]
     Md(MdCmd),
+    /// The virtual nodes of the node dog talks to (`-a`/`-p`)
+    #[command(subcommand)]
+    Vnodes(VnodesCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VnodesCmd {
+    /// Give the node COUNT vnodes on the hash ring, or `auto` to let its count follow its
+    /// store's capacity again (or its `sheep -V`)
+    ///
+    /// The cluster agrees on the change as an event: a new epoch begins and objects move to
+    /// where the new ring places them, at the recovery rate limit, while client I/O goes on.
+    /// The count lasts until the node restarts; put `vnodes` in its configuration to keep it.
+    /// A gateway-only node keeps zero vnodes.
+    Set {
+        /// 1 to 65535, or `auto`
+        #[arg(value_parser = args::parse_vnodes)]
+        count: args::Vnodes,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -22,7 +22,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use clap::Parser;
 use sheep::dogcli::args::parse_snap;
-use sheep::dogcli::{Cli, ClusterCmd, Cmd, Conn, MdCmd, NodeCmd, Snap, VdiCmd};
+use sheep::dogcli::{Cli, ClusterCmd, Cmd, Conn, MdCmd, NodeCmd, Snap, VdiCmd, VnodesCmd};
 
 use crate::error::Failure;
 
@@ -129,6 +129,7 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
             NodeCmd::Recovery { raw } => node::recovery(addr, raw).await,
             NodeCmd::Stat { raw, watch } => node::stat(addr, raw, watch).await,
             NodeCmd::Md(MdCmd::Info { all, raw }) => node::md_info(addr, all, raw).await,
+            NodeCmd::Vnodes(VnodesCmd::Set { count }) => node::set_vnodes(addr, count.0).await,
         },
         Cmd::Vdi(v) => match v {
             VdiCmd::Create {

@@ -11,22 +11,60 @@ use crate::net;
 use crate::vdi;
 use crate::Out;
 
+/// A node whose store is at least this full (in %) is flagged in `dog node list`.
+const NEARLY_FULL: u64 = 90;
+
+/// `dog node list`: the original's columns (id, host:port, vnodes, zone), then each node's
+/// store size, used space and use (`-` when the node could not be asked).
 pub async fn list(addr: SocketAddr, raw: bool) -> Result<(), Failure> {
     let c = net::connect(addr).await?;
     let list = net::node_list(&c).await?;
     let mut out = Out::new();
     if !raw {
-        out.line("  Id   Host:Port         V-Nodes       Zone");
+        out.line("  Id   Host:Port         V-Nodes       Zone       Size       Used  Use%");
     }
     for (i, n) in list.nodes.iter().enumerate() {
         let host = n.addr.to_string();
+        let usage = store_usage(n.addr).await.map_err(warn).ok();
+        let (size, used, pct) = match usage {
+            Some((size, free)) => (
+                size_str(size, raw),
+                size_str(size.saturating_sub(free), raw),
+                format!("{}%", use_ratio(size, free)),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
         if raw {
-            out.line(format!("{i} {host} {} {}", n.nr_vnodes, n.zone));
+            out.line(format!("{i} {host} {} {} {size} {used} {pct}", n.nr_vnodes, n.zone));
         } else {
-            out.line(format!("{i:4}   {host:<20}\t{:2}{:11}", n.nr_vnodes, n.zone));
+            let full = usage.is_some_and(|(s, f)| s > 0 && use_ratio(s, f) >= NEARLY_FULL);
+            out.line(format!(
+                "{i:4}   {host:<20}\t{:2}{:11} {size:>10} {used:>10} {pct:>5}{}",
+                n.nr_vnodes,
+                n.zone,
+                if full { "  nearly full" } else { "" }
+            ));
         }
     }
     out.print()
+}
+
+/// STAT_SHEEP of one node: its store's (size, free) bytes.
+async fn store_usage(node: SocketAddr) -> Result<(u64, u64), Failure> {
+    let c = net::connect(node).await?;
+    let r = c
+        .call(RequestHeader::new(op::STAT_SHEEP), &[])
+        .await
+        .map_err(|e| Failure::new(format!("Failed to get the status of {node}: {}", why(&e))))?;
+    Ok((r.header.store_size(), r.header.store_free()))
+}
+
+/// `dog node vnodes set N|auto`: SET_VNODES to the node dog talks to.
+pub async fn set_vnodes(addr: SocketAddr, vnodes: Option<u16>) -> Result<(), Failure> {
+    let c = net::connect(addr).await?;
+    c.set_vnodes(vnodes.unwrap_or(0))
+        .await
+        .map_err(|e| Failure::new(format!("Failed to set the vnodes of {addr}: {}", why(&e))))
 }
 
 /// `dog node recovery`: STAT_RECOVERY to every node.
@@ -216,21 +254,9 @@ pub async fn info(addr: SocketAddr, raw: bool) -> Result<(), Failure> {
     }
     let (mut total_size, mut total_free, mut answered) = (0u64, 0u64, 0usize);
     for (i, n) in list.nodes.iter().enumerate() {
-        let node = match net::connect(n.addr).await {
-            Ok(node) => node,
-            Err(e) => {
-                warn(e);
-                continue;
-            }
+        let Ok((size, free)) = store_usage(n.addr).await.map_err(warn) else {
+            continue;
         };
-        let r = match node.call(RequestHeader::new(op::STAT_SHEEP), &[]).await {
-            Ok(r) => r,
-            Err(e) => {
-                warn(format!("Failed to get the status of {}: {}", n.addr, why(&e)));
-                continue;
-            }
-        };
-        let (size, free) = (r.header.store_size(), r.header.store_free());
         let used = size.saturating_sub(free);
         if raw {
             out.line(format!(
