@@ -769,6 +769,13 @@ fn full_disk_on_one_node_fails_writes_cleanly() {
         out.stderr
     );
     eprintln!("dog on a full node: {}", out.stderr.trim());
+    // The operator sees it coming: `dog node list` flags the full store, and only that one.
+    let list = c.dog_ok(&["node", "list"]).stdout_str();
+    for i in 0..c.len() {
+        let port = format!(":{}", c.node(i).port());
+        let line = list.lines().find(|l| l.contains(&port)).expect("every node is listed");
+        assert_eq!(line.ends_with("nearly full"), i == full, "node {i}: {list}");
+    }
 
     // Nobody crashed or left.
     assert_alive(&mut c);
