@@ -5,15 +5,13 @@ use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::header::{RequestHeader, ResponseHeader, HEADER_SIZE};
-use crate::inode::{INODE_SIZE, MAX_BLOCK_SIZE_SHIFT};
+use crate::inode::INODE_SIZE;
 
-/// The largest payload any legal request or reply carries: a whole inode or the largest
-/// data object this implementation accepts, whichever is bigger.
-pub const MAX_PAYLOAD: u32 = if INODE_SIZE > (1 << MAX_BLOCK_SIZE_SHIFT) {
-    INODE_SIZE as u32
-} else {
-    1 << MAX_BLOCK_SIZE_SHIFT
-};
+/// The largest payload any legal request or reply carries: 64 MiB, which holds a whole inode
+/// and a whole object up to shift 26. Bigger objects (to 2 GiB) are read, written, copied and
+/// recovered in pieces, so neither end ever holds one whole in memory.
+pub const MAX_PAYLOAD: u32 = 64 << 20;
+const _: () = assert!(INODE_SIZE as u32 <= MAX_PAYLOAD);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {

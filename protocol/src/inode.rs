@@ -19,7 +19,7 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const DEFAULT_BLOCK_SIZE_SHIFT: u8 = 22;
 /// Smallest and largest object size shift this implementation accepts.
 pub const MIN_BLOCK_SIZE_SHIFT: u8 = 20;
-pub const MAX_BLOCK_SIZE_SHIFT: u8 = 26;
+pub const MAX_BLOCK_SIZE_SHIFT: u8 = 31;
 
 /// Byte offset, inside the inode object, of `data_vdi_id[idx]`.
 pub fn data_vdi_id_offset(idx: u32) -> u32 {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use protocol::bitmap::VdiBitmap;
 use protocol::cluster::{status, ClusterInfo, EpochRecord};
-use protocol::inode::{ATTR_OBJ_SIZE, INODE_SIZE};
+use protocol::inode::{ATTR_OBJ_SIZE, INODE_SIZE, MAX_BLOCK_SIZE_SHIFT};
 use protocol::node::{sort_nodes, Node};
 use protocol::oid::ObjectKind;
 use protocol::opcode::cluster_flags;
@@ -211,7 +211,12 @@ impl ClusterState {
         match oid.kind() {
             ObjectKind::Inode => Some(INODE_SIZE as u64),
             ObjectKind::Attr => Some(ATTR_OBJ_SIZE as u64),
-            ObjectKind::Data => self.vdis.get(&oid.vid().get()).map(|v| 1u64 << v.block_size_shift),
+            // A shift beyond the range (only a damaged event log could hold one) is no size.
+            ObjectKind::Data => self
+                .vdis
+                .get(&oid.vid().get())
+                .filter(|v| v.block_size_shift <= MAX_BLOCK_SIZE_SHIFT)
+                .map(|v| 1u64 << v.block_size_shift),
             ObjectKind::VmState | ObjectKind::Btree | ObjectKind::Ledger => Some(FIXED_OBJECT_SIZE),
         }
     }

@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use protocol::node::Node;
-use protocol::Client;
+use protocol::{Client, ResultCode};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::cache::index::Index;
 use crate::cluster::{Delivery, Driver, DriverError};
 use crate::group::{ClusterState, Effect, Event};
 use crate::recovery::freshness::Recovery;
-use crate::store::{write_durably, Store};
+use crate::store::{write_durably, Store, StoreError};
 use crate::uring::Ring;
 
 /// How long a VDI operation waits for every member to apply its event.
@@ -53,6 +53,29 @@ fn read_applied(dir: &Path) -> u64 {
 }
 
 impl Sheep {
+    /// Logs a failed store call (a missing object is not worth a line) and gives its code.
+    pub fn store_failed(&self, e: &StoreError) -> ResultCode {
+        if !matches!(e, StoreError::NotFound(_)) {
+            tracing::error!(error = %e, epoch = self.state().epoch(), "store operation failed");
+        }
+        e.code()
+    }
+
+    /// Runs a blocking store call on the blocking pool.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Sheep) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, ResultCode> {
+        let s = self.clone();
+        match tokio::task::spawn_blocking(move || f(&s)).await {
+            Ok(r) => r.map_err(|e| self.store_failed(&e)),
+            Err(e) => {
+                tracing::error!(error = %e, "store task panicked");
+                Err(ResultCode::SYSTEM_ERROR)
+            }
+        }
+    }
+
     pub fn new(
         me: Node,
         dir: PathBuf,

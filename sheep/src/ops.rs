@@ -211,6 +211,10 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
         tracing::warn!(%oid, offset = a.offset, len, size, "I/O past the object's end refused");
         return Err(ResultCode::INVALID_PARMS);
     }
+    if len > u64::from(MAX_PAYLOAD) {
+        tracing::warn!(%oid, len, "a read larger than a frame may carry refused");
+        return Err(ResultCode::INVALID_PARMS);
+    }
     if changes_a_snapshot(sheep, req, oid, u64::from(a.offset) + len) {
         return Err(ResultCode::READONLY);
     }
@@ -252,18 +256,9 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
         op::CREATE_AND_WRITE_OBJ => {
             let cow = req.flags & flags::COW != 0;
             if cow && payload.len() as u64 != size {
-                // Copy-on-write: start from the source object and lay the new bytes over it.
-                let mut whole = gateway::read(sheep, Oid(a.cow_oid), 0, size as u32, a.copies).await?;
-                let at = a.offset as usize;
-                whole[at..at + payload.len()].copy_from_slice(&payload);
-                let w = Write {
-                    oid,
-                    offset: 0,
-                    data: whole.into(),
-                    create: true,
-                    copies: a.copies,
-                };
-                return gateway::write(sheep, w).await.map(|()| Answer::default());
+                return copy_on_write(sheep, oid, Oid(a.cow_oid), a.offset, payload, a.copies, size)
+                    .await
+                    .map(|()| Answer::default());
             }
             let w = Write {
                 oid,
@@ -277,6 +272,52 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
         op::REMOVE_OBJ => gateway::remove(sheep, oid).await.map(|()| Answer::default()),
         _ => Err(ResultCode::NO_SUPPORT),
     }
+}
+
+/// The piece in which copy-on-write copies an object, whatever its size (to 2 GiB).
+const COW_PIECE: u64 = 4 << 20;
+
+/// Copy-on-write: `oid` (`size` bytes) is created as `base`'s bytes with `payload` at
+/// `offset` laid over them, a piece at a time. The first piece creates the object (zeros
+/// elsewhere); later pieces that are all zeros need no write. The client points its inode at
+/// `oid` only once this returns, so nobody reads the object half copied.
+async fn copy_on_write(
+    sheep: &Arc<Sheep>,
+    oid: Oid,
+    base: Oid,
+    offset: u32,
+    payload: Bytes,
+    copies: u8,
+    size: u64,
+) -> Result<(), ResultCode> {
+    let (lo, hi) = (u64::from(offset), u64::from(offset) + payload.len() as u64);
+    for at in (0..size).step_by(COW_PIECE as usize) {
+        let end = (at + COW_PIECE).min(size);
+        let piece: Bytes = if lo <= at && end <= hi {
+            payload.slice((at - lo) as usize..(end - lo) as usize)
+        } else {
+            let mut p = gateway::read(sheep, base, at as u32, (end - at) as u32, copies).await?;
+            if lo < end && at < hi {
+                let (from, to) = (lo.max(at), hi.min(end));
+                p[(from - at) as usize..(to - at) as usize]
+                    .copy_from_slice(&payload[(from - lo) as usize..(to - lo) as usize]);
+            }
+            p.into()
+        };
+        let create = at == 0;
+        if !create && piece.iter().all(|&b| b == 0) {
+            continue;
+        }
+        let w = Write {
+            oid,
+            offset: at as u32,
+            data: piece,
+            create,
+            copies,
+        };
+        gateway::write(sheep, w).await?;
+    }
+    Ok(())
 }
 
 async fn cluster_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> OpResult {

@@ -42,28 +42,6 @@ pub async fn check_epoch(sheep: &Sheep, req: &RequestHeader) -> Result<(), Resul
     }
 }
 
-fn log_store_error(sheep: &Sheep, e: &StoreError) -> ResultCode {
-    if !matches!(e, StoreError::NotFound(_)) {
-        tracing::error!(error = %e, epoch = sheep.state().epoch(), "store operation failed");
-    }
-    e.code()
-}
-
-/// Runs a blocking store call on the blocking pool.
-async fn blocking<T: Send + 'static>(
-    sheep: &Arc<Sheep>,
-    f: impl FnOnce(&Sheep) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ResultCode> {
-    let s = sheep.clone();
-    match tokio::task::spawn_blocking(move || f(&s)).await {
-        Ok(r) => r.map_err(|e| log_store_error(sheep, &e)),
-        Err(e) => {
-            tracing::error!(error = %e, "store task panicked");
-            Err(ResultCode::SYSTEM_ERROR)
-        }
-    }
-}
-
 /// Makes this node's copy of `oid` current before a gateway's I/O touches it, when this
 /// node owns the object now (recovery may not have reached it yet). Holds the object's
 /// stripe only on that slow path.
@@ -84,6 +62,10 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
     let epoch = sheep.state().epoch();
     match req.opcode {
         op::READ_PEER => {
+            if req.data_length > protocol::frame::MAX_PAYLOAD {
+                tracing::warn!(%oid, len = req.data_length, "a read larger than a frame may carry refused");
+                return Err(ResultCode::INVALID_PARMS);
+            }
             if req.flags & flags::RECOVERY == 0 {
                 current_for_io(sheep, oid, epoch).await?;
             }
@@ -102,17 +84,18 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                 // A create replaces the whole object.
                 let _g = sheep.recovery.stripe(oid).write().await;
                 let _r = sheep.store.own_regions(oid, 0, size).await;
-                blocking(sheep, move |s| {
-                    // A client's data object is durable at its next flush, like any write;
-                    // the VDI's inode is metadata and is made durable at once.
-                    let durability = if oid.is_data() {
-                        Durability::OnFlush
-                    } else {
-                        Durability::Now
-                    };
-                    s.store.create(oid, size, offset, &payload, durability)
-                })
-                .await?;
+                sheep
+                    .blocking(move |s| {
+                        // A client's data object is durable at its next flush, like any write;
+                        // the VDI's inode is metadata and is made durable at once.
+                        let durability = if oid.is_data() {
+                            Durability::OnFlush
+                        } else {
+                            Durability::Now
+                        };
+                        s.store.create(oid, size, offset, &payload, durability)
+                    })
+                    .await?;
             } else {
                 // A write needs the current bytes around it.
                 current_for_io(sheep, oid, epoch).await?;
@@ -122,13 +105,13 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                 sheep
                     .store
                     .update_sums(oid, size, offset, &payload)
-                    .map_err(|e| log_store_error(sheep, &e))?;
+                    .map_err(|e| sheep.store_failed(&e))?;
             }
             sheep.recovery.mark(oid, epoch);
             Ok(Vec::new())
         }
         op::REMOVE_PEER => {
-            blocking(sheep, move |s| s.store.remove(oid)).await?;
+            sheep.blocking(move |s| s.store.remove(oid)).await?;
             sheep.recovery.forget(oid);
             Ok(Vec::new())
         }
@@ -160,7 +143,7 @@ async fn checked_read(sheep: &Arc<Sheep>, oid: Oid, offset: u64, len: usize) -> 
     let bad = sheep
         .store
         .verify(oid, size, at, &data)
-        .map_err(|e| log_store_error(sheep, &e))?;
+        .map_err(|e| sheep.store_failed(&e))?;
     if !bad.is_empty() {
         let epoch = sheep.state().epoch();
         tracing::error!(%oid, node = %sheep.me.addr, epoch, blocks = ?bad, "checksum mismatch: this copy is damaged and is not served; repairing it from another replica");
@@ -182,7 +165,7 @@ async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u64, len: usize) -> Result<V
         match sheep.store.read_cached(oid, offset, len) {
             Ok(Cached::Hit(data)) => return Ok(data),
             Ok(Cached::Miss(file)) => Some(file),
-            Err(e) => return Err(log_store_error(sheep, &e)),
+            Err(e) => return Err(sheep.store_failed(&e)),
         }
     } else {
         None
@@ -190,7 +173,7 @@ async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u64, len: usize) -> Result<V
     if let Some(ring) = sheep.disk() {
         let file = match file.take() {
             Some(f) => f,
-            None => sheep.store.file(oid).map_err(|e| log_store_error(sheep, &e))?,
+            None => sheep.store.file(oid).map_err(|e| sheep.store_failed(&e))?,
         };
         match ring.read(file, offset, len).await {
             Ok(data) => return Ok(data),
@@ -198,11 +181,12 @@ async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u64, len: usize) -> Result<V
             Err(e) => tracing::warn!(%oid, error = %e, "ring read failed; reading on a thread"),
         }
     }
-    blocking(sheep, move |s| match file {
-        Some(f) => s.store.read_from(&f, oid, offset, len),
-        None => s.store.read(oid, offset, len),
-    })
-    .await
+    sheep
+        .blocking(move |s| match file {
+            Some(f) => s.store.read_from(&f, oid, offset, len),
+            None => s.store.read(oid, offset, len),
+        })
+        .await
 }
 
 /// Writes into this node's existing copy: through the ring, with the payload's own memory
@@ -212,7 +196,7 @@ async fn write(sheep: &Arc<Sheep>, oid: Oid, offset: u64, data: Bytes) -> Result
         let t = sheep
             .store
             .target(oid, offset, data.len())
-            .map_err(|e| log_store_error(sheep, &e))?;
+            .map_err(|e| sheep.store_failed(&e))?;
         let bytes = if t.direct && !aligned::is_aligned(&data) {
             Aligned::copy_of(&data).freeze()
         } else {
@@ -228,7 +212,7 @@ async fn write(sheep: &Arc<Sheep>, oid: Oid, offset: u64, data: Bytes) -> Result
             Err(e) => tracing::warn!(%oid, error = %e, "ring write failed; writing on a thread"),
         }
     }
-    blocking(sheep, move |s| s.store.write(oid, offset, &data)).await
+    sheep.blocking(move |s| s.store.write(oid, offset, &data)).await
 }
 
 /// Makes the writes into objects of `vid` (every write: `None`) durable: an fdatasync of
@@ -250,18 +234,18 @@ async fn flush(sheep: &Arc<Sheep>, vid: Option<u32>) -> Result<(), ResultCode> {
                 match sheep.store.sums_file(oid) {
                     Ok(Some(s)) => files.push((oid, s)),
                     Ok(None) | Err(StoreError::NotFound(_)) => {}
-                    Err(e) => failed = Some(log_store_error(sheep, &e)),
+                    Err(e) => failed = Some(sheep.store_failed(&e)),
                 }
             }
             // Removed since it was written: nothing left to make durable.
             Err(StoreError::NotFound(_)) => {}
-            Err(e) => failed = Some(log_store_error(sheep, &e)),
+            Err(e) => failed = Some(sheep.store_failed(&e)),
         }
     }
     if dirty.dir {
         match sheep.store.dir_file() {
             Ok(f) => files.push((Oid(0), Arc::new(f))),
-            Err(e) => failed = Some(log_store_error(sheep, &StoreError::Io { oid: Oid(0), source: e })),
+            Err(e) => failed = Some(sheep.store_failed(&StoreError::Io { oid: Oid(0), source: e })),
         }
     }
     let syncs = files

@@ -1,15 +1,24 @@
-//! VDIs whose objects are not 4 MiB, side by side with the default: shift 20 (1 MiB) and 26
-//! (64 MiB). Writes at unaligned offsets across object boundaries through dog and sheepfs,
-//! a snapshot and a clone (which keeps its base's object size), and a recovery after a node
-//! is killed all read back exactly.
+//! VDIs whose objects are not 4 MiB, side by side with the default: shift 20 (1 MiB), 26
+//! (64 MiB) and 31 (2 GiB, the largest). Writes at unaligned offsets across object
+//! boundaries through dog and sheepfs, a snapshot and a clone (which keeps its base's object
+//! size), and a recovery after a node is killed all read back exactly, and no sheep's memory
+//! ever grows to the size of a 2 GiB object.
 
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use tests::{pseudo_random, Cluster, Mount};
+use tests::{proc_status_kb, pseudo_random, Cluster, Mount};
 
 const MIB: u64 = 1 << 20;
-const SIZE: u64 = 160 * MIB;
+
+/// The VDIs of the test: name, object size shift, VDI size. The shift-31 VDI spans three
+/// objects (the last one half used); objects are sparse, so it costs little disk.
+const VDIS: [(&str, u32, u64); 4] = [
+    ("s20", 20, 160 * MIB),
+    ("s22", 22, 160 * MIB),
+    ("s26", 26, 160 * MIB),
+    ("s31", 31, 5 << 30),
+];
 
 /// One write of the test: where, and its bytes.
 struct Piece {
@@ -17,8 +26,8 @@ struct Piece {
     data: Vec<u8>,
 }
 
-/// Writes that straddle object boundaries for objects of `1 << shift` bytes, within SIZE.
-fn pieces(shift: u32, seed: u64) -> Vec<Piece> {
+/// Writes that straddle object boundaries for objects of `1 << shift` bytes, within `size`.
+fn pieces(shift: u32, size: u64, seed: u64) -> Vec<Piece> {
     let obj = 1u64 << shift;
     let mut out = vec![
         // The end of object 0 and the start of object 1.
@@ -33,7 +42,7 @@ fn pieces(shift: u32, seed: u64) -> Vec<Piece> {
         },
     ];
     // Several whole objects at once, where they fit.
-    if 3 * obj + obj / 2 + 3 < SIZE {
+    if 3 * obj + obj / 2 + 3 < size {
         out.push(Piece {
             offset: 2 * obj + 3,
             data: pseudo_random(seed + 2, (obj + obj / 2) as usize),
@@ -41,7 +50,7 @@ fn pieces(shift: u32, seed: u64) -> Vec<Piece> {
     }
     // The VDI's last bytes.
     out.push(Piece {
-        offset: SIZE - 4099,
+        offset: size - 4099,
         data: pseudo_random(seed + 3, 4099),
     });
     out
@@ -63,13 +72,12 @@ fn check(c: &Cluster, name: &str, snap: Option<&str>, pieces: &[Piece], what: &s
 #[test]
 fn vdis_of_several_object_sizes_side_by_side() {
     let mut c = Cluster::start_formatted(3, 2);
-    let sizes = [("s20", 20u32), ("s22", 22), ("s26", 26)];
-    for (name, shift) in sizes {
-        c.dog_ok(&["vdi", "create", "-z", &shift.to_string(), name, &SIZE.to_string()]);
+    for (name, shift, size) in VDIS {
+        c.dog_ok(&["vdi", "create", "-z", &shift.to_string(), name, &size.to_string()]);
     }
     let mut written = Vec::new();
-    for (i, (name, shift)) in sizes.iter().enumerate() {
-        let ps = pieces(*shift, 100 * i as u64);
+    for (i, (name, shift, size)) in VDIS.iter().enumerate() {
+        let ps = pieces(*shift, *size, 100 * i as u64);
         for p in &ps {
             c.write_vdi(name, p.offset, &p.data);
         }
@@ -79,9 +87,9 @@ fn vdis_of_several_object_sizes_side_by_side() {
 
     // A snapshot keeps the old bytes while the working VDI changes; a clone of it keeps its
     // object size and reads like the snapshot.
-    for (i, (name, shift)) in sizes.iter().enumerate() {
+    for (i, (name, shift, size)) in VDIS.iter().enumerate() {
         c.dog_ok(&["vdi", "snapshot", "-s", "before", name]);
-        let newer = pieces(*shift, 1000 + 100 * i as u64);
+        let newer = pieces(*shift, *size, 1000 + 100 * i as u64);
         for p in &newer {
             c.write_vdi(name, p.offset, &p.data);
         }
@@ -100,7 +108,7 @@ fn vdis_of_several_object_sizes_side_by_side() {
     // dog wrote.
     {
         let m = Mount::start(&c, 1);
-        for (i, (name, shift)) in sizes.iter().enumerate() {
+        for (i, (name, shift, size)) in VDIS.iter().enumerate() {
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -112,7 +120,7 @@ fn vdis_of_several_object_sizes_side_by_side() {
             assert!(buf == p.data, "{name}: sheepfs reads what dog wrote");
             // Across a boundary no earlier piece touches.
             let obj = 1u64 << shift;
-            let at = if 5 * obj + 20_000 < SIZE - 4099 {
+            let at = if 5 * obj + 20_000 < size - 4099 {
                 5 * obj - 333
             } else {
                 2 * obj - 333
@@ -132,21 +140,32 @@ fn vdis_of_several_object_sizes_side_by_side() {
         }
     }
 
-    // A node dies: once the others recovered, everything reads back through them.
+    // A node dies: once the others recovered, everything reads back through them. The
+    // 2 GiB objects were copied on write and recovered in pieces: no sheep ever held one.
     c.kill(2);
-    c.wait_recovered(Duration::from_secs(120));
-    for (i, (name, _)) in sizes.iter().enumerate() {
+    c.wait_recovered(Duration::from_secs(300));
+    for (i, (name, ..)) in VDIS.iter().enumerate() {
         check(&c, name, None, &written[i], "after node 2 died and recovery ran");
+    }
+    for i in [0, 1] {
+        let pid = c.node(i).pid().expect("a running sheep");
+        let peak = proc_status_kb(pid, "VmHWM").expect("VmHWM") * 1024;
+        eprintln!("node {i}: peak RSS {} MiB", peak / MIB);
+        assert!(peak < 512 * MIB, "node {i}'s peak RSS is {} MiB", peak / MIB);
     }
 }
 
-/// A shift outside 20..=26 is refused with the range in the message, and nothing is made.
+/// A shift outside 20..=31 is refused with the range in the message, a size beyond what the
+/// inode can map with the chosen object size is refused with the limit, and nothing is made.
 #[test]
 fn an_object_size_out_of_range_is_refused() {
     let c = Cluster::start_formatted(1, 1);
-    for bad in ["19", "27", "31"] {
+    for bad in ["19", "32", "40"] {
         let o = c.dog(&["vdi", "create", "-z", bad, "x", "1G"]).expect_failure();
-        assert!(o.stderr.contains("20 (1 MiB) to 26 (64 MiB)"), "{bad}: {}", o.stderr);
+        assert!(o.stderr.contains("20 (1 MiB) to 31 (2 GiB)"), "{bad}: {}", o.stderr);
     }
+    // 2^20 objects of 1 MiB: 1 TiB is the most a shift-20 VDI can hold.
+    let o = c.dog(&["vdi", "create", "-z", "20", "x", "2T"]).expect_failure();
+    assert!(o.stderr.contains("larger than 1.0 TB"), "{}", o.stderr);
     assert!(c.vdi_list(0).is_empty(), "nothing was created");
 }

@@ -9,8 +9,9 @@
 //! holds are cached, so no other gateway can write (or cache) the same VDI meanwhile. Any
 //! other request for a cached object first pushes and drops the copy, so uncached I/O never
 //! sees stale bytes. Creates go to the replicas directly: an object exists on them before
-//! anyone can refer to it; so do writes of [`STREAM`] bytes or more. When dirty copies fill
-//! the cache, writes go around it (slower, never refused).
+//! anyone can refer to it; so do writes of [`STREAM`] bytes or more, and all I/O to objects
+//! over [`MAX_OBJECT`]. When dirty copies fill the cache, writes go around it (slower, never
+//! refused).
 
 pub mod index;
 
@@ -48,19 +49,21 @@ pub async fn ready(c: &Index) -> Result<(), ResultCode> {
 /// of using the replicas directly.
 pub const STREAM: usize = 256 << 10;
 
+/// Objects bigger than this (VDIs of shift 27 to 31) are never cached: a copy is fetched,
+/// pushed and evicted whole, which only pays for objects of a few MiB.
+pub const MAX_OBJECT: u64 = 64 << 20;
+
 /// Whether a request for `oid` (writing `write_len` bytes, 0 for a read) may use this
-/// gateway's cache: it asked (`flagged`), the cache is on, it is not part of a stream, and a
-/// client of this gateway holds the VDI's write lock.
+/// gateway's cache: it asked (`flagged`), the cache is on, it is not part of a stream, the
+/// object is not too big, and a client of this gateway holds the VDI's write lock.
 pub fn eligible(sheep: &Sheep, oid: Oid, flagged: bool, write_len: usize) -> bool {
+    let st = sheep.state();
     flagged
         && write_len < STREAM
         && oid.is_data()
         && sheep.cache.is_some()
-        && sheep
-            .state()
-            .locks
-            .get(&oid.vid().get())
-            .is_some_and(|l| l.owner == sheep.me.addr)
+        && st.object_size(oid).is_some_and(|size| size <= MAX_OBJECT)
+        && st.locks.get(&oid.vid().get()).is_some_and(|l| l.owner == sheep.me.addr)
 }
 
 /// The VDI's current lock count, recorded with dirty data.

@@ -130,7 +130,7 @@ pub fn parse_block_size_shift(s: &str) -> Result<u8, String> {
         Ok(n) if (MIN..=MAX).contains(&n) => Ok(n),
         _ => Err(format!(
             "block size shift '{s}' is out of range: the object size is 2^shift bytes with \
-             shift from {MIN} (1 MiB) to {MAX} (64 MiB)"
+             shift from {MIN} (1 MiB) to {MAX} (2 GiB)"
         )),
     }
 }
@@ -208,7 +208,8 @@ mod tests {
     fn block_size_shifts() {
         assert_eq!(parse_block_size_shift("22"), Ok(22));
         assert!(parse_block_size_shift("19").is_err());
-        assert!(parse_block_size_shift("27").is_err());
+        assert_eq!(parse_block_size_shift("31"), Ok(31));
+        assert!(parse_block_size_shift("32").is_err());
         assert!(parse_block_size_shift("x").is_err());
     }
 }

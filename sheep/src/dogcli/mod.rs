@@ -66,7 +66,7 @@ pub enum ClusterCmd {
         /// [default: chosen by the server, 3]
         #[arg(short = 'c', long = "copies", value_name = "COPIES", value_parser = args::parse_copies)]
         copies: Option<(u8, u8)>,
-        /// Default object size of new VDIs as a power of two, 20 (1 MiB) to 26 (64 MiB)
+        /// Default object size of new VDIs as a power of two, 20 (1 MiB) to 31 (2 GiB)
         /// [default: chosen by the server, 22 = 4 MiB]
         #[arg(short = 'z', long = "block_size_shift", value_name = "SHIFT", value_parser = args::parse_block_size_shift)]
         block_size_shift: Option<u8>,
@@ -193,7 +193,7 @@ pub enum VdiCmd {
         /// Preallocate: create every data object now, filled with zeros
         #[arg(short = 'P', long = "prealloc")]
         prealloc: bool,
-        /// Object size as a power of two, 20 (1 MiB) to 26 (64 MiB) [default: the cluster's]
+        /// Object size as a power of two, 20 (1 MiB) to 31 (2 GiB) [default: the cluster's]
         #[arg(short = 'z', long = "block_size_shift", value_name = "SHIFT", value_parser = args::parse_block_size_shift)]
         block_size_shift: Option<u8>,
         /// Print the id of the new VDI

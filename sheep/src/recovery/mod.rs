@@ -132,34 +132,50 @@ pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCo
     }
 }
 
-/// Replaces this node's copy of `oid` with `from`'s whole object and marks it current.
-/// Callers hold the object's stripe.
+/// The piece in which a copy is fetched from a peer: an object of any size (to 2 GiB) is
+/// never held whole in memory.
+const FETCH_PIECE: u64 = 4 << 20;
+
+/// Replaces this node's copy of `oid` with `from`'s whole object and marks it current. The
+/// new copy is built piece by piece under a temporary name (zero pieces are left sparse) and
+/// put in place at the end. Callers hold the object's stripe.
 pub async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -> Result<(), ResultCode> {
     let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)?;
-    let mut req = RequestHeader::new(op::READ_PEER);
-    req.flags |= flags::RECOVERY;
-    req.data_length = size as u32;
-    req.set_obj(&ObjArgs {
-        oid: oid.0,
-        ..ObjArgs::default()
-    });
-    let data = sheep.peer(from).call(req, &[]).await.map_err(|e| {
-        tracing::error!(%oid, %from, epoch, error = %e, "reading a copy from a peer failed");
-        if e.result() == Some(ResultCode::NO_OBJ) {
-            ResultCode::NO_OBJ
-        } else {
-            ResultCode::EIO
-        }
-    })?;
-    let _r = sheep.store.own_regions(oid, 0, size).await;
-    let s = sheep.clone();
-    tokio::task::spawn_blocking(move || s.store.create(oid, size, 0, &data.data, Durability::Now))
-        .await
-        .map_err(|_| ResultCode::SYSTEM_ERROR)?
-        .map_err(|e| {
-            tracing::error!(%oid, epoch, error = %e, "cannot store a fetched copy");
-            e.code()
+    let direct = sheep.store.wants_direct(oid, 0, FETCH_PIECE.min(size) as usize);
+    let mut copy = sheep.blocking(move |s| s.store.begin_new(oid, size, direct)).await?;
+    for at in (0..size).step_by(FETCH_PIECE as usize) {
+        let len = FETCH_PIECE.min(size - at);
+        let mut req = RequestHeader::new(op::READ_PEER);
+        req.flags |= flags::RECOVERY;
+        req.data_length = len as u32;
+        req.set_obj(&ObjArgs {
+            oid: oid.0,
+            offset: at as u32,
+            ..ObjArgs::default()
+        });
+        let piece = sheep.peer(from).call(req, &[]).await.map_err(|e| {
+            tracing::error!(%oid, %from, epoch, offset = at, error = %e, "reading a copy from a peer failed");
+            if e.result() == Some(ResultCode::NO_OBJ) {
+                ResultCode::NO_OBJ
+            } else {
+                ResultCode::EIO
+            }
         })?;
+        if piece.data.len() as u64 != len {
+            tracing::error!(%oid, %from, epoch, offset = at, got = piece.data.len(), len, "a peer sent a short piece of a copy");
+            return Err(ResultCode::EIO);
+        }
+        if piece.data.iter().all(|&b| b == 0) {
+            continue;
+        }
+        copy = sheep
+            .blocking(move |s| copy.write(&s.store, at, &piece.data).map(|()| copy))
+            .await?;
+    }
+    let _r = sheep.store.own_regions(oid, 0, size).await;
+    sheep
+        .blocking(move |s| s.store.commit_new(copy, Durability::Now))
+        .await?;
     sheep.recovery.mark(oid, epoch);
     Ok(())
 }

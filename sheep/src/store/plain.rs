@@ -17,8 +17,9 @@
 //! go around the page cache (O_DIRECT) unless the store was opened buffered; other writes, and
 //! every read, use the page cache, which the kernel keeps coherent with direct writes. [`Store::read_cached`]
 //! serves a read only from the page cache (RWF_NOWAIT), so an async worker may call it without
-//! blocking. New objects get their whole size allocated at once (fallocate), so a full disk
-//! fails the create, not a later write into the object. The calls that do I/O themselves
+//! blocking. New objects up to 64 MiB get their whole size allocated at once (fallocate), so
+//! a full disk fails the create, not a later write into the object; bigger ones (to 2 GiB)
+//! are created sparse and take disk as they are written. The calls that do I/O themselves
 //! block: the node runs them on the blocking pool, or hands the file to its io_uring.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -52,6 +53,10 @@ const DIO_MAX: usize = 4 << 20;
 /// flush makes it durable like any other write. Large writes (sequential streams) go
 /// around the cache, which they would otherwise fill three times over.
 const DIO_MIN: usize = 64 << 10;
+/// Objects up to this size get their disk at create; bigger ones are sparse.
+const PREALLOC_MAX: u64 = 64 << 20;
+/// The piece in which whole-object work (hashing a copy) reads it.
+pub const PIECE: usize = 4 << 20;
 /// Objects whose files stay open between requests (each holds one or two descriptors).
 const OPEN_OBJECTS: usize = 512;
 
@@ -394,23 +399,58 @@ impl Store {
         data: &[u8],
         durability: Durability,
     ) -> Result<(), StoreError> {
-        let now = durability == Durability::Now || self.sync_writes;
-        let _g = self.lock(oid);
+        let copy = self.begin_new(oid, size, self.wants_direct(oid, offset, data.len()))?;
+        copy.write(self, offset, data)?;
+        self.commit_new(copy, durability)
+    }
+
+    /// Starts a new copy of `oid`: `size` zero bytes (checksums to match) under a temporary
+    /// name, invisible to readers until [`Store::commit_new`]; dropped unfinished, it is
+    /// removed.
+    pub fn begin_new(&self, oid: Oid, size: u64, direct: bool) -> Result<NewCopy, StoreError> {
         let tmp = self.dir.join(format!("{TMP_PREFIX}{}", oid.file_name()));
         let tmp_sums = self.dir.join(format!("{TMP_PREFIX}{}.sum", oid.file_name()));
+        let mut copy = NewCopy {
+            oid,
+            size,
+            tmp,
+            tmp_sums,
+            file: None,
+            sums: None,
+            direct: false,
+        };
         let res = (|| {
-            let direct = self.wants_direct(oid, offset, data.len());
-            let (f, direct) = self.open_new(&tmp, direct)?;
-            allocate(&f, size)?;
-            self.write_at(&f, direct, offset, data)?;
-            let (s, _) = self.open_new(&tmp_sums, false)?;
-            sums::store(&s, 0, &sums::of_new(size, offset, data))?;
+            let (f, direct) = self.open_new(&copy.tmp, direct)?;
+            copy.direct = direct;
+            if size <= PREALLOC_MAX {
+                allocate(&f, size)?;
+            } else {
+                f.set_len(size)?;
+            }
+            copy.file = Some(f);
+            let (s, _) = self.open_new(&copy.tmp_sums, false)?;
+            sums::store_zeros(&s, size)?;
+            copy.sums = Some(s);
+            Ok(())
+        })();
+        res.map(|()| copy).map_err(|e| StoreError::from_io(oid, e))
+    }
+
+    /// Puts the finished `copy` in place of the object (and its checksums), durable at once
+    /// with [`Durability::Now`] or `--sync-writes`, else at the next flush.
+    pub fn commit_new(&self, mut copy: NewCopy, durability: Durability) -> Result<(), StoreError> {
+        let oid = copy.oid;
+        let now = durability == Durability::Now || self.sync_writes;
+        let _g = self.lock(oid);
+        let res = (|| {
+            let (f, s) = copy.files()?;
             if now {
                 f.sync_all()?;
                 s.sync_all()?;
             }
-            fs::rename(&tmp_sums, self.sum_path(oid))?;
-            fs::rename(&tmp, self.path(oid))?;
+            fs::rename(&copy.tmp_sums, self.sum_path(oid))?;
+            fs::rename(&copy.tmp, self.path(oid))?;
+            copy.file = None;
             // Whatever was open under the old name is the replaced file.
             self.fds.forget(oid);
             if now {
@@ -418,11 +458,7 @@ impl Store {
             }
             Ok(())
         })();
-        if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
-            let _ = fs::remove_file(&tmp_sums);
-            return Err(StoreError::from_io(oid, e));
-        }
+        res.map_err(|e| StoreError::from_io(oid, e))?;
         self.cached().insert(oid);
         lock(&self.poisoned).remove(&oid);
         if !now {
@@ -432,7 +468,8 @@ impl Store {
         Ok(())
     }
 
-    fn wants_direct(&self, oid: Oid, offset: u64, len: usize) -> bool {
+    /// Whether a write of `len` bytes at `offset` goes around the page cache.
+    pub fn wants_direct(&self, oid: Oid, offset: u64, len: usize) -> bool {
         oid.is_data()
             && (DIO_MIN..=DIO_MAX).contains(&len)
             && offset.is_multiple_of(aligned::ALIGN as u64)
@@ -601,15 +638,20 @@ impl Store {
     }
 
     /// SHA-1 of the object's first `size` bytes (zeros past its end), of a copy that passes
-    /// its checksums ([`StoreError::Damaged`] otherwise).
+    /// its checksums ([`StoreError::Damaged`] otherwise). Read in pieces: memory stays
+    /// bounded whatever the object's size.
     pub fn hash(&self, oid: Oid, size: usize) -> Result<[u8; 20], StoreError> {
         use sha1::Digest;
-        let data = self.read(oid, 0, size)?;
-        let blocks = self.verify(oid, size as u64, 0, &data)?;
-        if !blocks.is_empty() {
-            return Err(StoreError::Damaged { oid, blocks });
+        let mut h = sha1::Sha1::new();
+        for at in (0..size).step_by(PIECE) {
+            let data = self.read(oid, at as u64, PIECE.min(size - at))?;
+            let blocks = self.verify(oid, size as u64, at as u64, &data)?;
+            if !blocks.is_empty() {
+                return Err(StoreError::Damaged { oid, blocks });
+            }
+            h.update(&data);
         }
-        Ok(sha1::Sha1::digest(&data).into())
+        Ok(h.finalize().into())
     }
 
     /// Bytes the stored objects take (their sizes, as the original's `md info` counts, and
@@ -626,6 +668,51 @@ impl Store {
     /// (capacity, free) of the filesystem holding the store, in bytes.
     pub fn space(&self) -> io::Result<(u64, u64)> {
         statvfs(&self.dir)
+    }
+}
+
+/// A copy of an object being built under a temporary name ([`Store::begin_new`]).
+pub struct NewCopy {
+    oid: Oid,
+    size: u64,
+    tmp: PathBuf,
+    tmp_sums: PathBuf,
+    /// `None` once committed (or if it could not be opened).
+    file: Option<File>,
+    sums: Option<File>,
+    direct: bool,
+}
+
+impl NewCopy {
+    fn files(&self) -> io::Result<(&File, &File)> {
+        match (&self.file, &self.sums) {
+            (Some(f), Some(s)) => Ok((f, s)),
+            _ => Err(io::Error::other("the new copy is not open")),
+        }
+    }
+
+    /// Writes `data` at `offset` of the new copy, with its checksums. Pieces must not share a
+    /// checksum block (each block is summed as the piece's bytes and zeros).
+    pub fn write(&self, store: &Store, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        let res = (|| {
+            if offset + data.len() as u64 > self.size {
+                return Err(io::Error::new(ErrorKind::InvalidInput, "write past the object's end"));
+            }
+            let (f, s) = self.files()?;
+            store.write_at(f, self.direct, offset, data)?;
+            let (first, piece_sums) = sums::of_piece(self.size, offset, data);
+            sums::store(s, first, &piece_sums)
+        })();
+        res.map_err(|e| StoreError::from_io(self.oid, e))
+    }
+}
+
+impl Drop for NewCopy {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+            let _ = fs::remove_file(&self.tmp_sums);
+        }
     }
 }
 

@@ -36,29 +36,51 @@ pub fn of(data: &[u8]) -> Vec<u32> {
     data.chunks(BLOCK as usize).map(crc32c::crc32c).collect()
 }
 
-/// The checksums of an object of `size` bytes that is zero but for `data` at `offset`.
-pub fn of_new(size: u64, offset: u64, data: &[u8]) -> Vec<u32> {
-    let zero = crc32c::crc32c(&[0u8; BLOCK as usize]);
-    let n = size.div_ceil(BLOCK);
+/// The checksum of `len` zero bytes (a whole block, or an object's short last one).
+fn zero_sum(len: u64) -> u32 {
+    crc32c::crc32c(&vec![0u8; len as usize])
+}
+
+/// The checksums of the blocks that `data` at `offset` touches in an object of `size` bytes
+/// whose other bytes are zero: the first block's number and one sum per block.
+pub fn of_piece(size: u64, offset: u64, data: &[u8]) -> (u64, Vec<u32>) {
     let touched = blocks(offset, data.len() as u64);
-    (0..n)
+    let end = offset + data.len() as u64;
+    let sums = touched
+        .clone()
         .map(|b| {
             let start = b * BLOCK;
             let len = BLOCK.min(size - start);
-            if !touched.contains(&b) {
-                return if len == BLOCK {
-                    zero
-                } else {
-                    crc32c::crc32c(&vec![0u8; len as usize])
-                };
+            if offset <= start && start + len <= end {
+                let at = (start - offset) as usize;
+                return crc32c::crc32c(&data[at..at + len as usize]);
             }
             let mut block = vec![0u8; len as usize];
-            let (lo, hi) = (start.max(offset), (start + len).min(offset + data.len() as u64));
+            let (lo, hi) = (start.max(offset), (start + len).min(end));
             block[(lo - start) as usize..(hi - start) as usize]
                 .copy_from_slice(&data[(lo - offset) as usize..(hi - offset) as usize]);
             crc32c::crc32c(&block)
         })
-        .collect()
+        .collect();
+    (touched.start, sums)
+}
+
+/// Writes the checksums of an all-zero object of `size` bytes, a bounded run at a time.
+pub fn store_zeros(f: &File, size: u64) -> io::Result<()> {
+    const RUN: u64 = 16 << 10;
+    let n = size.div_ceil(BLOCK);
+    let whole = n - u64::from(!size.is_multiple_of(BLOCK));
+    let run = vec![zero_sum(BLOCK); RUN.min(whole) as usize];
+    let mut b = 0;
+    while b < whole {
+        let k = RUN.min(whole - b);
+        store(f, b, &run[..k as usize])?;
+        b += k;
+    }
+    if whole < n {
+        store(f, whole, &[zero_sum(size - whole * BLOCK)])?;
+    }
+    Ok(())
 }
 
 /// Writes `sums` for blocks starting at `first`.
@@ -109,8 +131,16 @@ mod tests {
         let data = vec![7u8; 5000];
         let mut whole = vec![0u8; size as usize];
         whole[4000..9000].copy_from_slice(&data);
-        assert_eq!(of_new(size, 4000, &data), of(&whole));
-        assert_eq!(of_new(size, 0, &[]), of(&vec![0u8; size as usize]));
+        let f = tempfile::tempfile().expect("temp file");
+        store_zeros(&f, size).expect("zeros");
+        assert_eq!(load(&f, 0..4).expect("load"), of(&vec![0u8; size as usize]));
+        let (first, piece) = of_piece(size, 4000, &data);
+        store(&f, first, &piece).expect("piece");
+        assert_eq!(load(&f, 0..4).expect("load"), of(&whole));
+        // A piece of whole blocks, ending at the object's short last block.
+        let tail = vec![9u8; (BLOCK + 100) as usize];
+        let (first, piece) = of_piece(size, 2 * BLOCK, &tail);
+        assert_eq!((first, piece), (2, of(&tail)));
         let flipped = {
             let mut w = whole.clone();
             w[BLOCK as usize + 3] ^= 1;

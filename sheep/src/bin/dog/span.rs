@@ -34,6 +34,24 @@ pub fn split(offset: u64, len: u64, obj_size: u64) -> impl Iterator<Item = Piece
     })
 }
 
+/// The most one request moves: objects bigger than this (shift 23 to 31) are read and written
+/// in pieces of it, so dog never holds a whole 2 GiB object.
+pub const MAX_PIECE: u64 = 4 << 20;
+
+/// Like [`split`], with pieces of at most [`MAX_PIECE`] bytes (cut at multiples of it inside
+/// the object).
+pub fn split_bounded(offset: u64, len: u64, obj_size: u64) -> impl Iterator<Item = Piece> {
+    let step = obj_size.min(MAX_PIECE);
+    split(offset, len, step).map(move |p| {
+        let pos = u64::from(p.idx) * step + u64::from(p.offset);
+        Piece {
+            idx: (pos / obj_size) as u32,
+            offset: (pos % obj_size) as u32,
+            len: p.len,
+        }
+    })
+}
+
 /// How many inode entries `vdi delete` clears per WRITE_OBJ (`NR_BATCHED_DISCARD`).
 pub const DELETE_BATCH: usize = 128;
 
@@ -117,6 +135,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn bounded_pieces_of_big_objects() {
+        let gib2 = 1u64 << 31;
+        let v: Vec<Piece> = split_bounded(gib2 - 100, 10 << 20, gib2).collect();
+        assert_eq!(
+            v[0],
+            Piece {
+                idx: 0,
+                offset: (gib2 - 100) as u32,
+                len: 100
+            }
+        );
+        assert_eq!(
+            v[1],
+            Piece {
+                idx: 1,
+                offset: 0,
+                len: MAX_PIECE as u32
+            }
+        );
+        assert_eq!(
+            v[2],
+            Piece {
+                idx: 1,
+                offset: MAX_PIECE as u32,
+                len: MAX_PIECE as u32
+            }
+        );
+        assert_eq!(v[3].len as u64 + 100 + 2 * MAX_PIECE, 10 << 20);
+        assert!(v.iter().all(|p| u64::from(p.len) <= MAX_PIECE));
+        // Small objects split exactly as before.
+        assert!(split_bounded(12_345, 64 << 20, MIB4).eq(split(12_345, 64 << 20, MIB4)));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Reads keep their output in order with a FIFO of pending requests; writes finish in any
 //! order, but each object's inode-entry update is sent only after its create succeeded.
-//! At most [`window`] objects are held in memory at once.
+//! At most [`WINDOW`] pieces (each at most [`MAX_PIECE`]) are held in memory at once.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -15,13 +15,10 @@ use tokio::task::{block_in_place, JoinError, JoinHandle, JoinSet};
 
 use crate::error::{fail, Failure};
 use crate::net::{self, data_oid, vdi_oid, ObjWrite};
-use crate::span::{split, Piece};
+use crate::span::{split_bounded, Piece, MAX_PIECE};
 
-/// How many object requests may be in flight: up to 8, fewer for very large objects so that
-/// the buffers stay within a few tens of MiB, but always at least 2.
-pub fn window(obj_size: u64) -> usize {
-    ((64u64 << 20) / obj_size.max(1)).clamp(2, 8) as usize
-}
+/// How many object requests may be in flight: 8 pieces of at most [`MAX_PIECE`] bytes.
+const WINDOW: usize = 8;
 
 fn joined<T>(r: Result<Result<T, Failure>, JoinError>) -> Result<T, Failure> {
     r.map_err(|e| Failure::new(format!("internal error: an I/O task failed: {e}")))?
@@ -42,12 +39,11 @@ pub async fn read_range(
         Zeros(u32),
         Pending(JoinHandle<Result<Vec<u8>, Failure>>),
     }
-    let window = window(obj_size);
-    let mut queue: VecDeque<Slot> = VecDeque::with_capacity(window);
-    let mut pieces = split(offset, len, obj_size);
+    let mut queue: VecDeque<Slot> = VecDeque::with_capacity(WINDOW);
+    let mut pieces = split_bounded(offset, len, obj_size);
     let mut zeros: Vec<u8> = Vec::new();
     let result = loop {
-        while queue.len() < window {
+        while queue.len() < WINDOW {
             let Some(Piece { idx, offset, len }) = pieces.next() else {
                 break;
             };
@@ -186,12 +182,13 @@ pub async fn write_range(
     len: u64,
     input: &mut impl Read,
 ) -> Result<u64, Failure> {
-    let window = window(obj_size);
     let mut set: JoinSet<Result<(), Failure>> = JoinSet::new();
     let mut first: Option<Failure> = None;
     let mut written = 0u64;
-    for p in split(offset, len, obj_size) {
-        while set.len() >= window {
+    // Objects this run created: their later pieces are plain writes.
+    let mut created = std::collections::HashSet::new();
+    for p in split_bounded(offset, len, obj_size) {
+        while set.len() >= WINDOW {
             if let Some(r) = set.join_next().await {
                 keep_first(&mut first, joined(r));
             }
@@ -213,9 +210,20 @@ pub async fn write_range(
         let last = n < buf.len();
         buf.truncate(n);
         let piece = Piece { len: n as u32, ..p };
-        let owner = entries.get(p.idx as usize).copied().unwrap_or(0);
-        let t = t.clone();
-        set.spawn(async move { t.write_piece(piece, owner, buf).await });
+        let owner = if created.contains(&p.idx) {
+            t.vid
+        } else {
+            entries.get(p.idx as usize).copied().unwrap_or(0)
+        };
+        if owner != t.vid && obj_size > MAX_PIECE {
+            // A big object is created (or copied on write) by its first piece here; its
+            // other pieces may only follow once it exists.
+            keep_first(&mut first, t.write_piece(piece, owner, buf).await);
+            created.insert(p.idx);
+        } else {
+            let t = t.clone();
+            set.spawn(async move { t.write_piece(piece, owner, buf).await });
+        }
         written += n as u64;
         if last {
             break;
@@ -229,12 +237,11 @@ pub async fn write_range(
 
 /// `vdi create -P`: creates every data object of a new VDI, all zeros, and points its inode
 /// entries at them.
-pub async fn preallocate(t: &WriteTarget, nr_objects: u32, obj_size: u64) -> Result<(), Failure> {
-    let window = window(obj_size);
+pub async fn preallocate(t: &WriteTarget, nr_objects: u32) -> Result<(), Failure> {
     let mut set: JoinSet<Result<(), Failure>> = JoinSet::new();
     let mut first: Option<Failure> = None;
     for idx in 0..nr_objects {
-        while set.len() >= window {
+        while set.len() >= WINDOW {
             if let Some(r) = set.join_next().await {
                 keep_first(&mut first, joined(r));
             }
@@ -270,14 +277,6 @@ pub async fn preallocate(t: &WriteTarget, nr_objects: u32, obj_size: u64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn windows() {
-        assert_eq!(window(1 << 20), 8);
-        assert_eq!(window(4 << 20), 8);
-        assert_eq!(window(16 << 20), 4);
-        assert_eq!(window(64 << 20), 2);
-    }
 
     /// A reader that hands out at most 3 bytes per call and is interrupted once.
     struct Trickle {

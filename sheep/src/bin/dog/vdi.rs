@@ -254,7 +254,7 @@ pub async fn create(addr: SocketAddr, o: &CreateOpts) -> Result<(), Failure> {
             copy_policy: h.copy_policy,
             extra_flags: 0,
         };
-        transfer::preallocate(&t, nr_objects(&h)? as u32, object_size(&h)?).await?;
+        transfer::preallocate(&t, nr_objects(&h)? as u32).await?;
     }
 
     if o.verbose {
