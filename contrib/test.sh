@@ -16,4 +16,4 @@ if [ -n "$missing" ]; then
 fi
 
 cargo build --workspace --bins
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

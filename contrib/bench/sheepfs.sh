@@ -13,6 +13,8 @@
 #   BENCH_NO_BUILD=1    skip `cargo build` (binaries must already be in target/release/)
 #   BENCH_REPS=3        sequential runs per target (1 with --quick); the table shows the
 #                       median, and every run is listed under it
+#   BENCH_SHIFT=22      object size of the volume as a power of two (`dog vdi create -z`):
+#                       20 (1 MiB) to 31 (2 GiB)
 #   BENCH_CACHE=SIZE    run every sheep with an object cache of SIZE (`sheep -w SIZE`, e.g.
 #                       256M); sheepfs uses it. The targets are then the cached ones
 #
@@ -203,7 +205,7 @@ until [ "$("$bin/dog" node list -r -p "$port" 2>/dev/null | wc -l)" = 3 ]; do
     i=$((i + 1))
 done
 "$bin/dog" cluster format -c 3 -f -p "$port" </dev/null
-"$bin/dog" vdi create bench "$size" -p "$port"
+"$bin/dog" vdi create -z "${BENCH_SHIFT:-22}" bench "$size" -p "$port"
 
 log "mounting sheepfs"
 "$bin/sheepfs" -p "$port" --log-file "$WORK/sheepfs.log" "$WORK/mnt" </dev/null
@@ -382,7 +384,7 @@ done
 
 echo
 echo "sheepfs benchmark: volume $size ($size_bytes bytes), 3 copies on 3 local sheep, fio ${runtime} s per job"
-echo "object cache: ${BENCH_CACHE:-off}"
+echo "object cache: ${BENCH_CACHE:-off}; object size: 2^${BENCH_SHIFT:-22} bytes"
 echo "disk: $(df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }'); kernel $(uname -r); $(nproc) CPUs"
 echo "random I/O: $io_mode; libaio, 4 KiB blocks;"
 echo "  p99 lat = 99th percentile of submission + completion latency (fio lat_ns)"

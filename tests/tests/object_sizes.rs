@@ -169,3 +169,33 @@ fn an_object_size_out_of_range_is_refused() {
     assert!(o.stderr.contains("larger than 1.0 TB"), "{}", o.stderr);
     assert!(c.vdi_list(0).is_empty(), "nothing was created");
 }
+
+/// `mkdir` in sheepfs creates a VDI with the cluster's default object size, which
+/// `/vdi/<name>/info` and `/vdi/list` show.
+#[test]
+fn mkdir_takes_the_cluster_default_object_size() {
+    let c = Cluster::start(1);
+    c.dog_ok(&["cluster", "format", "-c", "1", "-z", "31"]);
+    let m = Mount::start(&c, 0);
+    std::fs::create_dir(m.join("vdi/big")).expect("mkdir /vdi/big");
+    let info = std::fs::read_to_string(m.join("vdi/big/info")).expect("info");
+    assert!(info.lines().any(|l| l == "object_size: 2147483648"), "{info}");
+    let list = std::fs::read_to_string(m.join("vdi/list")).expect("list");
+    let line = list.lines().find(|l| l.starts_with("big ")).expect("big is listed");
+    assert_eq!(line.split_whitespace().last(), Some("31"), "{list}");
+    // It takes bytes across its first object boundary like any volume.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("vdi/big/volume"))
+        .and_then(|f| f.set_len(3 << 30))
+        .expect("truncate to 3 GiB");
+    let data = pseudo_random(31, 9000);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.join("vdi/big/volume"))
+        .expect("open the volume");
+    f.write_all_at(&data, (2 << 30) - 4500).expect("pwrite across 2 GiB");
+    f.sync_all().expect("fsync");
+    assert_eq!(c.read_vdi("big", (2 << 30) - 4500, 9000, None), data);
+}

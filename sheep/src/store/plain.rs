@@ -418,6 +418,7 @@ impl Store {
             file: None,
             sums: None,
             direct: false,
+            committed: false,
         };
         let res = (|| {
             let (f, direct) = self.open_new(&copy.tmp, direct)?;
@@ -450,7 +451,7 @@ impl Store {
             }
             fs::rename(&copy.tmp_sums, self.sum_path(oid))?;
             fs::rename(&copy.tmp, self.path(oid))?;
-            copy.file = None;
+            copy.committed = true;
             // Whatever was open under the old name is the replaced file.
             self.fds.forget(oid);
             if now {
@@ -677,10 +678,12 @@ pub struct NewCopy {
     size: u64,
     tmp: PathBuf,
     tmp_sums: PathBuf,
-    /// `None` once committed (or if it could not be opened).
+    /// `None` until opened.
     file: Option<File>,
     sums: Option<File>,
     direct: bool,
+    /// In place: nothing to clean up.
+    committed: bool,
 }
 
 impl NewCopy {
@@ -709,7 +712,7 @@ impl NewCopy {
 
 impl Drop for NewCopy {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if !self.committed {
             let _ = fs::remove_file(&self.tmp);
             let _ = fs::remove_file(&self.tmp_sums);
         }

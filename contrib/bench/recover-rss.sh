@@ -1,0 +1,109 @@
+#!/bin/bash
+# Memory of sheep while they recover a VDI of 2 GiB objects (shift 31): objects move in
+# pieces, so no sheep should hold one whole. Reports each surviving sheep's RSS before the
+# recovery (the baseline) and its peak during it, with the object size beside them.
+#
+# Usage (from anywhere in the repository):
+#   contrib/bench/recover-rss.sh
+# Environment:
+#   BENCH_DATA=3G       bytes of random data written into the VDI (non-zero, so recovery
+#                       moves every piece; K, M, G = powers of 1024)
+#   BENCH_SHIFT=31      object size of the VDI as a power of two
+#   BENCH_DIR=/var/tmp  where the scratch directory (the sheep stores) goes
+#   BENCH_NO_BUILD=1    skip `cargo build` (binaries must already be in target/release/)
+#
+# In one run: starts 3 local sheep (2 copies), creates a VDI of that object size, writes the
+# data with `dog vdi write`, kills one sheep with -9, samples the other two's VmRSS every
+# 0.1 s until `dog node recovery` shows them idle, and prints the figures. Everything it
+# started is stopped and the scratch directory removed on exit.
+set -eu
+
+usage() { sed -n '2,/^set -eu/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+case "${1:-}" in
+    -h | --help) usage; exit 0 ;;
+    "") ;;
+    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
+esac
+
+die() { echo "recover-rss: $*" >&2; exit 1; }
+log() { echo "== $*" >&2; }
+
+data=${BENCH_DATA:-3G}
+shift_=${BENCH_SHIFT:-31}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=$root/target/release
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+    log "building release binaries"
+    (cd "$root" && cargo build --release --bins >&2)
+fi
+for b in sheep dog; do [ -x "$bin/$b" ] || die "$bin/$b is missing"; done
+
+WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/recover-rss.XXXXXX")
+pids=""
+cleanup() {
+    for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+p = 17300
+while not all(free(p + i) for i in range(3)):
+    p += 3
+print(p)')
+log "starting 3 sheep on ports $port.."
+for n in 0 1 2; do
+    "$bin/sheep" -p $((port + n)) -c "local:$WORK/rv" -z "$n" --log-file "$WORK/sheep$n.log" \
+        "$WORK/node$n" </dev/null >>"$WORK/sheep$n.log" 2>&1 &
+    pids="$pids $!"
+done
+set -- $pids
+i=0
+until [ "$("$bin/dog" node list -r -p "$port" 2>/dev/null | wc -l)" = 3 ]; do
+    [ "$i" -lt 300 ] || die "3 nodes did not join within 30 s"
+    sleep 0.1
+    i=$((i + 1))
+done
+"$bin/dog" cluster format -c 2 -f -p "$port" </dev/null
+bytes=$(python3 -c "import sys; s = sys.argv[1]; u = 'KMGT'.find(s[-1].upper()); print(int(s[:-1]) << (10 * (u + 1)) if u >= 0 else int(s))" "$data")
+"$bin/dog" vdi create -z "$shift_" big "$bytes" -p "$port"
+log "writing $data of random data"
+head -c "$bytes" /dev/urandom | "$bin/dog" vdi write big 0 "$bytes" -p "$port"
+
+rss() { awk '/^VmRSS:/ { print int($2 / 1024) }' "/proc/$1/status"; }
+epoch=$("$bin/dog" node recovery -r -p "$port" | awk 'NR == 1 { print $6 }')
+before0=$(rss "$1")
+before1=$(rss "$2")
+log "killing node 2; sampling the others' memory until they have recovered"
+kill -9 "$3"
+start=$(date +%s.%N)
+peak0=$before0
+peak1=$before1
+while :; do
+    r0=$(rss "$1")
+    r1=$(rss "$2")
+    [ "$r0" -le "$peak0" ] || peak0=$r0
+    [ "$r1" -le "$peak1" ] || peak1=$r1
+    # Done: two members left, both idle with the epoch after the kill recovered.
+    done=$("$bin/dog" node recovery -r -p "$port" 2>/dev/null |
+        awk -v e="$epoch" '$3 == "idle" && $6 > e { n++ } END { print n + 0 }')
+    [ "$done" != 2 ] || [ "$("$bin/dog" node list -r -p "$port" | wc -l)" != 2 ] || break
+    sleep 0.1
+done
+secs=$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$start" "$(date +%s.%N)")
+
+echo
+echo "recovery of a VDI with objects of 2^$shift_ bytes ($((1 << (shift_ - 20))) MiB), $data written, 2 copies, one of 3 sheep killed"
+echo "recovered in $secs s"
+printf '%-8s %12s %12s %12s\n' node "RSS before" "peak RSS" "object size"
+printf '%-8s %9s MiB %9s MiB %9s MiB\n' node0 "$before0" "$peak0" $((1 << (shift_ - 20)))
+printf '%-8s %9s MiB %9s MiB %9s MiB\n' node1 "$before1" "$peak1" $((1 << (shift_ - 20)))
