@@ -69,8 +69,6 @@ pub enum Event {
     VdiDel {
         vid: u32,
     },
-    /// `client` (a connection of gateway `owner`) opens working VDI `vid` for writing; a
-    /// no-op when someone holds it already.
     /// `dog node vnodes set`: member `addr` gets `vnodes` on the ring (`None`: its capacity's
     /// share again, or its `-V` count). A new epoch when the ring changes. Lasts until the
     /// node joins again, when its own configuration applies.
@@ -79,6 +77,8 @@ pub enum Event {
         vnodes: Option<u16>,
         time: u64,
     },
+    /// `client` (a connection of gateway `owner`) opens working VDI `vid` for writing; a
+    /// no-op when someone holds it already.
     LockVdi {
         vid: u32,
         owner: SocketAddr,
@@ -265,7 +265,8 @@ impl ClusterState {
                 self.locks.retain(|_, l| l.owner != node.addr);
                 let was_fixed = self.fixed_vnodes.get(&node.addr).copied();
                 let fixed = (*fixed_vnodes && !node.is_gateway()).then_some(node.nr_vnodes);
-                if self.members.contains(node) && was_fixed == fixed {
+                let was_pinned = self.pinned.contains(&node.addr);
+                if self.members.contains(node) && was_fixed == fixed && was_pinned == fixed.is_some() {
                     return fx;
                 }
                 match fixed {
@@ -583,6 +584,13 @@ mod tests {
         b.nr_vnodes = 33;
         s.apply(&join(b, true));
         assert_eq!(vnodes(&s)[1], 33, "joined again with -V 33");
+        // Set by hand to what the node then restarts with as -V: still its -V count after auto.
+        s.apply(&set(a.addr, Some(128)));
+        let mut a_pinned = a.clone();
+        a_pinned.nr_vnodes = 128;
+        s.apply(&join(a_pinned, true));
+        s.apply(&set(a.addr, None));
+        assert_eq!(vnodes(&s)[0], 128, "auto returns to the -V count");
         s.apply(&Event::Leave {
             addr: pinned.addr,
             time: 10,

@@ -155,7 +155,8 @@ pub enum VnodesCmd {
     ///
     /// The cluster agrees on the change as an event: a new epoch begins and objects move to
     /// where the new ring places them, at the recovery rate limit, while client I/O goes on.
-    /// The count lasts until the node restarts; put `vnodes` in its configuration to keep it.
+    /// The count lasts until the node joins again (a restart, or a ZooKeeper session
+    /// expiry); put `vnodes` in its configuration to keep it.
     /// A gateway-only node keeps zero vnodes.
     Set {
         /// 1 to 65535, or `auto`

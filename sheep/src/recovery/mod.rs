@@ -172,6 +172,9 @@ pub async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -
             .blocking(move |s| copy.write(&s.store, at, &piece.data).map(|()| copy))
             .await?;
     }
+    // Synced before the regions are taken: a big copy's commit holds every region lock of the
+    // store, and must not hold them for an fsync.
+    let copy = sheep.blocking(move |_| copy.sync().map(|()| copy)).await?;
     let _r = sheep.store.own_regions(oid, 0, size).await;
     sheep
         .blocking(move |s| s.store.commit_new(copy, Durability::Now))

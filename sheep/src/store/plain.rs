@@ -687,6 +687,13 @@ pub struct NewCopy {
 }
 
 impl NewCopy {
+    /// Makes the new copy's data and checksums durable (before [`Store::commit_new`], so
+    /// that the commit itself is only renames).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let res = self.files().and_then(|(f, s)| f.sync_all().and_then(|()| s.sync_all()));
+        res.map_err(|e| StoreError::from_io(self.oid, e))
+    }
+
     fn files(&self) -> io::Result<(&File, &File)> {
         match (&self.file, &self.sums) {
             (Some(f), Some(s)) => Ok((f, s)),
