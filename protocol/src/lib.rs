@@ -4,6 +4,7 @@
 
 pub mod attr;
 pub mod auth;
+pub mod backup;
 pub mod bitmap;
 mod bytes;
 pub mod check;

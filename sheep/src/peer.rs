@@ -111,6 +111,9 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
             Ok(Vec::new())
         }
         op::REMOVE_PEER => {
+            // After any fetch of the object under way: a copy committed later would bring
+            // the removed object back as an orphan.
+            let _g = sheep.recovery.stripe(oid).write().await;
             sheep.blocking(move |s| s.store.remove(oid)).await?;
             sheep.recovery.forget(oid);
             Ok(Vec::new())

@@ -321,6 +321,37 @@ pub enum VdiCmd {
         #[arg(long = "dry-run")]
         dry_run: bool,
     },
+    /// Write the blocks of snapshot -s that differ from snapshot -F to standard output
+    ///
+    /// Without -F, every allocated block of -s. The stream is Sheepdog 1.0.1's (`dog vdi
+    /// backup`): a header, one record per changed object (the range from its first to its
+    /// last changed 512-byte sector), an end record. `dog vdi restore` reads it back; either
+    /// tool restores the other's backups.
+    Backup {
+        /// Name of the VDI
+        name: String,
+        /// The older snapshot (id or tag): only what changed since it is written
+        #[arg(short = 'F', long = "from", value_name = "SNAP", value_parser = args::parse_snap)]
+        from: Option<Snap>,
+        /// The snapshot to back up (id or tag)
+        #[arg(short = 's', long = "snapshot", value_name = "SNAP", value_parser = args::parse_snap)]
+        snapshot: Snap,
+    },
+    /// Apply a backup (standard input) on top of snapshot -s of a VDI
+    ///
+    /// The whole stream is read and checked first (a pipe is kept in a temporary file): a
+    /// truncated or malformed backup is refused with what is wrong, and nothing changes.
+    /// Then, as Sheepdog 1.0.1 does: the working VDI is deleted, a VDI cloned from -s gets
+    /// the backup's blocks, and that restored state becomes the VDI's newest snapshot, while
+    /// the working VDI starts again from the snapshot it was based on. Read or clone the new
+    /// snapshot to use what was restored. Refused while a mount or a VM writes the VDI.
+    Restore {
+        /// Name of the VDI
+        name: String,
+        /// The snapshot the backup was taken against (its -F, or any for a full backup)
+        #[arg(short = 's', long = "snapshot", value_name = "SNAP", value_parser = args::parse_snap)]
+        snapshot: Snap,
+    },
     /// Set (or with -d delete) attribute KEY of a VDI: a small value beside it
     ///
     /// The value is VALUE, or standard input when VALUE is not given (up to 64 KiB).

@@ -3,6 +3,7 @@
 //! (PROTOCOL.md section 5) to one sheep.
 
 mod attr;
+mod backup;
 mod check;
 mod cluster;
 mod error;
@@ -206,6 +207,8 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
                 snapshot,
                 dry_run,
             } => check::check(addr, &name, snapshot.as_ref(), dry_run).await,
+            VdiCmd::Backup { name, from, snapshot } => backup::backup(addr, &name, from.as_ref(), &snapshot).await,
+            VdiCmd::Restore { name, snapshot } => backup::restore(addr, &name, &snapshot).await,
         },
     }
 }

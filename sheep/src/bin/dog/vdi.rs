@@ -16,7 +16,7 @@ use crate::Out;
 use sheep::dogcli::Snap;
 
 /// The object size of a VDI, refusing block size shifts no VDI can have.
-fn object_size(h: &InodeHeader) -> Result<u64, Failure> {
+pub fn object_size(h: &InodeHeader) -> Result<u64, Failure> {
     if (1..=31).contains(&h.block_size_shift) {
         Ok(1u64 << h.block_size_shift)
     } else {
@@ -28,7 +28,7 @@ fn object_size(h: &InodeHeader) -> Result<u64, Failure> {
 }
 
 /// Number of index entries a VDI uses: `ceil(vdi_size / object size)`.
-fn nr_objects(h: &InodeHeader) -> Result<u64, Failure> {
+pub fn nr_objects(h: &InodeHeader) -> Result<u64, Failure> {
     let n = h.vdi_size.div_ceil(object_size(h)?);
     if n > MAX_DATA_OBJS as u64 {
         return Err(Failure::new(format!(
