@@ -283,7 +283,11 @@ impl Index {
                 .create(true)
                 .truncate(true)
                 .open(self.path(oid))?;
-            f.write_all_at(data, 0)?;
+            // In pieces: a copy written at once sits in large page-cache folios, and every
+            // small write into one then walks the whole folio (several times slower).
+            for (i, piece) in data.chunks(BLOCK as usize).enumerate() {
+                f.write_all_at(piece, i as u64 * BLOCK)?;
+            }
             Ok(Arc::new(f))
         })();
         let mut g = lock(&self.inner);
