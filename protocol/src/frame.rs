@@ -13,6 +13,10 @@ use crate::inode::INODE_SIZE;
 pub const MAX_PAYLOAD: u32 = 64 << 20;
 const _: () = assert!(INODE_SIZE as u32 <= MAX_PAYLOAD);
 
+/// The most one request moves when an object is handled in pieces (recovery fetch,
+/// copy-on-write, hashing a copy, dog's transfers and backups): 4 MiB, a default object.
+pub const PIECE: u64 = 4 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("connection closed in the middle of a frame")]

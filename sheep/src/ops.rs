@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use protocol::bitmap::BITMAP_BYTES;
 use protocol::cluster::{EpochRecord, CLUSTER_INFO_SIZE};
-use protocol::frame::MAX_PAYLOAD;
+use protocol::frame::{MAX_PAYLOAD, PIECE};
 use protocol::inode::{data_vdi_id_offset, DEFAULT_BLOCK_SIZE_SHIFT, MAX_BLOCK_SIZE_SHIFT, MIN_BLOCK_SIZE_SHIFT};
 use protocol::node::NODE_SIZE;
 use protocol::opcode::{flags, op_name, SD_PROTO_VER, SD_SHEEP_PROTO_VER};
@@ -274,9 +274,6 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
     }
 }
 
-/// The piece in which copy-on-write copies an object, whatever its size (to 2 GiB).
-const COW_PIECE: u64 = 4 << 20;
-
 /// Copy-on-write: `oid` (`size` bytes) is created as `base`'s bytes with `payload` at
 /// `offset` laid over them, a piece at a time. The first piece creates the object (zeros
 /// elsewhere); later pieces that are all zeros need no write. The client points its inode at
@@ -291,8 +288,8 @@ async fn copy_on_write(
     size: u64,
 ) -> Result<(), ResultCode> {
     let (lo, hi) = (u64::from(offset), u64::from(offset) + payload.len() as u64);
-    for at in (0..size).step_by(COW_PIECE as usize) {
-        let end = (at + COW_PIECE).min(size);
+    for at in (0..size).step_by(PIECE as usize) {
+        let end = (at + PIECE).min(size);
         let piece: Bytes = if lo <= at && end <= hi {
             payload.slice((at - lo) as usize..(end - lo) as usize)
         } else {

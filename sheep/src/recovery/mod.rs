@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use protocol::frame::PIECE;
 use protocol::node::Node;
 use protocol::{flags, op, ObjArgs, Oid, RequestHeader, ResultCode};
 
@@ -132,19 +133,16 @@ pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCo
     }
 }
 
-/// The piece in which a copy is fetched from a peer: an object of any size (to 2 GiB) is
-/// never held whole in memory.
-const FETCH_PIECE: u64 = 4 << 20;
-
 /// Replaces this node's copy of `oid` with `from`'s whole object and marks it current. The
 /// new copy is built piece by piece under a temporary name (zero pieces are left sparse) and
-/// put in place at the end. Callers hold the object's stripe.
+/// put in place at the end; an object of any size (to 2 GiB) is never held whole in
+/// memory. Callers hold the object's stripe.
 pub async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -> Result<(), ResultCode> {
     let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)?;
-    let direct = sheep.store.wants_direct(oid, 0, FETCH_PIECE.min(size) as usize);
+    let direct = sheep.store.wants_direct(oid, 0, PIECE.min(size) as usize);
     let mut copy = sheep.blocking(move |s| s.store.begin_new(oid, size, direct)).await?;
-    for at in (0..size).step_by(FETCH_PIECE as usize) {
-        let len = FETCH_PIECE.min(size - at);
+    for at in (0..size).step_by(PIECE as usize) {
+        let len = PIECE.min(size - at);
         let mut req = RequestHeader::new(op::READ_PEER);
         req.flags |= flags::RECOVERY;
         req.data_length = len as u32;

@@ -17,7 +17,7 @@ mod fds;
 mod plain;
 pub mod sums;
 
-pub use plain::{Dirty, NewCopy, Options, Store, Target, PIECE};
+pub use plain::{Dirty, NewCopy, Options, Store, Target};
 
 /// Why a store operation failed. Converted to a wire result in one place ([`StoreError::code`]).
 #[derive(Debug, thiserror::Error)]

@@ -55,8 +55,6 @@ const DIO_MAX: usize = 4 << 20;
 const DIO_MIN: usize = 64 << 10;
 /// Objects up to this size get their disk at create; bigger ones are sparse.
 const PREALLOC_MAX: u64 = 64 << 20;
-/// The piece in which whole-object work (hashing a copy) reads it.
-pub const PIECE: usize = 4 << 20;
 /// Objects whose files stay open between requests (each holds one or two descriptors).
 const OPEN_OBJECTS: usize = 512;
 
@@ -644,8 +642,9 @@ impl Store {
     pub fn hash(&self, oid: Oid, size: usize) -> Result<[u8; 20], StoreError> {
         use sha1::Digest;
         let mut h = sha1::Sha1::new();
-        for at in (0..size).step_by(PIECE) {
-            let data = self.read(oid, at as u64, PIECE.min(size - at))?;
+        let piece = protocol::frame::PIECE as usize;
+        for at in (0..size).step_by(piece) {
+            let data = self.read(oid, at as u64, piece.min(size - at))?;
             let blocks = self.verify(oid, size as u64, at as u64, &data)?;
             if !blocks.is_empty() {
                 return Err(StoreError::Damaged { oid, blocks });

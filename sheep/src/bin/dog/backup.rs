@@ -6,15 +6,17 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
 
 use protocol::backup::{self as stream, Record};
-use protocol::inode::{data_vdi_id_offset, Inode};
-use protocol::{flags, Client};
+use protocol::inode::Inode;
+use protocol::Client;
 use tokio::task::block_in_place;
 
 use crate::error::{fail, Failure};
-use crate::net::{self, data_oid, vdi_oid, NewVdi, ObjWrite};
+use crate::net::{self, data_oid, NewVdi};
 use crate::span::MAX_PIECE;
+use crate::transfer::{self, WriteTarget};
 use crate::vdi::{self, object_size, open_vdi};
 use sheep::dogcli::Snap;
 
@@ -95,10 +97,8 @@ pub async fn backup(addr: SocketAddr, name: &str, from: Option<&Snap>, to: &Snap
             length: length as u32,
         };
         out(&rec.encode())?;
-        for at in (offset..offset + length).step_by(MAX_PIECE as usize) {
-            let len = MAX_PIECE.min(offset + length - at);
-            out(&read_piece(&c, to_entries, idx, at, len).await?)?;
-        }
+        let at = u64::from(idx) * obj + offset;
+        transfer::read_range(&c, name, to_entries, obj, at, length, &mut io::stdout()).await?;
     }
     out(&Record::END.encode())?;
     block_in_place(|| io::stdout().flush())
@@ -151,47 +151,23 @@ pub async fn restore(addr: SocketAddr, name: &str, snap: &Snap) -> Result<(), Fa
     // Nobody may be writing the VDI; the lock goes with the working VDI's deletion.
     let _locker = vdi::write_lock(addr, name).await?;
     vdi::delete(addr, name, None).await?;
-    let created = net::new_vdi(
-        &c,
-        &NewVdi {
-            name,
-            size: base.header.vdi_size,
-            base: snap_vid,
-            copies: base.header.nr_copies,
-            copy_policy: base.header.copy_policy,
-            store_policy: base.header.store_policy,
-            block_size_shift: base.header.block_size_shift,
-            snapshot: false,
-        },
-    )
-    .await
-    .map_err(|e| fail(format!("Failed to create VDI {name} from snapshot {snap_vid:x}"), &e));
+    let created = net::new_vdi(&c, &NewVdi::like(name, &base.header, snap_vid, false))
+        .await
+        .map_err(|e| fail(format!("Failed to create VDI {name} from snapshot {snap_vid:x}"), &e));
     let applied = match created {
         Ok(vid) => {
             input
                 .seek(SeekFrom::Start(stream::HEADER_SIZE as u64))
                 .map_err(|e| Failure::new(format!("Failed to read the backup again: {e}")))?;
-            apply(&c, &mut BufReader::new(&input), vid, &base).await
+            apply(&c, &mut BufReader::new(&input), vid, &base, obj).await
         }
         Err(f) => Err(f),
     };
     // As the original: the restored VDI becomes the newest snapshot, and the working VDI
     // starts again from the snapshot the deleted one was based on.
-    let rebased = net::new_vdi(
-        &c,
-        &NewVdi {
-            name,
-            size: cur.header.vdi_size,
-            base: cur.header.parent_vdi_id,
-            copies: cur.header.nr_copies,
-            copy_policy: cur.header.copy_policy,
-            store_policy: cur.header.store_policy,
-            block_size_shift: cur.header.block_size_shift,
-            snapshot: true,
-        },
-    )
-    .await
-    .map_err(|e| fail(format!("Failed to resume the working VDI {name}"), &e));
+    let rebased = net::new_vdi(&c, &NewVdi::like(name, &cur.header, cur.header.parent_vdi_id, true))
+        .await
+        .map_err(|e| fail(format!("Failed to resume the working VDI {name}"), &e));
     applied?;
     rebased?;
     eprintln!(
@@ -202,61 +178,30 @@ pub async fn restore(addr: SocketAddr, name: &str, snap: &Snap) -> Result<(), Fa
 }
 
 /// Writes every record of a checked stream (positioned after its header) into VDI `vid`, a
-/// clone of `base`: each object is created as a copy of the base's with the record's bytes
-/// over it, then the inode points at it; everything is flushed at the end.
-async fn apply(c: &Client, input: &mut impl Read, vid: u32, base: &Inode) -> Result<(), Failure> {
-    let h = &base.header;
-    let read = |buf: &mut [u8], input: &mut dyn Read| {
-        block_in_place(|| input.read_exact(buf))
-            .map_err(|e| Failure::new(format!("Failed to read the backup again: {e}")))
+/// clone of `base`, as `dog vdi write` would: each object is created as a copy of the
+/// base's with the record's bytes over it, then the inode points at it; all flushed at the
+/// end.
+async fn apply(c: &Arc<Client>, input: &mut impl Read, vid: u32, base: &Inode, obj: u64) -> Result<(), Failure> {
+    let t = WriteTarget {
+        client: c.clone(),
+        name: base.header.name.clone(),
+        vid,
+        copies: base.header.nr_copies,
+        copy_policy: base.header.copy_policy,
+        extra_flags: 0,
     };
     loop {
         let mut rb = [0u8; stream::RECORD_SIZE];
-        read(&mut rb, input)?;
+        block_in_place(|| input.read_exact(&mut rb))
+            .map_err(|e| Failure::new(format!("Failed to read the backup again: {e}")))?;
         let (rec, _) = Record::decode(&rb);
         if rec.idx == stream::END {
             break;
         }
-        let oid = data_oid(vid, rec.idx);
-        let parent = base.data_vdi_id.get(rec.idx as usize).copied().unwrap_or(0);
-        let (mut at, end) = (u64::from(rec.offset), u64::from(rec.offset) + u64::from(rec.length));
-        while at < end {
-            let mut data = vec![0u8; MAX_PIECE.min(end - at) as usize];
-            read(&mut data, input)?;
-            let first = at == u64::from(rec.offset);
-            let w = ObjWrite {
-                oid,
-                cow_oid: if first && parent != 0 {
-                    data_oid(parent, rec.idx)
-                } else {
-                    0
-                },
-                data: &data,
-                offset: at as u32,
-                flags: flags::DIRECT,
-                copies: h.nr_copies,
-                copy_policy: h.copy_policy,
-                create: first,
-            };
-            net::write_obj(c, &w)
-                .await
-                .map_err(|e| fail(format!("Failed to restore object {oid:016x}"), &e))?;
-            at += data.len() as u64;
+        let (at, len) = (u64::from(rec.idx) * obj + u64::from(rec.offset), u64::from(rec.length));
+        if transfer::write_range(&t, &base.data_vdi_id, obj, at, len, input).await? != len {
+            return Err(Failure::new("the backup changed while it was restored"));
         }
-        let entry = vid.to_le_bytes();
-        let w = ObjWrite {
-            oid: vdi_oid(vid),
-            cow_oid: 0,
-            data: &entry,
-            offset: data_vdi_id_offset(rec.idx),
-            flags: flags::DIRECT,
-            copies: h.nr_copies,
-            copy_policy: h.copy_policy,
-            create: false,
-        };
-        net::write_obj(c, &w)
-            .await
-            .map_err(|e| fail(format!("Failed to update the inode of the restored VDI ({vid:x})"), &e))?;
     }
     c.flush_vdi(protocol::Vid::new(vid).ok_or_else(|| Failure::new("bad vid"))?)
         .await

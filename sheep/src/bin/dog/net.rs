@@ -146,6 +146,22 @@ pub struct NewVdi<'a> {
     pub snapshot: bool,
 }
 
+impl<'a> NewVdi<'a> {
+    /// A VDI `name` shaped as `h` (size, copies, policies, object size), based on `base`.
+    pub fn like(name: &'a str, h: &InodeHeader, base: u32, snapshot: bool) -> NewVdi<'a> {
+        NewVdi {
+            name,
+            size: h.vdi_size,
+            base,
+            copies: h.nr_copies,
+            copy_policy: h.copy_policy,
+            store_policy: h.store_policy,
+            block_size_shift: h.block_size_shift,
+            snapshot,
+        }
+    }
+}
+
 /// NEW_VDI → the new vid.
 pub async fn new_vdi(c: &Client, v: &NewVdi<'_>) -> Result<u32, ClientError> {
     let mut req = RequestHeader::new(op::NEW_VDI);

@@ -36,7 +36,7 @@ pub fn split(offset: u64, len: u64, obj_size: u64) -> impl Iterator<Item = Piece
 
 /// The most one request moves: objects bigger than this (shift 23 to 31) are read and written
 /// in pieces of it, so dog never holds a whole 2 GiB object.
-pub const MAX_PIECE: u64 = 4 << 20;
+pub use protocol::frame::PIECE as MAX_PIECE;
 
 /// Like [`split`], with pieces of at most [`MAX_PIECE`] bytes (cut at multiples of it inside
 /// the object).

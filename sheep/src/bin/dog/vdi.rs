@@ -442,21 +442,9 @@ pub async fn clone(
     let c = net::connect(addr).await?;
     let (base, inode) = open_vdi(&c, src, Some(snap)).await?;
     let h = &inode.header;
-    let new_vid = net::new_vdi(
-        &c,
-        &NewVdi {
-            name: dst,
-            size: h.vdi_size,
-            base,
-            copies: h.nr_copies,
-            copy_policy: h.copy_policy,
-            store_policy: h.store_policy,
-            block_size_shift: h.block_size_shift,
-            snapshot: false,
-        },
-    )
-    .await
-    .map_err(|e| fail(format!("Failed to create VDI {dst}"), &e))?;
+    let new_vid = net::new_vdi(&c, &NewVdi::like(dst, h, base, false))
+        .await
+        .map_err(|e| fail(format!("Failed to create VDI {dst}"), &e))?;
     if verbose {
         if raw {
             crate::emit(&format!("{new_vid:x}\n"))?;
