@@ -146,9 +146,9 @@ pub struct ClusterState {
     /// nobody took the VDI since.
     pub lock_gens: BTreeMap<u32, u64>,
     pub shutting_down: bool,
-    /// Members whose vnode count is fixed (by `-V` at join or by SET_VNODES), with it.
-    fixed_vnodes: BTreeMap<SocketAddr, u16>,
-    /// Members that joined with `-V`: SET_VNODES `None` returns them to that count.
+    /// Vnode counts set by SET_VNODES, until the member joins again.
+    overrides: BTreeMap<SocketAddr, u16>,
+    /// Members that joined with `-V`: their joined count is fixed.
     pinned: BTreeSet<SocketAddr>,
     ring: Arc<Ring>,
 }
@@ -166,7 +166,7 @@ impl Default for ClusterState {
             locks: BTreeMap::new(),
             lock_gens: BTreeMap::new(),
             shutting_down: false,
-            fixed_vnodes: BTreeMap::new(),
+            overrides: BTreeMap::new(),
             pinned: BTreeSet::new(),
             ring: Arc::new(Ring::new(Vec::new())),
         }
@@ -224,7 +224,7 @@ impl ClusterState {
     fn rebuild_ring(&mut self) {
         let mut nodes = self.members.clone();
         for n in nodes.iter_mut() {
-            if let Some(&v) = self.fixed_vnodes.get(&n.addr) {
+            if let Some(&v) = self.overrides.get(&n.addr) {
                 n.nr_vnodes = v;
             }
         }
@@ -233,7 +233,9 @@ impl ClusterState {
             .as_ref()
             .is_none_or(|f| f.flags & cluster_flags::AUTO_VNODES != 0)
         {
-            auto_vnodes(&mut nodes, |n| self.fixed_vnodes.contains_key(&n.addr));
+            auto_vnodes(&mut nodes, |n| {
+                self.overrides.contains_key(&n.addr) || self.pinned.contains(&n.addr)
+            });
         }
         self.ring = Arc::new(Ring::new(nodes));
     }
@@ -263,22 +265,20 @@ impl ClusterState {
             } => {
                 self.incarnations.insert(node.addr, *incarnation);
                 self.locks.retain(|_, l| l.owner != node.addr);
-                let was_fixed = self.fixed_vnodes.get(&node.addr).copied();
-                let fixed = (*fixed_vnodes && !node.is_gateway()).then_some(node.nr_vnodes);
-                let was_pinned = self.pinned.contains(&node.addr);
-                if self.members.contains(node) && was_fixed == fixed && was_pinned == fixed.is_some() {
+                // Joining again, a node's own configuration replaces a count set by hand.
+                let pinned = *fixed_vnodes && !node.is_gateway();
+                let unchanged = self.members.contains(node)
+                    && self.pinned.contains(&node.addr) == pinned
+                    && !self.overrides.contains_key(&node.addr);
+                if unchanged {
                     return fx;
                 }
-                match fixed {
-                    Some(v) => {
-                        self.pinned.insert(node.addr);
-                        self.fixed_vnodes.insert(node.addr, v)
-                    }
-                    None => {
-                        self.pinned.remove(&node.addr);
-                        self.fixed_vnodes.remove(&node.addr)
-                    }
-                };
+                self.overrides.remove(&node.addr);
+                if pinned {
+                    self.pinned.insert(node.addr);
+                } else {
+                    self.pinned.remove(&node.addr);
+                }
                 self.members.retain(|n| n.addr != node.addr);
                 self.members.push(node.clone());
                 sort_nodes(&mut self.members);
@@ -297,7 +297,7 @@ impl ClusterState {
                 }
                 self.members.retain(|n| n.addr != *addr);
                 self.incarnations.remove(addr);
-                self.fixed_vnodes.remove(addr);
+                self.overrides.remove(addr);
                 self.pinned.remove(addr);
                 self.locks.retain(|_, l| l.owner != *addr);
                 self.rebuild_ring();
@@ -361,9 +361,8 @@ impl ClusterState {
                 }
                 let before = self.ring.clone();
                 match vnodes {
-                    Some(v) => self.fixed_vnodes.insert(*addr, *v),
-                    None if self.pinned.contains(addr) => self.fixed_vnodes.insert(*addr, m.nr_vnodes),
-                    None => self.fixed_vnodes.remove(addr),
+                    Some(v) => self.overrides.insert(*addr, *v),
+                    None => self.overrides.remove(addr),
                 };
                 self.rebuild_ring();
                 if before.nodes() != self.ring.nodes() {
@@ -396,7 +395,7 @@ impl ClusterState {
                 self.locks.clear();
                 self.members.clear();
                 self.incarnations.clear();
-                self.fixed_vnodes.clear();
+                self.overrides.clear();
                 self.pinned.clear();
                 self.rebuild_ring();
                 fx.push(Effect::Shutdown);
