@@ -94,14 +94,14 @@ pub enum Event {
 }
 
 /// Who holds a VDI open for writing: a client connection of one gateway.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VdiLock {
     pub owner: SocketAddr,
     pub client: u64,
 }
 
 /// Per-vid facts every node needs to route object I/O.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VdiState {
     pub copies: u8,
     pub block_size_shift: u8,
@@ -127,15 +127,25 @@ pub enum Effect {
     Shutdown,
 }
 
-#[derive(Clone, Debug)]
+/// The state is also a checkpoint: drivers store it (JSON) so that a node starting later
+/// begins there instead of replaying every event before it ([`ClusterState::jump_to`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ClusterState {
+    /// Position of the last event applied ([`ClusterState::apply_at`]).
+    #[serde(default)]
+    pub pos: u64,
+    /// Position of the `Format` event that began this cluster's data (0: none seen).
+    #[serde(default)]
+    pub formatted_at: u64,
     /// Current members, sorted as GET_NODE_LIST returns them, with vnodes as joined.
     members: Vec<Node>,
     /// The life (session) of each member, as its last join said.
     incarnations: BTreeMap<SocketAddr, u64>,
     pub format: Option<Format>,
     pub epochs: Vec<Epoch>,
+    #[serde(with = "vid_list")]
     pub in_use: VdiBitmap,
+    #[serde(with = "vid_list")]
     pub deleted: VdiBitmap,
     pub vdis: BTreeMap<u32, VdiState>,
     /// Working VDIs open for writing, by vid. A snapshot moves the lock to the new working
@@ -150,12 +160,38 @@ pub struct ClusterState {
     overrides: BTreeMap<SocketAddr, u16>,
     /// Members that joined with `-V`: their joined count is fixed.
     pinned: BTreeSet<SocketAddr>,
+    /// Derived from the members; rebuilt after loading a checkpoint.
+    #[serde(skip, default = "empty_ring")]
     ring: Arc<Ring>,
+}
+
+fn empty_ring() -> Arc<Ring> {
+    Arc::new(Ring::new(Vec::new()))
+}
+
+/// A bitmap in a checkpoint: the list of its set vids (2 MiB of mostly zeros otherwise).
+mod vid_list {
+    use protocol::bitmap::VdiBitmap;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &VdiBitmap, s: S) -> Result<S::Ok, S::Error> {
+        b.iter().collect::<Vec<u32>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VdiBitmap, D::Error> {
+        let mut b = VdiBitmap::default();
+        for vid in Vec::<u32>::deserialize(d)? {
+            b.set(vid);
+        }
+        Ok(b)
+    }
 }
 
 impl Default for ClusterState {
     fn default() -> Self {
         ClusterState {
+            pos: 0,
+            formatted_at: 0,
             members: Vec::new(),
             incarnations: BTreeMap::new(),
             format: None,
@@ -168,7 +204,7 @@ impl Default for ClusterState {
             shutting_down: false,
             overrides: BTreeMap::new(),
             pinned: BTreeSet::new(),
-            ring: Arc::new(Ring::new(Vec::new())),
+            ring: empty_ring(),
         }
     }
 }
@@ -191,6 +227,14 @@ impl ClusterState {
 
     pub fn ring(&self) -> Arc<Ring> {
         self.ring.clone()
+    }
+
+    /// Each member and its life (incarnation).
+    pub fn lives(&self) -> BTreeMap<SocketAddr, u64> {
+        self.members
+            .iter()
+            .map(|n| (n.addr, self.incarnations.get(&n.addr).copied().unwrap_or(0)))
+            .collect()
     }
 
     pub fn is_member(&self, addr: SocketAddr) -> bool {
@@ -251,6 +295,51 @@ impl ClusterState {
             nodes: self.nodes().to_vec(),
         });
         effects.push(Effect::NewEpoch(epoch));
+    }
+
+    /// Reads a checkpoint written from [`ClusterState`]'s JSON.
+    pub fn from_checkpoint(bytes: &[u8]) -> serde_json::Result<ClusterState> {
+        let mut st: ClusterState = serde_json::from_slice(bytes)?;
+        st.rebuild_ring();
+        Ok(st)
+    }
+
+    /// Applies the event at position `pos` of the total order.
+    pub fn apply_at(&mut self, pos: u64, ev: &Event) -> Vec<Effect> {
+        let fx = self.apply(ev);
+        self.pos = pos;
+        if fx.contains(&Effect::WipeStore) {
+            self.formatted_at = pos;
+        }
+        fx
+    }
+
+    /// Replaces this state by `image`, a checkpoint taken at a later position, and returns
+    /// what applying the events in between would have asked of this node: a wipe when the
+    /// cluster was formatted again meanwhile, every epoch it has not seen, a shutdown.
+    /// A checkpoint no newer than this state changes nothing.
+    pub fn jump_to(&mut self, image: ClusterState) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        if image.pos <= self.pos {
+            return fx;
+        }
+        let reformatted = image.formatted_at > self.formatted_at;
+        if reformatted {
+            fx.push(Effect::WipeStore);
+        }
+        let seen = if reformatted { 0 } else { self.epoch() };
+        fx.extend(
+            image
+                .epochs
+                .iter()
+                .filter(|e| e.epoch > seen)
+                .map(|e| Effect::NewEpoch(e.epoch)),
+        );
+        if image.shutting_down && !self.shutting_down {
+            fx.push(Effect::Shutdown);
+        }
+        *self = image;
+        fx
     }
 
     /// Applies one event and returns what this node must do about it.

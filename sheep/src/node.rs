@@ -12,7 +12,7 @@ use protocol::{Client, ResultCode};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::cache::index::Index;
-use crate::cluster::{Delivery, Driver, DriverError};
+use crate::cluster::{Delivered, Delivery, Driver, DriverError};
 use crate::group::{ClusterState, Effect, Event};
 use crate::recovery::freshness::Recovery;
 use crate::store::{write_durably, Store, StoreError};
@@ -149,25 +149,40 @@ impl Sheep {
         Ok(())
     }
 
-    /// Applies delivered events in order, forever.
+    /// Applies delivered events in order, forever, and hands the driver a checkpoint of
+    /// the state when it asks for one.
     pub async fn apply_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Delivery>) {
         let done_before = read_applied(&self.dir);
-        while let Some(Delivery { pos, event }) = rx.recv().await {
-            let Some(event) = event else {
-                self.applied.send_replace(pos);
-                continue;
-            };
-            let (effects, was_member, epoch) = {
+        while let Some(Delivery { pos, what }) = rx.recv().await {
+            let (effects, was_member, epoch, formatted_at) = {
                 let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
                 let was_member = st.is_member(self.me.addr);
-                let fx = st.apply(&event);
-                (fx, was_member, st.epoch())
+                let fx = match what {
+                    Delivered::Event(event) => st.apply_at(pos, &event),
+                    Delivered::Checkpoint(image) => {
+                        tracing::info!(pos, epoch = image.epoch(), "starting from the cluster's checkpoint");
+                        st.jump_to(*image)
+                    }
+                    Delivered::Nothing => Vec::new(),
+                };
+                (fx, was_member, st.epoch(), st.formatted_at)
             };
-            let fresh = pos > done_before;
             for fx in effects {
-                self.effect(fx, fresh, was_member, pos, epoch).await;
+                // A wipe belongs to the format's position, which a checkpoint may have skipped.
+                let at = if fx == Effect::WipeStore { formatted_at } else { pos };
+                self.effect(fx, at > done_before, was_member, at, epoch).await;
             }
             self.applied.send_replace(pos);
+            if self.driver.checkpoint_due() {
+                let image = {
+                    let st = self.state();
+                    serde_json::to_vec(&*st).map(|b| (st.pos, b))
+                };
+                match image {
+                    Ok((at, bytes)) => self.driver.checkpoint(at, bytes),
+                    Err(e) => tracing::error!(error = %e, "cannot encode a checkpoint"),
+                }
+            }
         }
     }
 

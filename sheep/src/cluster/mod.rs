@@ -10,21 +10,31 @@ pub mod zookeeper;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use protocol::node::Node;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::group::Event;
+use crate::group::{ClusterState, Event};
 
-/// An event and its position in the total order. Positions only grow. `None` is a position
-/// that carries nothing to apply (a duplicate of an event already delivered, left by an
-/// append retried after its reply was lost): it is delivered all the same, so a writer
-/// waiting for that position to be applied is not left waiting.
+/// What is delivered at one position of the total order. Positions only grow.
 #[derive(Debug)]
 pub struct Delivery {
     pub pos: u64,
-    pub event: Option<Event>,
+    pub what: Delivered,
+}
+
+#[derive(Debug)]
+pub enum Delivered {
+    Event(Event),
+    /// A position that carries nothing to apply (a duplicate of an event already delivered,
+    /// left by an append retried after its reply was lost): it is delivered all the same, so
+    /// a writer waiting for that position to be applied is not left waiting.
+    Nothing,
+    /// The state after every event up to `pos`, from a checkpoint: the events before it may
+    /// be gone from the driver's log, so a node that has not applied them starts here.
+    Checkpoint(Box<ClusterState>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +184,77 @@ impl Driver {
             waiting = still;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+impl Driver {
+    /// True when this node should hand the driver a checkpoint of its state now: it is the
+    /// member that writes them, enough events passed since the last one, none is in flight.
+    pub fn checkpoint_due(&self) -> bool {
+        match self {
+            Driver::Local(d) => d.cadence().due(),
+            Driver::Zookeeper(d) => d.cadence().due(),
+        }
+    }
+
+    /// Stores `image` (the state after the event at `pos`) as the cluster's checkpoint and
+    /// then drops the events that every member has applied and the checkpoint covers. Runs
+    /// in the background; a failure is logged and the next checkpoint tries again.
+    pub fn checkpoint(&self, pos: u64, image: Vec<u8>) {
+        match self {
+            Driver::Local(d) => d.checkpoint(pos, image),
+            Driver::Zookeeper(d) => d.checkpoint(pos, image),
+        }
+    }
+}
+
+/// Events between two checkpoints.
+pub const CHECKPOINT_EVERY: u64 = 1000;
+
+/// When to write the next checkpoint. One member writes them (the driver picks it: the live
+/// member with the lowest address), every [`CHECKPOINT_EVERY`] events, one at a time.
+#[derive(Default)]
+pub struct Cadence {
+    events: AtomicU64,
+    busy: AtomicBool,
+    writer: AtomicBool,
+}
+
+impl Cadence {
+    /// One more event was delivered.
+    pub fn delivered(&self) {
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The node starts over from a checkpoint: no events since.
+    pub fn restart(&self) {
+        self.events.store(0, Ordering::Relaxed);
+    }
+
+    pub fn set_writer(&self, writer: bool) {
+        self.writer.store(writer, Ordering::Relaxed);
+    }
+
+    pub fn due(&self) -> bool {
+        self.writer.load(Ordering::Relaxed)
+            && !self.busy.load(Ordering::Acquire)
+            && self.events.load(Ordering::Relaxed) >= CHECKPOINT_EVERY
+    }
+
+    /// Claims the next checkpoint; false if one is being written.
+    pub fn begin(&self) -> bool {
+        let claimed = self
+            .busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if claimed {
+            self.events.store(0, Ordering::Relaxed);
+        }
+        claimed
+    }
+
+    pub fn end(&self) {
+        self.busy.store(false, Ordering::Release);
     }
 }
 

@@ -12,11 +12,21 @@
 //! - `lock/l-NNNNNNNNNN`: the cluster-wide VDI operation lock (ephemeral sequential; the
 //!   lowest holds it).
 //! - `applied/<addr:port>`: how far each sheep has applied the queue.
+//! - `checkpoint` and `checkpoints/`: the cluster state at a position every member has
+//!   applied; the queue before it is deleted ([`checkpoint`]). A node that starts later
+//!   begins at the checkpoint and reads only the events after it ([`queue`]).
+//!
+//! Members read new events in batches (one listing, then one multi-read per 256 events),
+//! woken by a watch on the queue; the live member with the lowest address writes the
+//! checkpoints and announces the leaves of members whose sessions ended.
 //!
 //! When this sheep's session expires, it stops accepting writes at once, connects anew and
 //! joins again as a new incarnation; the others have seen it leave meanwhile.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+mod checkpoint;
+mod queue;
+
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,7 +36,7 @@ use protocol::node::Node;
 use tokio::sync::mpsc::UnboundedSender;
 use zookeeper_client as zk;
 
-use super::{now_secs, Delivery, DriverError};
+use super::{now_secs, Cadence, Delivery, DriverError};
 use crate::group::Event;
 
 const ROOT: &str = "/sheepdog";
@@ -93,6 +103,10 @@ struct Shared {
     members: Mutex<BTreeMap<SocketAddr, u64>>,
     /// Set by [`ZkDriver::close`]: the background tasks end and the session closes.
     stopped: AtomicBool,
+    /// Ids of recently delivered events (duplicates are delivered as nothing).
+    recent: Mutex<queue::Recent>,
+    /// When this node writes the next checkpoint.
+    cadence: Cadence,
 }
 
 pub struct ZkDriver {
@@ -235,7 +249,7 @@ impl ZkDriver {
     pub async fn start(spec: &ZkSpec, me: SocketAddr, tx: UnboundedSender<Delivery>) -> Result<ZkDriver, DriverError> {
         let client = connect(spec).await?;
         let dir = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-        for p in [ROOT, QUEUE, MEMBERS, LOCK, APPLIED] {
+        for p in [ROOT, QUEUE, MEMBERS, LOCK, APPLIED, checkpoint::CHECKPOINTS] {
             client
                 .mkdir(p, &dir)
                 .await
@@ -249,8 +263,10 @@ impl ZkDriver {
             node: Mutex::new(None),
             members: Mutex::new(BTreeMap::new()),
             stopped: AtomicBool::new(false),
+            recent: Mutex::new(queue::Recent::default()),
+            cadence: Cadence::default(),
         });
-        tokio::spawn(read_queue(shared.clone(), tx));
+        tokio::spawn(queue::read_queue(shared.clone(), tx));
         tokio::spawn(watch_members(shared.clone()));
         tokio::spawn(watch_session(shared.clone()));
         Ok(ZkDriver { shared })
@@ -262,6 +278,34 @@ impl ZkDriver {
 
     pub fn incarnation(&self) -> u64 {
         self.shared.incarnation()
+    }
+
+    pub fn cadence(&self) -> &Cadence {
+        &self.shared.cadence
+    }
+
+    /// Writes the checkpoint at `pos` and trims the queue behind it, in the background.
+    pub fn checkpoint(&self, pos: u64, image: Vec<u8>) {
+        let s = self.shared.clone();
+        if !s.cadence.begin() {
+            return;
+        }
+        tokio::spawn(async move {
+            let recent = s.recent.lock().unwrap_or_else(|p| p.into_inner()).upto(pos);
+            let started = tokio::time::Instant::now();
+            let bytes = image.len();
+            match checkpoint::write(&s, pos, image, recent).await {
+                Ok(trimmed) => tracing::info!(
+                    pos,
+                    bytes,
+                    trimmed,
+                    ms = started.elapsed().as_millis() as u64,
+                    "cluster checkpoint written"
+                ),
+                Err(e) => tracing::warn!(pos, error = %e, "cannot write the cluster checkpoint; the next one tries again"),
+            }
+            s.cadence.end();
+        });
     }
 
     /// Stops the background tasks; the session closes once they are gone (within a tick),
@@ -409,97 +453,6 @@ impl Drop for ZkLock {
     }
 }
 
-/// Delivers every queued event, in sequence order, exactly once.
-async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
-    let mut next: u64 = 0;
-    let mut seen: VecDeque<u64> = VecDeque::new();
-    let mut seen_set: HashSet<u64> = HashSet::new();
-    let mut last_error = None;
-    while !s.stopped.load(Ordering::Acquire) {
-        let client = s.client();
-        let (children, watcher) = match client.get_and_watch_children(QUEUE).await {
-            Ok((c, _, w)) => {
-                last_error = None;
-                (c, Some(w))
-            }
-            Err(e) => {
-                if last_error.as_ref() != Some(&e) {
-                    tracing::warn!(error = %e, "cannot list the ZooKeeper queue");
-                }
-                last_error = Some(e);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                (Vec::new(), None)
-            }
-        };
-        let mut seqs: Vec<(u64, &String)> = children
-            .iter()
-            .filter_map(|n| sequence(n).map(|q| (q, n)))
-            .filter(|(q, _)| *q >= next)
-            .collect();
-        seqs.sort();
-        for (q, name) in seqs {
-            let data = match client.get_data(&format!("{QUEUE}/{name}")).await {
-                Ok((d, _)) => d,
-                Err(e) => {
-                    tracing::warn!(event = %name, error = %e, "cannot read a queued event; retrying");
-                    break;
-                }
-            };
-            next = q + 1;
-            let env: Envelope = match serde_json::from_slice(&data) {
-                Ok(env) => env,
-                Err(e) => {
-                    tracing::error!(event = %name, error = %e, "skipping an unreadable queued event");
-                    continue;
-                }
-            };
-            if !seen_set.insert(env.id) {
-                if tx
-                    .send(Delivery {
-                        pos: q + 1,
-                        event: None,
-                    })
-                    .is_err()
-                {
-                    return;
-                }
-                continue;
-            }
-            seen.push_back(env.id);
-            if seen.len() > 4096 {
-                if let Some(old) = seen.pop_front() {
-                    seen_set.remove(&old);
-                }
-            }
-            {
-                let mut m = s.members.lock().unwrap_or_else(|p| p.into_inner());
-                match &env.event {
-                    Event::Join { node, incarnation, .. } => {
-                        m.insert(node.addr, *incarnation);
-                    }
-                    Event::Leave { addr, incarnation, .. } if incarnation.is_none_or(|i| m.get(addr) == Some(&i)) => {
-                        m.remove(addr);
-                    }
-                    Event::Shutdown => m.clear(),
-                    _ => {}
-                }
-            }
-            if tx
-                .send(Delivery {
-                    pos: q + 1,
-                    event: Some(env.event),
-                })
-                .is_err()
-            {
-                return;
-            }
-        }
-        if let Some(w) = watcher {
-            let _ = tokio::time::timeout(TICK, w.changed()).await;
-        }
-    }
-}
-
 /// Appends a `Leave` for every member whose znode is gone. Only the live member with the
 /// lowest address does it, so a thousand nodes do not all write the same notice; it watches
 /// the member list, the others only look once a [`TICK`] in case they become the lowest.
@@ -529,6 +482,7 @@ async fn watch_members(s: Arc<Shared>) {
             }
         };
         reaper = s.healthy.load(Ordering::Acquire) && live.iter().min() == Some(&s.me);
+        s.cadence.set_writer(reaper);
         if reaper {
             let gone: Vec<(SocketAddr, u64)> = s
                 .members

@@ -1,0 +1,219 @@
+//! Reading the queue: every event, in sequence order, exactly once, in batches; from the
+//! checkpoint when the events before it are gone.
+//!
+//! A listing of the queue comes with the queue znode's `cversion`, which counts every child
+//! created or deleted and is the sequence number the next event will get. So a listing says
+//! exactly which numbers below it can still hold an event: a number in `[next, cversion)`
+//! that is not listed was spent by a delete. Only trims delete events, after recording how
+//! far they go (`trimmed`), and only events a checkpoint covers; so when such a gap exists
+//! and the trim reaches past `next`, the node starts from the checkpoint, and otherwise the
+//! gap is numbers spent by deleting events it has read. A member that keeps up reads the
+//! trim position once per trim, never the checkpoint.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+use zookeeper_client as zk;
+
+use super::{checkpoint, sequence, Envelope, Shared, QUEUE, TICK};
+use crate::cluster::{Delivered, Delivery};
+use crate::group::Event;
+
+/// Events read in one multi-read request.
+const BATCH: usize = 256;
+/// Event ids remembered to drop a duplicate left by a retried append.
+const REMEMBERED: usize = 4096;
+
+/// The ids of recently delivered events, with their positions: a retried append can leave
+/// an event twice, and the second copy must be delivered as nothing. Checkpoints carry them,
+/// so a node that starts from a checkpoint also knows the ids of the events it skipped.
+#[derive(Default)]
+pub(super) struct Recent {
+    order: VecDeque<(u64, u64)>,
+    ids: HashSet<u64>,
+}
+
+impl Recent {
+    /// Records `id` at `pos`; false if it was delivered already.
+    fn insert(&mut self, pos: u64, id: u64) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.order.push_back((pos, id));
+        if self.order.len() > REMEMBERED {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// (position, id) of the remembered events up to `pos`.
+    pub(super) fn upto(&self, pos: u64) -> Vec<(u64, u64)> {
+        self.order.iter().copied().filter(|&(p, _)| p <= pos).collect()
+    }
+
+    fn replace(&mut self, recent: &[(u64, u64)]) {
+        self.order.clear();
+        self.ids.clear();
+        for &(p, id) in recent {
+            self.insert(p, id);
+        }
+    }
+}
+
+/// What one pass over a listing ended with.
+enum Pass {
+    /// Every listed event was delivered.
+    Done,
+    /// Something failed or vanished; list again soon.
+    Again,
+    /// The receiver is gone.
+    Closed,
+}
+
+pub(super) async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
+    // The lowest sequence number that may still hold an event not delivered here.
+    let mut next: u64 = 0;
+    let mut last_error = None;
+    while !s.stopped.load(Ordering::Acquire) {
+        let client = s.client();
+        let (children, cversion, watcher) = match client.get_and_watch_children(QUEUE).await {
+            Ok((c, stat, w)) => {
+                last_error = None;
+                (c, u64::try_from(stat.cversion).unwrap_or(0), w)
+            }
+            Err(e) => {
+                if last_error.as_ref() != Some(&e) {
+                    tracing::warn!(error = %e, "cannot list the ZooKeeper queue");
+                }
+                last_error = Some(e);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut seqs: Vec<(u64, String)> = children
+            .into_iter()
+            .filter_map(|n| sequence(&n).map(|q| (q, n)))
+            .filter(|(q, _)| *q >= next)
+            .collect();
+        seqs.sort();
+        if (seqs.len() as u64) < cversion.saturating_sub(next) {
+            let behind = match checkpoint::trimmed_to(&s).await {
+                Ok(t) => t > next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read how far the queue is trimmed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let found = if behind { checkpoint::load(&s).await } else { Ok(None) };
+            match found {
+                Ok(Some((head, image))) if head.pos > next => {
+                    next = head.pos;
+                    seqs.retain(|(q, _)| *q >= next);
+                    s.recent.lock().unwrap_or_else(|p| p.into_inner()).replace(&head.recent);
+                    *s.members.lock().unwrap_or_else(|p| p.into_inner()) = image.lives();
+                    s.cadence.restart();
+                    let cp = Delivery {
+                        pos: head.pos,
+                        what: Delivered::Checkpoint(Box::new(image)),
+                    };
+                    if tx.send(cp).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the cluster checkpoint; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        match deliver(&s, &client, &seqs, &mut next, &tx).await {
+            Pass::Closed => return,
+            Pass::Again => tokio::time::sleep(Duration::from_millis(50)).await,
+            Pass::Done => {
+                next = next.max(cversion);
+                let _ = tokio::time::timeout(TICK, watcher.changed()).await;
+            }
+        }
+    }
+}
+
+/// Reads and delivers the listed events from `next` on, `BATCH` per request.
+async fn deliver(
+    s: &Shared,
+    client: &zk::Client,
+    seqs: &[(u64, String)],
+    next: &mut u64,
+    tx: &UnboundedSender<Delivery>,
+) -> Pass {
+    for batch in seqs.chunks(BATCH) {
+        let mut reader = client.new_multi_reader();
+        for (_, name) in batch {
+            if let Err(e) = reader.add_get_data(&format!("{QUEUE}/{name}")) {
+                tracing::error!(event = %name, error = %e, "bad queue path");
+                return Pass::Again;
+            }
+        }
+        let results = match reader.commit().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read queued events; retrying");
+                return Pass::Again;
+            }
+        };
+        for ((q, name), result) in batch.iter().zip(results) {
+            let data = match result {
+                zk::MultiReadResult::Data { data, .. } => data,
+                // Trimmed since the listing: the checkpoint covers it; the next pass starts there.
+                zk::MultiReadResult::Error { err: zk::Error::NoNode } => return Pass::Again,
+                other => {
+                    tracing::warn!(event = %name, result = ?other, "cannot read a queued event; retrying");
+                    return Pass::Again;
+                }
+            };
+            *next = q + 1;
+            let pos = q + 1;
+            let env: Envelope = match serde_json::from_slice(&data) {
+                Ok(env) => env,
+                Err(e) => {
+                    tracing::error!(event = %name, error = %e, "skipping an unreadable queued event");
+                    continue;
+                }
+            };
+            let fresh = s.recent.lock().unwrap_or_else(|p| p.into_inner()).insert(pos, env.id);
+            let what = if fresh {
+                track_members(s, &env.event);
+                s.cadence.delivered();
+                Delivered::Event(env.event)
+            } else {
+                Delivered::Nothing
+            };
+            if tx.send(Delivery { pos, what }).is_err() {
+                return Pass::Closed;
+            }
+        }
+    }
+    Pass::Done
+}
+
+/// Keeps the driver's own list of members (for announcing the leaves of vanished ones).
+fn track_members(s: &Shared, ev: &Event) {
+    let mut m = s.members.lock().unwrap_or_else(|p| p.into_inner());
+    match ev {
+        Event::Join { node, incarnation, .. } => {
+            m.insert(node.addr, *incarnation);
+        }
+        Event::Leave { addr, incarnation, .. } if incarnation.is_none_or(|i| m.get(addr) == Some(&i)) => {
+            m.remove(addr);
+        }
+        Event::Shutdown => m.clear(),
+        _ => {}
+    }
+}
