@@ -38,5 +38,5 @@ until [ "$(python3 -c "import socket; s=socket.create_connection(('127.0.0.1',$p
     sleep 0.2
 done
 
-target/release/examples/scale ring
-RUST_LOG=error target/release/examples/scale zookeeper "127.0.0.1:$port" --members "$members"
+[ -n "${SKIP_RING:-}" ] || target/release/examples/scale ring
+RUST_LOG=${RUST_LOG:-error} target/release/examples/scale zookeeper "127.0.0.1:$port" --members "$members"

@@ -23,8 +23,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,11 @@ fn origin(f: &File) -> io::Result<(u64, u64)> {
     let n = f.read_at(&mut head, 0)?;
     let first = head[..n].iter().position(|&b| b == b'\n');
     Ok(first
-        .and_then(|nl| serde_json::from_slice::<Start>(&head[..nl]).ok().map(|s| (s.trimmed_to, nl as u64 + 1)))
+        .and_then(|nl| {
+            serde_json::from_slice::<Start>(&head[..nl])
+                .ok()
+                .map(|s| (s.trimmed_to, nl as u64 + 1))
+        })
         .unwrap_or((0, 0)))
 }
 
@@ -185,7 +189,8 @@ impl Paths {
 
     fn load_checkpoint(&self) -> Result<ClusterState, DriverError> {
         let bytes = fs::read(&self.checkpoint).map_err(io_err(&self.checkpoint))?;
-        ClusterState::from_checkpoint(&bytes).map_err(|e| DriverError::Task(format!("{}: {e}", self.checkpoint.display())))
+        ClusterState::from_checkpoint(&bytes)
+            .map_err(|e| DriverError::Task(format!("{}: {e}", self.checkpoint.display())))
     }
 
     /// Stores the checkpoint at `pos` (unless a newer one is there) and trims the log to
@@ -375,7 +380,9 @@ impl LocalDriver {
         tokio::task::spawn_blocking(move || {
             match p.write_checkpoint(pos, &image) {
                 Ok(trimmed) => tracing::info!(pos, bytes = image.len(), trimmed, "cluster checkpoint written"),
-                Err(e) => tracing::warn!(pos, error = %e, "cannot write the cluster checkpoint; the next one tries again"),
+                Err(e) => {
+                    tracing::warn!(pos, error = %e, "cannot write the cluster checkpoint; the next one tries again")
+                }
             }
             cadence.end();
         });

@@ -72,7 +72,11 @@ async fn mark_trimmed(s: &Shared, limit: u64) -> Result<(), DriverError> {
     let body = limit.to_string().into_bytes();
     match s.client().get_data(TRIMMED).await {
         Ok((d, stat)) => {
-            if String::from_utf8_lossy(&d).trim().parse::<u64>().is_ok_and(|t| t >= limit) {
+            if String::from_utf8_lossy(&d)
+                .trim()
+                .parse::<u64>()
+                .is_ok_and(|t| t >= limit)
+            {
                 return Ok(());
             }
             s.client()
@@ -228,7 +232,7 @@ async fn trim(s: &Shared, pos: u64) -> Result<usize, DriverError> {
     let mut old: Vec<(u64, String)> = names
         .into_iter()
         .filter_map(|n| sequence(&n).map(|q| (q, n)))
-        .filter(|(q, _)| q + 1 <= limit)
+        .filter(|(q, _)| *q < limit)
         .collect();
     old.sort();
     if old.is_empty() {

@@ -117,6 +117,15 @@ fn zk_err(what: &str, e: zk::Error) -> DriverError {
     DriverError::Task(format!("ZooKeeper {what}: {e}"))
 }
 
+/// An event as queued, with a fresh id.
+fn envelope(event: &Event) -> Result<Vec<u8>, DriverError> {
+    serde_json::to_vec(&Envelope {
+        id: random_id(),
+        event: event.clone(),
+    })
+    .map_err(|e| DriverError::Task(e.to_string()))
+}
+
 fn random_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -180,11 +189,7 @@ impl Shared {
     }
 
     async fn append(&self, event: &Event) -> Result<u64, DriverError> {
-        let body = serde_json::to_vec(&Envelope {
-            id: random_id(),
-            event: event.clone(),
-        })
-        .map_err(|e| DriverError::Task(e.to_string()))?;
+        let body = envelope(event)?;
         let opts = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
         let (_, seq) = self
             .retry("append", |c| {
@@ -194,6 +199,24 @@ impl Shared {
             })
             .await?;
         Ok(seq.into_i64() as u64 + 1)
+    }
+
+    /// Appends `events` in one transaction: readers learn of all of them at once.
+    async fn append_all(&self, events: &[Event]) -> Result<(), DriverError> {
+        let bodies = events.iter().map(envelope).collect::<Result<Vec<_>, _>>()?;
+        let path = format!("{QUEUE}/ev-");
+        let opts = zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all());
+        self.retry("append", |c| {
+            let (bodies, path, opts) = (&bodies, &path, &opts);
+            async move {
+                let mut w = c.new_multi_writer();
+                for body in bodies {
+                    w.add_create(path, body, opts)?;
+                }
+                w.commit().await.map(|_| ()).map_err(zk::Error::from)
+            }
+        })
+        .await
     }
 
     /// Creates our member znode (waiting out a previous life's) and announces the join.
@@ -302,7 +325,9 @@ impl ZkDriver {
                     ms = started.elapsed().as_millis() as u64,
                     "cluster checkpoint written"
                 ),
-                Err(e) => tracing::warn!(pos, error = %e, "cannot write the cluster checkpoint; the next one tries again"),
+                Err(e) => {
+                    tracing::warn!(pos, error = %e, "cannot write the cluster checkpoint; the next one tries again")
+                }
             }
             s.cadence.end();
         });
@@ -492,18 +517,24 @@ async fn watch_members(s: Arc<Shared>) {
                 .filter(|(a, _)| !live.contains(a))
                 .map(|(a, i)| (*a, *i))
                 .collect();
-            for (addr, inc) in gone {
-                if reaped.insert((addr, inc)) {
-                    tracing::warn!(node = %addr, "node's ZooKeeper session ended; announcing its leave");
-                    let leave = Event::Leave {
-                        addr,
-                        time: now_secs(),
-                        incarnation: Some(inc),
-                    };
-                    if let Err(e) = s.append(&leave).await {
-                        tracing::error!(node = %addr, error = %e, "cannot announce a leave");
-                        reaped.remove(&(addr, inc));
-                    }
+            let gone: Vec<(SocketAddr, u64)> = gone.into_iter().filter(|g| !reaped.contains(g)).collect();
+            if !gone.is_empty() {
+                // All in one transaction: a hundred sessions that end together cost every
+                // reader one read, not a hundred.
+                let leaves: Vec<Event> = gone
+                    .iter()
+                    .map(|&(addr, inc)| {
+                        tracing::warn!(node = %addr, "node's ZooKeeper session ended; announcing its leave");
+                        Event::Leave {
+                            addr,
+                            time: now_secs(),
+                            incarnation: Some(inc),
+                        }
+                    })
+                    .collect();
+                match s.append_all(&leaves).await {
+                    Ok(()) => reaped.extend(gone),
+                    Err(e) => tracing::error!(nodes = gone.len(), error = %e, "cannot announce leaves"),
                 }
             }
         }

@@ -1,14 +1,14 @@
 //! Reading the queue: every event, in sequence order, exactly once, in batches; from the
 //! checkpoint when the events before it are gone.
 //!
-//! A listing of the queue comes with the queue znode's `cversion`, which counts every child
-//! created or deleted and is the sequence number the next event will get. So a listing says
-//! exactly which numbers below it can still hold an event: a number in `[next, cversion)`
-//! that is not listed was spent by a delete. Only trims delete events, after recording how
-//! far they go (`trimmed`), and only events a checkpoint covers; so when such a gap exists
-//! and the trim reaches past `next`, the node starts from the checkpoint, and otherwise the
-//! gap is numbers spent by deleting events it has read. A member that keeps up reads the
-//! trim position once per trim, never the checkpoint.
+//! Sequence numbers only grow, but they have holes: a delete spends numbers too, and the
+//! queue znode's `cversion` does not say which (it runs ahead of the numbers once events
+//! have been deleted), so a reader goes by the names it lists. Only trims delete events,
+//! after recording how far they go (`trimmed`), and only events a checkpoint covers. So when
+//! the first listed event lies past `next`, the reader reads `trimmed` once: if it reaches
+//! past `next`, the events in between are gone and the node starts from the checkpoint;
+//! otherwise the hole is numbers spent by deletes, and it reads on from the first listed.
+//! A member that keeps up reads the trim position about once per trim, never the checkpoint.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -81,10 +81,10 @@ pub(super) async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
     let mut last_error = None;
     while !s.stopped.load(Ordering::Acquire) {
         let client = s.client();
-        let (children, cversion, watcher) = match client.get_and_watch_children(QUEUE).await {
-            Ok((c, stat, w)) => {
+        let (children, watcher) = match client.list_and_watch_children(QUEUE).await {
+            Ok(listed) => {
                 last_error = None;
-                (c, u64::try_from(stat.cversion).unwrap_or(0), w)
+                listed
             }
             Err(e) => {
                 if last_error.as_ref() != Some(&e) {
@@ -101,36 +101,19 @@ pub(super) async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
             .filter(|(q, _)| *q >= next)
             .collect();
         seqs.sort();
-        if (seqs.len() as u64) < cversion.saturating_sub(next) {
-            let behind = match checkpoint::trimmed_to(&s).await {
-                Ok(t) => t > next,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read how far the queue is trimmed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            let found = if behind { checkpoint::load(&s).await } else { Ok(None) };
-            match found {
-                Ok(Some((head, image))) if head.pos > next => {
-                    next = head.pos;
-                    seqs.retain(|(q, _)| *q >= next);
-                    s.recent.lock().unwrap_or_else(|p| p.into_inner()).replace(&head.recent);
-                    *s.members.lock().unwrap_or_else(|p| p.into_inner()) = image.lives();
-                    s.cadence.restart();
-                    let cp = Delivery {
-                        pos: head.pos,
-                        what: Delivered::Checkpoint(Box::new(image)),
-                    };
-                    if tx.send(cp).is_err() {
-                        return;
+        if let Some(&(first, _)) = seqs.first() {
+            if first > next {
+                match skip_hole(&s, next, &tx).await {
+                    Hole::Spent => next = first,
+                    Hole::Trimmed(pos) => {
+                        next = pos;
+                        seqs.retain(|(q, _)| *q >= next);
                     }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the cluster checkpoint; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
+                    Hole::Unknown => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    Hole::Closed => return,
                 }
             }
         }
@@ -138,11 +121,60 @@ pub(super) async fn read_queue(s: Arc<Shared>, tx: UnboundedSender<Delivery>) {
             Pass::Closed => return,
             Pass::Again => tokio::time::sleep(Duration::from_millis(50)).await,
             Pass::Done => {
-                next = next.max(cversion);
                 let _ = tokio::time::timeout(TICK, watcher.changed()).await;
             }
         }
     }
+}
+
+/// What lies between `next` and the first listed event.
+enum Hole {
+    /// Numbers spent by deletes: nothing to deliver.
+    Spent,
+    /// Trimmed events: the checkpoint at this position was delivered instead.
+    Trimmed(u64),
+    /// Unreadable for now; list again.
+    Unknown,
+    /// The receiver is gone.
+    Closed,
+}
+
+/// Finds out whether events from `next` on were trimmed, and if so delivers the checkpoint.
+async fn skip_hole(s: &Shared, next: u64, tx: &UnboundedSender<Delivery>) -> Hole {
+    match checkpoint::trimmed_to(s).await {
+        Ok(t) if t <= next => return Hole::Spent,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read how far the queue is trimmed; retrying");
+            return Hole::Unknown;
+        }
+    }
+    let (head, image) = match checkpoint::load(s).await {
+        Ok(Some(found)) if found.0.pos > next => found,
+        Ok(_) => {
+            tracing::error!(
+                next,
+                "queued events were trimmed, but no checkpoint covers them; retrying"
+            );
+            return Hole::Unknown;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the cluster checkpoint; retrying");
+            return Hole::Unknown;
+        }
+    };
+    let pos = head.pos;
+    s.recent.lock().unwrap_or_else(|p| p.into_inner()).replace(&head.recent);
+    *s.members.lock().unwrap_or_else(|p| p.into_inner()) = image.lives();
+    s.cadence.restart();
+    let cp = Delivery {
+        pos,
+        what: Delivered::Checkpoint(Box::new(image)),
+    };
+    if tx.send(cp).is_err() {
+        return Hole::Closed;
+    }
+    Hole::Trimmed(pos)
 }
 
 /// Reads and delivers the listed events from `next` on, `BATCH` per request.
