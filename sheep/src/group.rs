@@ -867,4 +867,107 @@ mod tests {
             assert_eq!(&serde_json::from_str::<Event>(&j).expect("de"), e);
         }
     }
+
+    /// A history with every kind of fact a checkpoint must carry, applied with positions.
+    fn history() -> Vec<Event> {
+        let mut pinned = node(3);
+        pinned.nr_vnodes = 40;
+        vec![
+            format(),
+            join(node(1), false),
+            join(node(2), false),
+            join(pinned, true),
+            Event::VdiAdd {
+                vid: 7,
+                copies: 3,
+                block_size_shift: 22,
+                snapshot_of: None,
+            },
+            Event::VdiAdd {
+                vid: 8,
+                copies: 2,
+                block_size_shift: 22,
+                snapshot_of: Some(7),
+            },
+            Event::VdiAdd {
+                vid: 9,
+                copies: 1,
+                block_size_shift: 20,
+                snapshot_of: None,
+            },
+            Event::VdiDel { vid: 9 },
+            Event::LockVdi {
+                vid: 8,
+                owner: node(2).addr,
+                client: 5,
+            },
+            Event::SetVnodes {
+                addr: node(1).addr,
+                vnodes: Some(10),
+                time: 4,
+            },
+            Event::Leave {
+                addr: node(2).addr,
+                time: 5,
+                incarnation: Some(0),
+            },
+            join(node(4), false),
+        ]
+    }
+
+    fn applied(evs: &[Event]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for (i, e) in evs.iter().enumerate() {
+            s.apply_at(i as u64 + 1, e);
+        }
+        s
+    }
+
+    #[test]
+    fn a_checkpoint_loads_as_the_same_state() {
+        let s = applied(&history());
+        let bytes = serde_json::to_vec(&s).expect("encode");
+        let back = ClusterState::from_checkpoint(&bytes).expect("decode");
+        assert_eq!(serde_json::to_vec(&back).expect("encode again"), bytes);
+        assert_eq!(back.nodes(), s.nodes(), "the ring is rebuilt with the same weights");
+        assert_eq!(back.epoch_records(), s.epoch_records());
+        assert_eq!(back.in_use, s.in_use);
+        assert_eq!(back.deleted, s.deleted);
+        assert_eq!(back.cluster_info(), s.cluster_info());
+        assert_eq!((back.pos, back.formatted_at), (12, 1));
+        assert_eq!(back.lives(), s.lives());
+        assert!(ClusterState::from_checkpoint(b"{\"pos\": 3").is_err(), "a cut checkpoint");
+    }
+
+    #[test]
+    fn jumping_to_a_checkpoint_does_what_the_skipped_events_would() {
+        let evs = history();
+        let mut behind = applied(&evs[..5]);
+        let mut replayed = behind.clone();
+        let image = applied(&evs);
+        let mut want = Vec::new();
+        for (i, e) in evs.iter().enumerate().skip(5) {
+            want.extend(replayed.apply_at(i as u64 + 1, e));
+        }
+        assert!(!want.is_empty(), "the skipped events began epochs");
+        assert_eq!(behind.jump_to(image.clone()), want);
+        assert_eq!(serde_json::to_vec(&behind).ok(), serde_json::to_vec(&replayed).ok());
+        assert!(behind.jump_to(applied(&evs[..7])).is_empty(), "an older image is ignored");
+        assert_eq!(behind.pos, 12, "and changes nothing");
+
+        // Formatted again in between: wipe, then every epoch of the new history is new.
+        let mut again = evs.clone();
+        again.push(format());
+        again.push(join(node(5), false));
+        let reformatted = applied(&again);
+        let epochs: Vec<Effect> = reformatted.epochs.iter().map(|e| Effect::NewEpoch(e.epoch)).collect();
+        let fx = behind.jump_to(reformatted);
+        assert_eq!(fx[0], Effect::WipeStore);
+        assert_eq!(fx[1..], epochs[..]);
+        assert_eq!(behind.formatted_at, 13);
+
+        let mut last = again.clone();
+        last.push(Event::Shutdown);
+        assert_eq!(behind.jump_to(applied(&last)).last(), Some(&Effect::Shutdown));
+    }
 }
