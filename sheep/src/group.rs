@@ -936,7 +936,10 @@ mod tests {
         assert_eq!(back.cluster_info(), s.cluster_info());
         assert_eq!((back.pos, back.formatted_at), (12, 1));
         assert_eq!(back.lives(), s.lives());
-        assert!(ClusterState::from_checkpoint(b"{\"pos\": 3").is_err(), "a cut checkpoint");
+        assert!(
+            ClusterState::from_checkpoint(b"{\"pos\": 3").is_err(),
+            "a cut checkpoint"
+        );
     }
 
     #[test]
@@ -952,7 +955,10 @@ mod tests {
         assert!(!want.is_empty(), "the skipped events began epochs");
         assert_eq!(behind.jump_to(image.clone()), want);
         assert_eq!(serde_json::to_vec(&behind).ok(), serde_json::to_vec(&replayed).ok());
-        assert!(behind.jump_to(applied(&evs[..7])).is_empty(), "an older image is ignored");
+        assert!(
+            behind.jump_to(applied(&evs[..7])).is_empty(),
+            "an older image is ignored"
+        );
         assert_eq!(behind.pos, 12, "and changes nothing");
 
         // Formatted again in between: wipe, then every epoch of the new history is new.

@@ -19,6 +19,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use protocol::bitmap::{VdiBitmap, BITMAP_BYTES};
@@ -560,6 +561,35 @@ impl Sheep {
         fs::read(self.dir.join("obj").join(oid.file_name())).ok()
     }
 
+    /// This node's whole log file (empty before it exists).
+    pub fn log_text(&self) -> String {
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The cluster checkpoints this node has logged writing, in order: (position, events
+    /// trimmed), from its `cluster checkpoint written pos=P ... trimmed=T` lines.
+    pub fn checkpoints_written(&self) -> Vec<(u64, u64)> {
+        let field = |line: &str, key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("cluster checkpoint written"))
+            .filter_map(|l| Some((field(l, "pos=")?, field(l, "trimmed=")?)))
+            .collect()
+    }
+
+    /// How many times this node has logged starting from the cluster's checkpoint.
+    pub fn starts_from_checkpoint(&self) -> usize {
+        self.log_text()
+            .matches("starting from the cluster's checkpoint")
+            .count()
+    }
+
     /// The last `lines` lines of this node's log file and of its raw stdout/stderr.
     pub fn log_tail(&self, lines: usize) -> String {
         files_tail(&[&self.log, &self.out], lines)
@@ -966,6 +996,105 @@ impl Cluster {
             .map_err(|e| format!("node {i}: STAT_CLUSTER: {e}"))
     }
 
+    /// What node `i` says about the cluster: its bitmaps, epoch log and `vdi list -r`.
+    pub fn view(&self, i: usize) -> Result<View, String> {
+        let (in_use, deleted) = self.bitmaps(i)?;
+        // Room for 64 epochs of 8 nodes: the epoch log's bytes.
+        let epochs = self.stat_cluster(i, 8, 64)?.data;
+        let out = self.dog_at(i, &["vdi", "list", "-r"], None);
+        if !out.success() {
+            return Err(format!("node {i}: `dog vdi list -r` failed: {}", out.stderr.trim()));
+        }
+        Ok(View {
+            in_use,
+            deleted,
+            epochs,
+            vdi_list: out.stdout_str(),
+        })
+    }
+
+    /// Waits (up to `limit`) until `nodes` report identical views; returns the common view.
+    #[track_caller]
+    pub fn wait_same_views(&self, nodes: &[usize], limit: Duration, when: &str) -> View {
+        wait_until(
+            &format!("identical bitmaps, epoch logs and VDI lists on nodes {nodes:?} {when}"),
+            limit,
+            || {
+                let views: BTreeMap<usize, View> = nodes
+                    .iter()
+                    .map(|&i| self.view(i).map(|v| (i, v)))
+                    .collect::<Result<_, _>>()?;
+                let (&first, v0) = views.iter().next().expect("at least one node");
+                for (i, v) in &views {
+                    if v != v0 {
+                        return Err(format!("node {i}: {v:?}\nnode {first}: {v0:?}"));
+                    }
+                }
+                Ok(v0.clone())
+            },
+        )
+    }
+
+    /// Makes `2 × cycles` cluster events on each node of `via` at once, each through its own
+    /// VDI `churn-<i>` (created here when missing): see [`BlockingClient::churn`].
+    #[track_caller]
+    pub fn churn(&self, via: &[usize], cycles: usize) {
+        for &i in via {
+            let name = format!("churn-{i}");
+            if self.vdi_id(i, &name, 0).is_err() {
+                self.dog_ok(&["vdi", "create", &name, "4M"]);
+            }
+        }
+        let never = AtomicBool::new(false);
+        let failures: Vec<String> = std::thread::scope(|s| {
+            let workers: Vec<_> = via
+                .iter()
+                .map(|&i| {
+                    let (addr, never) = (self.nodes[i].addr(), &never);
+                    s.spawn(move || BlockingClient::new(addr).churn(&format!("churn-{i}"), cycles, never))
+                })
+                .collect();
+            workers
+                .into_iter()
+                .filter_map(|w| w.join().expect("churn thread panicked").err())
+                .collect()
+        });
+        assert!(failures.is_empty(), "making cluster events: {}", failures.join("; "));
+    }
+
+    /// The nodes that have logged writing a cluster checkpoint, with what each wrote
+    /// ([`Sheep::checkpoints_written`]).
+    pub fn checkpoint_writers(&self) -> BTreeMap<usize, Vec<(u64, u64)>> {
+        (0..self.len())
+            .map(|i| (i, self.nodes[i].checkpoints_written()))
+            .filter(|(_, w)| !w.is_empty())
+            .collect()
+    }
+
+    /// Waits (up to `limit`) until the nodes have logged `at_least` checkpoints in all that
+    /// trimmed events; returns the writers.
+    #[track_caller]
+    pub fn wait_trimming_checkpoints(
+        &self,
+        at_least: usize,
+        limit: Duration,
+        when: &str,
+    ) -> BTreeMap<usize, Vec<(u64, u64)>> {
+        wait_until(
+            &format!("{at_least} checkpoints that trimmed events {when}"),
+            limit,
+            || {
+                let writers = self.checkpoint_writers();
+                let trimming = writers.values().flatten().filter(|(_, trimmed)| *trimmed > 0).count();
+                if trimming >= at_least {
+                    Ok(writers)
+                } else {
+                    Err(format!("checkpoints written (position, events trimmed): {writers:?}"))
+                }
+            },
+        )
+    }
+
     /// STAT_RECOVERY of node `i`.
     pub fn stat_recovery(&self, i: usize) -> Result<RecoveryStat, String> {
         let mut req = RequestHeader::new(op::STAT_RECOVERY);
@@ -1239,6 +1368,27 @@ pub struct RecoveryStat {
     pub recovered_epoch: u32,
 }
 
+/// What one node says about the cluster (READ_VDIS, READ_DEL_VDIS, the STAT_CLUSTER epoch
+/// log and `vdi list -r`), for comparing nodes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct View {
+    pub in_use: Vec<u8>,
+    pub deleted: Vec<u8>,
+    pub epochs: Vec<u8>,
+    pub vdi_list: String,
+}
+
+impl std::fmt::Debug for View {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("View")
+            .field("in_use", &set_bits(&self.in_use))
+            .field("deleted", &set_bits(&self.deleted))
+            .field("epoch_log_bytes", &self.epochs.len())
+            .field("vdi_list", &self.vdi_list)
+            .finish()
+    }
+}
+
 /// The vids set in a READ_VDIS / READ_DEL_VDIS bitmap.
 pub fn set_bits(b: &[u8]) -> Vec<u32> {
     VdiBitmap::from_bytes(b.to_vec()).expect("bitmap size").iter().collect()
@@ -1321,6 +1471,27 @@ impl BlockingClient {
     /// The reply, whatever its result code.
     pub fn send(&self, req: RequestHeader, payload: &[u8]) -> Result<Reply, ClientError> {
         self.rt.block_on(self.client.send(req, payload))
+    }
+
+    /// Cluster events made cheaply: up to `cycles` times LOCK_VDI and RELEASE_VDI of the
+    /// working VDI `name` (each one event that every member applies). Stops early once `stop`
+    /// is set; returns the cycles done, or the first failure.
+    pub fn churn(&self, name: &str, cycles: usize, stop: &AtomicBool) -> Result<usize, String> {
+        for done in 0..cycles {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(done);
+            }
+            let vid = self
+                .rt
+                .block_on(self.client.lock_vdi(name))
+                .map_err(|e| format!("LOCK_VDI {name} via {}: {e}", self.client.addr()))?
+                .vid;
+            let vid = protocol::Vid::new(vid).ok_or_else(|| format!("LOCK_VDI {name}: vid {vid:#x}"))?;
+            self.rt
+                .block_on(self.client.release_vdi(vid))
+                .map_err(|e| format!("RELEASE_VDI {name} via {}: {e}", self.client.addr()))?;
+        }
+        Ok(cycles)
     }
 }
 

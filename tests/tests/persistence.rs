@@ -2,7 +2,9 @@
 
 use protocol::bitmap::BITMAP_BYTES;
 use protocol::{op, RequestHeader};
-use tests::{assert_same_bytes, pseudo_random, Cluster};
+use std::time::Duration;
+
+use tests::{assert_same_bytes, pseudo_random, set_bits, Cluster};
 
 const MIB: u64 = 1 << 20;
 
@@ -99,4 +101,62 @@ fn one_node_killed_and_restarted() {
         &c.dog_at(2, &["vdi", "read", "alpha"], None).expect_ok().stdout,
         &alpha,
     );
+}
+
+/// Thousands of cluster events on the local driver: its log is trimmed behind checkpoints, so
+/// a restart does not replay history; after every sheep is killed and restarted, and a node
+/// is added, all agree on the state they had.
+#[test]
+fn local_log_is_trimmed_and_restarts_keep_the_state() {
+    let every = sheep::cluster::CHECKPOINT_EVERY as usize;
+    let limit = Duration::from_secs(20);
+    let mut c = Cluster::start_formatted(3, 2);
+    c.dog_ok(&["vdi", "create", "alpha", "16M"]);
+    let mut model = vec![0u8; (16 * MIB) as usize];
+    c.put(0, "alpha", &mut model, MIB, 81, 6 * MIB);
+    c.dog_ok(&["vdi", "snapshot", "alpha"]);
+    c.dog_ok(&["vdi", "create", "gone", "4M"]);
+    c.dog_ok(&["vdi", "delete", "gone"]);
+    // Three clients, 2 × 500 events each.
+    c.churn(&[0, 1, 2], every / 2);
+    let writers = c.wait_trimming_checkpoints(2, limit, "after 3,000 events");
+    let log = std::fs::read_to_string(c.root().join("rv").join("log")).expect("the cluster log");
+    let first = log.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(r#"{"trimmed_to":"#),
+        "the log does not start with its trim position: {first:?}"
+    );
+    let events = log.lines().count() - 1;
+    assert!(
+        events < 2 * every,
+        "{events} events still in the log after 3,000 and checkpoints {writers:?}"
+    );
+    let before = c.wait_same_views(&[0, 1, 2], limit, "before the restart");
+
+    c.kill_all();
+    c.start_all();
+    c.wait_running();
+    let after = c.wait_same_views(&[0, 1, 2], limit, "after every sheep restarted");
+    assert_eq!(
+        set_bits(&after.in_use),
+        set_bits(&before.in_use),
+        "READ_VDIS after the restart"
+    );
+    assert_eq!(
+        set_bits(&after.deleted),
+        set_bits(&before.deleted),
+        "READ_DEL_VDIS after the restart"
+    );
+    assert_eq!(after.vdi_list, before.vdi_list, "`vdi list -r` after the restart");
+    c.check_reads("alpha", &model, &[0, 1, 2], "after the restart");
+
+    let n = c.add_node(0);
+    c.wait_same_views(&[0, 1, 2, n], limit, "after a node joined");
+    assert!(
+        c.node(n).starts_from_checkpoint() > 0,
+        "node {n} joined without starting from the checkpoint:\n{}",
+        c.node(n).log_tail(40)
+    );
+    c.put(n, "alpha", &mut model, 9 * MIB, 82, MIB);
+    c.check_reads("alpha", &model, &[0, n], "after a write through the new node");
 }

@@ -1,20 +1,23 @@
 //! The `zookeeper` cluster driver against a real ZooKeeper (Debian's 3.8): I/O and identical
 //! cluster views, concurrent VDI operations, a killed node, a late joiner, a whole-cluster
-//! restart, a sheep whose session expires (SIGSTOP), and the ensemble leader failing.
+//! restart, a sheep whose session expires (SIGSTOP), the ensemble leader failing, and the
+//! checkpoints that let the queue be trimmed: a joiner and a restart after a trim, the
+//! checkpointing sheep's session expiring, and it and the ZooKeeper leader killed mid-trim.
 //!
 //! Every test starts its own ZooKeeper ([`tests::zk::ZooKeeper`]) and its own sheep, with a
 //! 2 s session timeout so that failures are noticed fast. Timings are printed (run with
 //! `--nocapture` to see them).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use protocol::Vid;
 use tests::zk::{dog_command, run_tool, ZooKeeper};
-use tests::{assert_same_bytes, pseudo_random, run_dog, set_bits, wait_until, Cluster, DogOutput};
+use tests::{assert_same_bytes, pseudo_random, run_dog, set_bits, wait_until, BlockingClient, Cluster, DogOutput};
+use zookeeper_client as zkc;
 
 const MIB: u64 = 1 << 20;
 /// Object size of every VDI here (the cluster default, 1 << 22).
@@ -50,65 +53,6 @@ fn zk_cluster_formatted(copies: usize) -> (ZooKeeper, Cluster) {
 
 fn addrs(c: &Cluster, nodes: &[usize]) -> BTreeSet<SocketAddr> {
     nodes.iter().map(|&i| c.node(i).addr()).collect()
-}
-
-/// What one node says about the cluster, for comparing nodes.
-#[derive(Clone, PartialEq, Eq)]
-struct View {
-    in_use: Vec<u8>,
-    deleted: Vec<u8>,
-    epochs: Vec<u8>,
-    vdi_list: String,
-}
-
-impl std::fmt::Debug for View {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("View")
-            .field("in_use", &set_bits(&self.in_use))
-            .field("deleted", &set_bits(&self.deleted))
-            .field("epoch_log_bytes", &self.epochs.len())
-            .field("vdi_list", &self.vdi_list)
-            .finish()
-    }
-}
-
-fn view(c: &Cluster, i: usize) -> Result<View, String> {
-    let (in_use, deleted) = c.bitmaps(i)?;
-    // Room for 64 epochs of 8 nodes: the epoch log's bytes.
-    let epochs = c.stat_cluster(i, 8, 64)?.data;
-    let out = c.dog_at(i, &["vdi", "list", "-r"], None);
-    if !out.success() {
-        return Err(format!("node {i}: `dog vdi list -r` failed: {}", out.stderr.trim()));
-    }
-    Ok(View {
-        in_use,
-        deleted,
-        epochs,
-        vdi_list: out.stdout_str(),
-    })
-}
-
-/// Waits until `nodes` report identical bitmaps (READ_VDIS, READ_DEL_VDIS), epoch logs
-/// (STAT_CLUSTER bytes) and `vdi list -r`; returns the common view.
-#[track_caller]
-fn wait_same_views(c: &Cluster, nodes: &[usize], when: &str) -> View {
-    wait_until(
-        &format!("identical bitmaps, epoch logs and VDI lists on nodes {nodes:?} {when}"),
-        CONVERGE,
-        || {
-            let views: BTreeMap<usize, View> = nodes
-                .iter()
-                .map(|&i| view(c, i).map(|v| (i, v)))
-                .collect::<Result<_, _>>()?;
-            let (&first, v0) = views.iter().next().expect("at least one node");
-            for (i, v) in &views {
-                if v != v0 {
-                    return Err(format!("node {i}: {v:?}\nnode {first}: {v0:?}"));
-                }
-            }
-            Ok(v0.clone())
-        },
-    )
 }
 
 /// Waits until every node of `nodes` lists exactly `nodes` and reports one common epoch
@@ -212,12 +156,6 @@ fn names_listed(c: &Cluster, i: usize) -> BTreeSet<String> {
         .collect()
 }
 
-fn log_text(c: &Cluster, i: usize) -> String {
-    std::fs::read(c.node(i).log_path())
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
-
 /// The time stamp of a sheep log line (`2026-11-25T16:07:01.785820Z ...`, UTC).
 fn line_time(line: &str) -> Option<SystemTime> {
     let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
@@ -262,6 +200,58 @@ fn zk_members(zk: &ZooKeeper, server: usize) -> BTreeSet<String> {
         .collect()
 }
 
+const QUEUE: &str = "/sheepdog/queue";
+const TRIMMED: &str = "/sheepdog/trimmed";
+
+/// A ZooKeeper client of the test's own, to look at the driver's znodes. Its session lives
+/// only while a call runs on it now and then: make a new one after a long pause.
+struct Peek {
+    rt: tokio::runtime::Runtime,
+    client: zkc::Client,
+}
+
+impl Peek {
+    fn connect(zk: &ZooKeeper) -> Peek {
+        Peek::connect_to(&zk.hosts())
+    }
+
+    /// Connected to the servers `hosts` (`ip:port,...`) only.
+    fn connect_to(hosts: &str) -> Peek {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = rt.block_on(zkc::Client::connect(hosts)).expect("connect to ZooKeeper");
+        Peek { rt, client }
+    }
+
+    /// The queued events, (name, sequence number), oldest first.
+    fn queue(&self) -> Vec<(String, u64)> {
+        let names = self
+            .rt
+            .block_on(self.client.list_children(QUEUE))
+            .unwrap_or_else(|e| panic!("list {QUEUE}: {e}"));
+        let mut q: Vec<(String, u64)> = names
+            .into_iter()
+            .filter_map(|n| {
+                let seq = n.rsplit('-').next()?.parse().ok()?;
+                Some((n, seq))
+            })
+            .collect();
+        q.sort_by_key(|(_, seq)| *seq);
+        q
+    }
+
+    fn data(&self, path: &str) -> Option<Vec<u8>> {
+        self.rt.block_on(self.client.get_data(path)).ok().map(|(d, _)| d)
+    }
+
+    /// A znode holding a decimal number.
+    fn number(&self, path: &str) -> Option<u64> {
+        String::from_utf8_lossy(&self.data(path)?).trim().parse().ok()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. I/O and identical views
 
@@ -284,7 +274,7 @@ fn basic_io_and_identical_views() {
     let wrote = t.elapsed();
     c.check_reads("alpha", &model, &[1, 2], "after writing 32 MiB through node 0");
 
-    let v = wait_same_views(&c, &[0, 1, 2], "after the write");
+    let v = c.wait_same_views(&[0, 1, 2], CONVERGE, "after the write");
     assert_eq!(set_bits(&v.in_use), vec![c.vid_of("alpha")], "READ_VDIS bits");
     println!(
         "basic: ZooKeeper up in {zk_ready:?}; 32 MiB written through node 0 in {wrote:?}; total {:?}",
@@ -343,7 +333,7 @@ fn concurrent_vdi_ops_agree_everywhere() {
         errors.join("\n")
     );
 
-    let v = wait_same_views(&c, &[0, 1, 2], "after concurrent creates, deletes and snapshots");
+    let v = c.wait_same_views(&[0, 1, 2], CONVERGE, "after concurrent creates, deletes and snapshots");
     let mut want: BTreeSet<String> = (0..3)
         .flat_map(|t| (0..PER_THREAD).filter(|k| k % 2 == 1).map(move |k| format!("t{t}-{k}")))
         .collect();
@@ -400,7 +390,7 @@ fn killed_node_is_noticed_and_recovers() {
     // 3 copies on 3 nodes: node 2 holds every object again, with the new bytes.
     let holders: usize = c.node(2).objects().iter().filter(|o| o.vid().get() == vid).count();
     assert_eq!(holders, 1 + 5, "objects of alpha on node 2 (inode + 5 data objects)");
-    wait_same_views(&c, &[0, 1, 2], "after the rejoin");
+    c.wait_same_views(&[0, 1, 2], CONVERGE, "after the rejoin");
     println!(
         "kill: noticed in {noticed:?}; rejoined in {rejoined:?}; recovered epoch {rec}; total {:?}",
         t0.elapsed()
@@ -422,13 +412,13 @@ fn late_joiner_catches_up() {
     let vid = c.vid_of("alpha");
     let mut model = vec![0u8; (24 * MIB) as usize];
     c.put(1, "alpha", &mut model, MIB, 21, 20 * MIB);
-    let before = wait_same_views(&c, &[0, 1, 2], "before the late join");
+    let before = c.wait_same_views(&[0, 1, 2], CONVERGE, "before the late join");
 
     let t = Instant::now();
     let n = c.add_node(4);
     let joined = t.elapsed();
     assert_eq!(n, 3);
-    let after = wait_same_views(&c, &[0, 1, 2, 3], "after node 3 joined");
+    let after = c.wait_same_views(&[0, 1, 2, 3], CONVERGE, "after node 3 joined");
     assert_eq!(after.in_use, before.in_use, "READ_VDIS after the late join");
     assert_eq!(after.deleted, before.deleted, "READ_DEL_VDIS after the late join");
     assert_eq!(after.vdi_list, before.vdi_list, "`vdi list -r` after the late join");
@@ -504,7 +494,7 @@ fn whole_cluster_restart_resumes_without_format() {
     c.check_reads("alpha", &model, &[0, 1, 2], "after the restart");
     c.put(1, "alpha", &mut model, 5 * MIB - 1, 32, MIB + 2);
     c.check_reads("alpha", &model, &[2], "after a write following the restart");
-    wait_same_views(&c, &[0, 1, 2], "after the restart");
+    c.wait_same_views(&[0, 1, 2], CONVERGE, "after the restart");
     println!("restart: all back in {back:?}; total {:?}", t0.elapsed());
 }
 
@@ -563,7 +553,7 @@ fn expired_session_stops_writes_and_rejoins() {
 
     // Node 2 must have noticed the expiry and joined again as a new member.
     let rejoin = wait_until("node 2's log to say it joined again", CONVERGE, || {
-        let log = log_text(&c, 2);
+        let log = c.node(2).log_text();
         let expired = find_line(&log, "ZooKeeper session expired");
         let again = find_line(&log, "joined again after the session expiry");
         match (expired, again) {
@@ -573,7 +563,11 @@ fn expired_session_stops_writes_and_rejoins() {
     });
     let e2 = wait_members(&c, &[0, 1, 2], e, CONVERGE, "node 2 to be a member again");
     let back = resumed.elapsed();
-    let announced = (0..2).any(|i| log_text(&c, i).contains("node's ZooKeeper session ended; announcing its leave"));
+    let announced = (0..2).any(|i| {
+        c.node(i)
+            .log_text()
+            .contains("node's ZooKeeper session ended; announcing its leave")
+    });
     assert!(announced, "neither node 0 nor node 1 logged announcing node 2's leave");
 
     // Each write through node 2 either failed with a message, or succeeded no earlier than
@@ -624,7 +618,7 @@ fn expired_session_stops_writes_and_rejoins() {
         "after node 2 rejoined and recovery settled",
     );
     check_replica_bytes(&c, vid, &model, "after node 2 rejoined and recovery settled");
-    wait_same_views(&c, &[0, 1, 2], "after node 2 rejoined");
+    c.wait_same_views(&[0, 1, 2], CONVERGE, "after node 2 rejoined");
     // And node 2 takes writes again.
     c.put(2, "alpha", &mut model, 28 * MIB, 45, MIB);
     c.check_reads("alpha", &model, &[0], "after a write through the rejoined node 2");
@@ -811,7 +805,7 @@ fn ensemble_leader_failover() {
     );
 
     // Every acknowledged operation is applied on every node.
-    let v = wait_same_views(&c, &[0, 1, 2], "after the failover");
+    let v = c.wait_same_views(&[0, 1, 2], CONVERGE, "after the failover");
     let mut want: BTreeSet<String> = created.iter().cloned().collect();
     want.insert("common".into());
     for i in 0..3 {
@@ -846,34 +840,15 @@ fn ensemble_leader_failover() {
 /// count as applied on every node, since the writer that retried waits for exactly that one.
 #[test]
 fn duplicate_queued_event_is_applied_once_and_its_position_counts() {
-    use zookeeper_client as zkc;
     let (zk, c) = zk_cluster_formatted(3);
     c.dog_ok(&["vdi", "create", "alpha", "8M"]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let applied = |client: &zkc::Client, addr: SocketAddr| {
-        rt.block_on(client.get_data(&format!("/sheepdog/applied/{addr}")))
-            .map(|(d, _)| String::from_utf8_lossy(&d).trim().parse::<u64>().unwrap_or(0))
-            .unwrap_or(0)
-    };
-    let client = rt
-        .block_on(zkc::Client::connect(&zk.hosts()))
-        .expect("connect to ZooKeeper");
-    let queue = "/sheepdog/queue";
-    let last = rt
-        .block_on(client.list_children(queue))
-        .expect("list the queue")
-        .into_iter()
-        .max_by_key(|n| n.rsplit('-').next().and_then(|q| q.parse::<u64>().ok()))
-        .expect("the queue holds events");
-    let (body, _) = rt
-        .block_on(client.get_data(&format!("{queue}/{last}")))
-        .expect("read the last event");
+    let peek = Peek::connect(&zk);
+    let (last, _) = peek.queue().pop().expect("the queue holds events");
+    let body = peek.data(&format!("{QUEUE}/{last}")).expect("the last event");
     let opts = zkc::CreateMode::PersistentSequential.with_acls(zkc::Acls::anyone_all());
-    let (_, seq) = rt
-        .block_on(client.create(&format!("{queue}/ev-"), &body, &opts))
+    let (_, seq) = peek
+        .rt
+        .block_on(peek.client.create(&format!("{QUEUE}/ev-"), &body, &opts))
         .expect("append the duplicate");
     let dup_pos = seq.into_i64() as u64 + 1;
 
@@ -882,7 +857,7 @@ fn duplicate_queued_event_is_applied_once_and_its_position_counts() {
         wait_until(
             &format!("node {i} to count the duplicate's position {dup_pos} as applied"),
             NOTICE,
-            || match applied(&client, addr) {
+            || match peek.number(&format!("/sheepdog/applied/{addr}")).unwrap_or(0) {
                 p if p >= dup_pos => Ok(()),
                 p => Err(format!("applied position {p}")),
             },
@@ -897,5 +872,235 @@ fn duplicate_queued_event_is_applied_once_and_its_position_counts() {
             "VDIs seen through node {i}"
         );
     }
-    wait_same_views(&c, &[0, 1, 2], "after the duplicate");
+    c.wait_same_views(&[0, 1, 2], CONVERGE, "after the duplicate");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Checkpoints and the trimmed queue
+
+/// Events between two checkpoints.
+const EVERY: u64 = sheep::cluster::CHECKPOINT_EVERY;
+
+/// Thousands of events after the data was written, most of them trimmed: a node joining
+/// then starts from the checkpoint and ends up with the same bitmaps, epoch history and VDIs
+/// as the others; then every sheep is killed and restarted, and all of it is still there.
+#[test]
+fn joiner_after_trimmed_events_and_restart_after_trim() {
+    let t0 = Instant::now();
+    let (zk, mut c) = zk_cluster_formatted(2);
+    let (vid, mut model) = alpha_with_data(&c, 51, 12 * MIB);
+    c.dog_ok(&["vdi", "snapshot", "alpha"]);
+    c.dog_ok(&["vdi", "create", "gone", "4M"]);
+    c.dog_ok(&["vdi", "delete", "gone"]);
+    // Three clients, 2 × 500 events each: three checkpoints' worth.
+    let t = Instant::now();
+    c.churn(&[0, 1, 2], EVERY as usize / 2);
+    let churned = t.elapsed();
+    let writers = c.wait_trimming_checkpoints(2, CONVERGE, "after 3,000 events");
+    let queued = Peek::connect(&zk).queue().len();
+    assert!(
+        queued < 2 * EVERY as usize,
+        "{queued} events still queued after 3,000 events and checkpoints {writers:?}"
+    );
+    let before = c.wait_same_views(&[0, 1, 2], CONVERGE, "before the join");
+
+    let n = c.add_node(4);
+    let joined = c.wait_same_views(&[0, 1, 2, n], CONVERGE, "after node 3 joined");
+    assert!(
+        c.node(n).starts_from_checkpoint() > 0,
+        "node {n} joined without starting from the checkpoint:\n{}",
+        c.node(n).log_tail(40)
+    );
+    assert_eq!(
+        set_bits(&joined.in_use),
+        set_bits(&before.in_use),
+        "READ_VDIS after the join"
+    );
+    assert_eq!(
+        set_bits(&joined.deleted),
+        set_bits(&before.deleted),
+        "READ_DEL_VDIS after the join"
+    );
+    assert_eq!(joined.vdi_list, before.vdi_list, "`vdi list -r` after the join");
+    c.check_reads("alpha", &model, &[n], "through the node that joined after the trim");
+
+    c.kill_all();
+    c.start_all();
+    c.wait_running();
+    let restarted = c.wait_same_views(&[0, 1, 2, n], CONVERGE, "after every sheep restarted");
+    assert_eq!(
+        set_bits(&restarted.in_use),
+        set_bits(&joined.in_use),
+        "READ_VDIS after the restart"
+    );
+    assert_eq!(
+        set_bits(&restarted.deleted),
+        set_bits(&joined.deleted),
+        "READ_DEL_VDIS after the restart"
+    );
+    assert_eq!(restarted.vdi_list, joined.vdi_list, "`vdi list -r` after the restart");
+    c.wait_recovered(RECOVERY_TIMEOUT);
+    c.check_reads("alpha", &model, &[0, n], "after the restart");
+    check_replica_bytes(&c, vid, &model, "after the restart");
+    c.put(n, "alpha", &mut model, 20 * MIB, 52, MIB);
+    c.dog_ok(&["vdi", "create", "after", "4M"]);
+    c.wait_same_views(&[0, 1, 2, n], CONVERGE, "after a create following the restart");
+    println!(
+        "trimmed queue: 3,000+ events in {churned:?}, {queued} left queued; checkpoints \
+         {writers:?}; total {:?}",
+        t0.elapsed()
+    );
+}
+
+/// The node writing checkpoints loses its session (SIGSTOP): another member takes the job
+/// over and trims the events the stopped node never read, and that node, back, starts from
+/// the checkpoint with the same state as the others.
+#[test]
+fn checkpointing_node_session_expiry() {
+    let (_zk, mut c) = zk_cluster_formatted(3);
+    let (vid, mut model) = alpha_with_data(&c, 61, 8 * MIB);
+    c.churn(&[0, 1, 2], EVERY as usize / 4);
+    let writers = c.wait_trimming_checkpoints(1, CONVERGE, "after 1,500 events");
+    let lowest = (0..c.len()).min_by_key(|&i| c.node(i).addr()).expect("three nodes");
+    assert_eq!(
+        writers.keys().copied().collect::<Vec<_>>(),
+        vec![lowest],
+        "checkpoints must come from the member with the lowest address only: {writers:?}"
+    );
+    let w = lowest;
+    let others: Vec<usize> = (0..c.len()).filter(|&i| i != w).collect();
+    let before = epoch_of(&c, others[0]);
+    let from_checkpoint = c.node(w).starts_from_checkpoint();
+
+    let pid = c.node(w).pid().expect("the writer runs");
+    signal(pid, libc::SIGSTOP);
+    let stopped = Instant::now();
+    let e = wait_members(&c, &others, before, NOTICE, "the others to drop the stopped writer");
+    c.churn(&others, EVERY as usize * 3 / 4);
+    let taken_over = wait_until("another member to write a checkpoint that trims", CONVERGE, || {
+        let by_others: Vec<(usize, Vec<(u64, u64)>)> = c
+            .checkpoint_writers()
+            .into_iter()
+            .filter(|(i, cps)| *i != w && cps.iter().any(|(_, t)| *t > 0))
+            .collect();
+        by_others.into_iter().next().ok_or("none yet".to_string())
+    });
+    let hold = Duration::from_secs(5);
+    if let Some(rest) = hold.checked_sub(stopped.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    signal(pid, libc::SIGCONT);
+
+    wait_until("the writer's log to say it joined again", CONVERGE, || {
+        find_line(&c.node(w).log_text(), "joined again after the session expiry").ok_or("not yet".to_string())
+    });
+    wait_members(&c, &[0, 1, 2], e, CONVERGE, "the old writer to be a member again");
+    c.wait_same_views(&[0, 1, 2], CONVERGE, "after the old writer rejoined");
+    assert!(
+        c.node(w).starts_from_checkpoint() > from_checkpoint,
+        "node {w} rejoined without starting from the checkpoint although its events were \
+         trimmed (checkpoints by node {}: {:?})",
+        taken_over.0,
+        taken_over.1
+    );
+    c.wait_recovered(RECOVERY_TIMEOUT);
+    c.check_reads("alpha", &model, &[w], "through the old writer after it rejoined");
+    c.put(w, "alpha", &mut model, 16 * MIB, 62, MIB);
+    check_replica_bytes(&c, vid, &model, "after the old writer rejoined");
+    c.churn(&[0, 1, 2], EVERY as usize / 4);
+    c.wait_same_views(&[0, 1, 2], CONVERGE, "after more events");
+}
+
+/// `kill -9` of the sheep writing a checkpoint and of the ZooKeeper leader just as the trim
+/// begins (the test watches the trim mark): the cluster comes back with its state, a new
+/// node joins with the same state, and the next checkpoint removes what the crash left.
+#[test]
+fn crash_of_the_checkpointer_and_zookeeper_leader_mid_trim() {
+    let t0 = Instant::now();
+    let mut zk = ZooKeeper::ensemble(3);
+    let mut c = zk_cluster(&zk, 3);
+    c.format(2);
+    let (vid, mut model) = alpha_with_data(&c, 71, 8 * MIB);
+    c.churn(&[0, 1, 2], EVERY as usize / 4);
+    let writers = c.wait_trimming_checkpoints(1, CONVERGE, "after 1,500 events");
+    let w = *writers.keys().next().expect("a writer");
+    let leader = zk.wait_leader(CONVERGE);
+
+    // Churn until the next trim mark is set, then kill both at once. Watched through a
+    // server that stays up.
+    let follower = (0..zk.len()).find(|&i| i != leader).expect("three servers");
+    let peek = Peek::connect_to(&zk.client_addr(follower).to_string());
+    let (_, _, mark) = peek
+        .rt
+        .block_on(peek.client.get_and_watch_data(TRIMMED))
+        .expect("watch the trim mark");
+    let stop = AtomicBool::new(false);
+    let (killed_at, leftover) = std::thread::scope(|s| {
+        for i in 0..c.len() {
+            let (addr, stop) = (c.node(i).addr(), &stop);
+            // Failures are expected once the kill starts; the churn just stops there.
+            s.spawn(move || BlockingClient::new(addr).churn(&format!("churn-{i}"), usize::MAX, stop));
+        }
+        let fired = peek
+            .rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(120), mark.changed()).await });
+        signal(c.node(w).pid().expect("the writer runs"), libc::SIGKILL);
+        signal(zk.pid(leader).expect("the leader runs"), libc::SIGKILL);
+        stop.store(true, Ordering::Relaxed);
+        assert!(fired.is_ok(), "no new trim mark within 120 s of churn");
+        let at = peek.number(TRIMMED);
+        let left = at.map(|t| peek.queue().iter().filter(|(_, seq)| *seq < t).count());
+        (at, left)
+    });
+    zk.restart(leader);
+    zk.wait_serving(leader);
+    c.restart(w);
+    c.wait_running();
+    c.wait_same_views(&[0, 1, 2], CONVERGE, "after the crash");
+    c.wait_recovered(RECOVERY_TIMEOUT);
+    c.check_reads("alpha", &model, &[0, 1, 2], "after the crash");
+    check_replica_bytes(&c, vid, &model, "after the crash");
+
+    let n = c.add_node(4);
+    let joined = c.wait_same_views(&[0, 1, 2, n], CONVERGE, "after a node joined");
+    assert!(
+        c.node(n).starts_from_checkpoint() > 0,
+        "the new node did not start from the checkpoint"
+    );
+    c.put(n, "alpha", &mut model, 12 * MIB, 72, MIB);
+    c.check_reads("alpha", &model, &[w], "after a write through the new node");
+
+    // The next checkpoint finishes the trim the crash interrupted.
+    let done_before = c.checkpoint_writers().values().map(Vec::len).sum::<usize>();
+    c.churn(&[0, 1, 2, n], EVERY as usize / 4);
+    wait_until("a checkpoint after the crash", CONVERGE, || {
+        match c.checkpoint_writers().values().map(Vec::len).sum::<usize>() {
+            k if k > done_before => Ok(()),
+            k => Err(format!("{k} checkpoints logged, {done_before} before the crash")),
+        }
+    });
+    if let Some(mark) = killed_at {
+        // A new session: the watcher's expired while nobody drove its runtime.
+        let below: Vec<u64> = Peek::connect(&zk)
+            .queue()
+            .iter()
+            .map(|(_, q)| *q)
+            .filter(|q| *q < mark)
+            .collect();
+        assert!(
+            below.is_empty(),
+            "events below the trim mark {mark} set before the crash are still queued: {below:?}"
+        );
+    }
+    let after = c.wait_same_views(&[0, 1, 2, n], CONVERGE, "after the next checkpoint");
+    assert_eq!(
+        after.vdi_list.lines().count(),
+        joined.vdi_list.lines().count() + 1,
+        "`vdi list -r` with churn-{n} added"
+    );
+    println!(
+        "crash mid-trim: killed sheep {w} and ZooKeeper server {leader} at trim mark \
+         {killed_at:?} with {leftover:?} events below it still queued; total {:?}",
+        t0.elapsed()
+    );
 }
