@@ -1378,6 +1378,21 @@ pub struct View {
     pub vdi_list: String,
 }
 
+impl View {
+    /// Asserts that `self` holds the same VDIs as `earlier` (bitmaps and `vdi list -r`); the
+    /// epoch logs may differ, since membership may have changed in between.
+    #[track_caller]
+    pub fn assert_same_vdis(&self, earlier: &View, when: &str) {
+        assert_eq!(set_bits(&self.in_use), set_bits(&earlier.in_use), "READ_VDIS {when}");
+        assert_eq!(
+            set_bits(&self.deleted),
+            set_bits(&earlier.deleted),
+            "READ_DEL_VDIS {when}"
+        );
+        assert_eq!(self.vdi_list, earlier.vdi_list, "`vdi list -r` {when}");
+    }
+}
+
 impl std::fmt::Debug for View {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("View")

@@ -4,7 +4,7 @@ use protocol::bitmap::BITMAP_BYTES;
 use protocol::{op, RequestHeader};
 use std::time::Duration;
 
-use tests::{assert_same_bytes, pseudo_random, set_bits, Cluster};
+use tests::{assert_same_bytes, pseudo_random, Cluster};
 
 const MIB: u64 = 1 << 20;
 
@@ -137,17 +137,7 @@ fn local_log_is_trimmed_and_restarts_keep_the_state() {
     c.start_all();
     c.wait_running();
     let after = c.wait_same_views(&[0, 1, 2], limit, "after every sheep restarted");
-    assert_eq!(
-        set_bits(&after.in_use),
-        set_bits(&before.in_use),
-        "READ_VDIS after the restart"
-    );
-    assert_eq!(
-        set_bits(&after.deleted),
-        set_bits(&before.deleted),
-        "READ_DEL_VDIS after the restart"
-    );
-    assert_eq!(after.vdi_list, before.vdi_list, "`vdi list -r` after the restart");
+    after.assert_same_vdis(&before, "after the restart");
     c.check_reads("alpha", &model, &[0, 1, 2], "after the restart");
 
     let n = c.add_node(0);

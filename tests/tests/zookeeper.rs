@@ -911,34 +911,14 @@ fn joiner_after_trimmed_events_and_restart_after_trim() {
         "node {n} joined without starting from the checkpoint:\n{}",
         c.node(n).log_tail(40)
     );
-    assert_eq!(
-        set_bits(&joined.in_use),
-        set_bits(&before.in_use),
-        "READ_VDIS after the join"
-    );
-    assert_eq!(
-        set_bits(&joined.deleted),
-        set_bits(&before.deleted),
-        "READ_DEL_VDIS after the join"
-    );
-    assert_eq!(joined.vdi_list, before.vdi_list, "`vdi list -r` after the join");
+    joined.assert_same_vdis(&before, "after the join");
     c.check_reads("alpha", &model, &[n], "through the node that joined after the trim");
 
     c.kill_all();
     c.start_all();
     c.wait_running();
     let restarted = c.wait_same_views(&[0, 1, 2, n], CONVERGE, "after every sheep restarted");
-    assert_eq!(
-        set_bits(&restarted.in_use),
-        set_bits(&joined.in_use),
-        "READ_VDIS after the restart"
-    );
-    assert_eq!(
-        set_bits(&restarted.deleted),
-        set_bits(&joined.deleted),
-        "READ_DEL_VDIS after the restart"
-    );
-    assert_eq!(restarted.vdi_list, joined.vdi_list, "`vdi list -r` after the restart");
+    restarted.assert_same_vdis(&joined, "after the restart");
     c.wait_recovered(RECOVERY_TIMEOUT);
     c.check_reads("alpha", &model, &[0, n], "after the restart");
     check_replica_bytes(&c, vid, &model, "after the restart");
