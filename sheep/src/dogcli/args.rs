@@ -114,6 +114,18 @@ pub fn check_name_len(s: &str, what: &str) -> Result<(), String> {
     }
 }
 
+/// clap value parser for cluster snapshot tags: one line of printable text.
+pub fn parse_farm_tag(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the snapshot tag must not be empty".into());
+    }
+    if s.chars().any(char::is_control) {
+        return Err("the snapshot tag must not contain control characters".into());
+    }
+    check_name_len(s, "snapshot tag")?;
+    Ok(s.to_string())
+}
+
 /// clap value parser for VDI names.
 pub fn parse_name(s: &str) -> Result<String, String> {
     if s.is_empty() {

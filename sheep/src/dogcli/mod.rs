@@ -97,6 +97,10 @@ pub enum ClusterCmd {
     },
     /// Stop every sheep of the cluster
     Shutdown,
+    /// Save, list, check and load cluster snapshots: every VDI (or some) at one moment, kept
+    /// in a farm directory outside the cluster
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
     /// Show each node's background scrub (sheep --scrub-rate): passes, progress, copies
     /// repaired, objects it could not repair, then the latest findings
     Scrub {
@@ -104,6 +108,62 @@ pub enum ClusterCmd {
         /// `finding HOST:PORT TEXT`
         #[arg(short = 'r', long = "raw")]
         raw: bool,
+    },
+}
+
+/// `dog cluster snapshot ...`. A farm is a directory where each 128 KiB slice of VDI data
+/// is stored once, named by its SHA-1, whichever VDIs and snapshots share it; its format is
+/// described in ARCHITECTURE.md ("Farm").
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCmd {
+    /// Snapshot every working VDI (or the VDIs named) at one moment and copy them into DIR
+    ///
+    /// The cut makes a VDI snapshot of each VDI, one after another, so writes are held only
+    /// for that moment, not for the copy; the copy then reads those snapshots, which are
+    /// deleted when it is done. DIR is created when missing. Slices of zeros take no
+    /// space; slices already in the farm are not stored again.
+    Save {
+        /// Name of the cluster snapshot (unique within DIR)
+        #[arg(value_parser = args::parse_farm_tag)]
+        tag: String,
+        /// The farm directory
+        dir: std::path::PathBuf,
+        /// Only these VDIs [default: every working VDI]
+        #[arg(value_parser = args::parse_name)]
+        vdis: Vec<String>,
+    },
+    /// List the cluster snapshots in DIR: index, tag, time, number of VDIs, their size
+    List {
+        /// The farm directory
+        dir: std::path::PathBuf,
+        /// Raw output: no header, fields separated by single spaces, times as Unix seconds
+        #[arg(short = 'r', long = "raw")]
+        raw: bool,
+    },
+    /// Re-read every object of a cluster snapshot and check it against its SHA-1
+    ///
+    /// Names each object that is missing or whose content does not match its name, and
+    /// where it is used. Exit status 1 if any.
+    Check {
+        /// Name of the cluster snapshot
+        tag: String,
+        /// The farm directory
+        dir: std::path::PathBuf,
+    },
+    /// Create the VDIs of a cluster snapshot (all, or the ones named) from its copy in DIR
+    ///
+    /// Everything to load is checked against its SHA-1 first, and no VDI of that name may
+    /// exist in the cluster: otherwise nothing is changed. Each VDI comes back as a new
+    /// working VDI with the size, redundancy and object size it had; its snapshot history
+    /// is not part of a cluster snapshot.
+    Load {
+        /// Name of the cluster snapshot
+        tag: String,
+        /// The farm directory
+        dir: std::path::PathBuf,
+        /// Only these VDIs [default: every VDI of the snapshot]
+        #[arg(value_parser = args::parse_name)]
+        vdis: Vec<String>,
     },
 }
 

@@ -6,12 +6,15 @@ mod attr;
 mod backup;
 mod check;
 mod cluster;
+mod csnap;
 mod error;
+mod farm;
 mod fmt;
 #[cfg(test)]
 mod mock;
 mod net;
 mod node;
+mod progress;
 #[cfg(test)]
 mod scenario;
 mod span;
@@ -23,7 +26,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use clap::Parser;
 use sheep::dogcli::args::parse_snap;
-use sheep::dogcli::{Cli, ClusterCmd, Cmd, Conn, MdCmd, NodeCmd, Snap, VdiCmd, VnodesCmd};
+use sheep::dogcli::{Cli, ClusterCmd, Cmd, Conn, MdCmd, NodeCmd, Snap, SnapshotCmd, VdiCmd, VnodesCmd};
 
 use crate::error::Failure;
 
@@ -123,6 +126,12 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
             ClusterCmd::Info { raw, verbose } => cluster::info(addr, raw, verbose).await,
             ClusterCmd::Shutdown => cluster::shutdown(addr).await,
             ClusterCmd::Scrub { raw } => node::scrub(addr, raw).await,
+            ClusterCmd::Snapshot(s) => match s {
+                SnapshotCmd::Save { tag, dir, vdis } => csnap::save(addr, &tag, &dir, &vdis).await,
+                SnapshotCmd::List { dir, raw } => csnap::list(&dir, raw),
+                SnapshotCmd::Check { tag, dir } => csnap::check(&tag, &dir),
+                SnapshotCmd::Load { tag, dir, vdis } => csnap::load(addr, &tag, &dir, &vdis).await,
+            },
         },
         Cmd::Node(n) => match n {
             NodeCmd::List { raw } => node::list(addr, raw).await,

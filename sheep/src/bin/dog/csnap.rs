@@ -1,0 +1,559 @@
+//! `dog cluster snapshot save|list|check|load`: every VDI (or some) at one moment, copied
+//! into a farm directory ([`crate::farm`]) and created again from it, in this cluster or
+//! another one, after a reformat or not.
+//!
+//! Save cuts first: a VDI snapshot of each VDI, so the copy reads data nobody writes any
+//! more while the VDIs stay in use; the cut snapshots are deleted when the copy is done.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use protocol::inode::Inode;
+use protocol::Client;
+use tokio::task::block_in_place;
+
+use crate::error::{fail, warn, Failure};
+use crate::farm::{hex, Farm, Hash, SnapObj, Trunk, VdiObj, SLICE};
+use crate::fmt::{local_time, size_str};
+use crate::net::{self, NewVdi};
+use crate::progress::Progress;
+use crate::transfer::{self, WriteTarget};
+use crate::vdi::{self, object_size};
+use crate::Out;
+use sheep::dogcli::Snap;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The names of `all` that `only` asks for (all of them when `only` is empty), refusing
+/// names that are not there.
+fn select(all: &[String], only: &[String], place: &str) -> Result<Vec<String>, Failure> {
+    if only.is_empty() {
+        return Ok(all.to_vec());
+    }
+    let missing: Vec<&str> = only.iter().filter(|n| !all.contains(n)).map(String::as_str).collect();
+    if !missing.is_empty() {
+        return Err(Failure::new(format!(
+            "No VDI {} {place}; nothing was done",
+            missing.join(", ")
+        )));
+    }
+    let mut seen = HashSet::new();
+    Ok(only.iter().filter(|n| seen.insert(n.as_str())).cloned().collect())
+}
+
+/// Runs of consecutive allocated objects: (first index, count).
+fn allocated_runs(entries: &[u32]) -> Vec<(u64, u64)> {
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (i, _) in entries.iter().enumerate().filter(|(_, &e)| e != 0) {
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == i as u64 => *count += 1,
+            _ => runs.push((i as u64, 1)),
+        }
+    }
+    runs
+}
+
+/// Takes a VDI's bytes in order (from [`transfer::read_range`]), cuts them into slices and
+/// stores each one that is not all zeros.
+struct SliceSink<'a> {
+    farm: &'a Farm,
+    progress: &'a Progress,
+    /// Index of the slice `buf` fills.
+    next: u64,
+    buf: Vec<u8>,
+    slices: Vec<(u64, Hash)>,
+    /// Bytes of slices the farm did not hold yet.
+    new_bytes: u64,
+    /// Why the last write failed (the transfer only keeps the I/O error's text).
+    failed: Option<Failure>,
+}
+
+impl SliceSink<'_> {
+    fn cut(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.buf.iter().any(|&b| b != 0) {
+            match self.farm.put(&self.buf) {
+                Ok((h, new)) => {
+                    self.slices.push((self.next, h));
+                    if new {
+                        self.new_bytes += self.buf.len() as u64;
+                    }
+                }
+                Err(f) => {
+                    let e = io::Error::other(f.msg.clone());
+                    self.failed = Some(f);
+                    return Err(e);
+                }
+            }
+        }
+        self.progress.add(self.buf.len() as u64);
+        self.next += 1;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Write for SliceSink<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let take = rest.len().min(SLICE as usize - self.buf.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() == SLICE as usize {
+                self.cut()?;
+            }
+        }
+        Ok(data.len())
+    }
+
+    /// The end of a run: a short last slice (the VDI's end) is stored as it is.
+    fn flush(&mut self) -> io::Result<()> {
+        self.cut()
+    }
+}
+
+/// Copies one VDI (a cut snapshot) into the farm.
+async fn copy_vdi(c: &Arc<Client>, farm: &Farm, ino: &Inode, progress: &Progress) -> Result<(VdiObj, u64), Failure> {
+    let h = &ino.header;
+    let obj = object_size(h)?;
+    let nr = vdi::nr_objects(h)? as usize;
+    let entries = &ino.data_vdi_id[..nr.min(ino.data_vdi_id.len())];
+    let mut sink = SliceSink {
+        farm,
+        progress,
+        next: 0,
+        buf: Vec::with_capacity(SLICE as usize),
+        slices: Vec::new(),
+        new_bytes: 0,
+        failed: None,
+    };
+    for (first, count) in allocated_runs(entries) {
+        let at = first * obj;
+        let end = ((first + count) * obj).min(h.vdi_size);
+        sink.next = at / SLICE;
+        let copied = transfer::read_range(c, &h.name, entries, obj, at, end - at, &mut sink).await;
+        if let Some(f) = sink.failed.take() {
+            return Err(f);
+        }
+        copied?;
+    }
+    let trunk = Trunk {
+        size: h.vdi_size,
+        slices: sink.slices,
+    };
+    let (th, _) = block_in_place(|| farm.put(&trunk.encode()))?;
+    let stored = trunk.slices.len() as u64;
+    let v = VdiObj {
+        name: h.name.clone(),
+        size: h.vdi_size,
+        copies: h.nr_copies,
+        copy_policy: h.copy_policy,
+        block_size_shift: h.block_size_shift,
+        trunk: hex(&th),
+        slices: stored,
+        bytes: trunk.slices.iter().map(|&(i, _)| slice_len(h.vdi_size, i)).sum(),
+    };
+    Ok((v, sink.new_bytes))
+}
+
+/// Length of slice `idx` of a VDI of `size` bytes.
+fn slice_len(size: u64, idx: u64) -> u64 {
+    SLICE.min(size.saturating_sub(idx * SLICE))
+}
+
+/// Copies the cut snapshots (tagged `cut`) of `names` into the farm and logs them as
+/// cluster snapshot `tag`. Returns its index, the snapshot and the bytes newly stored.
+async fn copy_all(
+    c: &Arc<Client>,
+    farm: &Farm,
+    names: &[String],
+    cut: &str,
+    mut snap: SnapObj,
+) -> Result<(u32, SnapObj, u64), Failure> {
+    let mut inodes = Vec::with_capacity(names.len());
+    for name in names {
+        let (_, ino) = vdi::open_vdi(c, name, Some(&Snap::Tag(cut.to_string()))).await?;
+        inodes.push(ino);
+    }
+    let mut total = 0;
+    for ino in &inodes {
+        let obj = object_size(&ino.header)?;
+        total += ino.data_vdi_id.iter().filter(|&&e| e != 0).count() as u64 * obj;
+    }
+    let progress = Progress::bytes("saving", total);
+    let mut new_bytes = 0;
+    for ino in &inodes {
+        let (v, new) = copy_vdi(c, farm, ino, &progress).await?;
+        snap.vdis.push(v);
+        new_bytes += new;
+    }
+    let json =
+        serde_json::to_vec_pretty(&snap).map_err(|e| Failure::new(format!("Failed to encode the snapshot: {e}")))?;
+    let (sh, _) = block_in_place(|| farm.put(&json))?;
+    block_in_place(|| farm.sync())?;
+    let index = block_in_place(|| farm.append(&snap.tag, snap.time, &sh))?;
+    Ok((index, snap, new_bytes))
+}
+
+pub async fn save(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> Result<(), Failure> {
+    let farm = block_in_place(|| Farm::create(dir))?;
+    if farm.log()?.iter().any(|e| e.tag == tag) {
+        return Err(Failure::new(format!(
+            "A cluster snapshot tagged '{tag}' exists in {} already",
+            dir.display()
+        )));
+    }
+    let c = net::connect(addr).await?;
+    let members = net::node_list(&c).await?;
+    let mut working = Vec::new();
+    vdi::for_each_vdi(&c, false, |h, _| {
+        if !h.is_snapshot() {
+            working.push(h.name.clone());
+        }
+    })
+    .await?;
+    let names = select(&working, only, "in the cluster")?;
+    let time = now();
+    let snap = SnapObj {
+        tag: tag.to_string(),
+        time,
+        epoch: members.epoch,
+        nodes: members.nodes.iter().map(|n| n.addr.to_string()).collect(),
+        vdis: Vec::new(),
+    };
+
+    let cut = format!("cluster-snapshot-cut-{time}-{}", std::process::id());
+    let mut cut_made = Vec::new();
+    let mut cutting = Ok(());
+    for name in &names {
+        match vdi::snapshot(addr, name, Some(&cut), false, false).await {
+            Ok(()) => cut_made.push(name),
+            Err(f) => {
+                cutting = Err(f);
+                break;
+            }
+        }
+    }
+    let saved = match cutting {
+        Ok(()) => copy_all(&c, &farm, &names, &cut, snap).await,
+        Err(f) => Err(f),
+    };
+    for name in cut_made {
+        if let Err(f) = vdi::delete(addr, name, Some(&Snap::Tag(cut.clone()))).await {
+            warn(format!(
+                "Failed to delete the cut snapshot of VDI {name} ({f}): delete it with \
+                 `dog vdi delete -s {cut} {name}`"
+            ));
+        }
+    }
+    let (index, snap, new_bytes) = saved?;
+    let mut out = Out::new();
+    out.line(format!(
+        "saved cluster snapshot {index} '{tag}': {} VDIs, {} of data, {} newly stored in {}",
+        snap.vdis.len(),
+        size_str(snap.bytes(), false),
+        size_str(new_bytes, false),
+        dir.display()
+    ));
+    out.print()
+}
+
+pub fn list(dir: &Path, raw: bool) -> Result<(), Failure> {
+    let farm = Farm::open(dir)?;
+    let mut out = Out::new();
+    if !raw {
+        out.line("Index  Snapshot Time     VDIs      Size  Tag");
+    }
+    for e in farm.log()? {
+        let (_, snap) = farm.find(&e.tag)?;
+        if raw {
+            out.line(format!(
+                "{} {} {} {} {}",
+                e.index,
+                e.time,
+                snap.vdis.len(),
+                snap.bytes(),
+                e.tag
+            ));
+        } else {
+            out.line(format!(
+                "{:5}  {}  {:4}  {:>8}  {}",
+                e.index,
+                local_time(e.time, "%Y-%m-%d %H:%M"),
+                snap.vdis.len(),
+                size_str(snap.bytes(), false),
+                e.tag
+            ));
+        }
+    }
+    out.print()
+}
+
+/// Reads every object of `vdis` back and checks it against its name. Returns the trunks
+/// (in the order of `vdis`, `None` where one is bad) and a line per problem.
+fn verify(farm: &Farm, vdis: &[&VdiObj], what: &str) -> (Vec<Option<Trunk>>, Vec<String>) {
+    let progress = Progress::bytes(what, vdis.iter().map(|v| v.bytes).sum());
+    let mut problems = Vec::new();
+    let mut trunks = Vec::with_capacity(vdis.len());
+    for v in vdis {
+        match farm.trunk(v) {
+            Ok(t) => {
+                for &(idx, h) in &t.slices {
+                    if let Err(bad) = farm.get(&h) {
+                        let at = format_args!("VDI {} at offset {}", v.name, idx * SLICE);
+                        problems.push(farm.bad_object(&h, at, &bad).msg);
+                    }
+                    progress.add(slice_len(t.size, idx));
+                }
+                trunks.push(Some(t));
+            }
+            Err(f) => {
+                problems.push(f.msg);
+                trunks.push(None);
+            }
+        }
+    }
+    (trunks, problems)
+}
+
+pub fn check(tag: &str, dir: &Path) -> Result<(), Failure> {
+    let farm = Farm::open(dir)?;
+    let (_, snap) = farm.find(tag)?;
+    let vdis: Vec<&VdiObj> = snap.vdis.iter().collect();
+    let (_, problems) = block_in_place(|| verify(&farm, &vdis, "checking"));
+    let mut out = Out::new();
+    for p in &problems {
+        out.line(p);
+    }
+    if problems.is_empty() {
+        out.line(format!(
+            "cluster snapshot '{tag}': {} VDIs, {} slices, {}: every object matches its SHA-1",
+            snap.vdis.len(),
+            snap.vdis.iter().map(|v| v.slices).sum::<u64>(),
+            size_str(snap.bytes(), false)
+        ));
+    }
+    out.print()?;
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(format!(
+            "cluster snapshot '{tag}' has {} bad objects",
+            problems.len()
+        )))
+    }
+}
+
+/// Hands out the bytes `[first slice, end)` of a VDI from the farm: stored slices checked
+/// against their names, zeros for the others.
+struct SliceSource<'a> {
+    farm: &'a Farm,
+    progress: &'a Progress,
+    name: &'a str,
+    size: u64,
+    /// The stored slices from the next one on.
+    slices: &'a [(u64, Hash)],
+    next: u64,
+    buf: Vec<u8>,
+    pos: usize,
+    failed: Option<Failure>,
+}
+
+impl Read for SliceSource<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.buf.len() {
+            let len = slice_len(self.size, self.next);
+            self.buf = match self.slices.split_first() {
+                Some((&(idx, h), rest)) if idx == self.next => {
+                    self.slices = rest;
+                    let at = format_args!("VDI {} at offset {}", self.name, idx * SLICE);
+                    match self.farm.get_or_fail(&h, at) {
+                        Ok(b) => b,
+                        Err(f) => {
+                            let e = io::Error::other(f.msg.clone());
+                            self.failed = Some(f);
+                            return Err(e);
+                        }
+                    }
+                }
+                _ => vec![0; len as usize],
+            };
+            self.pos = 0;
+            self.next += 1;
+            self.progress.add(len);
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Groups stored slices into runs that touch consecutive objects: (first, last) positions
+/// in `slices`.
+fn object_runs(slices: &[(u64, Hash)], obj: u64) -> Vec<(usize, usize)> {
+    let object = |i: usize| slices[i].0 * SLICE / obj;
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for i in 0..slices.len() {
+        match runs.last_mut() {
+            Some((_, last)) if object(i) <= object(*last) + 1 => *last = i,
+            _ => runs.push((i, i)),
+        }
+    }
+    runs
+}
+
+/// Creates VDI `v` and writes its stored slices.
+async fn load_vdi(c: &Arc<Client>, farm: &Farm, v: &VdiObj, trunk: &Trunk, progress: &Progress) -> Result<(), Failure> {
+    let new = NewVdi {
+        name: &v.name,
+        size: v.size,
+        base: 0,
+        copies: v.copies,
+        copy_policy: v.copy_policy,
+        store_policy: 0,
+        block_size_shift: v.block_size_shift,
+        snapshot: false,
+    };
+    let vid = net::new_vdi(c, &new)
+        .await
+        .map_err(|e| fail(format!("Failed to create VDI {}", v.name), &e))?;
+    let t = WriteTarget {
+        client: c.clone(),
+        name: v.name.clone(),
+        vid,
+        copies: v.copies,
+        copy_policy: v.copy_policy,
+        extra_flags: 0,
+    };
+    let obj = 1u64 << v.block_size_shift;
+    for (a, b) in object_runs(&trunk.slices, obj) {
+        let (first, last) = (trunk.slices[a].0, trunk.slices[b].0);
+        let at = first * SLICE;
+        let len = last * SLICE + slice_len(v.size, last) - at;
+        let mut src = SliceSource {
+            farm,
+            progress,
+            name: &v.name,
+            size: v.size,
+            slices: &trunk.slices[a..=b],
+            next: first,
+            buf: Vec::new(),
+            pos: 0,
+            failed: None,
+        };
+        let written = transfer::write_range(&t, &[], obj, at, len, &mut src).await;
+        if let Some(f) = src.failed.take() {
+            return Err(f);
+        }
+        if written? != len {
+            return Err(Failure::new(format!(
+                "VDI {}: the farm gave fewer bytes than its trunk names",
+                v.name
+            )));
+        }
+    }
+    c.flush_vdi(protocol::Vid::new(vid).ok_or_else(|| Failure::new("bad vid"))?)
+        .await
+        .map_err(|e| fail(format!("Failed to flush VDI {}", v.name), &e))
+}
+
+pub async fn load(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> Result<(), Failure> {
+    let farm = Farm::open(dir)?;
+    let (_, snap) = farm.find(tag)?;
+    let all: Vec<String> = snap.vdis.iter().map(|v| v.name.clone()).collect();
+    let names = select(&all, only, &format!("in cluster snapshot '{tag}'"))?;
+    let vdis: Vec<&VdiObj> = snap.vdis.iter().filter(|v| names.contains(&v.name)).collect();
+
+    let c = net::connect(addr).await?;
+    let mut existing = HashSet::new();
+    vdi::for_each_vdi(&c, false, |h, _| {
+        existing.insert(h.name.clone());
+    })
+    .await?;
+    let clash: Vec<&str> = vdis
+        .iter()
+        .filter(|v| existing.contains(&v.name))
+        .map(|v| v.name.as_str())
+        .collect();
+    if !clash.is_empty() {
+        return Err(Failure::new(format!(
+            "VDI {} exists in the cluster: delete it or load the others by name; nothing was changed",
+            clash.join(", ")
+        )));
+    }
+    let (trunks, problems) = block_in_place(|| verify(&farm, &vdis, "checking"));
+    if let Some(first) = problems.first() {
+        for p in &problems[1..] {
+            warn(p);
+        }
+        return Err(Failure::new(format!("{first}; nothing was changed")));
+    }
+
+    let progress = Progress::bytes("loading", vdis.iter().map(|v| v.bytes).sum());
+    for (v, trunk) in vdis.iter().zip(trunks.iter().flatten()) {
+        if let Err(f) = load_vdi(&c, &farm, v, trunk, &progress).await {
+            let undone = match vdi::delete(addr, &v.name, None).await {
+                Ok(()) => "it was deleted again".to_string(),
+                Err(d) => format!("deleting it failed too ({d})"),
+            };
+            return Err(Failure::new(format!(
+                "{f}; VDI {} was left half loaded and {undone}",
+                v.name
+            )));
+        }
+    }
+    let mut out = Out::new();
+    out.line(format!(
+        "loaded {} VDIs ({}) of cluster snapshot '{tag}'",
+        vdis.len(),
+        size_str(vdis.iter().map(|v| v.bytes).sum(), false)
+    ));
+    out.print()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_allocated_objects() {
+        assert_eq!(allocated_runs(&[0, 5, 5, 0, 7, 0, 0, 5]), vec![(1, 2), (4, 1), (7, 1)]);
+        assert_eq!(allocated_runs(&[0, 0]), vec![]);
+    }
+
+    #[test]
+    fn slices_group_into_runs_of_neighbouring_objects() {
+        let obj = 4 * SLICE;
+        // Slices 0 and 3 (object 0), 5 (object 1), 13 (object 3).
+        let s: Vec<(u64, Hash)> = [0, 3, 5, 13].iter().map(|&i| (i, [0; 20])).collect();
+        assert_eq!(object_runs(&s, obj), vec![(0, 2), (3, 3)]);
+    }
+
+    #[test]
+    fn the_last_slice_is_short() {
+        assert_eq!(slice_len(3 * SLICE + 5, 3), 5);
+        assert_eq!(slice_len(3 * SLICE + 5, 2), SLICE);
+    }
+
+    #[test]
+    fn selection_refuses_unknown_names_and_drops_repeats() {
+        let all = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(select(&all, &[], "here").expect("all"), all);
+        assert_eq!(
+            select(&all, &["b".into(), "b".into()], "here").expect("b"),
+            vec!["b".to_string()]
+        );
+        assert!(select(&all, &["c".into()], "here").is_err());
+    }
+}

@@ -1,0 +1,394 @@
+//! The farm: the directory where `dog cluster snapshot` keeps cluster snapshots. Every object
+//! in it is named by the SHA-1 of its bytes, so data that several VDIs, snapshots or places
+//! of one VDI hold is stored once, and every read checks the bytes against the name.
+//!
+//! Layout (ARCHITECTURE.md, "Farm"):
+//! - `farm`: the text `sheepdog farm 1`, marking the directory and its format version;
+//! - `objects/XX/YYYY…`: the objects, named by the 40 hex digits of their SHA-1 (the first two
+//!   name the subdirectory). Three kinds:
+//!   - *data*: one [`SLICE`] of a VDI (shorter at its end), never all zeros;
+//!   - *trunk*: one VDI at one moment: `SDFARMT1`, the VDI size (u64 LE), the slice size (u32
+//!     LE), then for each slice that is not all zeros, in ascending order, its index (u64 LE)
+//!     and its data object's SHA-1 (20 bytes);
+//!   - *snap*: one cluster snapshot, JSON ([`SnapObj`]): tag, time, epoch, members, and per
+//!     VDI its name, size, redundancy, object size and trunk;
+//! - `snap.log`: one line per snapshot, oldest first: `INDEX TIME SNAP-SHA1 TAG`.
+//!
+//! Objects are written to a temporary name and renamed, the file system is synced, and only
+//! then is the snapshot appended to the log (and the log synced): a snapshot in the log has
+//! all its objects on disk. Nothing is ever removed, so nothing needs reference counts.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use sha1::{Digest, Sha1};
+
+use crate::error::Failure;
+
+/// The unit of deduplication: 128 KiB of a VDI.
+pub const SLICE: u64 = 128 * 1024;
+const MARKER: &str = "farm";
+const MARKER_TEXT: &str = "sheepdog farm 1\n";
+const LOG: &str = "snap.log";
+const TRUNK_MAGIC: &[u8; 8] = b"SDFARMT1";
+const TRUNK_HEADER: usize = 8 + 8 + 4;
+const TRUNK_ENTRY: usize = 8 + 20;
+
+pub type Hash = [u8; 20];
+
+pub fn hash_of(bytes: &[u8]) -> Hash {
+    Sha1::digest(bytes).into()
+}
+
+pub fn hex(h: &Hash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex(s: &str) -> Option<Hash> {
+    if s.len() != 40 {
+        return None;
+    }
+    let mut h = [0u8; 20];
+    for (i, b) in h.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(h)
+}
+
+/// One VDI of a cluster snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VdiObj {
+    pub name: String,
+    pub size: u64,
+    pub copies: u8,
+    pub copy_policy: u8,
+    pub block_size_shift: u8,
+    /// SHA-1 of its trunk, hex.
+    pub trunk: String,
+    /// Slices stored (not all zeros), and their bytes.
+    pub slices: u64,
+    pub bytes: u64,
+}
+
+/// A cluster snapshot: the snap object.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapObj {
+    pub tag: String,
+    /// Unix seconds of the cut.
+    pub time: u64,
+    pub epoch: u32,
+    /// The members at the cut, host:port.
+    pub nodes: Vec<String>,
+    pub vdis: Vec<VdiObj>,
+}
+
+impl SnapObj {
+    pub fn bytes(&self) -> u64 {
+        self.vdis.iter().map(|v| v.bytes).sum()
+    }
+}
+
+/// One line of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    pub index: u32,
+    pub time: u64,
+    pub snap: Hash,
+    pub tag: String,
+}
+
+/// One VDI at one moment: the data object of each slice that is not all zeros.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trunk {
+    pub size: u64,
+    pub slices: Vec<(u64, Hash)>,
+}
+
+impl Trunk {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(TRUNK_HEADER + TRUNK_ENTRY * self.slices.len());
+        b.extend_from_slice(TRUNK_MAGIC);
+        b.extend_from_slice(&self.size.to_le_bytes());
+        b.extend_from_slice(&(SLICE as u32).to_le_bytes());
+        for (idx, h) in &self.slices {
+            b.extend_from_slice(&idx.to_le_bytes());
+            b.extend_from_slice(h);
+        }
+        b
+    }
+
+    /// A trunk, if `b` is one in this format: right magic and slice size, whole entries in
+    /// ascending order, all within the VDI.
+    pub fn decode(b: &[u8]) -> Option<Trunk> {
+        let (head, rest) = b.split_at_checked(TRUNK_HEADER)?;
+        if &head[..8] != TRUNK_MAGIC
+            || u32::from_le_bytes(head[16..20].try_into().ok()?) != SLICE as u32
+            || rest.len() % TRUNK_ENTRY != 0
+        {
+            return None;
+        }
+        let size = u64::from_le_bytes(head[8..16].try_into().ok()?);
+        let mut slices = Vec::with_capacity(rest.len() / TRUNK_ENTRY);
+        for e in rest.chunks_exact(TRUNK_ENTRY) {
+            let idx = u64::from_le_bytes(e[..8].try_into().ok()?);
+            let in_order = slices.last().is_none_or(|&(prev, _)| prev < idx);
+            if !in_order || idx >= size.div_ceil(SLICE) {
+                return None;
+            }
+            slices.push((idx, e[8..].try_into().ok()?));
+        }
+        Some(Trunk { size, slices })
+    }
+}
+
+/// What went wrong with an object.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bad {
+    Missing,
+    /// Its bytes hash to this instead.
+    Corrupt(Hash),
+    Unreadable(String),
+}
+
+impl std::fmt::Display for Bad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bad::Missing => write!(f, "missing"),
+            Bad::Corrupt(h) => write!(f, "corrupt: its content hashes to {}", hex(h)),
+            Bad::Unreadable(e) => write!(f, "unreadable: {e}"),
+        }
+    }
+}
+
+pub struct Farm {
+    dir: PathBuf,
+}
+
+fn io_failure(what: impl std::fmt::Display, e: &std::io::Error) -> Failure {
+    Failure::new(format!("{what}: {e}"))
+}
+
+impl Farm {
+    /// The farm in `dir`, made there if the directory is missing or empty. A directory
+    /// with other things in it is refused.
+    pub fn create(dir: &Path) -> Result<Farm, Failure> {
+        fs::create_dir_all(dir).map_err(|e| io_failure(format!("Failed to create {}", dir.display()), &e))?;
+        if !dir.join(MARKER).exists() {
+            let mut entries =
+                fs::read_dir(dir).map_err(|e| io_failure(format!("Failed to read {}", dir.display()), &e))?;
+            if entries.next().is_some() {
+                return Err(Failure::new(format!(
+                    "{} is not a farm and not empty: give an empty or new directory",
+                    dir.display()
+                )));
+            }
+            fs::create_dir(dir.join("objects"))
+                .and_then(|()| fs::write(dir.join(MARKER), MARKER_TEXT))
+                .map_err(|e| io_failure(format!("Failed to make a farm in {}", dir.display()), &e))?;
+        }
+        Farm::open(dir)
+    }
+
+    /// The farm in `dir`, which must be one.
+    pub fn open(dir: &Path) -> Result<Farm, Failure> {
+        match fs::read_to_string(dir.join(MARKER)) {
+            Ok(s) if s == MARKER_TEXT => Ok(Farm { dir: dir.to_path_buf() }),
+            Ok(s) => Err(Failure::new(format!(
+                "{} is a farm of another format ({}); this dog reads {}",
+                dir.display(),
+                s.trim(),
+                MARKER_TEXT.trim()
+            ))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Failure::new(format!("{} is not a farm", dir.display()))),
+            Err(e) => Err(io_failure(format!("Failed to read {}", dir.display()), &e)),
+        }
+    }
+
+    pub fn path(&self, h: &Hash) -> PathBuf {
+        let name = hex(h);
+        self.dir.join("objects").join(&name[..2]).join(&name[2..])
+    }
+
+    /// Stores `bytes` unless an object of that name exists; returns its name and whether it
+    /// was new.
+    pub fn put(&self, bytes: &[u8]) -> Result<(Hash, bool), Failure> {
+        let h = hash_of(bytes);
+        let path = self.path(&h);
+        if path.exists() {
+            return Ok((h, false));
+        }
+        let failed = |e: std::io::Error| io_failure(format!("Failed to store {}", path.display()), &e);
+        let parent = path.parent().unwrap_or(&self.dir);
+        fs::create_dir_all(parent).map_err(failed)?;
+        let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), hex(&h)));
+        fs::write(&tmp, bytes)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                failed(e)
+            })?;
+        Ok((h, true))
+    }
+
+    /// The bytes of object `h`, only if they hash to `h`.
+    pub fn get(&self, h: &Hash) -> Result<Vec<u8>, Bad> {
+        let b = fs::read(self.path(h)).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Bad::Missing,
+            _ => Bad::Unreadable(e.to_string()),
+        })?;
+        let got = hash_of(&b);
+        if got != *h {
+            return Err(Bad::Corrupt(got));
+        }
+        Ok(b)
+    }
+
+    /// [`Farm::get`] with the failure as a message that names the object and what it is.
+    pub fn get_or_fail(&self, h: &Hash, what: impl std::fmt::Display) -> Result<Vec<u8>, Failure> {
+        self.get(h).map_err(|bad| self.bad_object(h, what, &bad))
+    }
+
+    pub fn bad_object(&self, h: &Hash, what: impl std::fmt::Display, bad: &Bad) -> Failure {
+        Failure::new(format!(
+            "farm object {} ({what}, {}) is {bad}",
+            hex(h),
+            self.path(h).display()
+        ))
+    }
+
+    /// Every snapshot of the log, oldest first.
+    pub fn log(&self) -> Result<Vec<LogEntry>, Failure> {
+        let text = match fs::read_to_string(self.dir.join(LOG)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(io_failure(
+                    format!("Failed to read the log of {}", self.dir.display()),
+                    &e,
+                ))
+            }
+        };
+        text.lines()
+            .enumerate()
+            .map(|(n, line)| {
+                parse_log_line(line).ok_or_else(|| {
+                    Failure::new(format!("{}: line {} of {LOG} is malformed", self.dir.display(), n + 1))
+                })
+            })
+            .collect()
+    }
+
+    /// The snapshot tagged `tag` and its snap object.
+    pub fn find(&self, tag: &str) -> Result<(LogEntry, SnapObj), Failure> {
+        let entry = self
+            .log()?
+            .into_iter()
+            .find(|e| e.tag == tag)
+            .ok_or_else(|| Failure::new(format!("No cluster snapshot tagged '{tag}' in {}", self.dir.display())))?;
+        let b = self.get_or_fail(&entry.snap, format_args!("snap of '{tag}'"))?;
+        let snap = serde_json::from_slice(&b)
+            .map_err(|e| Failure::new(format!("The snap object of '{tag}' is malformed: {e}")))?;
+        Ok((entry, snap))
+    }
+
+    /// The trunk of `v`, checked.
+    pub fn trunk(&self, v: &VdiObj) -> Result<Trunk, Failure> {
+        let h = parse_hex(&v.trunk)
+            .ok_or_else(|| Failure::new(format!("VDI {}: '{}' is not a trunk's name", v.name, v.trunk)))?;
+        let b = self.get_or_fail(&h, format_args!("trunk of VDI {}", v.name))?;
+        Trunk::decode(&b).ok_or_else(|| Failure::new(format!("The trunk of VDI {} ({}) is malformed", v.name, v.trunk)))
+    }
+
+    /// Makes everything stored so far durable (one syncfs of the farm's file system).
+    pub fn sync(&self) -> Result<(), Failure> {
+        let d = File::open(&self.dir).map_err(|e| io_failure(format!("Failed to open {}", self.dir.display()), &e))?;
+        // SAFETY: syncfs only reads the descriptor, which `d` keeps open.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(io_failure(
+                format!("Failed to sync {}", self.dir.display()),
+                &std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends a snapshot to the log, durably; returns its index.
+    pub fn append(&self, tag: &str, time: u64, snap: &Hash) -> Result<u32, Failure> {
+        let index = self.log()?.last().map_or(1, |e| e.index + 1);
+        let failed =
+            |e: std::io::Error| io_failure(format!("Failed to append to the log of {}", self.dir.display()), &e);
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(LOG))
+            .map_err(failed)?;
+        f.write_all(format!("{index} {time} {} {tag}\n", hex(snap)).as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(failed)?;
+        Ok(index)
+    }
+}
+
+fn parse_log_line(line: &str) -> Option<LogEntry> {
+    let mut it = line.splitn(4, ' ');
+    Some(LogEntry {
+        index: it.next()?.parse().ok()?,
+        time: it.next()?.parse().ok()?,
+        snap: parse_hex(it.next()?)?,
+        tag: it.next().filter(|t| !t.is_empty())?.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trunks_round_trip_and_malformed_ones_are_refused() {
+        let t = Trunk {
+            size: 3 * SLICE + 10,
+            slices: vec![(0, [1; 20]), (3, [2; 20])],
+        };
+        let b = t.encode();
+        assert_eq!(Trunk::decode(&b), Some(t.clone()));
+        assert_eq!(Trunk::decode(&b[..b.len() - 1]), None, "a cut entry");
+        let mut out_of_order = t.clone();
+        out_of_order.slices.reverse();
+        assert_eq!(Trunk::decode(&out_of_order.encode()), None);
+        let mut past_end = t;
+        past_end.slices.push((4, [3; 20]));
+        assert_eq!(Trunk::decode(&past_end.encode()), None);
+    }
+
+    #[test]
+    fn objects_are_stored_once_and_checked_on_every_read() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let farm = Farm::create(d.path()).expect("farm");
+        let (h, new) = farm.put(b"slice").expect("put");
+        assert!(new);
+        assert_eq!(farm.put(b"slice").expect("put again"), (h, false));
+        assert_eq!(farm.get(&h).expect("get"), b"slice");
+        fs::write(farm.path(&h), b"slicf").expect("flip");
+        assert_eq!(farm.get(&h), Err(Bad::Corrupt(hash_of(b"slicf"))));
+        fs::remove_file(farm.path(&h)).expect("rm");
+        assert_eq!(farm.get(&h), Err(Bad::Missing));
+    }
+
+    #[test]
+    fn the_log_keeps_tags_with_spaces_and_numbers_snapshots() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let farm = Farm::create(d.path()).expect("farm");
+        assert_eq!(farm.append("before upgrade", 7, &[9; 20]).expect("append"), 1);
+        assert_eq!(farm.append("b", 8, &[10; 20]).expect("append"), 2);
+        let log = farm.log().expect("log");
+        assert_eq!(log[0].tag, "before upgrade");
+        assert_eq!((log[1].index, log[1].time, log[1].snap), (2, 8, [10; 20]));
+        assert!(Farm::open(d.path()).is_ok());
+        let other = tempfile::tempdir().expect("tempdir");
+        fs::write(other.path().join("x"), b"x").expect("write");
+        assert!(Farm::create(other.path()).is_err(), "a directory with other files");
+        assert!(Farm::open(other.path()).is_err());
+    }
+}

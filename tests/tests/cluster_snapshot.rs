@@ -1,0 +1,239 @@
+//! `dog cluster snapshot`: every VDI copied into a farm directory at one cut, listed, checked
+//! and loaded back byte for byte after a reformat (all of them or a subset); identical
+//! slices stored once; a corrupted farm object named and never loaded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tests::{assert_same_bytes, pseudo_random, Cluster};
+
+const MIB: u64 = 1 << 20;
+
+/// Writes `data` at `offset` of VDI `name` and of its model.
+fn put(c: &Cluster, models: &mut BTreeMap<String, Vec<u8>>, name: &str, offset: u64, data: &[u8]) {
+    c.write_vdi(name, offset, data);
+    let m = models.get_mut(name).expect("a model");
+    m[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+}
+
+fn create(c: &Cluster, models: &mut BTreeMap<String, Vec<u8>>, name: &str, size: u64) {
+    c.dog_ok(&["vdi", "create", name, &size.to_string()]);
+    models.insert(name.to_string(), vec![0; size as usize]);
+}
+
+/// Each VDI of the cluster reads as its model.
+fn assert_vdis(c: &Cluster, models: &BTreeMap<String, Vec<u8>>, when: &str) {
+    for (name, m) in models {
+        let got = c.read_vdi(name, 0, m.len() as u64, None);
+        assert_same_bytes(&format!("VDI {name} {when}"), &got, m);
+    }
+}
+
+/// The working VDIs as (name, size, copies): what a load must give back.
+fn working(c: &Cluster) -> Vec<(String, u64, u32)> {
+    let mut v: Vec<_> = c
+        .vdi_list(0)
+        .into_iter()
+        .filter(|l| l.flag != "s")
+        .map(|l| (l.name, l.size, l.copies))
+        .collect();
+    v.sort();
+    v
+}
+
+fn farm_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for sub in std::fs::read_dir(dir.join("objects")).expect("objects/") {
+        for f in std::fs::read_dir(sub.expect("entry").path()).expect("a subdirectory") {
+            out.push(f.expect("entry").path());
+        }
+    }
+    out
+}
+
+fn farm_bytes(dir: &Path) -> u64 {
+    farm_files(dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).expect("stat").len())
+        .sum()
+}
+
+#[test]
+fn cluster_snapshots_survive_a_reformat_and_load_all_or_some() {
+    let c = Cluster::start_formatted(3, 2);
+    let farm = c.root().join("farm");
+    let farm_s = farm.to_str().expect("utf-8 path");
+    let mut models = BTreeMap::new();
+    create(&c, &mut models, "alpha", 24 * MIB);
+    create(&c, &mut models, "odd", 9 * MIB + 5000);
+    create(&c, &mut models, "empty", 8 * MIB);
+    put(&c, &mut models, "alpha", 0, &pseudo_random(1, 6 * MIB as usize));
+    put(&c, &mut models, "alpha", 20 * MIB + 99, &pseudo_random(2, 70_000));
+    put(&c, &mut models, "odd", 9 * MIB + 1000, &pseudo_random(3, 4000));
+    // A VDI with a snapshot: the cluster snapshot holds what its working VDI reads.
+    c.dog_ok(&["vdi", "snapshot", "-s", "old", "odd"]);
+    put(&c, &mut models, "odd", 4 * MIB - 10, &pseudo_random(4, 20));
+    let layout = working(&c);
+
+    let out = c.dog_ok(&["cluster", "snapshot", "save", "first", farm_s]);
+    assert!(
+        out.stdout_str().contains("saved cluster snapshot 1 'first': 3 VDIs"),
+        "{}",
+        out.all_text()
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "nothing but the result when piped: {}",
+        out.stderr
+    );
+    let one = models.clone();
+    assert_eq!(working(&c), layout, "the cut snapshots are gone again");
+    assert!(
+        c.vdi_list(0).iter().filter(|l| l.flag == "s").count() == 1,
+        "only the user's snapshot is left: {:?}",
+        c.vdi_list(0)
+    );
+    assert_vdis(&c, &models, "after the save");
+    let o = c
+        .dog(&["cluster", "snapshot", "save", "first", farm_s])
+        .expect_failure();
+    assert!(o.stderr.contains("exists"), "{}", o.stderr);
+
+    put(&c, &mut models, "alpha", 5, b"changed after the first snapshot");
+    let out = c.dog_ok(&["cluster", "snapshot", "save", "only alpha", farm_s, "alpha"]);
+    assert!(out.stdout_str().contains("1 VDIs"), "{}", out.stdout_str());
+    let two_alpha = models["alpha"].clone();
+    let o = c
+        .dog(&["cluster", "snapshot", "save", "third", farm_s, "nosuch"])
+        .expect_failure();
+    assert!(o.stderr.contains("No VDI nosuch"), "{}", o.stderr);
+
+    let list = c.dog_ok(&["cluster", "snapshot", "list", "-r", farm_s]).stdout_str();
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(
+        lines[0].starts_with("1 ") && lines[0].ends_with(" 3 6689672 first"),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with("2 ") && lines[1].ends_with(" only alpha"),
+        "{list}"
+    );
+    let check = c
+        .dog_ok(&["cluster", "snapshot", "check", "first", farm_s])
+        .stdout_str();
+    assert!(check.contains("every object matches"), "{check}");
+
+    // After a reformat, everything comes back as it was at the cut.
+    c.dog_ok(&["cluster", "format", "-c", "2", "-f"]);
+    assert!(working(&c).is_empty());
+    let out = c.dog_ok(&["cluster", "snapshot", "load", "first", farm_s]);
+    assert!(out.stdout_str().contains("loaded 3 VDIs"), "{}", out.stdout_str());
+    assert_eq!(working(&c), layout, "names, sizes and redundancy");
+    assert_vdis(&c, &one, "loaded from 'first'");
+
+    // A VDI of that name exists: refused, nothing changes.
+    let before = c.dog_ok(&["vdi", "list", "-r"]).stdout_str();
+    let o = c
+        .dog(&["cluster", "snapshot", "load", "only alpha", farm_s])
+        .expect_failure();
+    assert!(
+        o.stderr.contains("VDI alpha exists") && o.stderr.contains("nothing was changed"),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(c.dog_ok(&["vdi", "list", "-r"]).stdout_str(), before);
+    let o = c
+        .dog(&["cluster", "snapshot", "load", "nosuch", farm_s])
+        .expect_failure();
+    assert!(o.stderr.contains("No cluster snapshot tagged 'nosuch'"), "{}", o.stderr);
+
+    // A subset: only that.
+    c.dog_ok(&["cluster", "format", "-c", "2", "-f"]);
+    c.dog_ok(&["cluster", "snapshot", "load", "first", farm_s, "odd"]);
+    let names: Vec<String> = working(&c).into_iter().map(|w| w.0).collect();
+    assert_eq!(names, ["odd"]);
+    assert_same_bytes("odd", &c.read_vdi("odd", 0, 9 * MIB + 5000, None), &one["odd"]);
+    c.dog_ok(&["cluster", "snapshot", "load", "only alpha", farm_s]);
+    assert_same_bytes("alpha", &c.read_vdi("alpha", 0, 24 * MIB, None), &two_alpha);
+}
+
+#[test]
+fn clones_share_slices_and_a_corrupt_object_is_named_and_never_loaded() {
+    let c = Cluster::start_formatted(3, 2);
+    let farm = c.root().join("farm");
+    let farm_s = farm.to_str().expect("utf-8 path");
+    let base_size = 32 * MIB;
+    let mut models = BTreeMap::new();
+    create(&c, &mut models, "base", base_size);
+    put(&c, &mut models, "base", 0, &pseudo_random(10, base_size as usize));
+    c.dog_ok(&["vdi", "snapshot", "-s", "golden", "base"]);
+    for i in 0..10u64 {
+        let name = format!("clone{i}");
+        c.dog_ok(&["vdi", "clone", "-s", "golden", "base", &name]);
+        let model = models["base"].clone();
+        models.insert(name.clone(), model);
+        put(&c, &mut models, &name, i * 3 * MIB + 512, &pseudo_random(20 + i, 4096));
+    }
+    c.dog_ok(&["cluster", "snapshot", "save", "clones", farm_s]);
+    let used = farm_bytes(&farm);
+    eprintln!(
+        "farm space for a {} MiB base and 10 lightly written clones: {used} bytes ({:.3} x the base)",
+        base_size / MIB,
+        used as f64 / base_size as f64
+    );
+    assert!(
+        used as f64 <= 1.2 * base_size as f64,
+        "11 VDIs of 32 MiB that differ in 10 blocks take {used} bytes"
+    );
+
+    // Flip one byte of a data slice: check names it, load refuses before changing anything.
+    let slice = farm_files(&farm)
+        .into_iter()
+        .find(|p| std::fs::metadata(p).expect("stat").len() == 128 * 1024)
+        .expect("a data slice");
+    let mut bytes = std::fs::read(&slice).expect("read");
+    bytes[777] ^= 0x20;
+    std::fs::write(&slice, &bytes).expect("write");
+    let file = slice.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+    let o = c
+        .dog(&["cluster", "snapshot", "check", "clones", farm_s])
+        .expect_failure();
+    assert!(
+        o.stdout_str().contains(&file) && o.stdout_str().contains("corrupt"),
+        "check names the object: {}",
+        o.all_text()
+    );
+    assert!(o.stderr.contains("bad objects"), "{}", o.stderr);
+    // Every VDI uses the base's slices; reformat and try to load one.
+    c.dog_ok(&["cluster", "format", "-c", "2", "-f"]);
+    let o = c
+        .dog(&["cluster", "snapshot", "load", "clones", farm_s, "clone3"])
+        .expect_failure();
+    assert!(
+        o.stderr.contains(&file) && o.stderr.contains("nothing was changed"),
+        "{}",
+        o.stderr
+    );
+    assert!(working(&c).is_empty(), "no VDI was created: {:?}", working(&c));
+}
+
+#[test]
+fn a_farm_must_be_one() {
+    let c = Cluster::start_formatted(1, 1);
+    let not_farm = c.root().join("stuff");
+    std::fs::create_dir_all(&not_farm).expect("mkdir");
+    std::fs::write(not_farm.join("precious"), b"x").expect("write");
+    let p = not_farm.to_str().expect("utf-8 path");
+    let o = c.dog(&["cluster", "snapshot", "save", "t", p]).expect_failure();
+    assert!(o.stderr.contains("is not a farm and not empty"), "{}", o.stderr);
+    let o = c.dog(&["cluster", "snapshot", "list", p]).expect_failure();
+    assert!(o.stderr.contains("is not a farm"), "{}", o.stderr);
+    assert_eq!(
+        std::fs::read_dir(&not_farm).expect("ls").count(),
+        1,
+        "nothing was added"
+    );
+    let o = c.dog(&["cluster", "snapshot", "save", "bad\ntag", p]).expect_failure();
+    assert!(o.stderr.contains("control characters"), "{}", o.stderr);
+}
