@@ -237,3 +237,45 @@ fn a_farm_must_be_one() {
     let o = c.dog(&["cluster", "snapshot", "save", "bad\ntag", p]).expect_failure();
     assert!(o.stderr.contains("control characters"), "{}", o.stderr);
 }
+
+/// Runs `dog ARGS > out` on a pseudo-terminal (`script`): what the terminal showed.
+fn on_a_terminal(c: &Cluster, args: &str, out: &Path) -> String {
+    let typescript = c.root().join("typescript");
+    let cmd = format!(
+        "{} {args} -p {} > {}",
+        tests::dog_bin().display(),
+        c.node(0).port(),
+        out.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd])
+        .arg(&typescript)
+        .output()
+        .expect("script (util-linux) runs");
+    assert!(o.status.success(), "{cmd}: {}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8_lossy(&std::fs::read(&typescript).expect("typescript")).into_owned()
+}
+
+#[test]
+fn long_commands_draw_progress_on_a_terminal_only() {
+    let c = Cluster::start_formatted(1, 1);
+    c.dog_ok(&["vdi", "create", "v", &(16 * MIB).to_string()]);
+    c.write_vdi("v", 0, &pseudo_random(7, 16 * MIB as usize));
+    c.dog_ok(&["vdi", "snapshot", "-s", "s", "v"]);
+    let piped = c.dog_ok(&["vdi", "backup", "-s", "s", "v"]);
+    assert!(piped.stderr.is_empty(), "quiet when piped: {}", piped.stderr);
+    let file = c.root().join("backup");
+    let shown = on_a_terminal(&c, "vdi backup -s s v", &file);
+    assert!(shown.contains("backing up"), "a bar on the terminal: {shown:?}");
+    assert!(
+        std::fs::read(&file).expect("backup") == piped.stdout,
+        "the same backup either way"
+    );
+    let farm = c.root().join("farm");
+    let shown = on_a_terminal(
+        &c,
+        &format!("cluster snapshot save t {}", farm.display()),
+        &c.root().join("o"),
+    );
+    assert!(shown.contains("saving"), "{shown:?}");
+}

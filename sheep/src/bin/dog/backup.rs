@@ -15,6 +15,7 @@ use tokio::task::block_in_place;
 
 use crate::error::{fail, Failure};
 use crate::net::{self, data_oid, NewVdi};
+use crate::progress::Progress;
 use crate::span::MAX_PIECE;
 use crate::transfer::{self, WriteTarget};
 use crate::vdi::{self, object_size, open_vdi};
@@ -82,7 +83,9 @@ pub async fn backup(addr: SocketAddr, name: &str, from: Option<&Snap>, to: &Snap
     };
     let to_entries = &to_ino.data_vdi_id;
     out(&stream::header())?;
+    let progress = Progress::bytes("backing up", nr * obj);
     for idx in 0..nr as u32 {
+        progress.add(obj);
         let entry = |e: &[u32]| e.get(idx as usize).copied().unwrap_or(0);
         if entry(&from_entries) == entry(to_entries) {
             // The same object (or none) in both: nothing changed.
@@ -159,7 +162,8 @@ pub async fn restore(addr: SocketAddr, name: &str, snap: &Snap) -> Result<(), Fa
             input
                 .seek(SeekFrom::Start(stream::HEADER_SIZE as u64))
                 .map_err(|e| Failure::new(format!("Failed to read the backup again: {e}")))?;
-            apply(&c, &mut BufReader::new(&input), vid, &base, obj).await
+            let progress = Progress::bytes("restoring", summary.data_bytes);
+            apply(&c, &mut BufReader::new(&input), vid, &base, obj, &progress).await
         }
         Err(f) => Err(f),
     };
@@ -181,7 +185,14 @@ pub async fn restore(addr: SocketAddr, name: &str, snap: &Snap) -> Result<(), Fa
 /// clone of `base`, as `dog vdi write` would: each object is created as a copy of the
 /// base's with the record's bytes over it, then the inode points at it; all flushed at the
 /// end.
-async fn apply(c: &Arc<Client>, input: &mut impl Read, vid: u32, base: &Inode, obj: u64) -> Result<(), Failure> {
+async fn apply(
+    c: &Arc<Client>,
+    input: &mut impl Read,
+    vid: u32,
+    base: &Inode,
+    obj: u64,
+    progress: &Progress,
+) -> Result<(), Failure> {
     let t = WriteTarget {
         client: c.clone(),
         name: base.header.name.clone(),
@@ -202,6 +213,7 @@ async fn apply(c: &Arc<Client>, input: &mut impl Read, vid: u32, base: &Inode, o
         if transfer::write_range(&t, &base.data_vdi_id, obj, at, len, input).await? != len {
             return Err(Failure::new("the backup changed while it was restored"));
         }
+        progress.add(len);
     }
     c.flush_vdi(protocol::Vid::new(vid).ok_or_else(|| Failure::new("bad vid"))?)
         .await
