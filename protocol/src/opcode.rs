@@ -97,6 +97,10 @@ opcodes! {
     STAT_METRICS = 0xe1,
     // ... and its background scrub's progress and findings.
     STAT_SCRUB = 0xe2,
+    // ... and snapshots of several VDIs at one moment (`dog cluster snapshot save`): WRITE,
+    // payload a 256-byte tag then one 256-byte name per VDI; reply (old vid, new vid) u32 LE
+    // pairs.
+    SNAPSHOT_VDIS = 0xe3,
 }
 
 /// True for the node-to-node (peer) ops, which only sheep send each other.

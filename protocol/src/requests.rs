@@ -21,6 +21,22 @@ pub fn name_payload(name: &str, tag: Option<&str>) -> Vec<u8> {
     b
 }
 
+/// Most VDIs one SNAPSHOT_VDIS may name.
+pub const MAX_SNAPSHOT_VDIS: usize = 1024;
+
+/// A SNAPSHOT_VDIS request: the header and its payload (the tag, then each name, in
+/// 256-byte fields).
+pub fn snapshot_vdis_request<S: AsRef<str>>(tag: &str, names: &[S]) -> (RequestHeader, Vec<u8>) {
+    let mut payload = name_payload(tag, None);
+    for n in names {
+        payload.extend_from_slice(&name_payload(n.as_ref(), None));
+    }
+    let mut req = RequestHeader::new(op::SNAPSHOT_VDIS);
+    req.flags = flags::WRITE | flags::PIGGYBACK;
+    req.data_length = payload.len() as u32;
+    (req, payload)
+}
+
 /// How a new VDI comes to be.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NewVdi {
@@ -293,6 +309,18 @@ impl Client {
             block_size_shift: h.block_size_shift,
         };
         self.new_vdi(name, v).await
+    }
+
+    /// SNAPSHOT_VDIS (this implementation's own), at most [`MAX_SNAPSHOT_VDIS`] names: snapshots of every VDI in `names`, tagged
+    /// `tag`, at one moment. Returns (snapshot vid, new working vid) per name, in order.
+    pub async fn snapshot_vdis(&self, tag: &str, names: &[String]) -> Result<Vec<(u32, u32)>, ClientError> {
+        let (req, payload) = snapshot_vdis_request(tag, names);
+        let r = self.call(req, &payload).await?;
+        if r.data.len() != 8 * names.len() {
+            return Err(self.short_reply(op::SNAPSHOT_VDIS));
+        }
+        let word = |p: &[u8]| u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        Ok(r.data.chunks_exact(8).map(|p| (word(p), word(&p[4..]))).collect())
     }
 
     /// Deletes a VDI as `dog vdi delete` does (PROTOCOL.md 5.8): its `data_vdi_id` entries

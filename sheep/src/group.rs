@@ -66,6 +66,11 @@ pub enum Event {
         block_size_shift: u8,
         snapshot_of: Option<u32>,
     },
+    /// Snapshots of several VDIs at one point of the total order (`dog cluster snapshot
+    /// save`): each as a `VdiAdd` with `snapshot_of` set, all applied together.
+    VdiSnapshots {
+        vdis: Vec<NewVid>,
+    },
     VdiDel {
         vid: u32,
     },
@@ -91,6 +96,15 @@ pub enum Event {
         client: u64,
     },
     Shutdown,
+}
+
+/// One new working vid of a [`Event::VdiSnapshots`]: it follows `snapshot_of`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NewVid {
+    pub vid: u32,
+    pub copies: u8,
+    pub block_size_shift: u8,
+    pub snapshot_of: u32,
 }
 
 /// Who holds a VDI open for writing: a client connection of one gateway.
@@ -284,6 +298,27 @@ impl ClusterState {
         self.ring = Arc::new(Ring::new(nodes));
     }
 
+    /// A new VDI; with `snapshot_of`, the working VDI it follows becomes a snapshot.
+    fn add_vdi(&mut self, vid: u32, copies: u8, block_size_shift: u8, snapshot_of: Option<u32>) {
+        self.in_use.set(vid);
+        self.vdis.insert(
+            vid,
+            VdiState {
+                copies,
+                block_size_shift,
+                snapshot: false,
+                deleted: false,
+            },
+        );
+        if let Some(cur) = snapshot_of.and_then(|c| self.vdis.get_mut(&c)) {
+            cur.snapshot = true;
+        }
+        // The writer keeps the VDI, which now lives on under the new vid.
+        if let Some(l) = snapshot_of.and_then(|c| self.locks.remove(&c)) {
+            self.locks.insert(vid, l);
+            *self.lock_gens.entry(vid).or_default() += 1;
+        }
+    }
     fn new_epoch(&mut self, time: u64, effects: &mut Vec<Effect>) {
         if self.format.is_none() {
             return;
@@ -414,24 +449,10 @@ impl ClusterState {
                 copies,
                 block_size_shift,
                 snapshot_of,
-            } => {
-                self.in_use.set(*vid);
-                self.vdis.insert(
-                    *vid,
-                    VdiState {
-                        copies: *copies,
-                        block_size_shift: *block_size_shift,
-                        snapshot: false,
-                        deleted: false,
-                    },
-                );
-                if let Some(cur) = snapshot_of.and_then(|c| self.vdis.get_mut(&c)) {
-                    cur.snapshot = true;
-                }
-                // The writer keeps the VDI, which now lives on under the new vid.
-                if let Some(l) = snapshot_of.and_then(|c| self.locks.remove(&c)) {
-                    self.locks.insert(*vid, l);
-                    *self.lock_gens.entry(*vid).or_default() += 1;
+            } => self.add_vdi(*vid, *copies, *block_size_shift, *snapshot_of),
+            Event::VdiSnapshots { vdis } => {
+                for v in vdis {
+                    self.add_vdi(v.vid, v.copies, v.block_size_shift, Some(v.snapshot_of));
                 }
             }
             Event::VdiDel { vid } => {
@@ -820,6 +841,32 @@ mod tests {
         assert!(s.deleted.get(6) && s.vdis[&6].deleted);
         assert_eq!(s.copies_for(5), 2);
         assert_eq!(s.copies_for(99), 3);
+        // Several snapshots in one event: every old working VDI frozen, every new one live,
+        // the writer's lock moved along.
+        s.apply(&Event::VdiAdd {
+            vid: 9,
+            copies: 1,
+            block_size_shift: 20,
+            snapshot_of: None,
+        });
+        s.apply(&Event::LockVdi {
+            vid: 9,
+            owner: node(1).addr,
+            client: 4,
+        });
+        let follow = |vid, snapshot_of| NewVid {
+            vid,
+            copies: 1,
+            block_size_shift: 20,
+            snapshot_of,
+        };
+        s.apply(&Event::VdiSnapshots {
+            vdis: vec![follow(10, 6), follow(11, 9)],
+        });
+        assert!(s.vdis[&6].snapshot && s.vdis[&9].snapshot);
+        assert!(!s.vdis[&10].snapshot && !s.vdis[&11].snapshot && s.in_use.get(10) && s.in_use.get(11));
+        assert_eq!(s.vdis[&11].block_size_shift, 20);
+        assert!(s.locks.contains_key(&11) && !s.locks.contains_key(&9));
         // A re-format forgets all VDIs.
         s.apply(&format());
         assert!(s.vdis.is_empty() && !s.in_use.get(5));

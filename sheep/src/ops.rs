@@ -36,7 +36,7 @@ pub fn kind(opcode: u8) -> Option<(Kind, bool)> {
     use Kind::*;
     Some(match opcode {
         op::CREATE_AND_WRITE_OBJ | op::READ_OBJ | op::WRITE_OBJ | op::REMOVE_OBJ | op::DISCARD_OBJ => (Gateway, false),
-        op::NEW_VDI | op::DEL_VDI | op::MAKE_FS | op::SHUTDOWN | op::SET_VNODES => {
+        op::NEW_VDI | op::DEL_VDI | op::SNAPSHOT_VDIS | op::MAKE_FS | op::SHUTDOWN | op::SET_VNODES => {
             (Cluster, matches!(opcode, op::MAKE_FS | op::SHUTDOWN | op::SET_VNODES))
         }
         op::GET_VDI_INFO
@@ -149,6 +149,7 @@ fn admit(sheep: &Sheep, req: &RequestHeader) -> Result<Kind, ResultCode> {
             | op::DISCARD_OBJ
             | op::NEW_VDI
             | op::DEL_VDI
+            | op::SNAPSHOT_VDIS
             | op::CREATE_AND_WRITE_PEER
             | op::WRITE_PEER
             | op::REMOVE_PEER
@@ -327,6 +328,14 @@ async fn cluster_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> 
         op::DEL_VDI => {
             let vid = vdi::del_vdi(sheep, req, payload).await?;
             ans.rsp.set_vdi(vid, 0, 0);
+        }
+        op::SNAPSHOT_VDIS => {
+            let pairs = vdi::snapshot_all(sheep, payload).await?;
+            ans.data = pairs
+                .iter()
+                .flat_map(|&(old, new)| [old.to_le_bytes(), new.to_le_bytes()])
+                .flatten()
+                .collect();
         }
         op::MAKE_FS => make_fs(sheep, req, payload).await?,
         op::SET_VNODES => set_vnodes(sheep, payload).await?,

@@ -16,12 +16,13 @@ use protocol::inode::{
     MIN_BLOCK_SIZE_SHIFT,
 };
 use protocol::oid::NR_VIDS;
+use protocol::requests::MAX_SNAPSHOT_VDIS;
 use protocol::{op, ObjArgs, Oid, RequestHeader, ResultCode, Vid};
 
 use futures::future::join_all;
 
 use crate::gateway::{self, Write};
-use crate::group::{Event, VdiLock};
+use crate::group::{Event, NewVid, VdiLock};
 use crate::node::Sheep;
 
 /// Most copies a VDI may ask for.
@@ -287,19 +288,7 @@ pub async fn new_vdi(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) ->
     };
     sheep.commit(add).await.map_err(driver_failed)?;
     if let Some(cur) = snapshot_of {
-        let oid = Vid::new(cur).ok_or(ResultCode::INVALID_PARMS)?.inode_oid();
-        let stamp = now.to_le_bytes();
-        gateway::write(
-            sheep,
-            Write {
-                oid,
-                offset: 520,
-                data: Bytes::copy_from_slice(&stamp),
-                create: false,
-                copies: 0,
-            },
-        )
-        .await?;
+        stamp_snapshot(sheep, cur, now).await?;
     }
     tracing::info!(vid = %format_args!("{:x}", h.vdi_id), name = %h.name, ?snapshot_of, "VDI created");
     Ok(Created {
@@ -307,6 +296,111 @@ pub async fn new_vdi(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) ->
         copies: h.nr_copies,
         block_size_shift: h.block_size_shift,
     })
+}
+
+/// Writes when inode `vid` became a snapshot (its `snap_ctime`).
+async fn stamp_snapshot(sheep: &Arc<Sheep>, vid: u32, now: u64) -> Result<(), ResultCode> {
+    let oid = Vid::new(vid).ok_or(ResultCode::INVALID_PARMS)?.inode_oid();
+    let w = Write {
+        oid,
+        offset: 520,
+        data: Bytes::copy_from_slice(&now.to_le_bytes()),
+        create: false,
+        copies: 0,
+    };
+    gateway::write(sheep, w).await
+}
+
+/// SNAPSHOT_VDIS: snapshots the working VDIs named in `payload` (a 256-byte tag, then one
+/// 256-byte name each) at one point of the total order: a single event makes every old
+/// working VDI read-only (a snapshot carrying the tag) and every new one current, so the
+/// snapshots hold the VDIs as they were at one moment. All or nothing: a name that is not
+/// a working VDI, or already has a snapshot with this tag, refuses the request before
+/// anything is written. Returns (snapshot vid, new working vid) per name.
+pub async fn snapshot_all(sheep: &Arc<Sheep>, payload: &[u8]) -> Result<Vec<(u32, u32)>, ResultCode> {
+    if payload.len() < 512 || !payload.len().is_multiple_of(256) || payload.len() > 256 * (MAX_SNAPSHOT_VDIS + 1) {
+        return Err(ResultCode::INVALID_PARMS);
+    }
+    let tag = parse_name(&payload[..256]).ok_or(ResultCode::INVALID_PARMS)?;
+    let names: Vec<Vec<u8>> = payload[256..]
+        .chunks_exact(256)
+        .map(parse_name)
+        .collect::<Option<_>>()
+        .ok_or(ResultCode::INVALID_PARMS)?;
+    if names.iter().collect::<HashSet<_>>().len() != names.len() {
+        return Err(ResultCode::INVALID_PARMS);
+    }
+    sheep.state().format.as_ref().ok_or(ResultCode::WAIT_FOR_FORMAT)?;
+    let (_lock, end) = sheep.driver.lock_ops().await.map_err(driver_failed)?;
+    sheep.wait_applied(end).await;
+    let mut current = Vec::with_capacity(names.len());
+    for name in &names {
+        let vid = lookup(sheep, name, &[], 0).await.found?;
+        match lookup(sheep, name, &tag, 0).await.found {
+            Ok(_) => return Err(ResultCode::VDI_EXIST),
+            Err(ResultCode::NO_TAG | ResultCode::NO_VDI) => {}
+            Err(code) => return Err(code),
+        }
+        let ino = read_inode(sheep, vid).await?;
+        if ino.header.store_policy != 0 {
+            return Err(ResultCode::NO_SUPPORT);
+        }
+        current.push((vid, ino));
+    }
+    let now = sd_time(std::time::SystemTime::now());
+    let mut in_use = sheep.state().in_use.clone();
+    let mut news = Vec::with_capacity(names.len());
+    for (name, (cur, old)) in names.iter().zip(current) {
+        // Each new vid is the first free slot of its name's probe sequence once the ones
+        // taken before it in this request are counted as used.
+        let (vid, _) = free_slot(&in_use, sd_hash_vdi(name).max(1)).ok_or(ResultCode::FULL_VDI)?;
+        in_use.set(vid);
+        crate::cache::push_all(sheep, Some(cur)).await?;
+        let oid = Vid::new(cur).ok_or(ResultCode::INVALID_PARMS)?.inode_oid();
+        let mut tag_field = vec![0u8; 256];
+        tag_field[..tag.len()].copy_from_slice(&tag);
+        let w = Write {
+            oid,
+            offset: 256,
+            data: tag_field.into(),
+            create: false,
+            copies: 0,
+        };
+        gateway::write(sheep, w).await?;
+        let h = &old.header;
+        let mut ino = Inode {
+            header: InodeHeader {
+                name: h.name.clone(),
+                create_time: now,
+                vdi_size: h.vdi_size,
+                copy_policy: h.copy_policy,
+                nr_copies: h.nr_copies,
+                block_size_shift: h.block_size_shift,
+                vdi_id: vid,
+                snap_id: h.snap_id + 1,
+                parent_vdi_id: cur,
+                ..InodeHeader::default()
+            },
+            data_vdi_id: old.data_vdi_id,
+        };
+        ino.data_vdi_id.resize(ino.header.nr_objects() as usize, 0);
+        create_inode(sheep, &ino).await?;
+        news.push(NewVid {
+            vid,
+            copies: h.nr_copies,
+            block_size_shift: h.block_size_shift,
+            snapshot_of: cur,
+        });
+    }
+    sheep
+        .commit(Event::VdiSnapshots { vdis: news.clone() })
+        .await
+        .map_err(driver_failed)?;
+    for n in &news {
+        stamp_snapshot(sheep, n.snapshot_of, now).await?;
+    }
+    tracing::info!(count = news.len(), tag = %String::from_utf8_lossy(&tag), "VDIs snapshotted at one moment");
+    Ok(news.iter().map(|n| (n.snapshot_of, n.vid)).collect())
 }
 
 /// LOCK_VDI of working VDI `vid` for client connection `conn` of this gateway: one writer at

@@ -279,3 +279,95 @@ fn long_commands_draw_progress_on_a_terminal_only() {
     );
     assert!(shown.contains("saving"), "{shown:?}");
 }
+
+/// A writer puts the same counter into VDI a, then into VDI b, over and over, while a
+/// cluster snapshot is saved: at one moment for both, b holds a's counter or the one before.
+#[test]
+fn the_cut_is_one_moment_for_every_vdi() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = Cluster::start_formatted(2, 2);
+    let farm = c.root().join("farm");
+    let farm_s = farm.to_str().expect("utf-8 path");
+    for v in ["a", "b"] {
+        c.dog_ok(&["vdi", "create", v, &(4 * MIB).to_string()]);
+    }
+    let stop = AtomicBool::new(false);
+    let counter_of = |bytes: &[u8]| u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                for v in ["a", "b"] {
+                    // A write that meets the cut is refused (READONLY) and goes to the new
+                    // working VDI when tried again.
+                    let data = n.to_le_bytes();
+                    tests::wait_until("a counter write", std::time::Duration::from_secs(30), || {
+                        let o = tests::run_dog(c.node(0).port(), &["vdi", "write", v, "0", "8"], Some(&data));
+                        if o.success() {
+                            Ok(())
+                        } else {
+                            Err(o.all_text())
+                        }
+                    });
+                }
+            }
+            n
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for i in 0..3 {
+            c.dog_ok(&["cluster", "snapshot", "save", &format!("cut{i}"), farm_s]);
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(writer.join().expect("the writer") > 3, "the writer ran");
+    });
+    for i in 0..3 {
+        c.dog_ok(&["cluster", "format", "-c", "2", "-f"]);
+        c.dog_ok(&["cluster", "snapshot", "load", &format!("cut{i}"), farm_s]);
+        let a = counter_of(&c.read_vdi("a", 0, 8, None));
+        let b = counter_of(&c.read_vdi("b", 0, 8, None));
+        assert!(a == b || a == b + 1, "cut {i}: a holds {a}, b holds {b}");
+    }
+}
+
+/// SNAPSHOT_VDIS, the request behind the cut: all of its VDIs or none.
+#[test]
+fn snapshot_vdis_is_all_or_nothing() {
+    use protocol::requests::snapshot_vdis_request;
+    use protocol::{ClientError, ResultCode};
+    let c = Cluster::start_formatted(2, 2);
+    for v in ["a", "b"] {
+        c.dog_ok(&["vdi", "create", v, &MIB.to_string()]);
+    }
+    c.dog_ok(&["vdi", "snapshot", "-s", "taken", "a"]);
+    let request = |tag: &str, names: &[&str]| {
+        let (req, payload) = snapshot_vdis_request(tag, names);
+        c.call(1, req, &payload)
+    };
+    let refused = |r: Result<protocol::Reply, ClientError>| match r {
+        Err(e) => e.result(),
+        Ok(_) => None,
+    };
+    let before = c.dog_ok(&["vdi", "list", "-r"]).stdout_str();
+    let cases: [(&str, &[&str], ResultCode); 4] = [
+        ("t", &["b", "nosuch"], ResultCode::NO_VDI),
+        ("t", &["b", "b"], ResultCode::INVALID_PARMS),
+        ("taken", &["b", "a"], ResultCode::VDI_EXIST),
+        ("", &["b"], ResultCode::INVALID_PARMS),
+    ];
+    for (tag, names, code) in cases {
+        assert_eq!(refused(request(tag, names)), Some(code), "tag {tag:?}, VDIs {names:?}");
+    }
+    assert_eq!(c.dog_ok(&["vdi", "list", "-r"]).stdout_str(), before, "nothing changed");
+
+    let r = request("both", &["b", "a"]).expect("two snapshots");
+    assert_eq!(r.data.len(), 16, "a pair of vids per VDI");
+    let tagged: Vec<String> = c
+        .vdi_list(0)
+        .into_iter()
+        .filter(|l| l.flag == "s" && l.tag == "both")
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(tagged, ["a", "b"]);
+    assert_eq!(c.vdi_list(0).iter().filter(|l| l.flag == "=").count(), 2);
+}

@@ -118,9 +118,10 @@ pub enum ClusterCmd {
 pub enum SnapshotCmd {
     /// Snapshot every working VDI (or the VDIs named) at one moment and copy them into DIR
     ///
-    /// The cut makes a VDI snapshot of each VDI, one after another, so writes are held only
-    /// for that moment, not for the copy; the copy then reads those snapshots, which are
-    /// deleted when it is done. DIR is created when missing. Slices of zeros take no
+    /// The cut snapshots every VDI in one cluster operation: writes before it are in the
+    /// cluster snapshot, writes after it are not, for all VDIs alike. Writes wait only for
+    /// that moment, not for the copy, which then reads those snapshots; they are deleted
+    /// when it is done. At most 1024 VDIs per cluster snapshot. DIR is created when missing. Slices of zeros take no
     /// space; slices already in the farm are not stored again.
     Save {
         /// Name of the cluster snapshot (unique within DIR)

@@ -2,8 +2,10 @@
 //! into a farm directory ([`crate::farm`]) and created again from it, in this cluster or
 //! another one, after a reformat or not.
 //!
-//! Save cuts first: a VDI snapshot of each VDI, so the copy reads data nobody writes any
-//! more while the VDIs stay in use; the cut snapshots are deleted when the copy is done.
+//! Save cuts first: one SNAPSHOT_VDIS request snapshots every VDI at one point of the
+//! cluster's total order (writes after it go to the new working VDIs), so the copy reads
+//! data nobody writes any more while the VDIs stay in use; the cut snapshots are deleted
+//! when the copy is done (their objects stay as long as the working VDIs use them).
 
 use std::collections::HashSet;
 use std::io::{self, Read, Write};
@@ -12,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use protocol::inode::Inode;
+use protocol::requests::MAX_SNAPSHOT_VDIS;
 use protocol::Client;
 use tokio::task::block_in_place;
 
@@ -171,19 +174,23 @@ fn slice_len(size: u64, idx: u64) -> u64 {
     SLICE.min(size.saturating_sub(idx * SLICE))
 }
 
-/// Copies the cut snapshots (tagged `cut`) of `names` into the farm and logs them as
-/// cluster snapshot `tag`. Returns its index, the snapshot and the bytes newly stored.
+/// Copies the cut snapshots (`snapshots`: snapshot vid, new working vid) of `names` into
+/// the farm and logs them as the cluster snapshot `snap`. Returns its index, the snapshot
+/// and the bytes newly stored.
 async fn copy_all(
     c: &Arc<Client>,
     farm: &Farm,
     names: &[String],
-    cut: &str,
+    snapshots: &[(u32, u32)],
     mut snap: SnapObj,
 ) -> Result<(u32, SnapObj, u64), Failure> {
     let mut inodes = Vec::with_capacity(names.len());
-    for name in names {
-        let (_, ino) = vdi::open_vdi(c, name, Some(&Snap::Tag(cut.to_string()))).await?;
-        inodes.push(ino);
+    for (name, &(vid, _)) in names.iter().zip(snapshots) {
+        let b = net::read_inode_bytes(c, vid, true, true)
+            .await
+            .map_err(|e| fail(format!("Failed to read the cut snapshot of VDI {name}"), &e))?;
+        vdi::nr_objects(&net::header_of(&b)?)?;
+        inodes.push(Inode::decode(&b).ok_or_else(|| Failure::new("the inode object is too short"))?);
     }
     let mut total = 0;
     for ino in &inodes {
@@ -232,23 +239,19 @@ pub async fn save(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> R
         vdis: Vec::new(),
     };
 
-    let cut = format!("cluster-snapshot-cut-{time}-{}", std::process::id());
-    let mut cut_made = Vec::new();
-    let mut cutting = Ok(());
-    for name in &names {
-        match vdi::snapshot(addr, name, Some(&cut), false, false).await {
-            Ok(()) => cut_made.push(name),
-            Err(f) => {
-                cutting = Err(f);
-                break;
-            }
-        }
+    if names.len() > MAX_SNAPSHOT_VDIS {
+        return Err(Failure::new(format!(
+            "{} VDIs: one cluster snapshot holds at most {MAX_SNAPSHOT_VDIS}; name the VDIs of each",
+            names.len()
+        )));
     }
-    let saved = match cutting {
-        Ok(()) => copy_all(&c, &farm, &names, &cut, snap).await,
-        Err(f) => Err(f),
-    };
-    for name in cut_made {
+    let cut = format!("cluster-snapshot-cut-{time}-{}", std::process::id());
+    let snapshots = c
+        .snapshot_vdis(&cut, &names)
+        .await
+        .map_err(|e| fail("Failed to snapshot the VDIs; nothing was saved", &e))?;
+    let saved = copy_all(&c, &farm, &names, &snapshots, snap).await;
+    for name in &names {
         if let Err(f) = vdi::delete(addr, name, Some(&Snap::Tag(cut.clone()))).await {
             warn(format!(
                 "Failed to delete the cut snapshot of VDI {name} ({f}): delete it with \
