@@ -199,3 +199,73 @@ fn broken_backups_and_unsafe_restores_change_nothing() {
     assert!(c.read_vdi("v", 0, SIZE, Some("a")) == a && c.read_vdi("v", 0, SIZE, Some("b")) == b);
     assert_eq!(c.read_vdi("v", 0, 7, None), b"unsaved");
 }
+
+/// Three snapshots backed up (one full, two differential) and restored in order on another
+/// cluster: every restored snapshot reads as its original; backing up changed nothing.
+#[test]
+fn three_snapshots_restore_on_another_cluster() {
+    let src = Cluster::start_formatted(2, 2);
+    src.dog_ok(&["vdi", "create", "v", &SIZE.to_string()]);
+    let mut model = vec![0u8; SIZE as usize];
+    let mut snaps = Vec::new();
+    let writes: [&[(u64, usize)]; 3] = [
+        &[(0, 3 * MIB as usize), (30 * MIB, 100_000)],
+        &[(MIB + 3, 5000), (50 * MIB, MIB as usize)],
+        &[(0, 512), (SIZE - 4096, 4096)],
+    ];
+    for (i, ws) in writes.iter().enumerate() {
+        for (j, &(at, len)) in ws.iter().enumerate() {
+            put(
+                &src,
+                &mut model,
+                at,
+                &pseudo_random(100 + 10 * i as u64 + j as u64, len),
+            );
+        }
+        src.dog_ok(&["vdi", "snapshot", "-s", &format!("s{}", i + 1), "v"]);
+        snaps.push(model.clone());
+    }
+    let list = src.dog_ok(&["vdi", "list", "-r"]).stdout_str();
+    let tree = src.dog_ok(&["vdi", "tree"]).stdout_str();
+    let backups = [
+        src.dog_ok(&["vdi", "backup", "-s", "s1", "v"]).stdout,
+        src.dog_ok(&["vdi", "backup", "-F", "s1", "-s", "s2", "v"]).stdout,
+        src.dog_ok(&["vdi", "backup", "-F", "s2", "-s", "s3", "v"]).stdout,
+    ];
+    assert_eq!(src.dog_ok(&["vdi", "list", "-r"]).stdout_str(), list);
+    assert_eq!(src.dog_ok(&["vdi", "tree"]).stdout_str(), tree);
+    assert!(
+        backups[2].len() < 200_000,
+        "the last backup holds two changed sectors' objects: {} bytes",
+        backups[2].len()
+    );
+
+    let dst = Cluster::start_formatted(2, 2);
+    dst.dog_ok(&["vdi", "create", "v", &SIZE.to_string()]);
+    dst.dog_ok(&["vdi", "snapshot", "-s", "empty", "v"]);
+    let mut on = "empty".to_string();
+    for (i, b) in backups.iter().enumerate() {
+        dst.dog_with_input(&["vdi", "restore", "-s", &on, "v"], b).expect_ok();
+        on = newest_snapshot(&dst).snap_id.to_string();
+        let got = dst.read_vdi("v", 0, SIZE, Some(&on));
+        tests::assert_same_bytes(&format!("snapshot s{} restored", i + 1), &got, &snaps[i]);
+    }
+    // The restored chain: each restore became the newest snapshot, on top of the one before;
+    // the working VDI restarts from the empty snapshot each time (Sheepdog 1.0.1's rebase).
+    let tree = dst.dog_ok(&["vdi", "tree"]).stdout_str();
+    let lines: Vec<&str> = tree.lines().collect();
+    assert_eq!(lines.len(), 2, "{tree}");
+    assert!(
+        lines[0].starts_with("v [1 ") && lines[0].contains(" empty]-+-[2 "),
+        "{tree}"
+    );
+    assert_eq!(
+        lines[0].matches("]---[").count(),
+        2,
+        "three restored snapshots in a row: {tree}"
+    );
+    assert!(lines[1].trim_start().starts_with("`-(you are here)"), "{tree}");
+    let list = dst.vdi_list(0);
+    assert_eq!(list.iter().filter(|l| l.flag == "s").count(), 4);
+    assert!(list.iter().all(|l| l.size == SIZE));
+}

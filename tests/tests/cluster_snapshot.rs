@@ -74,6 +74,7 @@ fn cluster_snapshots_survive_a_reformat_and_load_all_or_some() {
     c.dog_ok(&["vdi", "snapshot", "-s", "old", "odd"]);
     put(&c, &mut models, "odd", 4 * MIB - 10, &pseudo_random(4, 20));
     let layout = working(&c);
+    let tree = c.dog_ok(&["vdi", "tree"]).stdout_str();
 
     let out = c.dog_ok(&["cluster", "snapshot", "save", "first", farm_s]);
     assert!(
@@ -88,6 +89,11 @@ fn cluster_snapshots_survive_a_reformat_and_load_all_or_some() {
     );
     let one = models.clone();
     assert_eq!(working(&c), layout, "the cut snapshots are gone again");
+    assert_eq!(
+        c.dog_ok(&["vdi", "tree"]).stdout_str(),
+        tree,
+        "and the tree is as it was"
+    );
     assert!(
         c.vdi_list(0).iter().filter(|l| l.flag == "s").count() == 1,
         "only the user's snapshot is left: {:?}",

@@ -279,6 +279,15 @@ pub enum VdiCmd {
         #[arg(short = 'r', long = "raw")]
         raw: bool,
     },
+    /// Show how VDIs descend from one another: snapshots, the working VDI, clones
+    ///
+    /// One tree per VDI that has no parent (or whose parent was deleted), drawn from left to
+    /// right: `[ID TIME TAG]` for a snapshot, `(you are here)` for the working VDI, and the
+    /// name before the first node of a clone.
+    Tree {
+        /// Show only the tree that holds the VDI of this name
+        name: Option<String>,
+    },
     /// Delete a VDI, or one of its snapshots with -s
     Delete {
         /// Name of the VDI

@@ -19,6 +19,7 @@ mod progress;
 mod scenario;
 mod span;
 mod transfer;
+mod tree;
 mod vdi;
 
 use std::io::Write;
@@ -163,6 +164,7 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
                 vdi::create(addr, &o).await
             }
             VdiCmd::List { name, raw } => vdi::list(addr, name.as_deref(), raw).await,
+            VdiCmd::Tree { name } => tree::tree(addr, name.as_deref()).await,
             VdiCmd::Delete { name, snapshot } => vdi::delete(addr, &name, snapshot.as_ref()).await,
             VdiCmd::Snapshot {
                 name,

@@ -1,5 +1,6 @@
 //! `dog vdi ...` (PROTOCOL.md 5.2-5.8, 5.11).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -103,6 +104,20 @@ pub async fn for_each_vdi(
         f(&h, &entries);
     }
     Ok(())
+}
+
+/// The parent of each deleted VDI whose inode can still be read, so that `vdi tree` can
+/// draw a VDI whose parent was deleted under its nearest live ancestor.
+pub async fn deleted_parents(c: &Client) -> Result<BTreeMap<u32, u32>, Failure> {
+    let deleted = bitmap(c, op::READ_DEL_VDIS).await?;
+    let mut parents = BTreeMap::new();
+    for vid in deleted.iter() {
+        let head = net::read_obj(c, vdi_oid(vid), 0, INODE_HEADER_SIZE as u32, true).await;
+        if let Some(h) = head.ok().as_deref().and_then(InodeHeader::decode) {
+            parents.insert(vid, h.parent_vdi_id);
+        }
+    }
+    Ok(parents)
 }
 
 /// One line of `vdi list`.
