@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use protocol::inode::Inode;
+use protocol::inode::{Inode, MAX_BLOCK_SIZE_SHIFT, MIN_BLOCK_SIZE_SHIFT};
 use protocol::requests::MAX_SNAPSHOT_VDIS;
 use protocol::Client;
 use tokio::task::block_in_place;
@@ -309,6 +309,14 @@ fn verify(farm: &Farm, vdis: &[&VdiObj], what: &str) -> (Vec<Option<Trunk>>, Vec
     let mut problems = Vec::new();
     let mut trunks = Vec::with_capacity(vdis.len());
     for v in vdis {
+        if !(MIN_BLOCK_SIZE_SHIFT..=MAX_BLOCK_SIZE_SHIFT).contains(&v.block_size_shift) {
+            problems.push(format!(
+                "VDI {}: block size shift {} is out of range",
+                v.name, v.block_size_shift
+            ));
+            trunks.push(None);
+            continue;
+        }
         match farm.trunk(v) {
             Ok(t) => {
                 for &(idx, h) in &t.slices {
@@ -416,8 +424,8 @@ fn object_runs(slices: &[(u64, Hash)], obj: u64) -> Vec<(usize, usize)> {
     runs
 }
 
-/// Creates VDI `v` and writes its stored slices.
-async fn load_vdi(c: &Arc<Client>, farm: &Farm, v: &VdiObj, trunk: &Trunk, progress: &Progress) -> Result<(), Failure> {
+/// Creates VDI `v` as it was saved: empty, with its size, redundancy and object size.
+async fn create_vdi(c: &Client, v: &VdiObj) -> Result<u32, Failure> {
     let new = NewVdi {
         name: &v.name,
         size: v.size,
@@ -428,9 +436,20 @@ async fn load_vdi(c: &Arc<Client>, farm: &Farm, v: &VdiObj, trunk: &Trunk, progr
         block_size_shift: v.block_size_shift,
         snapshot: false,
     };
-    let vid = net::new_vdi(c, &new)
+    net::new_vdi(c, &new)
         .await
-        .map_err(|e| fail(format!("Failed to create VDI {}", v.name), &e))?;
+        .map_err(|e| fail(format!("Failed to create VDI {}", v.name), &e))
+}
+
+/// Writes the stored slices of `v` into its new VDI `vid`.
+async fn fill_vdi(
+    c: &Arc<Client>,
+    farm: &Farm,
+    v: &VdiObj,
+    vid: u32,
+    trunk: &Trunk,
+    progress: &Progress,
+) -> Result<(), Failure> {
     let t = WriteTarget {
         client: c.clone(),
         name: v.name.clone(),
@@ -504,17 +523,24 @@ pub async fn load(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> R
     }
 
     let progress = Progress::bytes("loading", vdis.iter().map(|v| v.bytes).sum());
+    let mut loaded: Vec<&str> = Vec::new();
     for (v, trunk) in vdis.iter().zip(trunks.iter().flatten()) {
-        if let Err(f) = load_vdi(&c, &farm, v, trunk, &progress).await {
+        let before = if loaded.is_empty() {
+            "no VDI was loaded before".to_string()
+        } else {
+            format!("loaded before: {}", loaded.join(", "))
+        };
+        let vid = create_vdi(&c, v)
+            .await
+            .map_err(|f| Failure::new(format!("{f}; {before}")))?;
+        if let Err(f) = fill_vdi(&c, &farm, v, vid, trunk, &progress).await {
             let undone = match vdi::delete(addr, &v.name, None).await {
                 Ok(()) => "it was deleted again".to_string(),
-                Err(d) => format!("deleting it failed too ({d})"),
+                Err(d) => format!("it is half loaded: deleting it failed too ({d})"),
             };
-            return Err(Failure::new(format!(
-                "{f}; VDI {} was left half loaded and {undone}",
-                v.name
-            )));
+            return Err(Failure::new(format!("{f}; VDI {}: {undone}; {before}", v.name)));
         }
+        loaded.push(&v.name);
     }
     let mut out = Out::new();
     out.line(format!(

@@ -314,9 +314,9 @@ impl Farm {
         Ok(())
     }
 
-    /// Appends a snapshot to the log, durably; returns its index.
+    /// Appends a snapshot to the log, durably; returns its index. Under an exclusive lock
+    /// of the log, so that two saves into one farm neither share an index nor a tag.
     pub fn append(&self, tag: &str, time: u64, snap: &Hash) -> Result<u32, Failure> {
-        let index = self.log()?.last().map_or(1, |e| e.index + 1);
         let failed =
             |e: std::io::Error| io_failure(format!("Failed to append to the log of {}", self.dir.display()), &e);
         let mut f = OpenOptions::new()
@@ -324,6 +324,19 @@ impl Farm {
             .append(true)
             .open(self.dir.join(LOG))
             .map_err(failed)?;
+        // SAFETY: flock on an open descriptor has no memory-safety preconditions; the lock
+        // goes with `f`.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+        let log = self.log()?;
+        if log.iter().any(|e| e.tag == tag) {
+            return Err(Failure::new(format!(
+                "A cluster snapshot tagged '{tag}' was saved in {} meanwhile",
+                self.dir.display()
+            )));
+        }
+        let index = log.last().map_or(1, |e| e.index + 1);
         f.write_all(format!("{index} {time} {} {tag}\n", hex(snap)).as_bytes())
             .and_then(|()| f.sync_all())
             .map_err(failed)?;
@@ -382,6 +395,7 @@ mod tests {
         let farm = Farm::create(d.path()).expect("farm");
         assert_eq!(farm.append("before upgrade", 7, &[9; 20]).expect("append"), 1);
         assert_eq!(farm.append("b", 8, &[10; 20]).expect("append"), 2);
+        assert!(farm.append("b", 9, &[11; 20]).is_err(), "a tag once");
         let log = farm.log().expect("log");
         assert_eq!(log[0].tag, "before upgrade");
         assert_eq!((log[1].index, log[1].time, log[1].snap), (2, 8, [10; 20]));
