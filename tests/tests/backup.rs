@@ -179,10 +179,21 @@ fn broken_backups_and_unsafe_restores_change_nothing() {
             o.stderr
         );
     }
+    // A snapshot that is not there, of a VDI or of one that is not there either.
+    for (snap, vdi) in [("nosuch", "v"), ("a", "novdi")] {
+        let o = c
+            .dog_with_input(&["vdi", "restore", "-s", snap, vdi], &diff)
+            .expect_failure();
+        assert!(
+            o.stderr.contains(vdi) && o.stderr.contains(snap),
+            "restore -s {snap} {vdi}: {}",
+            o.stderr
+        );
+    }
     assert_eq!(
         c.dog_ok(&["vdi", "list", "-r"]).stdout_str(),
         list,
-        "no broken backup changed anything"
+        "no broken backup or missing snapshot changed anything"
     );
     // Writes since the last snapshot would be lost: refused too.
     c.write_vdi("v", 0, b"unsaved");
