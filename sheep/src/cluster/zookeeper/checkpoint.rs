@@ -30,8 +30,10 @@ pub(super) const CHECKPOINTS: &str = "/sheepdog/checkpoints";
 const TRIMMED: &str = "/sheepdog/trimmed";
 /// Bytes per chunk znode.
 const CHUNK: usize = 512 << 10;
-/// Deletes per transaction when trimming.
-const TRIM_BATCH: usize = 200;
+/// Deletes per transaction when trimming. Every transaction wakes each member's watch on the
+/// queue, and each then lists it again, so a trim is one transaction where it can be: 4,000
+/// deletes of ~45 bytes are ~200 KB, well within ZooKeeper's 1 MB request limit.
+const TRIM_BATCH: usize = 4000;
 const FORMAT: u32 = 1;
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
