@@ -211,6 +211,14 @@ fn clones_share_slices_and_a_corrupt_object_is_named_and_never_loaded() {
         o.all_text()
     );
     assert!(o.stderr.contains("bad objects"), "{}", o.stderr);
+    for name in ["base", "clone7"] {
+        let got = c.read_vdi(name, 0, base_size, None);
+        assert_same_bytes(
+            &format!("VDI {name} after the corrupt farm was checked"),
+            &got,
+            &models[name],
+        );
+    }
     // Every VDI uses the base's slices; reformat and try to load one.
     c.dog_ok(&["cluster", "format", "-c", "2", "-f"]);
     let o = c
