@@ -333,6 +333,10 @@ pub async fn snapshot_all(sheep: &Arc<Sheep>, payload: &[u8]) -> Result<Vec<(u32
     sheep.state().format.as_ref().ok_or(ResultCode::WAIT_FOR_FORMAT)?;
     let (_lock, end) = sheep.driver.lock_ops().await.map_err(driver_failed)?;
     sheep.wait_applied(end).await;
+    // Everything is checked and every vid chosen before anything is written. Each new vid is
+    // the first free slot of its name's probe sequence once the ones chosen before it here
+    // count as used.
+    let mut in_use = sheep.state().in_use.clone();
     let mut current = Vec::with_capacity(names.len());
     for name in &names {
         let vid = lookup(sheep, name, &[], 0).await.found?;
@@ -345,16 +349,13 @@ pub async fn snapshot_all(sheep: &Arc<Sheep>, payload: &[u8]) -> Result<Vec<(u32
         if ino.header.store_policy != 0 {
             return Err(ResultCode::NO_SUPPORT);
         }
-        current.push((vid, ino));
+        let (new_vid, _) = free_slot(&in_use, sd_hash_vdi(name).max(1)).ok_or(ResultCode::FULL_VDI)?;
+        in_use.set(new_vid);
+        current.push((vid, ino, new_vid));
     }
     let now = sd_time(std::time::SystemTime::now());
-    let mut in_use = sheep.state().in_use.clone();
     let mut news = Vec::with_capacity(names.len());
-    for (name, (cur, old)) in names.iter().zip(current) {
-        // Each new vid is the first free slot of its name's probe sequence once the ones
-        // taken before it in this request are counted as used.
-        let (vid, _) = free_slot(&in_use, sd_hash_vdi(name).max(1)).ok_or(ResultCode::FULL_VDI)?;
-        in_use.set(vid);
+    for (cur, old, vid) in current {
         crate::cache::push_all(sheep, Some(cur)).await?;
         let oid = Vid::new(cur).ok_or(ResultCode::INVALID_PARMS)?.inode_oid();
         let mut tag_field = vec![0u8; 256];
@@ -396,8 +397,18 @@ pub async fn snapshot_all(sheep: &Arc<Sheep>, payload: &[u8]) -> Result<Vec<(u32
         .commit(Event::VdiSnapshots { vdis: news.clone() })
         .await
         .map_err(driver_failed)?;
+    // Committed: every old inode must now say it is a snapshot, or lookups by name would
+    // find two working VDIs. A failure here is retried before it is reported.
     for n in &news {
-        stamp_snapshot(sheep, n.snapshot_of, now).await?;
+        let mut tries = 0;
+        while let Err(code) = stamp_snapshot(sheep, n.snapshot_of, now).await {
+            tries += 1;
+            tracing::warn!(vid = %format_args!("{:x}", n.snapshot_of), result = %code, tries, "cannot stamp a snapshot's time");
+            if tries == 5 {
+                return Err(code);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
     tracing::info!(count = news.len(), tag = %String::from_utf8_lossy(&tag), "VDIs snapshotted at one moment");
     Ok(news.iter().map(|n| (n.snapshot_of, n.vid)).collect())

@@ -248,6 +248,11 @@ fn a_farm_must_be_one() {
         1,
         "nothing was added"
     );
+    let empty = c.root().join("empty-farm");
+    let o = c
+        .dog(&["cluster", "snapshot", "save", "t", empty.to_str().expect("utf-8 path")])
+        .expect_failure();
+    assert!(o.stderr.contains("no VDI to snapshot"), "{}", o.stderr);
     let o = c.dog(&["cluster", "snapshot", "save", "bad\ntag", p]).expect_failure();
     assert!(o.stderr.contains("control characters"), "{}", o.stderr);
 }

@@ -13,12 +13,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use protocol::inode::{Inode, MAX_BLOCK_SIZE_SHIFT, MIN_BLOCK_SIZE_SHIFT};
+use protocol::inode::{Inode, MAX_BLOCK_SIZE_SHIFT, MAX_DATA_OBJS, MIN_BLOCK_SIZE_SHIFT};
 use protocol::requests::MAX_SNAPSHOT_VDIS;
-use protocol::Client;
+use protocol::{Client, ResultCode};
 use tokio::task::block_in_place;
 
-use crate::error::{fail, warn, Failure};
+use crate::error::{fail, warn, why, Failure};
 use crate::farm::{hex, Farm, Hash, SnapObj, Trunk, VdiObj, SLICE};
 use crate::fmt::{local_time, size_str};
 use crate::net::{self, NewVdi};
@@ -37,8 +37,9 @@ fn now() -> u64 {
 /// The names of `all` that `only` asks for (all of them when `only` is empty), refusing
 /// names that are not there.
 fn select(all: &[String], only: &[String], place: &str) -> Result<Vec<String>, Failure> {
+    let mut seen = HashSet::new();
     if only.is_empty() {
-        return Ok(all.to_vec());
+        return Ok(all.iter().filter(|n| seen.insert(n.as_str())).cloned().collect());
     }
     let missing: Vec<&str> = only.iter().filter(|n| !all.contains(n)).map(String::as_str).collect();
     if !missing.is_empty() {
@@ -47,7 +48,6 @@ fn select(all: &[String], only: &[String], place: &str) -> Result<Vec<String>, F
             missing.join(", ")
         )));
     }
-    let mut seen = HashSet::new();
     Ok(only.iter().filter(|n| seen.insert(n.as_str())).cloned().collect())
 }
 
@@ -245,13 +245,27 @@ pub async fn save(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> R
             names.len()
         )));
     }
+    if names.is_empty() {
+        return Err(Failure::new("The cluster has no VDI to snapshot"));
+    }
     let cut = format!("cluster-snapshot-cut-{time}-{}", std::process::id());
-    let snapshots = c
-        .snapshot_vdis(&cut, &names)
-        .await
-        .map_err(|e| fail("Failed to snapshot the VDIs; nothing was saved", &e))?;
-    let saved = copy_all(&c, &farm, &names, &snapshots, snap).await;
+    let saved = match c.snapshot_vdis(&cut, &names).await {
+        Ok(snapshots) => copy_all(&c, &farm, &names, &snapshots, snap).await,
+        Err(e) => Err(fail("Failed to snapshot the VDIs; nothing was saved", &e)),
+    };
+    // Also after a failed cut: the request may have taken effect before its reply was lost.
     for name in &names {
+        match net::find_vdi(&c, name, 0, &cut).await {
+            Ok(_) => {}
+            Err(e) if matches!(e.result(), Some(ResultCode::NO_TAG | ResultCode::NO_VDI)) => continue,
+            Err(e) => {
+                warn(format!(
+                    "Cannot tell whether VDI {name} kept a cut snapshot {cut}: {}",
+                    why(&e)
+                ));
+                continue;
+            }
+        }
         if let Err(f) = vdi::delete(addr, name, Some(&Snap::Tag(cut.clone()))).await {
             warn(format!(
                 "Failed to delete the cut snapshot of VDI {name} ({f}): delete it with \
@@ -309,22 +323,30 @@ fn verify(farm: &Farm, vdis: &[&VdiObj], what: &str) -> (Vec<Option<Trunk>>, Vec
     let mut problems = Vec::new();
     let mut trunks = Vec::with_capacity(vdis.len());
     for v in vdis {
-        if !(MIN_BLOCK_SIZE_SHIFT..=MAX_BLOCK_SIZE_SHIFT).contains(&v.block_size_shift) {
+        let shift_ok = (MIN_BLOCK_SIZE_SHIFT..=MAX_BLOCK_SIZE_SHIFT).contains(&v.block_size_shift);
+        if !shift_ok || v.size > (MAX_DATA_OBJS as u64) << v.block_size_shift {
             problems.push(format!(
-                "VDI {}: block size shift {} is out of range",
-                v.name, v.block_size_shift
+                "VDI {}: a size of {} bytes with block size shift {} is impossible",
+                v.name, v.size, v.block_size_shift
             ));
             trunks.push(None);
             continue;
         }
         match farm.trunk(v) {
+            Ok(t) if t.size != v.size => {
+                problems.push(format!(
+                    "VDI {}: its trunk is for {} bytes, the snapshot says {}",
+                    v.name, t.size, v.size
+                ));
+                trunks.push(None);
+            }
             Ok(t) => {
                 for &(idx, h) in &t.slices {
-                    if let Err(bad) = farm.get(&h) {
-                        let at = format_args!("VDI {} at offset {}", v.name, idx * SLICE);
-                        problems.push(farm.bad_object(&h, at, &bad).msg);
+                    let len = slice_len(t.size, idx);
+                    if let Err(f) = stored_slice(farm, &v.name, idx, &h, len) {
+                        problems.push(f.msg);
                     }
-                    progress.add(slice_len(t.size, idx));
+                    progress.add(len);
                 }
                 trunks.push(Some(t));
             }
@@ -387,8 +409,7 @@ impl Read for SliceSource<'_> {
             self.buf = match self.slices.split_first() {
                 Some((&(idx, h), rest)) if idx == self.next => {
                     self.slices = rest;
-                    let at = format_args!("VDI {} at offset {}", self.name, idx * SLICE);
-                    match self.farm.get_or_fail(&h, at) {
+                    match stored_slice(self.farm, self.name, idx, &h, len) {
                         Ok(b) => b,
                         Err(f) => {
                             let e = io::Error::other(f.msg.clone());
@@ -410,18 +431,35 @@ impl Read for SliceSource<'_> {
     }
 }
 
-/// Groups stored slices into runs that touch consecutive objects: (first, last) positions
-/// in `slices`.
-fn object_runs(slices: &[(u64, Hash)], obj: u64) -> Vec<(usize, usize)> {
-    let object = |i: usize| slices[i].0 * SLICE / obj;
+/// Most zero slices written to join two stored slices into one run (1 MiB): a bigger gap
+/// starts a new run, so holes stay holes.
+const MAX_GAP: u64 = 8;
+
+/// Groups stored slices into runs written by one transfer each: (first, last) positions in
+/// `slices`.
+fn slice_runs(slices: &[(u64, Hash)]) -> Vec<(usize, usize)> {
     let mut runs: Vec<(usize, usize)> = Vec::new();
     for i in 0..slices.len() {
         match runs.last_mut() {
-            Some((_, last)) if object(i) <= object(*last) + 1 => *last = i,
+            Some((_, last)) if slices[i].0 - slices[*last].0 <= MAX_GAP => *last = i,
             _ => runs.push((i, i)),
         }
     }
     runs
+}
+
+/// Stored slice `idx` of VDI `name`: its bytes, checked against their name and length.
+fn stored_slice(farm: &Farm, name: &str, idx: u64, h: &Hash, len: u64) -> Result<Vec<u8>, Failure> {
+    let at = format!("VDI {name} at offset {}", idx * SLICE);
+    let b = farm.get_or_fail(h, &at)?;
+    if b.len() as u64 != len {
+        return Err(Failure::new(format!(
+            "farm object {} ({at}) holds {} bytes, not {len}",
+            hex(h),
+            b.len()
+        )));
+    }
+    Ok(b)
 }
 
 /// Creates VDI `v` as it was saved: empty, with its size, redundancy and object size.
@@ -459,7 +497,9 @@ async fn fill_vdi(
         extra_flags: 0,
     };
     let obj = 1u64 << v.block_size_shift;
-    for (a, b) in object_runs(&trunk.slices, obj) {
+    // The objects earlier runs created: later runs write into them instead of creating them.
+    let mut entries: Vec<u32> = Vec::new();
+    for (a, b) in slice_runs(&trunk.slices) {
         let (first, last) = (trunk.slices[a].0, trunk.slices[b].0);
         let at = first * SLICE;
         let len = last * SLICE + slice_len(v.size, last) - at;
@@ -474,7 +514,7 @@ async fn fill_vdi(
             pos: 0,
             failed: None,
         };
-        let written = transfer::write_range(&t, &[], obj, at, len, &mut src).await;
+        let written = transfer::write_range(&t, &entries, obj, at, len, &mut src).await;
         if let Some(f) = src.failed.take() {
             return Err(f);
         }
@@ -484,6 +524,11 @@ async fn fill_vdi(
                 v.name
             )));
         }
+        let last_object = ((at + len - 1) / obj) as usize;
+        if entries.len() <= last_object {
+            entries.resize(last_object + 1, 0);
+        }
+        entries[(at / obj) as usize..=last_object].fill(vid);
     }
     c.flush_vdi(protocol::Vid::new(vid).ok_or_else(|| Failure::new("bad vid"))?)
         .await
@@ -562,11 +607,9 @@ mod tests {
     }
 
     #[test]
-    fn slices_group_into_runs_of_neighbouring_objects() {
-        let obj = 4 * SLICE;
-        // Slices 0 and 3 (object 0), 5 (object 1), 13 (object 3).
-        let s: Vec<(u64, Hash)> = [0, 3, 5, 13].iter().map(|&i| (i, [0; 20])).collect();
-        assert_eq!(object_runs(&s, obj), vec![(0, 2), (3, 3)]);
+    fn slices_group_into_runs_across_small_gaps_only() {
+        let s: Vec<(u64, Hash)> = [0, 3, 11, 20, 21].iter().map(|&i| (i, [0; 20])).collect();
+        assert_eq!(slice_runs(&s), vec![(0, 2), (3, 4)]);
     }
 
     #[test]
@@ -579,6 +622,8 @@ mod tests {
     fn selection_refuses_unknown_names_and_drops_repeats() {
         let all = vec!["a".to_string(), "b".to_string()];
         assert_eq!(select(&all, &[], "here").expect("all"), all);
+        let twice = vec!["a".to_string(), "a".to_string()];
+        assert_eq!(select(&twice, &[], "here").expect("all"), vec!["a".to_string()]);
         assert_eq!(
             select(&all, &["b".into(), "b".into()], "here").expect("b"),
             vec!["b".to_string()]

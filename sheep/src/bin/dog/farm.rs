@@ -211,12 +211,13 @@ impl Farm {
         self.dir.join("objects").join(&name[..2]).join(&name[2..])
     }
 
-    /// Stores `bytes` unless an object of that name exists; returns its name and whether it
-    /// was new.
+    /// Stores `bytes` unless an object of that name and length exists; returns its name and
+    /// whether it was new. (A crash before a save synced can leave a short object under its
+    /// name: it is written again, not reused.)
     pub fn put(&self, bytes: &[u8]) -> Result<(Hash, bool), Failure> {
         let h = hash_of(bytes);
         let path = self.path(&h);
-        if path.exists() {
+        if fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
             return Ok((h, false));
         }
         let failed = |e: std::io::Error| io_failure(format!("Failed to store {}", path.display()), &e);
@@ -270,7 +271,10 @@ impl Farm {
                 ))
             }
         };
-        text.lines()
+        // A last line without its newline is an append cut short: not a snapshot.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
+            .lines()
             .enumerate()
             .map(|(n, line)| {
                 parse_log_line(line).ok_or_else(|| {
@@ -336,10 +340,22 @@ impl Farm {
                 self.dir.display()
             )));
         }
-        let index = log.last().map_or(1, |e| e.index + 1);
-        f.write_all(format!("{index} {time} {} {tag}\n", hex(snap)).as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(failed)?;
+        let index = log.last().map_or(Some(1), |e| e.index.checked_add(1));
+        let index = index.ok_or_else(|| Failure::new(format!("The log of {} is full", self.dir.display())))?;
+        // An append cut short (a crash, a full disk) left a partial last line: drop it.
+        let text = fs::read(self.dir.join(LOG)).map_err(failed)?;
+        let before = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64;
+        if before < text.len() as u64 {
+            f.set_len(before).map_err(failed)?;
+        }
+        let appended = f
+            .write_all(format!("{index} {time} {} {tag}\n", hex(snap)).as_bytes())
+            .and_then(|()| f.sync_all());
+        if let Err(e) = appended {
+            // Leave no partial line for the next append to join.
+            let _ = f.set_len(before);
+            return Err(failed(e));
+        }
         Ok(index)
     }
 }
@@ -383,6 +399,9 @@ mod tests {
         assert!(new);
         assert_eq!(farm.put(b"slice").expect("put again"), (h, false));
         assert_eq!(farm.get(&h).expect("get"), b"slice");
+        fs::write(farm.path(&h), b"sl").expect("cut short");
+        assert_eq!(farm.put(b"slice").expect("put over a short copy"), (h, true));
+        assert_eq!(farm.get(&h).expect("get"), b"slice");
         fs::write(farm.path(&h), b"slicf").expect("flip");
         assert_eq!(farm.get(&h), Err(Bad::Corrupt(hash_of(b"slicf"))));
         fs::remove_file(farm.path(&h)).expect("rm");
@@ -396,6 +415,12 @@ mod tests {
         assert_eq!(farm.append("before upgrade", 7, &[9; 20]).expect("append"), 1);
         assert_eq!(farm.append("b", 8, &[10; 20]).expect("append"), 2);
         assert!(farm.append("b", 9, &[11; 20]).is_err(), "a tag once");
+        // An append cut short is not a snapshot, and the next append replaces it.
+        let mut f = OpenOptions::new().append(true).open(d.path().join(LOG)).expect("log");
+        f.write_all(b"3 10 abc").expect("a partial line");
+        assert_eq!(farm.log().expect("log").len(), 2);
+        assert_eq!(farm.append("c", 11, &[12; 20]).expect("append"), 3);
+        assert_eq!(farm.log().expect("log")[2].tag, "c");
         let log = farm.log().expect("log");
         assert_eq!(log[0].tag, "before upgrade");
         assert_eq!((log[1].index, log[1].time, log[1].snap), (2, 8, [10; 20]));
