@@ -390,3 +390,73 @@ fn snapshot_vdis_is_all_or_nothing() {
     assert_eq!(tagged, ["a", "b"]);
     assert_eq!(c.vdi_list(0).iter().filter(|l| l.flag == "=").count(), 2);
 }
+
+/// Deleting a cluster snapshot frees what only it used; the others still check and load.
+#[test]
+fn deleting_a_snapshot_frees_only_what_no_other_uses() {
+    let c = Cluster::start_formatted(2, 2);
+    let farm = c.root().join("farm");
+    let farm_s = farm.to_str().expect("utf-8 path");
+    let mut models = BTreeMap::new();
+    create(&c, &mut models, "v", 8 * MIB);
+    put(&c, &mut models, "v", 0, &pseudo_random(30, 4 * MIB as usize));
+    c.dog_ok(&["cluster", "snapshot", "save", "one", farm_s]);
+    // Overwrite 1 MiB (8 slices only "one" keeps) and add 1 MiB elsewhere.
+    put(&c, &mut models, "v", MIB, &pseudo_random(31, MIB as usize));
+    put(&c, &mut models, "v", 6 * MIB, &pseudo_random(32, MIB as usize));
+    c.dog_ok(&["cluster", "snapshot", "save", "two", farm_s]);
+    let before = farm_bytes(&farm);
+
+    let out = c.dog_ok(&["cluster", "snapshot", "delete", "one", farm_s]).stdout_str();
+    assert!(
+        out.contains("deleted cluster snapshot 'one': 10 objects"),
+        "8 slices, a trunk and a snap: {out}"
+    );
+    let freed = before - farm_bytes(&farm);
+    assert!(
+        (MIB..MIB + 4096).contains(&freed),
+        "only the overwritten MiB and two small objects: {freed}"
+    );
+    let list = c.dog_ok(&["cluster", "snapshot", "list", "-r", farm_s]).stdout_str();
+    assert!(list.lines().count() == 1 && list.starts_with("2 "), "{list}");
+    let check = c.dog_ok(&["cluster", "snapshot", "check", "two", farm_s]).stdout_str();
+    assert!(check.contains("every object matches"), "{check}");
+    c.dog_ok(&["cluster", "format", "-c", "2", "-f"]);
+    c.dog_ok(&["cluster", "snapshot", "load", "two", farm_s]);
+    assert_vdis(&c, &models, "loaded from 'two' after 'one' was deleted");
+
+    let o = c
+        .dog(&["cluster", "snapshot", "delete", "one", farm_s])
+        .expect_failure();
+    assert!(o.stderr.contains("No cluster snapshot tagged 'one'"), "{}", o.stderr);
+
+    // With the index of another snapshot gone, nothing can be told garbage: refused.
+    c.dog_ok(&["cluster", "snapshot", "save", "three", farm_s]);
+    let log = std::fs::read_to_string(farm.join("snap.log")).expect("log");
+    let snap = log
+        .lines()
+        .last()
+        .and_then(|l| l.split(' ').nth(2))
+        .expect("a snap name");
+    let path_of = |h: &str| farm.join("objects").join(&h[..2]).join(&h[2..]);
+    let snap_text = std::fs::read_to_string(path_of(snap)).expect("the snap object");
+    let at = snap_text.find("\"trunk\": \"").expect("a trunk") + 10;
+    let trunk = path_of(&snap_text[at..at + 40]);
+    std::fs::rename(&trunk, farm.join("aside")).expect("move the trunk away");
+    let files = farm_files(&farm).len();
+    let o = c
+        .dog(&["cluster", "snapshot", "delete", "two", farm_s])
+        .expect_failure();
+    assert!(o.stderr.contains("nothing was deleted"), "{}", o.stderr);
+    assert_eq!(farm_files(&farm).len(), files);
+    let list = c.dog_ok(&["cluster", "snapshot", "list", "-r", farm_s]).stdout_str();
+    assert_eq!(list.lines().count(), 2, "{list}");
+    std::fs::rename(farm.join("aside"), &trunk).expect("put the trunk back");
+    c.dog_ok(&["cluster", "snapshot", "delete", "three", farm_s]);
+    c.dog_ok(&["cluster", "snapshot", "delete", "two", farm_s]);
+    assert!(farm_files(&farm).is_empty(), "nothing left: {:?}", farm_files(&farm));
+    assert!(c
+        .dog_ok(&["cluster", "snapshot", "list", "-r", farm_s])
+        .stdout
+        .is_empty());
+}

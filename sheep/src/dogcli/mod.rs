@@ -97,7 +97,7 @@ pub enum ClusterCmd {
     },
     /// Stop every sheep of the cluster
     Shutdown,
-    /// Save, list, check and load cluster snapshots: every VDI (or some) at one moment, kept
+    /// Save, list, check, load and delete cluster snapshots: every VDI (or some) at one moment, kept
     /// in a farm directory outside the cluster
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -146,6 +146,16 @@ pub enum SnapshotCmd {
     /// Names each object that is missing or whose content does not match its name, and
     /// where it is used. Exit status 1 if any.
     Check {
+        /// Name of the cluster snapshot
+        tag: String,
+        /// The farm directory
+        dir: std::path::PathBuf,
+    },
+    /// Delete a cluster snapshot from DIR, and every object no other snapshot there uses
+    ///
+    /// Waits for saves into DIR to finish. Refused, with nothing deleted, when another
+    /// snapshot's index cannot be read.
+    Delete {
         /// Name of the cluster snapshot
         tag: String,
         /// The farm directory

@@ -214,6 +214,7 @@ async fn copy_all(
 
 pub async fn save(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> Result<(), Failure> {
     let farm = block_in_place(|| Farm::create(dir))?;
+    let _held = block_in_place(|| farm.hold(false))?;
     if farm.log()?.iter().any(|e| e.tag == tag) {
         return Err(Failure::new(format!(
             "A cluster snapshot tagged '{tag}' exists in {} already",
@@ -313,6 +314,43 @@ pub fn list(dir: &Path, raw: bool) -> Result<(), Failure> {
             ));
         }
     }
+    out.print()
+}
+
+/// `cluster snapshot delete TAG DIR`: drops the snapshot from the log, then every object no
+/// other snapshot uses. Refused, with nothing changed, when another snapshot's index cannot
+/// be read (its objects could not be told apart from garbage).
+pub fn delete(tag: &str, dir: &Path) -> Result<(), Failure> {
+    let farm = Farm::open(dir)?;
+    let _held = block_in_place(|| farm.hold(true))?;
+    let log = farm.log()?;
+    if !log.iter().any(|e| e.tag == tag) {
+        return Err(Failure::new(format!(
+            "No cluster snapshot tagged '{tag}' in {}",
+            dir.display()
+        )));
+    }
+    let mut keep = HashSet::new();
+    for e in log.iter().filter(|e| e.tag != tag) {
+        let (_, snap) = farm
+            .find(&e.tag)
+            .map_err(|f| Failure::new(format!("{f}; nothing was deleted")))?;
+        keep.insert(e.snap);
+        for v in &snap.vdis {
+            let t = farm
+                .trunk(v)
+                .map_err(|f| Failure::new(format!("{f} (snapshot '{}'); nothing was deleted", e.tag)))?;
+            keep.extend(t.slices.iter().map(|&(_, h)| h));
+            keep.extend(crate::farm::parse_hex(&v.trunk));
+        }
+    }
+    farm.unlog(tag)?;
+    let (objects, bytes) = block_in_place(|| farm.sweep(&keep))?;
+    let mut out = Out::new();
+    out.line(format!(
+        "deleted cluster snapshot '{tag}': {objects} objects no other snapshot uses, {} freed",
+        size_str(bytes, false)
+    ));
     out.print()
 }
 

@@ -16,8 +16,11 @@
 //!
 //! Objects are written to a temporary name and renamed, the file system is synced, and only
 //! then is the snapshot appended to the log (and the log synced): a snapshot in the log has
-//! all its objects on disk. Nothing is ever removed, so nothing needs reference counts.
+//! all its objects on disk. Deleting a snapshot removes it from the log, then every object
+//! that no snapshot left in the log names (an object's references are the snapshots that
+//! name it, counted by walking them); a delete holds the farm alone, saves share it.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::io::AsRawFd;
@@ -46,7 +49,7 @@ pub fn hex(h: &Hash) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn parse_hex(s: &str) -> Option<Hash> {
+pub fn parse_hex(s: &str) -> Option<Hash> {
     if s.len() != 40 {
         return None;
     }
@@ -168,6 +171,15 @@ pub struct Farm {
 
 fn io_failure(what: impl std::fmt::Display, e: &std::io::Error) -> Failure {
     Failure::new(format!("{what}: {e}"))
+}
+
+/// Takes `how` (LOCK_SH, LOCK_EX) on `f`, waiting for it; the lock goes with `f`.
+fn flock(f: &File, how: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock on an open descriptor has no memory-safety preconditions.
+    if unsafe { libc::flock(f.as_raw_fd(), how) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Farm {
@@ -305,6 +317,59 @@ impl Farm {
         Trunk::decode(&b).ok_or_else(|| Failure::new(format!("The trunk of VDI {} ({}) is malformed", v.name, v.trunk)))
     }
 
+    /// Holds the farm for a save (`exclusive` false: saves may run side by side) or for a
+    /// delete (`exclusive`: alone, so that no save's objects are swept before its log line is
+    /// written). Released when the returned file is dropped.
+    pub fn hold(&self, exclusive: bool) -> Result<File, Failure> {
+        let failed = |e: std::io::Error| io_failure(format!("Failed to lock {}", self.dir.display()), &e);
+        let f = File::open(self.dir.join(MARKER)).map_err(failed)?;
+        flock(&f, if exclusive { libc::LOCK_EX } else { libc::LOCK_SH }).map_err(failed)?;
+        Ok(f)
+    }
+
+    /// Removes the snapshot tagged `tag` from the log (durably); returns its entry.
+    pub fn unlog(&self, tag: &str) -> Result<LogEntry, Failure> {
+        let log = self.log()?;
+        let gone = log
+            .iter()
+            .find(|e| e.tag == tag)
+            .cloned()
+            .ok_or_else(|| Failure::new(format!("No cluster snapshot tagged '{tag}' in {}", self.dir.display())))?;
+        let text: String = log
+            .iter()
+            .filter(|e| e.tag != tag)
+            .map(|e| format!("{} {} {} {}\n", e.index, e.time, hex(&e.snap), e.tag))
+            .collect();
+        let path = self.dir.join(LOG);
+        sheep::store::write_durably(&path, text.as_bytes())
+            .map_err(|e| io_failure(format!("Failed to rewrite {}", path.display()), &e))?;
+        Ok(gone)
+    }
+
+    /// Deletes every object not in `keep`, and leftovers of interrupted writes; returns how
+    /// many objects went and their bytes.
+    pub fn sweep(&self, keep: &HashSet<Hash>) -> Result<(u64, u64), Failure> {
+        let objects = self.dir.join("objects");
+        let failed = |e: std::io::Error| io_failure(format!("Failed to sweep {}", objects.display()), &e);
+        let (mut count, mut bytes) = (0, 0);
+        for sub in fs::read_dir(&objects).map_err(failed)? {
+            let sub = sub.map_err(failed)?;
+            let prefix = sub.file_name().to_string_lossy().into_owned();
+            for f in fs::read_dir(sub.path()).map_err(failed)? {
+                let f = f.map_err(failed)?;
+                let name = format!("{prefix}{}", f.file_name().to_string_lossy());
+                if parse_hex(&name).is_some_and(|h| keep.contains(&h)) {
+                    continue;
+                }
+                let len = f.metadata().map_err(failed)?.len();
+                fs::remove_file(f.path()).map_err(failed)?;
+                count += 1;
+                bytes += len;
+            }
+        }
+        Ok((count, bytes))
+    }
+
     /// Makes everything stored so far durable (one syncfs of the farm's file system).
     pub fn sync(&self) -> Result<(), Failure> {
         let d = File::open(&self.dir).map_err(|e| io_failure(format!("Failed to open {}", self.dir.display()), &e))?;
@@ -328,11 +393,7 @@ impl Farm {
             .append(true)
             .open(self.dir.join(LOG))
             .map_err(failed)?;
-        // SAFETY: flock on an open descriptor has no memory-safety preconditions; the lock
-        // goes with `f`.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(failed(std::io::Error::last_os_error()));
-        }
+        flock(&f, libc::LOCK_EX).map_err(failed)?;
         let log = self.log()?;
         if log.iter().any(|e| e.tag == tag) {
             return Err(Failure::new(format!(

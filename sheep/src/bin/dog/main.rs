@@ -131,6 +131,7 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
                 SnapshotCmd::Save { tag, dir, vdis } => csnap::save(addr, &tag, &dir, &vdis).await,
                 SnapshotCmd::List { dir, raw } => csnap::list(&dir, raw),
                 SnapshotCmd::Check { tag, dir } => csnap::check(&tag, &dir),
+                SnapshotCmd::Delete { tag, dir } => csnap::delete(&tag, &dir),
                 SnapshotCmd::Load { tag, dir, vdis } => csnap::load(addr, &tag, &dir, &vdis).await,
             },
         },
