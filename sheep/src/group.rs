@@ -319,6 +319,7 @@ impl ClusterState {
             *self.lock_gens.entry(vid).or_default() += 1;
         }
     }
+
     fn new_epoch(&mut self, time: u64, effects: &mut Vec<Effect>) {
         if self.format.is_none() {
             return;

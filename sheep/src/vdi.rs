@@ -298,17 +298,33 @@ pub async fn new_vdi(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) ->
     })
 }
 
-/// Writes when inode `vid` became a snapshot (its `snap_ctime`).
+/// Writes when inode `vid` became a snapshot (its `snap_ctime`). Called after the event that
+/// made it one was committed: until the stamp is there, lookups by name take the inode for
+/// a second working VDI, so a failure is retried a few times before it is reported.
 async fn stamp_snapshot(sheep: &Arc<Sheep>, vid: u32, now: u64) -> Result<(), ResultCode> {
+    const TRIES: u32 = 5;
     let oid = Vid::new(vid).ok_or(ResultCode::INVALID_PARMS)?.inode_oid();
-    let w = Write {
-        oid,
-        offset: 520,
-        data: Bytes::copy_from_slice(&now.to_le_bytes()),
-        create: false,
-        copies: 0,
-    };
-    gateway::write(sheep, w).await
+    let mut tries = 0;
+    loop {
+        let w = Write {
+            oid,
+            offset: 520,
+            data: Bytes::copy_from_slice(&now.to_le_bytes()),
+            create: false,
+            copies: 0,
+        };
+        match gateway::write(sheep, w).await {
+            Ok(()) => return Ok(()),
+            Err(code) => {
+                tries += 1;
+                tracing::warn!(%oid, result = %code, tries, "cannot stamp a snapshot's time");
+                if tries == TRIES {
+                    return Err(code);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// SNAPSHOT_VDIS: snapshots the working VDIs named in `payload` (a 256-byte tag, then one
@@ -359,7 +375,7 @@ pub async fn snapshot_all(sheep: &Arc<Sheep>, payload: &[u8]) -> Result<Vec<(u32
         crate::cache::push_all(sheep, Some(cur)).await?;
         let oid = Vid::new(cur).ok_or(ResultCode::INVALID_PARMS)?.inode_oid();
         let mut tag_field = vec![0u8; 256];
-        tag_field[..tag.len()].copy_from_slice(&tag);
+        protocol::put_cstr(&mut tag_field, &tag);
         let w = Write {
             oid,
             offset: 256,
@@ -397,18 +413,8 @@ pub async fn snapshot_all(sheep: &Arc<Sheep>, payload: &[u8]) -> Result<Vec<(u32
         .commit(Event::VdiSnapshots { vdis: news.clone() })
         .await
         .map_err(driver_failed)?;
-    // Committed: every old inode must now say it is a snapshot, or lookups by name would
-    // find two working VDIs. A failure here is retried before it is reported.
     for n in &news {
-        let mut tries = 0;
-        while let Err(code) = stamp_snapshot(sheep, n.snapshot_of, now).await {
-            tries += 1;
-            tracing::warn!(vid = %format_args!("{:x}", n.snapshot_of), result = %code, tries, "cannot stamp a snapshot's time");
-            if tries == 5 {
-                return Err(code);
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        stamp_snapshot(sheep, n.snapshot_of, now).await?;
     }
     tracing::info!(count = news.len(), tag = %String::from_utf8_lossy(&tag), "VDIs snapshotted at one moment");
     Ok(news.iter().map(|n| (n.snapshot_of, n.vid)).collect())
