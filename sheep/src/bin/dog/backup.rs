@@ -215,7 +215,5 @@ async fn apply(
         }
         progress.add(len);
     }
-    c.flush_vdi(protocol::Vid::new(vid).ok_or_else(|| Failure::new("bad vid"))?)
-        .await
-        .map_err(|e| fail("Failed to flush the restored VDI", &e))
+    t.flush().await
 }

@@ -1,4 +1,4 @@
-//! `dog cluster snapshot save|list|check|load`: every VDI (or some) at one moment, copied
+//! `dog cluster snapshot save|list|check|load|delete`: every VDI (or some) at one moment, copied
 //! into a farm directory ([`crate::farm`]) and created again from it, in this cluster or
 //! another one, after a reformat or not.
 //!
@@ -63,6 +63,14 @@ fn allocated_runs(entries: &[u32]) -> Vec<(u64, u64)> {
     runs
 }
 
+/// Keeps `f` for the caller of a transfer, which only passes on an I/O error's text, and
+/// returns that error.
+fn stash(slot: &mut Option<Failure>, f: Failure) -> io::Error {
+    let e = io::Error::other(f.msg.clone());
+    *slot = Some(f);
+    e
+}
+
 /// Takes a VDI's bytes in order (from [`transfer::read_range`]), cuts them into slices and
 /// stores each one that is not all zeros.
 struct SliceSink<'a> {
@@ -91,11 +99,7 @@ impl SliceSink<'_> {
                         self.new_bytes += self.buf.len() as u64;
                     }
                 }
-                Err(f) => {
-                    let e = io::Error::other(f.msg.clone());
-                    self.failed = Some(f);
-                    return Err(e);
-                }
+                Err(f) => return Err(stash(&mut self.failed, f)),
             }
         }
         self.progress.add(self.buf.len() as u64);
@@ -186,11 +190,7 @@ async fn copy_all(
 ) -> Result<(u32, SnapObj, u64), Failure> {
     let mut inodes = Vec::with_capacity(names.len());
     for (name, &(vid, _)) in names.iter().zip(snapshots) {
-        let b = net::read_inode_bytes(c, vid, true, true)
-            .await
-            .map_err(|e| fail(format!("Failed to read the cut snapshot of VDI {name}"), &e))?;
-        vdi::nr_objects(&net::header_of(&b)?)?;
-        inodes.push(Inode::decode(&b).ok_or_else(|| Failure::new("the inode object is too short"))?);
+        inodes.push(vdi::read_inode(c, vid, &format!("the cut snapshot of VDI {name}")).await?);
     }
     let mut total = 0;
     for ino in &inodes {
@@ -231,15 +231,6 @@ pub async fn save(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> R
     })
     .await?;
     let names = select(&working, only, "in the cluster")?;
-    let time = now();
-    let snap = SnapObj {
-        tag: tag.to_string(),
-        time,
-        epoch: members.epoch,
-        nodes: members.nodes.iter().map(|n| n.addr.to_string()).collect(),
-        vdis: Vec::new(),
-    };
-
     if names.len() > MAX_SNAPSHOT_VDIS {
         return Err(Failure::new(format!(
             "{} VDIs: one cluster snapshot holds at most {MAX_SNAPSHOT_VDIS}; name the VDIs of each",
@@ -249,6 +240,14 @@ pub async fn save(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> R
     if names.is_empty() {
         return Err(Failure::new("The cluster has no VDI to snapshot"));
     }
+    let time = now();
+    let snap = SnapObj {
+        tag: tag.to_string(),
+        time,
+        epoch: members.epoch,
+        nodes: members.nodes.iter().map(|n| n.addr.to_string()).collect(),
+        vdis: Vec::new(),
+    };
     let cut = format!("cluster-snapshot-cut-{time}-{}", std::process::id());
     let saved = match c.snapshot_vdis(&cut, &names).await {
         Ok(snapshots) => copy_all(&c, &farm, &names, &snapshots, snap).await,
@@ -293,7 +292,7 @@ pub fn list(dir: &Path, raw: bool) -> Result<(), Failure> {
         out.line("Index  Snapshot Time     VDIs      Size  Tag");
     }
     for e in farm.log()? {
-        let (_, snap) = farm.find(&e.tag)?;
+        let snap = farm.snap(&e)?;
         if raw {
             out.line(format!(
                 "{} {} {} {} {}",
@@ -332,8 +331,8 @@ pub fn delete(tag: &str, dir: &Path) -> Result<(), Failure> {
     }
     let mut keep = HashSet::new();
     for e in log.iter().filter(|e| e.tag != tag) {
-        let (_, snap) = farm
-            .find(&e.tag)
+        let snap = farm
+            .snap(e)
             .map_err(|f| Failure::new(format!("{f}; nothing was deleted")))?;
         keep.insert(e.snap);
         for v in &snap.vdis {
@@ -449,11 +448,7 @@ impl Read for SliceSource<'_> {
                     self.slices = rest;
                     match stored_slice(self.farm, self.name, idx, &h, len) {
                         Ok(b) => b,
-                        Err(f) => {
-                            let e = io::Error::other(f.msg.clone());
-                            self.failed = Some(f);
-                            return Err(e);
-                        }
+                        Err(f) => return Err(stash(&mut self.failed, f)),
                     }
                 }
                 _ => vec![0; len as usize],
@@ -568,9 +563,7 @@ async fn fill_vdi(
         }
         entries[(at / obj) as usize..=last_object].fill(vid);
     }
-    c.flush_vdi(protocol::Vid::new(vid).ok_or_else(|| Failure::new("bad vid"))?)
-        .await
-        .map_err(|e| fail(format!("Failed to flush VDI {}", v.name), &e))
+    t.flush().await
 }
 
 pub async fn load(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> Result<(), Failure> {

@@ -263,7 +263,7 @@ impl Farm {
         self.get(h).map_err(|bad| self.bad_object(h, what, &bad))
     }
 
-    pub fn bad_object(&self, h: &Hash, what: impl std::fmt::Display, bad: &Bad) -> Failure {
+    fn bad_object(&self, h: &Hash, what: impl std::fmt::Display, bad: &Bad) -> Failure {
         Failure::new(format!(
             "farm object {} ({what}, {}) is {bad}",
             hex(h),
@@ -303,10 +303,15 @@ impl Farm {
             .into_iter()
             .find(|e| e.tag == tag)
             .ok_or_else(|| Failure::new(format!("No cluster snapshot tagged '{tag}' in {}", self.dir.display())))?;
-        let b = self.get_or_fail(&entry.snap, format_args!("snap of '{tag}'"))?;
-        let snap = serde_json::from_slice(&b)
-            .map_err(|e| Failure::new(format!("The snap object of '{tag}' is malformed: {e}")))?;
+        let snap = self.snap(&entry)?;
         Ok((entry, snap))
+    }
+
+    /// The snap object a log entry names, checked.
+    pub fn snap(&self, entry: &LogEntry) -> Result<SnapObj, Failure> {
+        let tag = &entry.tag;
+        let b = self.get_or_fail(&entry.snap, format_args!("snap of '{tag}'"))?;
+        serde_json::from_slice(&b).map_err(|e| Failure::new(format!("The snap object of '{tag}' is malformed: {e}")))
     }
 
     /// The trunk of `v`, checked.

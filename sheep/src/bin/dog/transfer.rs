@@ -117,6 +117,16 @@ pub struct WriteTarget {
 }
 
 impl WriteTarget {
+    /// FLUSH_VDI: what was written is durable on every replica once this returns.
+    pub async fn flush(&self) -> Result<(), Failure> {
+        let vid = protocol::Vid::new(self.vid)
+            .ok_or_else(|| Failure::new(format!("VDI {} has a bad id {:#x}", self.name, self.vid)))?;
+        self.client
+            .flush_vdi(vid)
+            .await
+            .map_err(|e| fail(format!("Failed to flush VDI {}", self.name), &e))
+    }
+
     /// Writes one piece: in place if the object is the VDI's own, otherwise creates it (as a
     /// copy of the owner's object when there is one) and then points the inode entry at it.
     async fn write_piece(&self, p: Piece, owner: u32, data: Vec<u8>) -> Result<(), Failure> {

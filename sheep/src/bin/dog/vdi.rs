@@ -297,13 +297,17 @@ pub async fn open_vdi(c: &Client, name: &str, snap: Option<&Snap>) -> Result<(u3
     let vid = net::find_vdi(c, name, id, tag)
         .await
         .map_err(|e| open_failed(name, snap, &e))?;
+    Ok((vid, read_inode(c, vid, &format!("VDI {name}")).await?))
+}
+
+/// READ_OBJ of the whole inode of `vid` (DIRECT), checked; `what` names it in errors.
+pub async fn read_inode(c: &Client, vid: u32, what: &str) -> Result<Inode, Failure> {
     let b = net::read_inode_bytes(c, vid, true, true)
         .await
-        .map_err(|e| fail(format!("Failed to read the inode of VDI {name}"), &e))?;
+        .map_err(|e| fail(format!("Failed to read the inode of {what}"), &e))?;
     let h = net::header_of(&b)?;
     nr_objects(&h)?;
-    let inode = Inode::decode(&b).ok_or_else(|| Failure::new("the inode object is too short"))?;
-    Ok((vid, inode))
+    Inode::decode(&b).ok_or_else(|| Failure::new(format!("The inode of {what} is too short")))
 }
 
 pub async fn delete(addr: SocketAddr, name: &str, snap: Option<&Snap>) -> Result<(), Failure> {
@@ -538,14 +542,12 @@ pub async fn write(
     };
     let mut input = std::io::stdin().lock();
     transfer::write_range(&t, &inode.data_vdi_id, object_size(h)?, offset, total, &mut input).await?;
-    let vid = protocol::Vid::new(vid).ok_or_else(|| Failure::new(format!("VDI {name} has a bad id {vid:#x}")))?;
     if !writeback {
         // Sheep acknowledge a write once the replicas have it, durable at the next flush:
         // dog returns only when what it wrote would survive a power cut.
-        c.flush_vdi(vid)
-            .await
-            .map_err(|e| fail(format!("Failed to flush VDI {name}"), &e))?;
+        t.flush().await?;
     }
+    let vid = protocol::Vid::new(vid).ok_or_else(|| Failure::new(format!("VDI {name} has a bad id {vid:#x}")))?;
     locker
         .release_vdi(vid)
         .await
