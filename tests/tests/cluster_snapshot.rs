@@ -303,7 +303,7 @@ fn long_commands_draw_progress_on_a_terminal_only() {
 /// cluster snapshot is saved: at one moment for both, b holds a's counter or the one before.
 #[test]
 fn the_cut_is_one_moment_for_every_vdi() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let c = Cluster::start_formatted(2, 2);
     let farm = c.root().join("farm");
     let farm_s = farm.to_str().expect("utf-8 path");
@@ -311,6 +311,7 @@ fn the_cut_is_one_moment_for_every_vdi() {
         c.dog_ok(&["vdi", "create", v, &(4 * MIB).to_string()]);
     }
     let stop = AtomicBool::new(false);
+    let written = AtomicU64::new(0);
     let counter_of = |bytes: &[u8]| u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     std::thread::scope(|s| {
         let writer = s.spawn(|| {
@@ -330,10 +331,22 @@ fn the_cut_is_one_moment_for_every_vdi() {
                         }
                     });
                 }
+                written.store(n, Ordering::Relaxed);
             }
             n
         });
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // The saves start once the writer has been through both VDIs twice.
+        tests::wait_until(
+            "the writer's first counters",
+            std::time::Duration::from_secs(30),
+            || {
+                if written.load(Ordering::Relaxed) >= 2 {
+                    Ok(())
+                } else {
+                    Err("fewer than 2 rounds written".to_string())
+                }
+            },
+        );
         for i in 0..3 {
             c.dog_ok(&["cluster", "snapshot", "save", &format!("cut{i}"), farm_s]);
         }
