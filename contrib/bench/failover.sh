@@ -18,12 +18,8 @@ die() { echo "failover-bench: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
 [ "$(id -u)" = 0 ] || die "run as root (mounts)"
 case "$runs" in '' | 0 | *[!0-9]*) die "BENCH_RUNS must be a positive number" ;; esac
-cd "$(dirname "$0")/../.."
-bin=$(pwd)/target/release
-if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-    log "building release binaries"
-    cargo build --release --bins
-fi
+. "$(dirname "$0")/common.sh"
+bench_build
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/failover-bench.XXXXXX")
 pids=""
@@ -41,9 +37,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 one_run() { # run number
     local r=$1 d=$WORK/run$1 ports="" p n port port1 victim

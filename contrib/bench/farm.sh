@@ -17,12 +17,8 @@ set -eu
 
 die() { echo "farm-bench: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
-cd "$(dirname "$0")/../.."
-bin=$(pwd)/target/release
-if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-    log "building release binaries"
-    cargo build --release --bins
-fi
+. "$(dirname "$0")/common.sh"
+bench_build
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/farm-bench.XXXXXX")
 pids=""
@@ -39,9 +35,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 now() { date +%s.%N; }
 secs() { python3 -c "print('%.2f' % ($2 - $1))"; }
 mbps() { python3 -c "print('%.0f' % ($1 / 1048576 / ($3 - $2)))"; }

@@ -49,12 +49,8 @@ if ! fio --enghelp 2>/dev/null | grep -qw nbd || ! command -v nbdinfo >/dev/null
 fi
 fio --enghelp 2>/dev/null | grep -qw nbd || die "this fio has no nbd engine"
 
-cd "$(dirname "$0")/../.."
-bin=$(pwd)/target/release
-if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-    log "building release binaries"
-    cargo build --release --bins
-fi
+. "$(dirname "$0")/common.sh"
+bench_build
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/nbd-bench.XXXXXX")
 pids=""
@@ -77,11 +73,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_port() {
-    python3 -c '
-import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 port=$(free_port)
 nbd_port=$(free_port)
 mkdir -p "$WORK/mnt"
