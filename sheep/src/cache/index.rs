@@ -2,12 +2,17 @@
 //! which of their blocks are dirty, least recently used order, the size limit, and the
 //! cache directory.
 //!
-//! On disk, `DIR/<oid>` is an object's cached copy and `DIR/<oid>.dirty` says that copy
-//! holds writes the replicas do not have yet; it holds the VDI's lock count they were
-//! written under. A marker is created before the first write into a clean copy and removed
-//! only after every write it covers reached the replicas, so a crash of the process never
-//! leaves a dirty copy unmarked. After a crash, copies without a marker are dropped (other
-//! writers may have changed the object since), and marked ones are pushed whole.
+//! On disk, `DIR/<oid>` is an object's cached copy: a sparse file of the object's size that
+//! holds only some of its pages (those written, and those read or needed around a partial
+//! write, fetched from the replicas). `DIR/<oid>.dirty` says that copy holds writes the
+//! replicas do not have yet; it holds the VDI's lock count they were written under.
+//! `DIR/<oid>.pages` is written before the marker and says which pages a dirty copy holds
+//! (one bit per page, set after the page's bytes are in the copy). A marker is created
+//! before the first write into a clean copy and removed only after every write it covers
+//! reached the replicas, so a crash of the process never leaves a dirty copy unmarked.
+//! After a crash, copies without a marker are dropped (other writers may have changed the
+//! object since), and marked ones push the pages they hold (a marker without a page map,
+//! left by an earlier version that cached whole objects: the whole copy).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -20,11 +25,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use protocol::Oid;
 use tokio::sync::{watch, Notify, RwLock};
 
-/// Dirty state is kept per block of this size: a push sends the dirty blocks, not the
-/// whole object.
-pub const BLOCK: u64 = 64 << 10;
+use super::pages::Pages;
+
 const STRIPES: usize = 256;
 const MARKER: &str = ".dirty";
+const PAGE_MAP: &str = ".pages";
 
 /// A cached copy that holds unpushed writes, found at start-up.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,6 +49,15 @@ pub struct Stats {
     pub misses: u64,
 }
 
+/// A cached copy as a request finds it.
+pub struct Found {
+    pub file: Arc<File>,
+    pub dirty: bool,
+    /// Byte runs (offset, length) the copy must fetch from the replicas before it can serve
+    /// the request (see [`Pages::missing`]).
+    pub missing: Vec<(u64, u64)>,
+}
+
 /// What a push must send: the copy's dirty runs as (offset, length), and the write
 /// generation they were taken at.
 pub struct DirtyRuns {
@@ -58,8 +72,12 @@ struct Entry {
     file: Arc<File>,
     size: u64,
     used: u64,
-    /// Dirty blocks (one bit per [`BLOCK`]); empty when clean.
-    dirty: Vec<u64>,
+    /// Pages the copy holds.
+    present: Pages,
+    /// Pages written since the last push; none when clean.
+    dirty: Pages,
+    /// While dirty: `DIR/<oid>.pages`, kept equal to `present`.
+    page_map: Option<File>,
     /// Bumped by every write: a push marks the copy clean only if none came meanwhile.
     gen: u64,
     /// The VDI's lock count when the copy turned dirty.
@@ -68,7 +86,18 @@ struct Entry {
 
 impl Entry {
     fn is_dirty(&self) -> bool {
-        self.dirty.iter().any(|w| *w != 0)
+        self.dirty.any()
+    }
+
+    /// Marks bytes `[at, at + len)` present, and records newly present pages in the page
+    /// map of a dirty copy.
+    fn hold(&mut self, at: u64, len: u64) -> io::Result<()> {
+        match (self.present.set(at, len), &self.page_map) {
+            (Some((first, last)), Some(map)) => {
+                map.write_all_at(&self.present.words_bytes(first, last), first as u64 * 8)
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -127,7 +156,8 @@ impl Index {
             }
         }
         for name in files {
-            let dirty = Oid::from_file_name(&name).is_some_and(|o| leftovers.iter().any(|l| l.oid == o));
+            let copy = name.strip_suffix(PAGE_MAP).unwrap_or(&name);
+            let dirty = Oid::from_file_name(copy).is_some_and(|o| leftovers.iter().any(|l| l.oid == o));
             if !dirty {
                 fs::remove_file(dir.join(&name))?;
             }
@@ -161,15 +191,40 @@ impl Index {
         self.dir.join(format!("{}{MARKER}", oid.file_name()))
     }
 
-    /// A leftover copy's bytes, for the push after a crash.
-    pub fn read_leftover(&self, oid: Oid) -> io::Result<Vec<u8>> {
-        fs::read(self.path(oid))
+    fn page_map(&self, oid: Oid) -> PathBuf {
+        self.dir.join(format!("{}{PAGE_MAP}", oid.file_name()))
+    }
+
+    /// The bytes a leftover copy holds, as (offset, bytes) runs, for the push after a
+    /// crash. A page map of the wrong size is an error (nothing of that copy is pushed).
+    pub fn read_leftover(&self, oid: Oid) -> io::Result<Vec<(u64, Vec<u8>)>> {
+        let f = File::open(self.path(oid))?;
+        let size = f.metadata()?.len();
+        let pages = match fs::read(self.page_map(oid)) {
+            Ok(bytes) => Pages::from_bytes(&bytes, size)
+                .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "the page map does not fit the copy"))?,
+            Err(e) if e.kind() == ErrorKind::NotFound => Pages::full(size),
+            Err(e) => return Err(e),
+        };
+        pages
+            .runs(size)
+            .into_iter()
+            .map(|(at, len)| {
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, at).map(|()| (at, buf))
+            })
+            .collect()
     }
 
     /// Drops a leftover copy once pushed or given up.
     pub fn drop_leftover(&self, oid: Oid) -> io::Result<()> {
+        self.remove_files(oid)
+    }
+
+    fn remove_files(&self, oid: Oid) -> io::Result<()> {
         remove_if_there(&self.path(oid))?;
-        remove_if_there(&self.marker(oid))
+        remove_if_there(&self.marker(oid))?;
+        remove_if_there(&self.page_map(oid))
     }
 
     /// Every leftover is dealt with: cached I/O may start.
@@ -202,14 +257,19 @@ impl Index {
         lock(&self.inner).entries.contains_key(&oid)
     }
 
-    /// The cached copy of `oid` and whether it is dirty, marked as just used.
-    pub fn lookup(&self, oid: Oid) -> Option<(Arc<File>, bool)> {
+    /// The cached copy of `oid`, marked as just used, with what it lacks for a read (or a
+    /// `write`) of bytes `[at, at + len)`.
+    pub fn lookup(&self, oid: Oid, at: u64, len: u64, write: bool) -> Option<Found> {
         let mut g = lock(&self.inner);
         g.tick += 1;
         let tick = g.tick;
         let e = g.entries.get_mut(&oid)?;
         let old = std::mem::replace(&mut e.used, tick);
-        let found = (e.file.clone(), e.is_dirty());
+        let found = Found {
+            file: e.file.clone(),
+            dirty: e.is_dirty(),
+            missing: e.present.missing(at, len, e.size, write),
+        };
         g.by_use.remove(&old);
         g.by_use.insert(tick, oid);
         Some(found)
@@ -223,12 +283,12 @@ impl Index {
         self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Caches `data` as `oid`'s copy, making room by dropping least recently used clean
-    /// copies. `None` when dirty copies fill the cache (the caller goes around it). Blocks
-    /// (writes the file): call from a blocking thread. The caller holds `oid`'s stripe
-    /// exclusively.
-    pub fn insert(&self, oid: Oid, data: &[u8]) -> io::Result<Option<Arc<File>>> {
-        let size = data.len() as u64;
+    /// Makes an empty copy of `oid` (`size` bytes, no page held), making room by dropping
+    /// least recently used clean copies: a copy counts its whole size, however few pages it
+    /// holds. `None` when dirty copies fill the cache (the caller goes around it). Blocks
+    /// (creates and removes files): call from a blocking thread. The caller holds `oid`'s
+    /// stripe exclusively.
+    pub fn insert(&self, oid: Oid, size: u64) -> io::Result<Option<Arc<File>>> {
         let victims = {
             let mut g = lock(&self.inner);
             let mut victims = Vec::new();
@@ -270,7 +330,7 @@ impl Index {
             // Still under the victims' stripes: a new copy of one cannot be made (and then
             // unlinked here) before its old file is gone.
             for o in &victims {
-                remove_if_there(&self.path(*o))?;
+                self.remove_files(*o)?;
             }
             drop(held);
             victims
@@ -283,11 +343,7 @@ impl Index {
                 .create(true)
                 .truncate(true)
                 .open(self.path(oid))?;
-            // In pieces: a copy written at once sits in large page-cache folios, and every
-            // small write into one then walks the whole folio (several times slower).
-            for (i, piece) in data.chunks(BLOCK as usize).enumerate() {
-                f.write_all_at(piece, i as u64 * BLOCK)?;
-            }
+            f.set_len(size)?;
             Ok(Arc::new(f))
         })();
         let mut g = lock(&self.inner);
@@ -295,14 +351,15 @@ impl Index {
             Ok(file) => {
                 g.tick += 1;
                 let tick = g.tick;
-                let words = size.div_ceil(BLOCK).div_ceil(64) as usize;
                 g.entries.insert(
                     oid,
                     Entry {
                         file: file.clone(),
                         size,
                         used: tick,
-                        dirty: vec![0; words],
+                        present: Pages::empty(size),
+                        dirty: Pages::empty(size),
+                        page_map: None,
                         gen: 0,
                         lock_gen: 0,
                     },
@@ -317,35 +374,52 @@ impl Index {
         }
     }
 
-    /// Before the first write into a clean copy: the marker that makes it dirty on disk.
-    /// The caller holds `oid`'s stripe exclusively.
+    /// Before the first write into a clean copy: its page map, then the marker that makes
+    /// it dirty on disk. The caller holds `oid`'s stripe exclusively.
     pub fn mark_dirty_on_disk(&self, oid: Oid, lock_gen: u64) -> io::Result<()> {
+        let Some(present) = lock(&self.inner).entries.get(&oid).map(|e| e.present.to_bytes()) else {
+            return Ok(());
+        };
+        let map = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.page_map(oid))?;
+        map.write_all_at(&present, 0)?;
         fs::write(self.marker(oid), format!("{lock_gen}\n"))?;
         if let Some(e) = lock(&self.inner).entries.get_mut(&oid) {
             e.lock_gen = lock_gen;
+            e.page_map = Some(map);
         }
         Ok(())
     }
 
-    /// After a write of `len` bytes at `offset` into the copy landed: its blocks are dirty.
-    /// Returns whether dirty data is past the high-water mark (half the cache); `None` if
-    /// the copy is gone (it cannot be while the writer holds its stripe).
-    pub fn written(&self, oid: Oid, offset: u64, len: u64) -> Option<bool> {
-        let mut g = lock(&self.inner);
-        let e = g.entries.get_mut(&oid)?;
-        let was_dirty = e.is_dirty();
-        let (first, last) = (offset / BLOCK, (offset + len.max(1) - 1) / BLOCK);
-        for b in first..=last {
-            if let Some(w) = e.dirty.get_mut((b / 64) as usize) {
-                *w |= 1 << (b % 64);
-            }
+    /// After bytes `[at, at + len)` fetched from the replicas landed in the copy: they are
+    /// held. The caller holds `oid`'s stripe exclusively.
+    pub fn filled(&self, oid: Oid, at: u64, len: u64) -> io::Result<()> {
+        match lock(&self.inner).entries.get_mut(&oid) {
+            Some(e) => e.hold(at, len),
+            None => Ok(()),
         }
+    }
+
+    /// After a write of `len` bytes at `offset` into the copy landed: its pages are held
+    /// and dirty. Returns whether dirty data is past the high-water mark (half the cache);
+    /// `None` if the copy is gone (it cannot be while the writer holds its stripe).
+    pub fn written(&self, oid: Oid, offset: u64, len: u64) -> io::Result<Option<bool>> {
+        let mut g = lock(&self.inner);
+        let Some(e) = g.entries.get_mut(&oid) else {
+            return Ok(None);
+        };
+        let was_dirty = e.is_dirty();
+        e.dirty.set(offset, len);
         e.gen += 1;
         let size = e.size;
+        let held = e.hold(offset, len);
         if !was_dirty {
             g.dirty_bytes += size;
         }
-        Some(g.dirty_bytes > self.limit / 2)
+        held.map(|()| Some(g.dirty_bytes > self.limit / 2))
     }
 
     /// The copy's dirty runs and write generation, for a push; `None` when clean or gone.
@@ -355,18 +429,9 @@ impl Index {
         if !e.is_dirty() {
             return None;
         }
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        let blocks = e.size.div_ceil(BLOCK);
-        for b in (0..blocks).filter(|b| e.dirty[(b / 64) as usize] & (1 << (b % 64)) != 0) {
-            let (at, len) = (b * BLOCK, BLOCK.min(e.size - b * BLOCK));
-            match runs.last_mut() {
-                Some(r) if r.0 + r.1 == at => r.1 += len,
-                _ => runs.push((at, len)),
-            }
-        }
         Some(DirtyRuns {
             file: e.file.clone(),
-            runs,
+            runs: e.dirty.runs(e.size),
             gen: e.gen,
             lock_gen: e.lock_gen,
         })
@@ -383,11 +448,13 @@ impl Index {
             if e.gen != gen || !e.is_dirty() {
                 return Ok(());
             }
-            e.dirty.iter_mut().for_each(|w| *w = 0);
+            e.dirty.clear();
+            e.page_map = None;
             let size = e.size;
             g.dirty_bytes -= size;
         }
-        remove_if_there(&self.marker(oid))
+        remove_if_there(&self.marker(oid))?;
+        remove_if_there(&self.page_map(oid))
     }
 
     /// Drops `oid`'s copy, dirty or not. The caller holds `oid`'s stripe exclusively.
@@ -403,8 +470,7 @@ impl Index {
                 g.dirty_bytes -= e.size;
             }
         }
-        remove_if_there(&self.path(oid))?;
-        remove_if_there(&self.marker(oid))
+        self.remove_files(oid)
     }
 
     /// Dirty copies of objects of `vid` (of every VDI: `None`).
@@ -460,65 +526,108 @@ fn remove_if_there(p: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pages::PAGE;
     use super::*;
+
+    const SIZE: u64 = 64 * PAGE;
 
     fn oid(vid: u32, idx: u32) -> Oid {
         protocol::Vid::new(vid).expect("vid").data_oid(idx)
     }
 
+    fn write(c: &Index, o: Oid, at: u64, data: &[u8]) {
+        let f = c.lookup(o, at, data.len() as u64, true).expect("cached").file;
+        f.write_all_at(data, at).expect("write");
+        c.written(o, at, data.len() as u64).expect("page map").expect("cached");
+    }
+
     #[test]
     fn clean_copies_make_room_and_dirty_ones_stay() {
         let t = tempfile::tempdir().expect("tempdir");
-        let (c, left) = Index::open(t.path(), 3 * BLOCK).expect("open");
+        let (c, left) = Index::open(t.path(), 3 * SIZE).expect("open");
         assert!(left.is_empty());
-        let data = vec![7u8; BLOCK as usize];
         for i in 0..3 {
-            assert!(c.insert(oid(1, i), &data).expect("insert").is_some());
+            assert!(c.insert(oid(1, i), SIZE).expect("insert").is_some());
         }
         c.mark_dirty_on_disk(oid(1, 0), 5).expect("marker");
-        c.written(oid(1, 0), 10, 1).expect("cached");
-        c.lookup(oid(1, 1));
+        write(&c, oid(1, 0), 10, b"x");
+        c.lookup(oid(1, 1), 0, 1, false);
         // Full: the least recently used clean copy (2) goes, the dirty one (0) stays.
-        assert!(c.insert(oid(1, 3), &data).expect("insert").is_some());
+        assert!(c.insert(oid(1, 3), SIZE).expect("insert").is_some());
         assert!(c.contains(oid(1, 0)) && c.contains(oid(1, 1)) && !c.contains(oid(1, 2)));
         assert!(!t.path().join(oid(1, 2).file_name()).exists());
         let s = c.stats();
-        assert_eq!((s.used, s.dirty), (3 * BLOCK, BLOCK));
+        assert_eq!((s.used, s.dirty), (3 * SIZE, SIZE));
         assert_eq!(c.dirty(Some(1)), vec![oid(1, 0)]);
         assert!(c.dirty(Some(2)).is_empty());
+        // Dirty copies fill it: no room, and nothing dropped.
+        c.mark_dirty_on_disk(oid(1, 1), 5).expect("marker");
+        write(&c, oid(1, 1), 0, b"y");
+        c.mark_dirty_on_disk(oid(1, 3), 5).expect("marker");
+        write(&c, oid(1, 3), 0, b"z");
+        assert!(c.insert(oid(1, 4), SIZE).expect("insert").is_none());
+        assert_eq!(c.stats().used, 3 * SIZE);
+    }
+
+    #[test]
+    fn a_copy_knows_what_it_lacks() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (c, _) = Index::open(t.path(), SIZE).expect("open");
+        let o = oid(2, 0);
+        assert!(c.lookup(o, 0, 1, false).is_none());
+        c.insert(o, SIZE).expect("insert").expect("room");
+        let found = c.lookup(o, PAGE + 1, 2 * PAGE, true).expect("cached");
+        assert_eq!(found.missing, vec![(PAGE, PAGE), (3 * PAGE, PAGE)]);
+        assert!(!found.dirty);
+        c.filled(o, PAGE, PAGE).expect("filled");
+        c.filled(o, 3 * PAGE, PAGE).expect("filled");
+        assert!(c
+            .lookup(o, PAGE + 1, 2 * PAGE, true)
+            .expect("cached")
+            .missing
+            .is_empty());
+        assert_eq!(
+            c.lookup(o, 0, 5 * PAGE, false).expect("cached").missing,
+            vec![(0, PAGE), (2 * PAGE, PAGE), (4 * PAGE, PAGE)]
+        );
     }
 
     #[test]
     fn dirty_runs_merge_and_a_push_cleans_only_what_it_saw() {
         let t = tempfile::tempdir().expect("tempdir");
-        let (c, _) = Index::open(t.path(), 64 * BLOCK).expect("open");
+        let (c, _) = Index::open(t.path(), SIZE).expect("open");
         let o = oid(3, 0);
-        c.insert(o, &vec![0u8; (4 * BLOCK) as usize]).expect("insert");
+        c.insert(o, 4 * PAGE).expect("insert");
         c.mark_dirty_on_disk(o, 2).expect("marker");
-        c.written(o, 1, BLOCK).expect("cached");
-        c.written(o, 3 * BLOCK + 5, 1).expect("cached");
+        write(&c, o, 1, &[1; PAGE as usize]);
+        write(&c, o, 3 * PAGE + 5, b"x");
         let runs = c.dirty_runs(o).expect("dirty");
-        assert_eq!(runs.runs, vec![(0, 2 * BLOCK), (3 * BLOCK, BLOCK)]);
-        c.written(o, 0, 1).expect("cached");
+        assert_eq!(runs.runs, vec![(0, 2 * PAGE), (3 * PAGE, PAGE)]);
+        write(&c, o, 0, b"y");
         c.pushed(o, runs.gen).expect("pushed");
         assert!(c.dirty_runs(o).is_some(), "a write came during the push");
         let again = c.dirty_runs(o).expect("dirty");
         c.pushed(o, again.gen).expect("pushed");
         assert!(c.dirty_runs(o).is_none());
         assert!(!t.path().join(format!("{}{MARKER}", o.file_name())).exists());
+        assert!(!t.path().join(format!("{}{PAGE_MAP}", o.file_name())).exists());
     }
 
+    /// A restart keeps the marked copies, and pushes only the pages they held: those
+    /// written, and those filled, even after the marker was made.
     #[test]
-    fn a_restart_keeps_marked_copies_only() {
+    fn a_restart_keeps_marked_copies_and_their_pages_only() {
         let t = tempfile::tempdir().expect("tempdir");
         {
-            let (c, _) = Index::open(t.path(), 64 * BLOCK).expect("open");
-            c.insert(oid(4, 0), b"dirty").expect("insert");
-            c.insert(oid(4, 1), b"clean").expect("insert");
+            let (c, _) = Index::open(t.path(), SIZE).expect("open");
+            c.insert(oid(4, 0), 8 * PAGE).expect("insert");
+            c.insert(oid(4, 1), 8 * PAGE).expect("insert");
             c.mark_dirty_on_disk(oid(4, 0), 9).expect("marker");
-            c.written(oid(4, 0), 0, 5).expect("cached");
+            write(&c, oid(4, 0), 2 * PAGE, b"dirty");
+            c.filled(oid(4, 0), 6 * PAGE, PAGE).expect("filled");
+            write(&c, oid(4, 1), 0, b"clean");
         }
-        let (c, left) = Index::open(t.path(), 64 * BLOCK).expect("reopen");
+        let (c, left) = Index::open(t.path(), SIZE).expect("reopen");
         assert_eq!(
             left,
             vec![Leftover {
@@ -526,10 +635,31 @@ mod tests {
                 lock_gen: 9
             }]
         );
-        assert_eq!(c.read_leftover(oid(4, 0)).expect("read"), b"dirty");
+        let runs = c.read_leftover(oid(4, 0)).expect("read");
+        let mut page = vec![0u8; PAGE as usize];
+        page[..5].copy_from_slice(b"dirty");
+        assert_eq!(runs, vec![(2 * PAGE, page), (6 * PAGE, vec![0; PAGE as usize])]);
         assert!(!t.path().join(oid(4, 1).file_name()).exists(), "clean copies go");
         c.drop_leftover(oid(4, 0)).expect("drop");
         assert_eq!(std::fs::read_dir(t.path()).expect("ls").count(), 0);
+    }
+
+    /// A marker without a page map (a whole copy an earlier version left) pushes the whole
+    /// copy; a page map that does not fit the copy pushes nothing.
+    #[test]
+    fn leftovers_without_or_with_a_bad_page_map() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (whole, bad) = (oid(6, 0), oid(6, 1));
+        for o in [whole, bad] {
+            fs::write(t.path().join(o.file_name()), b"whole copy").expect("copy");
+            fs::write(t.path().join(format!("{}{MARKER}", o.file_name())), b"3\n").expect("marker");
+        }
+        fs::write(t.path().join(format!("{}{PAGE_MAP}", bad.file_name())), b"short").expect("map");
+        let (c, left) = Index::open(t.path(), SIZE).expect("open");
+        assert_eq!(left.len(), 2);
+        assert_eq!(c.read_leftover(whole).expect("read"), vec![(0, b"whole copy".to_vec())]);
+        let e = c.read_leftover(bad).expect_err("a bad page map");
+        assert_eq!(e.kind(), ErrorKind::InvalidData);
     }
 
     /// Cached I/O waits for a crash's leftovers, but not for ever; an unreadable marker
@@ -539,7 +669,7 @@ mod tests {
         let t = tempfile::tempdir().expect("tempdir");
         fs::write(t.path().join(oid(5, 0).file_name()), b"x").expect("copy");
         fs::write(t.path().join(format!("{}{MARKER}", oid(5, 0).file_name())), b"garbage").expect("marker");
-        let (c, left) = Index::open(t.path(), BLOCK).expect("open");
+        let (c, left) = Index::open(t.path(), SIZE).expect("open");
         assert_eq!(
             left,
             vec![Leftover {
@@ -550,7 +680,7 @@ mod tests {
         assert!(!c.wait_ready(std::time::Duration::from_millis(50)).await);
         c.set_ready();
         assert!(c.wait_ready(std::time::Duration::from_millis(50)).await);
-        let (fresh, _) = Index::open(&t.path().join("other"), BLOCK).expect("open");
+        let (fresh, _) = Index::open(&t.path().join("other"), SIZE).expect("open");
         assert!(
             fresh.wait_ready(std::time::Duration::ZERO).await,
             "nothing left: ready at once"

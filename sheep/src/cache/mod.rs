@@ -1,8 +1,11 @@
-//! The object cache (`sheep -w SIZE`): a gateway keeps whole copies of the data objects its
+//! The object cache (`sheep -w SIZE`): a gateway keeps copies of the data objects its
 //! clients read and write in a directory of its own, and acknowledges a write once it is in
-//! that copy (write-back). A flush (FLUSH_VDI) pushes every dirty block of the VDI to all
-//! replicas and makes them durable there before it answers; a background pusher keeps
-//! dirty data under half the cache.
+//! that copy (write-back). A copy holds only the 4 KiB pages that were written or read
+//! through it (a write that covers a page it lacks only in part fetches that page first), so
+//! a random write into an object it has not seen costs no fetch of the whole object. A
+//! flush (FLUSH_VDI) pushes every dirty page of the VDI to all replicas and makes them
+//! durable there before it answers; a background pusher keeps dirty data under half the
+//! cache.
 //!
 //! Only requests that ask for it (the CACHE flag, which sheepfs sets while
 //! `/config/object_cache` is 1) and only VDIs whose write lock a client of this gateway
@@ -14,6 +17,7 @@
 //! refused).
 
 pub mod index;
+pub mod pages;
 
 use std::fs::File;
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use protocol::{Oid, ResultCode};
 
 use crate::gateway::{self, Write};
 use crate::node::Sheep;
-use index::{Index, Leftover};
+use index::{Found, Index, Leftover};
 
 /// Pushes at once during a flush.
 const PUSHES: usize = 8;
@@ -49,8 +53,13 @@ pub async fn ready(c: &Index) -> Result<(), ResultCode> {
 /// of using the replicas directly.
 pub const STREAM: usize = 256 << 10;
 
-/// Objects bigger than this (VDIs of shift 27 to 31) are never cached: a copy is fetched,
-/// pushed and evicted whole, which only pays for objects of a few MiB.
+/// A read that misses fetches the pages the copy lacks in the aligned windows of this size
+/// around it.
+const READ_WINDOW: u64 = 64 << 10;
+
+/// Objects bigger than this (VDIs of shift 27 to 31) are never cached: a copy counts its
+/// whole size against the cache and is evicted whole, which only pays for objects of a few
+/// MiB.
 pub const MAX_OBJECT: u64 = 64 << 20;
 
 /// Whether a request for `oid` (writing `write_len` bytes, 0 for a read) may use this
@@ -97,62 +106,66 @@ async fn file_write(sheep: &Sheep, f: Arc<File>, offset: u64, data: Bytes) -> st
         .map_err(std::io::Error::other)?
 }
 
-/// What a miss found.
-enum Loaded {
-    Cached,
-    /// No room: the object's bytes, served without caching them.
-    Around(Vec<u8>),
-}
-
-/// Brings `oid` into the cache from its replicas. With no room, a pending `write` goes to
-/// the replicas while the object's stripe is still held, so no copy made meanwhile misses
-/// it.
-async fn load(
+/// Under `oid`'s stripe held exclusively: makes sure the cache holds a copy of `oid` with
+/// what a read (or a `write`) of bytes `[at, at + len)` needs from the replicas, fetching
+/// only that. `None` when dirty copies leave no room for a new copy (the caller goes around
+/// the cache).
+async fn fill(
     sheep: &Arc<Sheep>,
     c: &Arc<Index>,
     oid: Oid,
+    (at, len): (u64, u64),
     copies: u8,
-    write: Option<(u32, &Bytes)>,
-) -> Result<Loaded, ResultCode> {
-    let _g = c.stripe(oid).write().await;
-    if c.contains(oid) {
-        return Ok(Loaded::Cached);
+    write: bool,
+) -> Result<Option<Found>, ResultCode> {
+    if c.lookup(oid, at, len, write).is_none() {
+        let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)?;
+        let c2 = c.clone();
+        let made = tokio::task::spawn_blocking(move || c2.insert(oid, size))
+            .await
+            .map_err(|_| ResultCode::SYSTEM_ERROR)?;
+        match made {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                c.push_now.notify_one();
+                return Ok(None);
+            }
+            Err(e) => {
+                io_failed(oid, "making a copy", &e);
+                return Ok(None);
+            }
+        }
+    }
+    let Some(found) = c.lookup(oid, at, len, write) else {
+        return Ok(None);
+    };
+    if found.missing.is_empty() {
+        c.hit();
+        return Ok(Some(found));
     }
     c.miss();
-    let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)?;
-    let data = gateway::read(sheep, oid, 0, size as u32, copies).await?;
-    let (c2, kept) = (c.clone(), data);
-    let (res, data) = tokio::task::spawn_blocking(move || (c2.insert(oid, &kept), kept))
-        .await
-        .map_err(|_| ResultCode::SYSTEM_ERROR)?;
-    match res {
-        Ok(Some(_)) => Ok(Loaded::Cached),
-        Ok(None) => {
-            c.push_now.notify_one();
-            around(sheep, oid, copies, write, data).await
-        }
-        Err(e) => {
-            io_failed(oid, "storing a copy", &e);
-            around(sheep, oid, copies, write, data).await
+    // A write lacks at most its two edge pages, which may lie far apart: one read each. A
+    // read's missing runs lie within its window: one read for them all.
+    let spans = match (write, found.missing.first(), found.missing.last()) {
+        (false, Some(&(from, _)), Some(&(to, n))) => vec![(from, to + n - from)],
+        _ => found.missing.clone(),
+    };
+    for (from, n) in spans {
+        let data = Bytes::from(gateway::read(sheep, oid, from as u32, n as u32, copies).await?);
+        for &(at, len) in found.missing.iter().filter(|r| r.0 >= from && r.0 + r.1 <= from + n) {
+            let piece = data.slice((at - from) as usize..(at - from + len) as usize);
+            file_write(sheep, found.file.clone(), at, piece)
+                .await
+                .map_err(|e| io_failed(oid, "storing fetched pages", &e))?;
+            c.filled(oid, at, len)
+                .map_err(|e| io_failed(oid, "recording fetched pages", &e))?;
         }
     }
-}
-
-async fn around(
-    sheep: &Arc<Sheep>,
-    oid: Oid,
-    copies: u8,
-    write: Option<(u32, &Bytes)>,
-    data: Vec<u8>,
-) -> Result<Loaded, ResultCode> {
-    if let Some((offset, bytes)) = write {
-        write_around(sheep, oid, offset, bytes.clone(), copies).await?;
-    }
-    Ok(Loaded::Around(data))
+    Ok(Some(found))
 }
 
 /// A cached read of `len` bytes of `oid` at `offset`. A read of [`STREAM`] bytes or more
-/// (a sequential stream) is served from a copy the cache holds, but does not fetch one.
+/// (a sequential stream) is served from a copy the cache holds, but does not make one.
 pub async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u32, len: u32, copies: u8) -> Result<Vec<u8>, ResultCode> {
     let Some(c) = sheep.cache.clone() else {
         return gateway::read(sheep, oid, offset, len, copies).await;
@@ -161,78 +174,80 @@ pub async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u32, len: u32, copies: u
     if len as usize >= STREAM && !c.contains(oid) {
         return gateway::read(sheep, oid, offset, len, copies).await;
     }
-    loop {
-        {
-            let _g = c.stripe(oid).read().await;
-            if let Some((f, _)) = c.lookup(oid) {
-                c.hit();
-                return file_read(sheep, f, offset.into(), len as usize)
-                    .await
-                    .map_err(|e| io_failed(oid, "a read", &e));
-            }
+    let range = (u64::from(offset), u64::from(len));
+    let serve = |f: Arc<File>| async move {
+        file_read(sheep, f, range.0, range.1 as usize)
+            .await
+            .map_err(|e| io_failed(oid, "a read", &e))
+    };
+    {
+        let _g = c.stripe(oid).read().await;
+        if let Some(found) = c.lookup(oid, range.0, range.1, false).filter(|f| f.missing.is_empty()) {
+            c.hit();
+            return serve(found.file).await;
         }
-        if let Loaded::Around(data) = load(sheep, &c, oid, copies, None).await? {
-            let at = offset as usize;
-            return data
-                .get(at..at + len as usize)
-                .map(<[u8]>::to_vec)
-                .ok_or(ResultCode::INVALID_PARMS);
-        }
+    }
+    // A miss fetches the whole window around the read: reads near it are likely.
+    let start = range.0 / READ_WINDOW * READ_WINDOW;
+    let window = (start, (range.0 + range.1).div_ceil(READ_WINDOW) * READ_WINDOW - start);
+    let _g = c.stripe(oid).write().await;
+    match fill(sheep, &c, oid, window, copies, false).await? {
+        Some(found) => serve(found.file).await,
+        None => gateway::read(sheep, oid, offset, len, copies).await,
     }
 }
 
-/// A cached write into the existing object `oid`: acknowledged once in the copy.
+/// A cached write into the existing object `oid`: acknowledged once in the copy. Only a
+/// first, partial write into a page the copy does not hold waits for the replicas.
 pub async fn write(sheep: &Arc<Sheep>, oid: Oid, offset: u32, data: Bytes, copies: u8) -> Result<(), ResultCode> {
     let Some(c) = sheep.cache.clone() else {
         return write_around(sheep, oid, offset, data, copies).await;
     };
     ready(&c).await?;
-    let at = u64::from(offset);
-    loop {
-        {
-            let _g = c.stripe(oid).read().await;
-            if let Some((f, true)) = c.lookup(oid) {
+    let range = (u64::from(offset), data.len() as u64);
+    {
+        let _g = c.stripe(oid).read().await;
+        if let Some(found) = c.lookup(oid, range.0, range.1, true) {
+            if found.dirty && found.missing.is_empty() {
                 c.hit();
-                return land(sheep, &c, oid, f, at, data).await;
+                return land(sheep, &c, oid, found.file, range.0, data).await;
             }
-        }
-        {
-            // A clean copy gets its dirty marker first, with the stripe held exclusively so
-            // no push can end (and remove the marker) in between.
-            let _g = c.stripe(oid).write().await;
-            if let Some((f, dirty)) = c.lookup(oid) {
-                c.hit();
-                if !dirty {
-                    c.mark_dirty_on_disk(oid, lock_gen(sheep, oid))
-                        .map_err(|e| io_failed(oid, "marking a copy dirty", &e))?;
-                }
-                return land(sheep, &c, oid, f, at, data).await;
-            }
-        }
-        if let Loaded::Around(_) = load(sheep, &c, oid, copies, Some((offset, &data))).await? {
-            return Ok(());
         }
     }
+    // A clean copy gets its dirty marker first, with the stripe held exclusively so no push
+    // can end (and remove the marker) in between. With no room, the write goes to the
+    // replicas while the stripe is still held, so no copy made meanwhile misses it.
+    let _g = c.stripe(oid).write().await;
+    let Some(found) = fill(sheep, &c, oid, range, copies, true).await? else {
+        return write_around(sheep, oid, offset, data, copies).await;
+    };
+    if !found.dirty {
+        c.mark_dirty_on_disk(oid, lock_gen(sheep, oid))
+            .map_err(|e| io_failed(oid, "marking a copy dirty", &e))?;
+    }
+    land(sheep, &c, oid, found.file, range.0, data).await
 }
 
-/// Writes into the copy, then records its blocks dirty (after the bytes are there, so a
-/// push that read the copy before them cannot mark them clean).
+/// Writes into the copy, then records its pages held and dirty (after the bytes are there,
+/// so a push that read the copy before them cannot mark them clean, and a crash never
+/// pushes a page whose bytes are not there).
 async fn land(sheep: &Arc<Sheep>, c: &Index, oid: Oid, f: Arc<File>, at: u64, data: Bytes) -> Result<(), ResultCode> {
     let len = data.len() as u64;
     file_write(sheep, f, at, data)
         .await
         .map_err(|e| io_failed(oid, "a write", &e))?;
     match c.written(oid, at, len) {
-        Some(high) => {
+        Ok(Some(high)) => {
             if high {
                 c.push_now.notify_one();
             }
             Ok(())
         }
-        None => {
+        Ok(None) => {
             tracing::error!(%oid, "object cache: a copy went away under a write");
             Err(ResultCode::EIO)
         }
+        Err(e) => Err(io_failed(oid, "recording written pages", &e)),
     }
 }
 
@@ -351,9 +366,9 @@ pub async fn pusher(sheep: Arc<Sheep>) {
     }
 }
 
-/// After a crash: each dirty copy left behind is pushed whole, unless another client took
-/// the VDI's write lock since (its writes are newer; the unflushed ones here are dropped,
-/// as a disk drops its cache at a power cut). Cached I/O waits until this is done.
+/// After a crash: each dirty copy left behind pushes the pages it holds, unless another
+/// client took the VDI's write lock since (its writes are newer; the unflushed ones here are
+/// dropped, as a disk drops its cache at a power cut). Cached I/O waits until this is done.
 pub async fn recover(sheep: Arc<Sheep>, leftovers: Vec<Leftover>) {
     let Some(c) = sheep.cache.clone() else {
         return;
@@ -365,27 +380,7 @@ pub async fn recover(sheep: Arc<Sheep>, leftovers: Vec<Leftover>) {
             tracing::warn!(oid = %l.oid, "object cache: unflushed writes dropped: the VDI was taken, snapshotted or deleted since");
         } else {
             match c.read_leftover(l.oid) {
-                Ok(data) => {
-                    let data = Bytes::from(data);
-                    let mut pause = Duration::from_millis(200);
-                    loop {
-                        match write_around(&sheep, l.oid, 0, data.clone(), 0).await {
-                            Ok(()) => {
-                                tracing::info!(oid = %l.oid, "object cache: pushed a copy left by a crash");
-                                break;
-                            }
-                            Err(code @ (ResultCode::NO_OBJ | ResultCode::NO_VDI | ResultCode::READONLY)) => {
-                                tracing::error!(oid = %l.oid, result = %code, "object cache: a copy left by a crash has nowhere to go; dropped");
-                                break;
-                            }
-                            Err(code) => {
-                                tracing::error!(oid = %l.oid, result = %code, "object cache: cannot push a copy left by a crash; retrying");
-                                tokio::time::sleep(pause).await;
-                                pause = (pause * 2).min(Duration::from_secs(5));
-                            }
-                        }
-                    }
-                }
+                Ok(runs) => push_leftover(&sheep, l.oid, runs).await,
                 Err(e) => {
                     io_failed(l.oid, "reading a copy left by a crash", &e);
                 }
@@ -396,4 +391,23 @@ pub async fn recover(sheep: Arc<Sheep>, leftovers: Vec<Leftover>) {
         }
     }
     c.set_ready();
+}
+
+/// Sends a leftover copy's runs to the replicas, retrying until they take them or the
+/// object has nowhere to go.
+async fn push_leftover(sheep: &Arc<Sheep>, oid: Oid, runs: Vec<(u64, Vec<u8>)>) {
+    let mut pause = Duration::from_millis(200);
+    for (at, bytes) in runs {
+        let data = Bytes::from(bytes);
+        while let Err(code) = write_around(sheep, oid, at as u32, data.clone(), 0).await {
+            if matches!(code, ResultCode::NO_OBJ | ResultCode::NO_VDI | ResultCode::READONLY) {
+                tracing::error!(%oid, result = %code, "object cache: a copy left by a crash has nowhere to go; dropped");
+                return;
+            }
+            tracing::error!(%oid, result = %code, "object cache: cannot push a copy left by a crash; retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+    tracing::info!(%oid, "object cache: pushed a copy left by a crash");
 }

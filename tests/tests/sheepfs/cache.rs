@@ -96,6 +96,10 @@ fn the_switch_flushes_when_turned_off_and_refuses_garbage() {
     let fourth = pseudo_random(63, 5000);
     write_unflushed(&vol, 2 * MIB + 3, &fourth);
     put(&mut model, 2 * MIB + 3, &fourth);
+    // Into pages the copy now holds: a hit.
+    let fifth = pseudo_random(64, 100);
+    write_unflushed(&vol, 2 * MIB + 4090, &fifth);
+    put(&mut model, 2 * MIB + 4090, &fifth);
     dd_write(&local_file(&c, "none", b""), &vol, 0).expect_ok();
     assert_same_bytes(
         "zeta through node 2 after an fsync",
