@@ -11,7 +11,7 @@ use protocol::{flags, op, Oid, RequestHeader, ResultCode};
 use crate::node::Sheep;
 use crate::recovery;
 use crate::store::aligned::{self, Aligned};
-use crate::store::{sums, Cached, Durability, StoreError};
+use crate::store::{self, sums, Cached, Durability, StoreError};
 
 /// Reads up to this size are tried on the calling worker, from the page cache only.
 const SMALL_READ: usize = 128 * 1024;
@@ -192,28 +192,38 @@ async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u64, len: usize) -> Result<V
         .await
 }
 
-/// Writes into this node's existing copy: through the ring, with the payload's own memory
-/// (copied only when a direct write needs it aligned and it is not), else on a thread.
+/// Writes into this node's existing copy: a small buffered write from this thread
+/// ([`store::write_inline`]), others through the ring with the payload's own memory (copied
+/// only when a direct write needs it aligned and it is not), else on a thread.
 async fn write(sheep: &Arc<Sheep>, oid: Oid, offset: u64, data: Bytes) -> Result<(), ResultCode> {
-    if let Some(ring) = sheep.disk() {
-        let t = sheep
-            .store
-            .target(oid, offset, data.len())
-            .map_err(|e| sheep.store_failed(&e))?;
-        let bytes = if t.direct && !aligned::is_aligned(&data) {
-            Aligned::copy_of(&data).freeze()
-        } else {
-            data.clone()
-        };
-        match ring.write(t.file, offset, bytes, sheep.store.sync_writes()).await {
-            Ok(()) => {
-                sheep.store.written(oid);
-                return Ok(());
-            }
-            Err(e) if t.direct && e.raw_os_error() == Some(libc::EINVAL) => sheep.store.no_direct(),
-            // The same write on a thread tells a stopped ring from a failing disk.
-            Err(e) => tracing::warn!(%oid, error = %e, "ring write failed; writing on a thread"),
+    let t = sheep
+        .store
+        .target(oid, offset, data.len())
+        .map_err(|e| sheep.store_failed(&e))?;
+    let sync = sheep.store.sync_writes();
+    let done = match (
+        store::write_inline(&t.file, offset, &data, t.direct, sync),
+        sheep.disk(),
+    ) {
+        (Some(done), _) => done,
+        (None, Some(ring)) => {
+            let bytes = if t.direct && !aligned::is_aligned(&data) {
+                Aligned::copy_of(&data).freeze()
+            } else {
+                data.clone()
+            };
+            ring.write(t.file, offset, bytes, sync).await
         }
+        (None, None) => return sheep.blocking(move |s| s.store.write(oid, offset, &data)).await,
+    };
+    match done {
+        Ok(()) => {
+            sheep.store.written(oid);
+            return Ok(());
+        }
+        Err(e) if t.direct && e.raw_os_error() == Some(libc::EINVAL) => sheep.store.no_direct(),
+        // The same write on a thread tells a stopped ring from a failing disk.
+        Err(e) => tracing::warn!(%oid, error = %e, "write failed; writing on a thread"),
     }
     sheep.blocking(move |s| s.store.write(oid, offset, &data)).await
 }

@@ -98,6 +98,10 @@ async fn file_read(sheep: &Sheep, f: Arc<File>, offset: u64, len: usize) -> std:
 }
 
 async fn file_write(sheep: &Sheep, f: Arc<File>, offset: u64, data: Bytes) -> std::io::Result<()> {
+    // A copy is never open with O_DIRECT, and the replicas make it durable, not this file.
+    if let Some(done) = crate::store::write_inline(&f, offset, &data, false, false) {
+        return done;
+    }
     if let Some(ring) = sheep.disk() {
         return ring.write(f, offset, data, false).await;
     }

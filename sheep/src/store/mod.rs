@@ -51,6 +51,24 @@ impl StoreError {
     }
 }
 
+/// Buffered writes up to this size go into the page cache from the async worker that has
+/// them, not through the io_uring. ext4 cannot take a buffered write without possibly
+/// blocking (RWF_NOWAIT is EOPNOTSUPP), so the ring hands every such write to a kernel worker
+/// thread and wakes the runtime when it is done: two thread switches per write, which cost
+/// more than copying a few pages into the page cache here (measured: 4 KiB random writes at
+/// depth 16 through sheepfs, 20 to 38% more IOPS, cached or not). The price: when the kernel
+/// throttles a writer for too many dirty pages, the worker waits with it (its other tasks
+/// are taken by the runtime's other workers). Larger writes, direct ones, and every write
+/// under `--sync-writes` (which waits for the disk) still go through the ring.
+pub const INLINE_WRITE: usize = 16 << 10;
+
+/// Writes `data` at `offset` of `f` from the calling thread if [`INLINE_WRITE`] says so
+/// (`direct`: `f` is open with O_DIRECT; `sync`: the write must be durable); `None` when
+/// the caller must use the ring.
+pub fn write_inline(f: &File, offset: u64, data: &[u8], direct: bool, sync: bool) -> Option<io::Result<()>> {
+    (!direct && !sync && data.len() <= INLINE_WRITE).then(|| std::os::unix::fs::FileExt::write_all_at(f, data, offset))
+}
+
 /// What [`Store::read_cached`] found.
 pub enum Cached {
     /// The bytes, all from the page cache.
