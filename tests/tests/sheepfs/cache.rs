@@ -1,6 +1,7 @@
 //! The gateway's object cache (`sheep -w`) under a real mount: the `/config/object_cache`
 //! switch and its bad inputs, write-back that a flush pushes to every replica, eviction
-//! under a small cache, a flush during recovery, and a gateway killed with dirty data.
+//! under a small cache, a flush during recovery, a gateway killed with dirty data, and cold
+//! writes that fetch only the pages they cover in part.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -230,4 +231,43 @@ fn a_killed_gateway_loses_nothing_flushed() {
         c.node(0).log_tail(40)
     );
     drop(m);
+}
+
+/// A write into pages the cache does not hold fetches nothing from the replicas when it
+/// covers whole 4 KiB pages, and only the pages it covers in part otherwise; the replicas'
+/// bytes around it survive the push.
+#[test]
+fn cold_writes_fetch_only_the_pages_they_cover_in_part() {
+    let c = cached_cluster("64M");
+    c.dog_ok(&["vdi", "create", "kappa", "16M"]);
+    let m = Mount::start(&c, 0);
+    let vol = m.volume("kappa");
+    let mut model = pseudo_random(100, (16 * MIB) as usize);
+    dd_write(&local_file(&c, "base", &model), &vol, 0).expect_ok();
+    let before = node_info(&m);
+    for (i, off) in [0, 5 * MIB + 8192, 9 * MIB + 16384, 15 * MIB].into_iter().enumerate() {
+        let data = pseudo_random(101 + i as u64, 8192);
+        write_unflushed(&vol, off, &data);
+        put(&mut model, off, &data);
+    }
+    let aligned = node_info(&m);
+    assert_eq!(
+        aligned["cache_misses"], before["cache_misses"],
+        "aligned writes into objects the cache had not seen fetched something: {aligned:?}"
+    );
+    assert!(aligned["cache_dirty"] > 0.0, "{aligned:?}");
+    // 100 bytes inside a page: that page is fetched, one miss.
+    let odd = pseudo_random(110, 100);
+    write_unflushed(&vol, 3 * MIB + 1000, &odd);
+    put(&mut model, 3 * MIB + 1000, &odd);
+    let after = node_info(&m);
+    assert_eq!(after["cache_misses"], aligned["cache_misses"] + 1.0, "{after:?}");
+    dd_write(&local_file(&c, "none", b""), &vol, 0).expect_ok();
+    assert_eq!(node_info(&m)["cache_dirty"], 0.0, "the fsync pushed everything");
+    assert_same_bytes(
+        "kappa through node 1 after an fsync",
+        &dog_read(&c, 1, "kappa", 0, 16 * MIB, None),
+        &model,
+    );
+    m.unmount();
 }
