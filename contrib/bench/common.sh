@@ -1,4 +1,5 @@
-# Helpers the bench scripts share; each sources this file (after defining `log`).
+# Helpers the bench scripts share; each sources this file first. `bench_build` calls the
+# script's `log`.
 
 # Moves to the repository root, sets $bin to the release binaries and builds them unless
 # BENCH_NO_BUILD=1.
@@ -14,4 +15,48 @@ bench_build() {
 # A TCP port on 127.0.0.1 that is free now.
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The comment at the top of the script (line 2 up to `set -eu`): its usage.
+bench_usage() { sed -n '2,/^set -eu/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+
+# Reads the command line: -h or --help prints the usage and exits; --quick sets quick=1 in
+# scripts that take it (they pass `quick` first, the others `-`); anything else is an error.
+bench_options() {
+    local takes=$1 arg
+    shift
+    quick=0
+    for arg in "$@"; do
+        case "$arg" in
+            -h | --help) bench_usage; exit 0 ;;
+            --quick) [ "$takes" = quick ] && quick=1 && continue ;;
+        esac
+        echo "unknown argument: $arg" >&2
+        bench_usage >&2
+        exit 2
+    done
+}
+
+# Runs the script's `cleanup` once, however the script ends (done, failed, ^C, killed), then
+# exits with the status it ended with. `cleanup` runs without `set -e`: it undoes whatever
+# part of the setup happened.
+bench_on_exit() {
+    trap bench_exit EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+bench_exit() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    cleanup
+    exit "$rc"
+}
+
+# Kills the processes named (SIGKILL) and reaps them.
+kill_all() {
+    local p
+    for p in "$@"; do kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
 }

@@ -12,30 +12,24 @@
 #   BENCH_DIR=/var/tmp  where the scratch directory goes
 #   BENCH_NO_BUILD=1    skip `cargo build` (binaries must already be in target/release/)
 set -eu
+. "$(dirname "$0")/common.sh"
+bench_options - "$@"
 
 runs=${BENCH_RUNS:-3}
 die() { echo "failover-bench: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
 [ "$(id -u)" = 0 ] || die "run as root (mounts)"
 case "$runs" in '' | 0 | *[!0-9]*) die "BENCH_RUNS must be a positive number" ;; esac
-. "$(dirname "$0")/common.sh"
 bench_build
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/failover-bench.XXXXXX")
 pids=""
 cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
     if grep -q " $WORK/mnt " /proc/mounts; then umount "$WORK/mnt" || umount -l "$WORK/mnt"; fi
-    for p in $pids; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
+    kill_all $pids
     rm -rf "$WORK"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_on_exit
 
 
 one_run() { # run number

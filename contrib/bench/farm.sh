@@ -14,26 +14,20 @@
 #   BENCH_DIR=/var/tmp  where the scratch directory goes
 #   BENCH_NO_BUILD=1    skip `cargo build` (binaries must already be in target/release/)
 set -eu
+. "$(dirname "$0")/common.sh"
+bench_options - "$@"
 
 die() { echo "farm-bench: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
-. "$(dirname "$0")/common.sh"
 bench_build
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/farm-bench.XXXXXX")
 pids=""
 cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    for p in $pids; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
+    kill_all $pids
     rm -rf "$WORK"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_on_exit
 
 now() { date +%s.%N; }
 secs() { python3 -c "print('%.2f' % ($2 - $1))"; }

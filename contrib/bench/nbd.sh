@@ -19,16 +19,8 @@
 # ratios nbd/sheepfs and nbd/plain. Everything it started is stopped on exit.
 set -eu
 
-usage() { sed -n '2,/^set -eu/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
-
-quick=0
-for arg in "$@"; do
-    case "$arg" in
-        --quick) quick=1 ;;
-        -h | --help) usage; exit 0 ;;
-        *) echo "unknown argument: $arg" >&2; usage >&2; exit 2 ;;
-    esac
-done
+. "$(dirname "$0")/common.sh"
+bench_options quick "$@"
 size=${BENCH_SIZE:-$([ "$quick" = 1 ] && echo 256M || echo 1G)}
 runtime=${BENCH_RUNTIME:-$([ "$quick" = 1 ] && echo 5 || echo 15)}
 
@@ -49,29 +41,21 @@ if ! fio --enghelp 2>/dev/null | grep -qw nbd || ! command -v nbdinfo >/dev/null
 fi
 fio --enghelp 2>/dev/null | grep -qw nbd || die "this fio has no nbd engine"
 
-. "$(dirname "$0")/common.sh"
 bench_build
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/nbd-bench.XXXXXX")
 pids=""
 cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
     log "cleaning up"
     if mountpoint -q "$WORK/mnt"; then
         umount "$WORK/mnt" || umount -l "$WORK/mnt"
     fi
     for p in $pids; do kill -TERM "$p" 2>/dev/null; done
     sleep 1
-    for p in $pids; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
+    kill_all $pids
     mountpoint -q "$WORK/mnt" || rm -rf "$WORK"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_on_exit
 
 port=$(free_port)
 nbd_port=$(free_port)

@@ -18,34 +18,24 @@
 # started is stopped and the scratch directory removed on exit.
 set -eu
 
-usage() { sed -n '2,/^set -eu/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
-case "${1:-}" in
-    -h | --help) usage; exit 0 ;;
-    "") ;;
-    *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
-esac
+. "$(dirname "$0")/common.sh"
+bench_options - "$@"
 
 die() { echo "recover-rss: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
 
 data=${BENCH_DATA:-3G}
 shift_=${BENCH_SHIFT:-31}
-root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=$root/target/release
-if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-    log "building release binaries"
-    (cd "$root" && cargo build --release --bins >&2)
-fi
+bench_build
 for b in sheep dog; do [ -x "$bin/$b" ] || die "$bin/$b is missing"; done
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/recover-rss.XXXXXX")
 pids=""
 cleanup() {
-    for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    kill_all $pids
     rm -rf "$WORK"
 }
-trap cleanup EXIT
+bench_on_exit
 
 port=$(python3 -c 'import socket
 def free(p):

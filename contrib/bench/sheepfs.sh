@@ -30,16 +30,8 @@
 # error. Everything it started is stopped and the scratch directory removed on exit.
 set -eu
 
-usage() { sed -n '2,/^set -eu/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
-
-quick=0
-for arg in "$@"; do
-    case "$arg" in
-        --quick) quick=1 ;;
-        -h | --help) usage; exit 0 ;;
-        *) echo "unknown argument: $arg" >&2; usage >&2; exit 2 ;;
-    esac
-done
+. "$(dirname "$0")/common.sh"
+bench_options quick "$@"
 if [ "$quick" = 1 ]; then
     size=${BENCH_SIZE:-256M}
     runtime=${BENCH_RUNTIME:-5}
@@ -127,9 +119,6 @@ unmount() {
 }
 
 cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
     log "cleaning up"
     # sheepfs first, while the cluster can still take its final flush; it exits once
     # unmounted.
@@ -158,11 +147,8 @@ cleanup() {
     else
         rm -rf "$WORK"
     fi
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_on_exit
 
 log "scratch directory $WORK ($(df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }'))"
 mkdir -p "$WORK/mnt" "$WORK/memfs"
