@@ -127,6 +127,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     tokio::spawn(sheep::recovery::scrub::worker(sheep.clone()));
     tokio::spawn(sheep::cache::recover(sheep.clone(), leftovers));
     tokio::spawn(sheep::cache::pusher(sheep.clone()));
+    tokio::spawn(sheep::vdi::collector(sheep.clone()));
     sheep::recovery::init(&sheep);
     tracing::info!(%addr, zone = me.zone, vnodes = me.nr_vnodes, epoch = sheep.state().epoch(), dir = %cfg.dir.display(), "sheep is serving");
     let server = tokio::spawn(sheep::server::serve(sheep.clone(), listener));

@@ -38,6 +38,8 @@ pub struct Sheep {
     peers: Mutex<HashMap<SocketAddr, Arc<Client>>>,
     /// Woken when this node must stop (cluster shutdown).
     pub stop: Notify,
+    /// Woken by each VDI delete this node serves, for [`crate::vdi::collector`].
+    pub collect: Notify,
     /// The io_uring for disk I/O, started at first use (see [`Sheep::disk`]).
     disk: OnceLock<Option<Arc<Ring>>>,
 }
@@ -98,6 +100,7 @@ impl Sheep {
             applied: watch::channel(0).0,
             peers: Mutex::new(HashMap::new()),
             stop: Notify::new(),
+            collect: Notify::new(),
             disk: OnceLock::new(),
         }
     }

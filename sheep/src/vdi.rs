@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use protocol::bitmap::VdiBitmap;
@@ -505,8 +506,9 @@ fn driver_failed(e: crate::cluster::DriverError) -> ResultCode {
     ResultCode::CLUSTER_ERROR
 }
 
-/// DEL_VDI: clears the inode's name and size, marks the vid deleted, then removes the data
-/// objects that no live VDI refers to. The inode itself stays, so lookups keep probing past it.
+/// DEL_VDI: clears the inode's name and size and marks the vid deleted. The inode itself
+/// stays, so lookups keep probing past it. The data objects that no live VDI refers to any
+/// more are removed after the reply, by [`collector`].
 pub async fn del_vdi(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Result<u32, ResultCode> {
     let (name, tag) = name_and_tag(payload)?;
     let (_lock, end) = sheep.driver.lock_ops().await.map_err(driver_failed)?;
@@ -527,13 +529,44 @@ pub async fn del_vdi(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) ->
     create_inode(sheep, &cleared).await?;
     sheep.commit(Event::VdiDel { vid }).await.map_err(driver_failed)?;
     tracing::info!(vid = %format_args!("{vid:x}"), "VDI deleted");
-    match collect_garbage(sheep).await {
-        Ok(n) => tracing::info!(removed = n, "removed unreferenced data objects"),
-        Err(code) => {
-            tracing::error!(result = %code, "garbage collection failed; unreferenced objects remain until the next delete")
+    sheep.collect.notify_one();
+    Ok(vid)
+}
+
+/// A collection starts once no delete has come for this long...
+const COLLECT_SETTLE: Duration = Duration::from_millis(300);
+/// ...or this long after the first delete it serves, whichever is sooner.
+const COLLECT_LATEST: Duration = Duration::from_secs(5);
+
+/// Collects the garbage of the deletes this node served: one pass for a run of deletes
+/// (each pass reads every live inode, so the N deletes of a cluster snapshot's cut must
+/// not cost N passes), under the lock of VDI operations, like the deletes themselves.
+pub async fn collector(sheep: Arc<Sheep>) {
+    loop {
+        sheep.collect.notified().await;
+        let latest = tokio::time::Instant::now() + COLLECT_LATEST;
+        loop {
+            let left = latest.saturating_duration_since(tokio::time::Instant::now());
+            let settle = tokio::time::sleep(COLLECT_SETTLE.min(left));
+            tokio::select! {
+                () = settle => break,
+                () = sheep.collect.notified() => {}
+            }
+        }
+        let removed = match sheep.driver.lock_ops().await {
+            Ok((_lock, end)) => {
+                sheep.wait_applied(end).await;
+                collect_garbage(&sheep).await
+            }
+            Err(e) => Err(driver_failed(e)),
+        };
+        match removed {
+            Ok(n) => tracing::info!(removed = n, "removed unreferenced data objects"),
+            Err(code) => {
+                tracing::error!(result = %code, "garbage collection failed; unreferenced objects remain until the next delete")
+            }
         }
     }
-    Ok(vid)
 }
 
 /// Removes data objects owned by deleted VDIs that no live VDI (working, snapshot or clone)
