@@ -19,7 +19,7 @@ use protocol::{Client, ResultCode};
 use tokio::task::block_in_place;
 
 use crate::error::{fail, warn, why, Failure};
-use crate::farm::{hex, Farm, Hash, SnapObj, Trunk, VdiObj, SLICE};
+use crate::farm::{hex, Farm, Hash, SnapObj, Trunk, TrunkWriter, VdiObj, SLICE};
 use crate::fmt::{local_time, size_str};
 use crate::net::{self, NewVdi};
 use crate::progress::Progress;
@@ -72,14 +72,17 @@ fn stash(slot: &mut Option<Failure>, f: Failure) -> io::Error {
 }
 
 /// Takes a VDI's bytes in order (from [`transfer::read_range`]), cuts them into slices and
-/// stores each one that is not all zeros.
+/// stores each one that is not all zeros, and its entry in the VDI's trunk.
 struct SliceSink<'a> {
     farm: &'a Farm,
     progress: &'a Progress,
     /// Index of the slice `buf` fills.
     next: u64,
     buf: Vec<u8>,
-    slices: Vec<(u64, Hash)>,
+    trunk: TrunkWriter<'a>,
+    /// Slices stored, and their bytes.
+    slices: u64,
+    bytes: u64,
     /// Bytes of slices the farm did not hold yet.
     new_bytes: u64,
     /// Why the last write failed (the transfer only keeps the I/O error's text).
@@ -92,14 +95,12 @@ impl SliceSink<'_> {
             return Ok(());
         }
         if self.buf.iter().any(|&b| b != 0) {
-            match self.farm.put(&self.buf) {
-                Ok((h, new)) => {
-                    self.slices.push((self.next, h));
-                    if new {
-                        self.new_bytes += self.buf.len() as u64;
-                    }
-                }
-                Err(f) => return Err(stash(&mut self.failed, f)),
+            let (h, new) = self.farm.put(&self.buf).map_err(|f| stash(&mut self.failed, f))?;
+            self.trunk.push(self.next, &h).map_err(|f| stash(&mut self.failed, f))?;
+            self.slices += 1;
+            self.bytes += self.buf.len() as u64;
+            if new {
+                self.new_bytes += self.buf.len() as u64;
             }
         }
         self.progress.add(self.buf.len() as u64);
@@ -140,7 +141,9 @@ async fn copy_vdi(c: &Arc<Client>, farm: &Farm, ino: &Inode, progress: &Progress
         progress,
         next: 0,
         buf: Vec::with_capacity(SLICE as usize),
-        slices: Vec::new(),
+        trunk: TrunkWriter::new(farm, h.vdi_size)?,
+        slices: 0,
+        bytes: 0,
         new_bytes: 0,
         failed: None,
     };
@@ -154,12 +157,14 @@ async fn copy_vdi(c: &Arc<Client>, farm: &Farm, ino: &Inode, progress: &Progress
         }
         copied?;
     }
-    let trunk = Trunk {
-        size: h.vdi_size,
-        slices: sink.slices,
-    };
-    let (th, _) = block_in_place(|| farm.put(&trunk.encode()))?;
-    let stored = trunk.slices.len() as u64;
+    let SliceSink {
+        trunk,
+        slices,
+        bytes,
+        new_bytes,
+        ..
+    } = sink;
+    let th = block_in_place(|| trunk.finish())?;
     let v = VdiObj {
         name: h.name.clone(),
         size: h.vdi_size,
@@ -167,10 +172,10 @@ async fn copy_vdi(c: &Arc<Client>, farm: &Farm, ino: &Inode, progress: &Progress
         copy_policy: h.copy_policy,
         block_size_shift: h.block_size_shift,
         trunk: hex(&th),
-        slices: stored,
-        bytes: trunk.slices.iter().map(|&(i, _)| slice_len(h.vdi_size, i)).sum(),
+        slices,
+        bytes,
     };
-    Ok((v, sink.new_bytes))
+    Ok((v, new_bytes))
 }
 
 /// Length of slice `idx` of a VDI of `size` bytes.
@@ -188,19 +193,22 @@ async fn copy_all(
     snapshots: &[(u32, u32)],
     mut snap: SnapObj,
 ) -> Result<(u32, SnapObj, u64), Failure> {
-    let mut inodes = Vec::with_capacity(names.len());
-    for (name, &(vid, _)) in names.iter().zip(snapshots) {
-        inodes.push(vdi::read_inode(c, vid, &format!("the cut snapshot of VDI {name}")).await?);
-    }
+    // One inode in memory at a time (up to 4 MiB each): read once to size the progress
+    // bar, again to copy. A cut snapshot does not change in between.
+    let cut = names
+        .iter()
+        .zip(snapshots)
+        .map(|(name, &(vid, _))| (vid, format!("the cut snapshot of VDI {name}")));
     let mut total = 0;
-    for ino in &inodes {
-        let obj = object_size(&ino.header)?;
-        total += ino.data_vdi_id.iter().filter(|&&e| e != 0).count() as u64 * obj;
+    for (vid, what) in cut.clone() {
+        let ino = vdi::read_inode(c, vid, &what).await?;
+        total += ino.data_vdi_id.iter().filter(|&&e| e != 0).count() as u64 * object_size(&ino.header)?;
     }
     let progress = Progress::bytes("saving", total);
     let mut new_bytes = 0;
-    for ino in &inodes {
-        let (v, new) = copy_vdi(c, farm, ino, &progress).await?;
+    for (vid, what) in cut {
+        let ino = vdi::read_inode(c, vid, &what).await?;
+        let (v, new) = copy_vdi(c, farm, &ino, &progress).await?;
         snap.vdis.push(v);
         new_bytes += new;
     }
