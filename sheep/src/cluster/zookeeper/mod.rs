@@ -137,10 +137,18 @@ fn random_id() -> u64 {
     h.finish()
 }
 
+/// Errors after which the request may or may not have taken effect and the session may
+/// live on: worth a retry that first looks for what the request did. The client reports a
+/// connection that broke under a request (reset by a dying server, no answer in time) as
+/// a custom error carrying the I/O error, not as `ConnectionLoss`.
 fn transient(e: &zk::Error) -> bool {
     matches!(
         e,
-        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::SessionMoved | zk::Error::Throttled
+        zk::Error::ConnectionLoss
+            | zk::Error::Timeout
+            | zk::Error::SessionMoved
+            | zk::Error::Throttled
+            | zk::Error::Custom(_)
     )
 }
 
@@ -368,7 +376,8 @@ impl ZkDriver {
     }
 
     /// The lock recipe: an ephemeral sequential znode; the lowest holds the lock, the others
-    /// watch their predecessor.
+    /// watch their predecessor. A failure leaves no znode behind: one would outlive the
+    /// request in this live session and every later VDI operation would queue behind it.
     pub async fn lock_ops(&self) -> Result<(ZkLock, u64), DriverError> {
         let s = &self.shared;
         let opts = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
@@ -379,21 +388,32 @@ impl ZkDriver {
         let mut attempts = 0;
         let name = loop {
             attempts += 1;
-            match s.client().create(&prefix, &[], &opts).await {
+            let failed = match s.client().create(&prefix, &[], &opts).await {
                 Ok((_, seq)) => break format!("l-{token}-{seq}"),
                 Err(e) if transient(&e) && attempts < ATTEMPTS => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    if let Ok(children) = s.client().list_children(LOCK).await {
-                        if let Some(n) = children.into_iter().find(|n| n.contains(&token)) {
-                            break n;
-                        }
+                    // Create again only once ZooKeeper says the last create did not land: a
+                    // second znode of ours would be a predecessor that never goes away.
+                    match s.retry("lock", |c| async move { c.list_children(LOCK).await }).await {
+                        Ok(children) => match children.into_iter().find(|n| n.contains(&token)) {
+                            Some(n) => break n,
+                            None => continue,
+                        },
+                        Err(e) => e,
                     }
                 }
-                Err(e) => return Err(zk_err("lock", e)),
-            }
+                Err(e) => zk_err("lock", e),
+            };
+            // The create may have landed all the same.
+            release(s.client(), Held::Token(token));
+            return Err(failed);
         };
         let mine = sequence(&name).unwrap_or(u64::MAX);
-        let path = format!("{LOCK}/{name}");
+        // Released on every way out from here, the errors included.
+        let lock = ZkLock {
+            client: s.client(),
+            path: format!("{LOCK}/{name}"),
+        };
         loop {
             let children = s.retry("lock", |c| async move { c.list_children(LOCK).await }).await?;
             let before = children
@@ -413,13 +433,7 @@ impl ZkDriver {
             .filter_map(|n| sequence(n))
             .max()
             .map_or(0, |q| q + 1);
-        Ok((
-            ZkLock {
-                client: s.client(),
-                path,
-            },
-            end,
-        ))
+        Ok((lock, end))
     }
 
     pub async fn report_applied(&self, pos: u64) -> Result<(), DriverError> {
@@ -456,26 +470,49 @@ pub struct ZkLock {
 
 impl Drop for ZkLock {
     fn drop(&mut self) {
-        let client = self.client.clone();
-        let path = std::mem::take(&mut self.path);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            // A release lost in a leader failover would block every VDI operation for as
-            // long as this session lives: retry transient failures.
-            rt.spawn(async move {
-                for _ in 0..ATTEMPTS {
-                    match client.delete(&path, None).await {
-                        Ok(()) | Err(zk::Error::NoNode) => return,
-                        Err(e) if transient(&e) => tokio::time::sleep(Duration::from_millis(200)).await,
-                        Err(e) => {
-                            tracing::warn!(%path, error = %e, "cannot release the ZooKeeper lock; it goes with the session");
-                            return;
-                        }
-                    }
-                }
-                tracing::error!(%path, "gave up releasing the ZooKeeper lock; it goes with the session");
-            });
-        }
+        release(self.client.clone(), Held::Path(std::mem::take(&mut self.path)));
     }
+}
+
+/// A lock znode to delete: by its path, or by the token in its name when the reply to its
+/// create was lost.
+enum Held {
+    Path(String),
+    Token(String),
+}
+
+/// Deletes a lock znode in the background. A release lost in a leader failover would block
+/// every VDI operation for as long as this session lives: transient failures are retried.
+fn release(client: zk::Client, held: Held) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        for _ in 0..ATTEMPTS {
+            let path = match &held {
+                Held::Path(p) => Ok(Some(p.clone())),
+                Held::Token(t) => client.list_children(LOCK).await.map(|c| {
+                    c.into_iter()
+                        .find(|n| n.contains(t.as_str()))
+                        .map(|n| format!("{LOCK}/{n}"))
+                }),
+            };
+            let res = match path {
+                Ok(Some(p)) => client.delete(&p, None).await,
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) | Err(zk::Error::NoNode) => return,
+                Err(e) if transient(&e) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot release the ZooKeeper lock; it goes with the session");
+                    return;
+                }
+            }
+        }
+        tracing::error!("gave up releasing the ZooKeeper lock; it goes with the session");
+    });
 }
 
 /// Appends a `Leave` for every member whose znode is gone. Only the live member with the
