@@ -549,6 +549,7 @@ pub async fn collector(sheep: Arc<Sheep>) {
             let left = latest.saturating_duration_since(tokio::time::Instant::now());
             let settle = tokio::time::sleep(COLLECT_SETTLE.min(left));
             tokio::select! {
+                biased;
                 () = settle => break,
                 () = sheep.collect.notified() => {}
             }
