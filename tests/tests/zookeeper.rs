@@ -9,8 +9,9 @@
 //! `--nocapture` to see them).
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -202,6 +203,7 @@ fn zk_members(zk: &ZooKeeper, server: usize) -> BTreeSet<String> {
 
 const QUEUE: &str = "/sheepdog/queue";
 const TRIMMED: &str = "/sheepdog/trimmed";
+const LOCK: &str = "/sheepdog/lock";
 
 /// A ZooKeeper client of the test's own, to look at the driver's znodes. Its session lives
 /// only while a call runs on it now and then: make a new one after a long pause.
@@ -240,6 +242,13 @@ impl Peek {
             .collect();
         q.sort_by_key(|(_, seq)| *seq);
         q
+    }
+
+    /// The VDI-operation lock's znodes.
+    fn locks(&self) -> Result<Vec<String>, String> {
+        self.rt
+            .block_on(self.client.list_children(LOCK))
+            .map_err(|e| format!("list {LOCK}: {e}"))
     }
 
     fn data(&self, path: &str) -> Option<Vec<u8>> {
@@ -826,6 +835,166 @@ fn ensemble_leader_failover() {
         t0.elapsed(),
         report.join("\n")
     );
+}
+
+/// A TCP proxy in front of one ZooKeeper server. Once armed, it forwards the next request
+/// that creates a znode under its prefix and then resets the client's connection (RST) in
+/// place of the reply: the create lands, and the client sees "connection reset by peer"
+/// with no answer, as when a server dies under a request. Clients reconnect through it with
+/// their sessions intact.
+struct CutProxy {
+    addr: SocketAddr,
+    armed: Arc<AtomicBool>,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl CutProxy {
+    fn start(server: SocketAddr, prefix: &'static str) -> CutProxy {
+        let listener = TcpListener::bind((LOCALHOST, 0)).expect("proxy listener");
+        let addr = listener.local_addr().expect("proxy address");
+        let armed = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (a, k) = (armed.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(upstream) = TcpStream::connect(server) else {
+                    continue;
+                };
+                let (Ok(c_in), Ok(s_in)) = (client.try_clone(), upstream.try_clone()) else {
+                    continue;
+                };
+                let cut_xid = Arc::new(AtomicI64::new(i64::MIN));
+                let (a, x) = (a.clone(), cut_xid.clone());
+                std::thread::spawn(move || forward_requests(c_in, upstream, prefix, &a, &x));
+                let k = k.clone();
+                std::thread::spawn(move || forward_replies(s_in, client, &cut_xid, &k));
+            }
+        });
+        CutProxy { addr, armed, cuts }
+    }
+}
+
+fn read_frame(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut b = vec![0u8; usize::try_from(i32::from_be_bytes(len)).ok()?];
+    s.read_exact(&mut b).ok()?;
+    Some(b)
+}
+
+fn write_frame(s: &mut TcpStream, b: &[u8]) -> bool {
+    s.write_all(&(b.len() as i32).to_be_bytes())
+        .and_then(|()| s.write_all(b))
+        .is_ok()
+}
+
+fn be_i32(b: &[u8], at: usize) -> Option<i32> {
+    Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The xid of request `frame` if it creates a znode under `prefix` (create, create2,
+/// container or TTL create: the path comes first in each).
+fn creates_under(frame: &[u8], prefix: &str) -> Option<i32> {
+    let op = be_i32(frame, 4)?;
+    let len = usize::try_from(be_i32(frame, 8)?).ok()?;
+    let path = frame.get(12..12 + len)?;
+    (matches!(op, 1 | 15 | 19 | 21) && path.starts_with(prefix.as_bytes())).then_some(be_i32(frame, 0)?)
+}
+
+/// Client to server. The first frame is the session handshake, the rest are requests.
+fn forward_requests(mut from: TcpStream, mut to: TcpStream, prefix: &str, armed: &AtomicBool, cut_xid: &AtomicI64) {
+    let mut first = true;
+    while let Some(f) = read_frame(&mut from) {
+        let cut = (!first)
+            .then(|| creates_under(&f, prefix))
+            .flatten()
+            .filter(|_| armed.swap(false, Ordering::SeqCst));
+        first = false;
+        if let Some(xid) = cut {
+            // Before the request leaves: its reply may come back at once.
+            cut_xid.store(i64::from(xid), Ordering::SeqCst);
+        }
+        if !write_frame(&mut to, &f) {
+            break;
+        }
+        if cut.is_some() {
+            // Leave both connections to the other direction, which resets the client's.
+            return;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Server to client, until the reply to the cut request: that one is dropped and the
+/// client's connection reset.
+fn forward_replies(mut from: TcpStream, mut to: TcpStream, cut_xid: &AtomicI64, cuts: &AtomicUsize) {
+    let mut first = true;
+    while let Some(f) = read_frame(&mut from) {
+        let xid = (!first).then(|| be_i32(&f, 0)).flatten();
+        first = false;
+        if xid.is_some_and(|x| i64::from(x) == cut_xid.load(Ordering::SeqCst)) {
+            let off = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: setsockopt reads `off`, a valid linger, for the open socket of `to`.
+            let set = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&to),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    std::ptr::from_ref(&off).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(set, 0, "SO_LINGER on the proxy's client socket");
+            cuts.fetch_add(1, Ordering::SeqCst);
+            // Dropping `to`, its last descriptor, sends the RST.
+            return;
+        }
+        if !write_frame(&mut to, &f) {
+            return;
+        }
+    }
+}
+
+/// A lock request whose create lands but whose reply is lost to a connection reset (as when
+/// the ZooKeeper server dies under it) must not leave its znode behind: the sheep's session
+/// lives on, and every later VDI operation would queue behind the znode for as long as it
+/// does. The driver finds its znode by the token in its name and goes on.
+#[test]
+fn a_lock_create_cut_by_a_connection_reset_leaves_no_lock_behind() {
+    let zk = ZooKeeper::standalone();
+    let server: SocketAddr = zk.hosts().parse().expect("one server's address");
+    let proxy = CutProxy::start(server, "/sheepdog/lock/");
+    let c = Cluster::builder()
+        .nodes(3)
+        .driver(format!("zookeeper:{},timeout={SESSION_SECS}", proxy.addr))
+        .start();
+    c.format(3);
+    proxy.armed.store(true, Ordering::SeqCst);
+    let r = bounded("create cut through node 0".into(), || {
+        dog_result(run_dog(c.node(0).port(), &["vdi", "create", "cut", "4M"], None)).map(|_| ())
+    });
+    assert_eq!(
+        proxy.cuts.load(Ordering::SeqCst),
+        1,
+        "the proxy cut no lock request: the test proved nothing"
+    );
+    assert!(r.ok, "{r:?}");
+    for i in 0..3 {
+        let name = format!("after-{i}");
+        let r = bounded(format!("create {name} through node {i}"), || {
+            dog_result(run_dog(c.node(i).port(), &["vdi", "create", &name, "4M"], None)).map(|_| ())
+        });
+        assert!(r.ok, "{r:?}");
+    }
+    // Released locks go in the background.
+    let peek = Peek::connect(&zk);
+    wait_until("no lock znode left", CONVERGE, || match peek.locks()? {
+        l if l.is_empty() => Ok(()),
+        l => Err(format!("lock znodes: {l:?}")),
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
