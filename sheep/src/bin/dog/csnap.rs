@@ -19,7 +19,7 @@ use protocol::{Client, ResultCode};
 use tokio::task::block_in_place;
 
 use crate::error::{fail, warn, why, Failure};
-use crate::farm::{hex, Farm, Hash, SnapObj, Trunk, TrunkWriter, VdiObj, SLICE};
+use crate::farm::{hex, Farm, Hash, LogEntry, Part, SnapObj, Trunk, TrunkWriter, VdiObj, SLICE};
 use crate::fmt::{local_time, size_str};
 use crate::net::{self, NewVdi};
 use crate::progress::Progress;
@@ -337,28 +337,86 @@ pub fn delete(tag: &str, dir: &Path) -> Result<(), Failure> {
             dir.display()
         )));
     }
-    let mut keep = HashSet::new();
-    for e in log.iter().filter(|e| e.tag != tag) {
+    let mut others = Vec::new();
+    for e in log.into_iter().filter(|e| e.tag != tag) {
         let snap = farm
-            .snap(e)
+            .snap(&e)
             .map_err(|f| Failure::new(format!("{f}; nothing was deleted")))?;
-        keep.insert(e.snap);
-        for v in &snap.vdis {
-            let t = farm
-                .trunk(v)
-                .map_err(|f| Failure::new(format!("{f} (snapshot '{}'); nothing was deleted", e.tag)))?;
-            keep.extend(t.slices.iter().map(|&(_, h)| h));
-            keep.extend(crate::farm::parse_hex(&v.trunk));
-        }
+        others.push((e, snap));
     }
+    // Every trunk is read before anything changes: one that cannot be read stops the delete.
+    let first =
+        in_use(&farm, &others, Part::WHOLE, KEEP_MAX).map_err(|f| Failure::new(format!("{f}; nothing was deleted")))?;
     farm.unlog(tag)?;
-    let (objects, bytes) = block_in_place(|| farm.sweep(&keep))?;
+    let (objects, bytes) = block_in_place(|| sweep_unused(&farm, &others, first)).map_err(|f| {
+        Failure::new(format!(
+            "{f}; snapshot '{tag}' is deleted, and what only it used goes with the next delete"
+        ))
+    })?;
     let mut out = Out::new();
     out.line(format!(
         "deleted cluster snapshot '{tag}': {objects} objects no other snapshot uses, {} freed",
         size_str(bytes, false)
     ));
     out.print()
+}
+
+/// Hashes a delete keeps in memory at once (about 32 bytes each); past this it sweeps the
+/// farm a part of the hash space at a time, reading the trunks again for each part.
+const KEEP_MAX: usize = 4 << 20;
+
+/// The objects that the snapshots `others` use within `part`: their snap objects, trunks
+/// and slices. `Err(n)` inside the `Ok` when there are more than `limit` (`n` counts all
+/// the names, every trunk read all the same).
+fn in_use(
+    farm: &Farm,
+    others: &[(LogEntry, SnapObj)],
+    part: Part,
+    limit: usize,
+) -> Result<Result<HashSet<Hash>, usize>, Failure> {
+    let mut keep = HashSet::new();
+    let mut names = 0;
+    for (e, snap) in others {
+        let mut add = |h: Hash| {
+            names += 1;
+            if part.holds(&h) && names <= limit {
+                keep.insert(h);
+            }
+        };
+        add(e.snap);
+        for v in &snap.vdis {
+            let t = farm
+                .trunk(v)
+                .map_err(|f| Failure::new(format!("{f} (snapshot '{}')", e.tag)))?;
+            t.slices.iter().for_each(|&(_, h)| add(h));
+            crate::farm::parse_hex(&v.trunk).into_iter().for_each(&mut add);
+        }
+    }
+    Ok(if names > limit { Err(names) } else { Ok(keep) })
+}
+
+/// Removes every object that none of `others` uses: in one sweep with the keep-set `first`
+/// found, else in as many parts as keep the set under [`KEEP_MAX`] (`first` counted the
+/// names). Returns the objects removed and their bytes.
+fn sweep_unused(
+    farm: &Farm,
+    others: &[(LogEntry, SnapObj)],
+    first: Result<HashSet<Hash>, usize>,
+) -> Result<(u64, u64), Failure> {
+    let names = match first {
+        Ok(keep) => return farm.sweep(&keep, Part::WHOLE),
+        Err(names) => names,
+    };
+    let of = names.div_ceil(KEEP_MAX).clamp(2, 256);
+    let (mut objects, mut bytes) = (0, 0);
+    for index in 0..of {
+        let part = Part { index, of };
+        let keep = in_use(farm, others, part, usize::MAX)?.unwrap_or_default();
+        let (o, b) = farm.sweep(&keep, part)?;
+        objects += o;
+        bytes += b;
+    }
+    Ok((objects, bytes))
 }
 
 /// Reads every object of `vdis` back and checks it against its name. Returns the trunks
@@ -637,6 +695,8 @@ pub async fn load(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> R
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
@@ -668,5 +728,83 @@ mod tests {
             vec!["b".to_string()]
         );
         assert!(select(&all, &["c".into()], "here").is_err());
+    }
+
+    /// Stores a snapshot `tag` of one VDI whose slices are `data`, and logs it.
+    fn saved(farm: &Farm, tag: &str, data: &[&[u8]]) -> (LogEntry, SnapObj) {
+        let mut w = TrunkWriter::new(farm, 16 * SLICE).expect("trunk");
+        for (i, d) in data.iter().enumerate() {
+            let (h, _) = farm.put(d).expect("slice");
+            w.push(i as u64, &h).expect("entry");
+        }
+        let trunk = w.finish().expect("trunk");
+        let snap = SnapObj {
+            tag: tag.into(),
+            time: 1,
+            epoch: 1,
+            nodes: Vec::new(),
+            vdis: vec![VdiObj {
+                name: "v".into(),
+                size: 16 * SLICE,
+                copies: 1,
+                copy_policy: 0,
+                block_size_shift: 22,
+                trunk: hex(&trunk),
+                slices: data.len() as u64,
+                bytes: 0,
+            }],
+        };
+        let (h, _) = farm.put(&serde_json::to_vec(&snap).expect("json")).expect("snap");
+        farm.append(tag, 1, &h).expect("log");
+        let entry = farm
+            .log()
+            .expect("log")
+            .into_iter()
+            .find(|e| e.tag == tag)
+            .expect("logged");
+        (entry, snap)
+    }
+
+    fn stored(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.join("objects"))
+            .expect("objects")
+            .flat_map(|d| fs::read_dir(d.expect("dir").path()).expect("subdir"))
+            .map(|f| f.expect("file").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_sweep_in_parts_removes_what_one_sweep_would() {
+        let mut left = Vec::new();
+        for limit in [usize::MAX, 1] {
+            let d = tempfile::tempdir().expect("tempdir");
+            let farm = Farm::create(d.path()).expect("farm");
+            let a = saved(&farm, "a", &[b"1", b"2", b"3"]);
+            let b = saved(&farm, "b", &[b"3", b"4"]);
+            saved(&farm, "c", &[b"4", b"5", b"6"]);
+            let tmp = d.path().join("objects/00");
+            fs::create_dir_all(&tmp).expect("objects/00");
+            fs::write(tmp.join(".tmp-1-leftover"), b"x").expect("a leftover of a crash");
+            let before = stored(d.path()).len();
+            farm.unlog("c").expect("unlog");
+            let others = [a, b];
+            let first = in_use(&farm, &others, Part::WHOLE, limit).expect("in use");
+            assert_eq!(first.is_err(), limit == 1, "parts only past the limit");
+            let (objects, _) = sweep_unused(&farm, &others, first).expect("sweep");
+            // c's snap, trunk and slices 5 and 6, and the leftover.
+            assert_eq!(objects, 5);
+            assert_eq!(stored(d.path()).len(), before - 5);
+            for (e, snap) in &others {
+                let t = farm.trunk(&snap.vdis[0]).expect("a kept trunk reads");
+                for (_, h) in &t.slices {
+                    farm.get(h).expect("a kept slice reads");
+                }
+                farm.snap(e).expect("a kept snap reads");
+            }
+            left.push(stored(d.path()));
+        }
+        assert_eq!(left[0], left[1], "one sweep and a sweep in parts keep the same objects");
     }
 }

@@ -134,6 +134,22 @@ impl Trunk {
     }
 }
 
+/// A share of the hash space, by first byte: a delete whose keep-set would be too big for
+/// memory sweeps the farm a part at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl Part {
+    pub const WHOLE: Part = Part { index: 0, of: 1 };
+
+    pub fn holds(&self, h: &[u8]) -> bool {
+        h.first().is_some_and(|&b| usize::from(b) * self.of / 256 == self.index)
+    }
+}
+
 /// A trunk stored as its entries come, in ascending slice order: they go to a temporary
 /// file and into its hash, so that no VDI's trunk is ever whole in memory (28 bytes a slice:
 /// 900 MiB for a VDI of 4 TiB written full).
@@ -426,15 +442,19 @@ impl Farm {
         Ok(gone)
     }
 
-    /// Deletes every object not in `keep`, and leftovers of interrupted writes; returns how
-    /// many objects went and their bytes.
-    pub fn sweep(&self, keep: &HashSet<Hash>) -> Result<(u64, u64), Failure> {
+    /// Deletes every object of `part` not in `keep`, and leftovers of interrupted writes;
+    /// returns how many objects went and their bytes.
+    pub fn sweep(&self, keep: &HashSet<Hash>, part: Part) -> Result<(u64, u64), Failure> {
         let objects = self.dir.join("objects");
         let failed = |e: std::io::Error| io_failure(format!("Failed to sweep {}", objects.display()), &e);
         let (mut count, mut bytes) = (0, 0);
         for sub in fs::read_dir(&objects).map_err(failed)? {
             let sub = sub.map_err(failed)?;
             let prefix = sub.file_name().to_string_lossy().into_owned();
+            // A directory not named by a first byte (none is made) goes with the first part.
+            if !part.holds(&[u8::from_str_radix(&prefix, 16).unwrap_or(0)]) {
+                continue;
+            }
             for f in fs::read_dir(sub.path()).map_err(failed)? {
                 let f = f.map_err(failed)?;
                 let name = format!("{prefix}{}", f.file_name().to_string_lossy());
