@@ -345,8 +345,7 @@ pub fn delete(tag: &str, dir: &Path) -> Result<(), Failure> {
         others.push((e, snap));
     }
     // Every trunk is read before anything changes: one that cannot be read stops the delete.
-    let first =
-        in_use(&farm, &others, Part::WHOLE, KEEP_MAX).map_err(|f| Failure::new(format!("{f}; nothing was deleted")))?;
+    let first = in_use(&farm, &others, KEEP_MAX).map_err(|f| Failure::new(format!("{f}; nothing was deleted")))?;
     farm.unlog(tag)?;
     let (objects, bytes) = block_in_place(|| sweep_unused(&farm, &others, first)).map_err(|f| {
         Failure::new(format!(
@@ -365,53 +364,67 @@ pub fn delete(tag: &str, dir: &Path) -> Result<(), Failure> {
 /// farm a part of the hash space at a time, reading the trunks again for each part.
 const KEEP_MAX: usize = 4 << 20;
 
-/// The objects that the snapshots `others` use within `part`: their snap objects, trunks
-/// and slices. `Err(n)` inside the `Ok` when there are more than `limit` (`n` counts all
-/// the names, every trunk read all the same).
-fn in_use(
-    farm: &Farm,
-    others: &[(LogEntry, SnapObj)],
-    part: Part,
-    limit: usize,
-) -> Result<Result<HashSet<Hash>, usize>, Failure> {
-    let mut keep = HashSet::new();
-    let mut names = 0;
+/// What the remaining snapshots use, as far as a delete can hold it.
+enum Keep {
+    /// Every object they use.
+    All(HashSet<Hash>),
+    /// More distinct objects than the limit: only how many times the snapshots name an
+    /// object, which bounds the distinct ones.
+    TooMany(usize),
+}
+
+/// Calls `f` with each object the snapshots `others` name: their snap objects, trunks and
+/// slices (an object as often as it is named). Fails on a trunk it cannot read.
+fn each_name(farm: &Farm, others: &[(LogEntry, SnapObj)], mut f: impl FnMut(Hash)) -> Result<(), Failure> {
     for (e, snap) in others {
-        let mut add = |h: Hash| {
-            names += 1;
-            if part.holds(&h) && names <= limit {
-                keep.insert(h);
-            }
-        };
-        add(e.snap);
+        f(e.snap);
         for v in &snap.vdis {
             let t = farm
                 .trunk(v)
-                .map_err(|f| Failure::new(format!("{f} (snapshot '{}')", e.tag)))?;
-            t.slices.iter().for_each(|&(_, h)| add(h));
-            crate::farm::parse_hex(&v.trunk).into_iter().for_each(&mut add);
+                .map_err(|fail| Failure::new(format!("{fail} (snapshot '{}')", e.tag)))?;
+            t.slices.iter().for_each(|&(_, h)| f(h));
+            crate::farm::parse_hex(&v.trunk).into_iter().for_each(&mut f);
         }
     }
-    Ok(if names > limit { Err(names) } else { Ok(keep) })
+    Ok(())
+}
+
+/// The objects that the snapshots `others` use, unless more than `limit` distinct ones
+/// (every trunk is read all the same).
+fn in_use(farm: &Farm, others: &[(LogEntry, SnapObj)], limit: usize) -> Result<Keep, Failure> {
+    let mut keep = Some(HashSet::new());
+    let mut names = 0;
+    each_name(farm, others, |h| {
+        names += 1;
+        if let Some(k) = &mut keep {
+            if k.len() < limit || k.contains(&h) {
+                k.insert(h);
+            } else {
+                keep = None;
+            }
+        }
+    })?;
+    Ok(keep.map_or(Keep::TooMany(names), Keep::All))
 }
 
 /// Removes every object that none of `others` uses: in one sweep with the keep-set `first`
-/// found, else in as many parts as keep the set under [`KEEP_MAX`] (`first` counted the
-/// names). Returns the objects removed and their bytes.
-fn sweep_unused(
-    farm: &Farm,
-    others: &[(LogEntry, SnapObj)],
-    first: Result<HashSet<Hash>, usize>,
-) -> Result<(u64, u64), Failure> {
+/// found, else in as many parts as keep each part's set under [`KEEP_MAX`]. Returns the
+/// objects removed and their bytes.
+fn sweep_unused(farm: &Farm, others: &[(LogEntry, SnapObj)], first: Keep) -> Result<(u64, u64), Failure> {
     let names = match first {
-        Ok(keep) => return farm.sweep(&keep, Part::WHOLE),
-        Err(names) => names,
+        Keep::All(keep) => return farm.sweep(&keep, Part::WHOLE),
+        Keep::TooMany(names) => names,
     };
     let of = names.div_ceil(KEEP_MAX).clamp(2, 256);
     let (mut objects, mut bytes) = (0, 0);
     for index in 0..of {
         let part = Part { index, of };
-        let keep = in_use(farm, others, part, usize::MAX)?.unwrap_or_default();
+        let mut keep = HashSet::new();
+        each_name(farm, others, |h| {
+            if part.holds(&h) {
+                keep.insert(h);
+            }
+        })?;
         let (o, b) = farm.sweep(&keep, part)?;
         objects += o;
         bytes += b;
@@ -790,8 +803,16 @@ mod tests {
             let before = stored(d.path()).len();
             farm.unlog("c").expect("unlog");
             let others = [a, b];
-            let first = in_use(&farm, &others, Part::WHOLE, limit).expect("in use");
-            assert_eq!(first.is_err(), limit == 1, "parts only past the limit");
+            // Eight distinct objects (two snaps, two trunks, slices 1 to 4) named nine times:
+            // the limit is on distinct ones.
+            assert!(matches!(in_use(&farm, &others, 8).expect("in use"), Keep::All(k) if k.len() == 8));
+            assert!(matches!(in_use(&farm, &others, 7).expect("in use"), Keep::TooMany(9)));
+            let first = in_use(&farm, &others, limit).expect("in use");
+            assert_eq!(
+                matches!(first, Keep::TooMany(_)),
+                limit == 1,
+                "parts only past the limit"
+            );
             let (objects, _) = sweep_unused(&farm, &others, first).expect("sweep");
             // c's snap, trunk and slices 5 and 6, and the leftover.
             assert_eq!(objects, 5);

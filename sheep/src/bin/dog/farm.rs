@@ -556,7 +556,11 @@ mod tests {
         let (h, b) = stored(&farm, &t);
         assert_eq!(hash_of(&b), h, "a trunk is named by its bytes");
         assert_eq!(Trunk::decode(&b), Some(t.clone()));
-        assert_eq!(stored(&farm, &t), (h, b.clone()), "stored once");
+        assert_eq!(
+            stored(&farm, &t),
+            (h, b.clone()),
+            "the same trunk again: the same name and bytes"
+        );
         assert_eq!(Trunk::decode(&b[..b.len() - 1]), None, "a cut entry");
         let mut out_of_order = t.clone();
         out_of_order.slices.reverse();
