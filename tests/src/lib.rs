@@ -1169,8 +1169,12 @@ impl Cluster {
     /// Waits up to `timeout` until every running node reports the same cluster epoch, is idle,
     /// and has recovered that epoch (STAT_RECOVERY); panics with the node's log if a running
     /// node exits meanwhile. Returns the epoch.
+    ///
+    /// The membership must name exactly the running nodes first: right after a kill, the
+    /// survivors still agree on the old epoch, recovered and idle, until they notice.
     #[track_caller]
     pub fn wait_recovered(&mut self, timeout: Duration) -> u32 {
+        self.wait_for_membership();
         let nodes = self.running();
         wait_until(
             "every running node to be idle with the cluster epoch recovered",
