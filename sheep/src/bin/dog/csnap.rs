@@ -19,7 +19,7 @@ use protocol::{Client, ResultCode};
 use tokio::task::block_in_place;
 
 use crate::error::{fail, warn, why, Failure};
-use crate::farm::{hex, Farm, Hash, LogEntry, Part, SnapObj, Trunk, TrunkWriter, VdiObj, SLICE};
+use crate::farm::{hex, Farm, Hash, LogEntry, Part, SnapObj, TrunkReader, TrunkWriter, VdiObj, SLICE};
 use crate::fmt::{local_time, size_str};
 use crate::net::{self, NewVdi};
 use crate::progress::Progress;
@@ -379,10 +379,10 @@ fn each_name(farm: &Farm, others: &[(LogEntry, SnapObj)], mut f: impl FnMut(Hash
     for (e, snap) in others {
         f(e.snap);
         for v in &snap.vdis {
-            let t = farm
-                .trunk(v)
-                .map_err(|fail| Failure::new(format!("{fail} (snapshot '{}')", e.tag)))?;
-            t.slices.iter().for_each(|&(_, h)| f(h));
+            let in_snapshot = |fail: Failure| Failure::new(format!("{fail} (snapshot '{}')", e.tag));
+            for entry in farm.trunk(v).map_err(in_snapshot)? {
+                f(entry.map_err(in_snapshot)?.1);
+            }
             crate::farm::parse_hex(&v.trunk).into_iter().for_each(&mut f);
         }
     }
@@ -432,12 +432,11 @@ fn sweep_unused(farm: &Farm, others: &[(LogEntry, SnapObj)], first: Keep) -> Res
     Ok((objects, bytes))
 }
 
-/// Reads every object of `vdis` back and checks it against its name. Returns the trunks
-/// (in the order of `vdis`, `None` where one is bad) and a line per problem.
-fn verify(farm: &Farm, vdis: &[&VdiObj], what: &str) -> (Vec<Option<Trunk>>, Vec<String>) {
+/// Reads every object of `vdis` back and checks it against its name. Returns a line per
+/// problem.
+fn verify(farm: &Farm, vdis: &[&VdiObj], what: &str) -> Vec<String> {
     let progress = Progress::bytes(what, vdis.iter().map(|v| v.bytes).sum());
     let mut problems = Vec::new();
-    let mut trunks = Vec::with_capacity(vdis.len());
     for v in vdis {
         let shift_ok = (MIN_BLOCK_SIZE_SHIFT..=MAX_BLOCK_SIZE_SHIFT).contains(&v.block_size_shift);
         if !shift_ok || v.size > (MAX_DATA_OBJS as u64) << v.block_size_shift {
@@ -445,41 +444,43 @@ fn verify(farm: &Farm, vdis: &[&VdiObj], what: &str) -> (Vec<Option<Trunk>>, Vec
                 "VDI {}: a size of {} bytes with block size shift {} is impossible",
                 v.name, v.size, v.block_size_shift
             ));
-            trunks.push(None);
             continue;
         }
-        match farm.trunk(v) {
+        let trunk = match farm.trunk(v) {
             Ok(t) if t.size != v.size => {
                 problems.push(format!(
                     "VDI {}: its trunk is for {} bytes, the snapshot says {}",
                     v.name, t.size, v.size
                 ));
-                trunks.push(None);
+                continue;
             }
-            Ok(t) => {
-                for &(idx, h) in &t.slices {
-                    let len = slice_len(t.size, idx);
+            Ok(t) => t,
+            Err(f) => {
+                problems.push(f.msg);
+                continue;
+            }
+        };
+        for entry in trunk {
+            match entry {
+                Ok((idx, h)) => {
+                    let len = slice_len(v.size, idx);
                     if let Err(f) = stored_slice(farm, &v.name, idx, &h, len) {
                         problems.push(f.msg);
                     }
                     progress.add(len);
                 }
-                trunks.push(Some(t));
-            }
-            Err(f) => {
-                problems.push(f.msg);
-                trunks.push(None);
+                Err(f) => problems.push(f.msg),
             }
         }
     }
-    (trunks, problems)
+    problems
 }
 
 pub fn check(tag: &str, dir: &Path) -> Result<(), Failure> {
     let farm = Farm::open(dir)?;
     let (_, snap) = farm.find(tag)?;
     let vdis: Vec<&VdiObj> = snap.vdis.iter().collect();
-    let (_, problems) = block_in_place(|| verify(&farm, &vdis, "checking"));
+    let problems = block_in_place(|| verify(&farm, &vdis, "checking"));
     let mut out = Out::new();
     for p in &problems {
         out.line(p);
@@ -547,17 +548,32 @@ impl Read for SliceSource<'_> {
 /// starts a new run, so holes stay holes.
 const MAX_GAP: u64 = 8;
 
-/// Groups stored slices into runs written by one transfer each: (first, last) positions in
-/// `slices`.
-fn slice_runs(slices: &[(u64, Hash)]) -> Vec<(usize, usize)> {
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    for i in 0..slices.len() {
-        match runs.last_mut() {
-            Some((_, last)) if slices[i].0 - slices[*last].0 <= MAX_GAP => *last = i,
-            _ => runs.push((i, i)),
+/// Most slices in one run (64 MiB): a run's entries are held while it is written.
+const RUN_MAX: usize = 512;
+
+/// The next run of stored slices from a trunk's entries, written by one transfer; empty at
+/// the trunk's end.
+fn next_run<I>(entries: &mut std::iter::Peekable<I>) -> Result<Vec<(u64, Hash)>, Failure>
+where
+    I: Iterator<Item = Result<(u64, Hash), Failure>>,
+{
+    let mut run: Vec<(u64, Hash)> = Vec::new();
+    while run.len() < RUN_MAX {
+        let joins = match (entries.peek(), run.last()) {
+            (Some(Ok((idx, _))), Some((last, _))) => idx - last <= MAX_GAP,
+            (Some(_), _) => true,
+            (None, _) => false,
+        };
+        if !joins {
+            break;
+        }
+        match entries.next() {
+            Some(Ok(e)) => run.push(e),
+            Some(Err(f)) => return Err(f),
+            None => break,
         }
     }
-    runs
+    Ok(run)
 }
 
 /// Stored slice `idx` of VDI `name`: its bytes, checked against their name and length.
@@ -597,7 +613,7 @@ async fn fill_vdi(
     farm: &Farm,
     v: &VdiObj,
     vid: u32,
-    trunk: &Trunk,
+    trunk: TrunkReader,
     progress: &Progress,
 ) -> Result<(), Failure> {
     let t = WriteTarget {
@@ -611,8 +627,12 @@ async fn fill_vdi(
     let obj = 1u64 << v.block_size_shift;
     // The objects earlier runs created: later runs write into them instead of creating them.
     let mut entries: Vec<u32> = Vec::new();
-    for (a, b) in slice_runs(&trunk.slices) {
-        let (first, last) = (trunk.slices[a].0, trunk.slices[b].0);
+    let mut trunk = trunk.peekable();
+    loop {
+        let run = next_run(&mut trunk)?;
+        let (Some(&(first, _)), Some(&(last, _))) = (run.first(), run.last()) else {
+            break;
+        };
         let at = first * SLICE;
         let len = last * SLICE + slice_len(v.size, last) - at;
         let mut src = SliceSource {
@@ -620,7 +640,7 @@ async fn fill_vdi(
             progress,
             name: &v.name,
             size: v.size,
-            slices: &trunk.slices[a..=b],
+            slices: &run,
             next: first,
             buf: Vec::new(),
             pos: 0,
@@ -669,7 +689,7 @@ pub async fn load(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> R
             clash.join(", ")
         )));
     }
-    let (trunks, problems) = block_in_place(|| verify(&farm, &vdis, "checking"));
+    let problems = block_in_place(|| verify(&farm, &vdis, "checking"));
     if let Some(first) = problems.first() {
         for p in &problems[1..] {
             warn(p);
@@ -679,7 +699,7 @@ pub async fn load(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> R
 
     let progress = Progress::bytes("loading", vdis.iter().map(|v| v.bytes).sum());
     let mut loaded: Vec<&str> = Vec::new();
-    for (v, trunk) in vdis.iter().zip(trunks.iter().flatten()) {
+    for v in &vdis {
         let before = if loaded.is_empty() {
             "no VDI was loaded before".to_string()
         } else {
@@ -688,7 +708,11 @@ pub async fn load(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> R
         let vid = create_vdi(&c, v)
             .await
             .map_err(|f| Failure::new(format!("{f}; {before}")))?;
-        if let Err(f) = fill_vdi(&c, &farm, v, vid, trunk, &progress).await {
+        let filled = match farm.trunk(v) {
+            Ok(trunk) => fill_vdi(&c, &farm, v, vid, trunk, &progress).await,
+            Err(f) => Err(f),
+        };
+        if let Err(f) = filled {
             let undone = match vdi::delete(addr, &v.name, None).await {
                 Ok(()) => "it was deleted again".to_string(),
                 Err(d) => format!("it is half loaded: deleting it failed too ({d})"),
@@ -718,10 +742,30 @@ mod tests {
         assert_eq!(allocated_runs(&[0, 0]), vec![]);
     }
 
+    /// The runs of slice indices `next_run` makes of stored slices `idx`.
+    fn runs(idx: impl IntoIterator<Item = u64>) -> Vec<Vec<u64>> {
+        let mut entries = idx.into_iter().map(|i| Ok((i, [0; 20]))).peekable();
+        let mut out = Vec::new();
+        loop {
+            let run = next_run(&mut entries).expect("no failure");
+            if run.is_empty() {
+                return out;
+            }
+            out.push(run.iter().map(|&(i, _)| i).collect());
+        }
+    }
+
     #[test]
-    fn slices_group_into_runs_across_small_gaps_only() {
-        let s: Vec<(u64, Hash)> = [0, 3, 11, 20, 21].iter().map(|&i| (i, [0; 20])).collect();
-        assert_eq!(slice_runs(&s), vec![(0, 2), (3, 4)]);
+    fn slices_group_into_bounded_runs_across_small_gaps_only() {
+        assert_eq!(runs([0, 3, 11, 20, 21]), vec![vec![0, 3, 11], vec![20, 21]]);
+        let long = runs(0..RUN_MAX as u64 + 3);
+        assert_eq!(long.iter().map(Vec::len).collect::<Vec<_>>(), vec![RUN_MAX, 3]);
+        let failing = [Ok((0, [0; 20])), Err(Failure::new("bad entry".to_string()))];
+        let mut entries = failing.into_iter().peekable();
+        assert_eq!(
+            next_run(&mut entries).map_err(|f| f.msg).err().as_deref(),
+            Some("bad entry")
+        );
     }
 
     #[test]
@@ -818,9 +862,8 @@ mod tests {
             assert_eq!(objects, 5);
             assert_eq!(stored(d.path()).len(), before - 5);
             for (e, snap) in &others {
-                let t = farm.trunk(&snap.vdis[0]).expect("a kept trunk reads");
-                for (_, h) in &t.slices {
-                    farm.get(h).expect("a kept slice reads");
+                for entry in farm.trunk(&snap.vdis[0]).expect("a kept trunk reads") {
+                    farm.get(&entry.expect("an entry").1).expect("a kept slice reads");
                 }
                 farm.snap(e).expect("a kept snap reads");
             }

@@ -22,7 +22,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -102,35 +102,49 @@ pub struct LogEntry {
     pub tag: String,
 }
 
-/// One VDI at one moment: the data object of each slice that is not all zeros.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Trunk {
+/// One stored trunk, read entry by entry in ascending slice order, so that no VDI's trunk is
+/// ever whole in memory. Its bytes were checked against its name when it was opened
+/// ([`Farm::trunk`]); each entry is checked as it comes: in order and within the VDI. After
+/// an entry that fails, the reader ends.
+pub struct TrunkReader {
+    input: std::io::BufReader<File>,
+    /// What the trunk is, for messages: "trunk of VDI NAME (SHA-1)".
+    what: String,
     pub size: u64,
-    pub slices: Vec<(u64, Hash)>,
+    left: u64,
+    prev: Option<u64>,
 }
 
-impl Trunk {
-    /// A trunk, if `b` is one in this format: right magic and slice size, whole entries in
-    /// ascending order, all within the VDI.
-    pub fn decode(b: &[u8]) -> Option<Trunk> {
-        let (head, rest) = b.split_at_checked(TRUNK_HEADER)?;
-        if &head[..8] != TRUNK_MAGIC
-            || u32::from_le_bytes(head[16..20].try_into().ok()?) != SLICE as u32
-            || rest.len() % TRUNK_ENTRY != 0
-        {
+impl TrunkReader {
+    fn malformed(&mut self, why: &str) -> Failure {
+        self.left = 0;
+        Failure::new(format!("The {} is malformed: {why}", self.what))
+    }
+}
+
+impl Iterator for TrunkReader {
+    type Item = Result<(u64, Hash), Failure>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
             return None;
         }
-        let size = u64::from_le_bytes(head[8..16].try_into().ok()?);
-        let mut slices = Vec::with_capacity(rest.len() / TRUNK_ENTRY);
-        for e in rest.chunks_exact(TRUNK_ENTRY) {
-            let idx = u64::from_le_bytes(e[..8].try_into().ok()?);
-            let in_order = slices.last().is_none_or(|&(prev, _)| prev < idx);
-            if !in_order || idx >= size.div_ceil(SLICE) {
-                return None;
-            }
-            slices.push((idx, e[8..].try_into().ok()?));
+        let mut e = [0u8; TRUNK_ENTRY];
+        if let Err(err) = self.input.read_exact(&mut e) {
+            self.left = 0;
+            return Some(Err(io_failure(format!("Failed to read the {}", self.what), &err)));
         }
-        Some(Trunk { size, slices })
+        self.left -= 1;
+        let (idx, h) = e.split_at(8);
+        let idx = u64::from_le_bytes(idx.try_into().unwrap_or_default());
+        if self.prev.is_some_and(|prev| prev >= idx) {
+            return Some(Err(self.malformed("its slices are out of order")));
+        }
+        if idx >= self.size.div_ceil(SLICE) {
+            return Some(Err(self.malformed("a slice lies past the VDI's end")));
+        }
+        self.prev = Some(idx);
+        Some(Ok((idx, h.try_into().unwrap_or_default())))
     }
 }
 
@@ -405,12 +419,49 @@ impl Farm {
         serde_json::from_slice(&b).map_err(|e| Failure::new(format!("The snap object of '{tag}' is malformed: {e}")))
     }
 
-    /// The trunk of `v`, checked.
-    pub fn trunk(&self, v: &VdiObj) -> Result<Trunk, Failure> {
+    /// The trunk of `v`, its bytes checked against its name, ready to be read entry by entry.
+    pub fn trunk(&self, v: &VdiObj) -> Result<TrunkReader, Failure> {
         let h = parse_hex(&v.trunk)
             .ok_or_else(|| Failure::new(format!("VDI {}: '{}' is not a trunk's name", v.name, v.trunk)))?;
-        let b = self.get_or_fail(&h, format_args!("trunk of VDI {}", v.name))?;
-        Trunk::decode(&b).ok_or_else(|| Failure::new(format!("The trunk of VDI {} ({}) is malformed", v.name, v.trunk)))
+        let what = format!("trunk of VDI {}", v.name);
+        let mut f = self.checked_file(&h).map_err(|bad| self.bad_object(&h, &what, &bad))?;
+        let what = format!("{what} ({})", v.trunk);
+        let len = f
+            .metadata()
+            .map_err(|e| io_failure(format!("Failed to read the {what}"), &e))?
+            .len();
+        let mut head = [0u8; TRUNK_HEADER];
+        let whole = len >= TRUNK_HEADER as u64 && (len - TRUNK_HEADER as u64).is_multiple_of(TRUNK_ENTRY as u64);
+        if !whole || f.read_exact(&mut head).is_err() || &head[..8] != TRUNK_MAGIC {
+            return Err(Failure::new(format!("The {what} is malformed: not a trunk")));
+        }
+        if u32::from_le_bytes(head[16..20].try_into().unwrap_or_default()) != SLICE as u32 {
+            return Err(Failure::new(format!("The {what} is malformed: another slice size")));
+        }
+        Ok(TrunkReader {
+            input: std::io::BufReader::with_capacity(64 << 10, f),
+            what,
+            size: u64::from_le_bytes(head[8..16].try_into().unwrap_or_default()),
+            left: (len - TRUNK_HEADER as u64) / TRUNK_ENTRY as u64,
+            prev: None,
+        })
+    }
+
+    /// Object `h`'s file, open at its start, once its bytes (read in pieces) hash to `h`.
+    fn checked_file(&self, h: &Hash) -> Result<File, Bad> {
+        let unreadable = |e: std::io::Error| match e.kind() {
+            ErrorKind::NotFound => Bad::Missing,
+            _ => Bad::Unreadable(e.to_string()),
+        };
+        let mut f = File::open(self.path(h)).map_err(unreadable)?;
+        let mut hasher = Sha1::new();
+        std::io::copy(&mut f, &mut hasher).map_err(unreadable)?;
+        let got: Hash = hasher.finalize().into();
+        if got != *h {
+            return Err(Bad::Corrupt(got));
+        }
+        f.rewind().map_err(unreadable)?;
+        Ok(f)
     }
 
     /// Holds the farm for a save (`exclusive` false: saves may run side by side) or for a
@@ -535,39 +586,67 @@ fn parse_log_line(line: &str) -> Option<LogEntry> {
 mod tests {
     use super::*;
 
-    /// `t` as stored by a [`TrunkWriter`], and the name it got.
-    fn stored(farm: &Farm, t: &Trunk) -> (Hash, Vec<u8>) {
-        let mut w = TrunkWriter::new(farm, t.size).expect("writer");
-        for (idx, h) in &t.slices {
+    /// A trunk of a VDI of `size` bytes with entries `slices`, as a [`TrunkWriter`] stores it:
+    /// the VDI that names it.
+    fn stored(farm: &Farm, size: u64, slices: &[(u64, Hash)]) -> VdiObj {
+        let mut w = TrunkWriter::new(farm, size).expect("writer");
+        for (idx, h) in slices {
             w.push(*idx, h).expect("push");
         }
-        let h = w.finish().expect("finish");
-        (h, fs::read(farm.path(&h)).expect("read the trunk"))
+        named(&w.finish().expect("finish"), size)
+    }
+
+    fn named(trunk: &Hash, size: u64) -> VdiObj {
+        VdiObj {
+            name: "v".into(),
+            size,
+            copies: 1,
+            copy_policy: 0,
+            block_size_shift: 22,
+            trunk: hex(trunk),
+            slices: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The entries of `v`'s trunk, or the first failure's message.
+    fn read_back(farm: &Farm, v: &VdiObj) -> Result<Vec<(u64, Hash)>, String> {
+        let t = farm.trunk(v).map_err(|f| f.msg)?;
+        assert_eq!(t.size, v.size, "the trunk's VDI size");
+        t.collect::<Result<_, _>>().map_err(|f| f.msg)
     }
 
     #[test]
     fn trunks_round_trip_and_malformed_ones_are_refused() {
         let d = tempfile::tempdir().expect("tempdir");
         let farm = Farm::create(d.path()).expect("farm");
-        let t = Trunk {
-            size: 3 * SLICE + 10,
-            slices: vec![(0, [1; 20]), (3, [2; 20])],
-        };
-        let (h, b) = stored(&farm, &t);
+        let size = 3 * SLICE + 10;
+        let slices = vec![(0, [1; 20]), (3, [2; 20])];
+        let v = stored(&farm, size, &slices);
+        let h = parse_hex(&v.trunk).expect("a name");
+        let b = fs::read(farm.path(&h)).expect("the trunk");
         assert_eq!(hash_of(&b), h, "a trunk is named by its bytes");
-        assert_eq!(Trunk::decode(&b), Some(t.clone()));
-        assert_eq!(
-            stored(&farm, &t),
-            (h, b.clone()),
-            "the same trunk again: the same name and bytes"
-        );
-        assert_eq!(Trunk::decode(&b[..b.len() - 1]), None, "a cut entry");
-        let mut out_of_order = t.clone();
-        out_of_order.slices.reverse();
-        assert_eq!(Trunk::decode(&stored(&farm, &out_of_order).1), None);
-        let mut past_end = t;
-        past_end.slices.push((4, [3; 20]));
-        assert_eq!(Trunk::decode(&stored(&farm, &past_end).1), None);
+        assert_eq!(read_back(&farm, &v), Ok(slices.clone()));
+        assert_eq!(stored(&farm, size, &slices), v, "the same trunk again: the same name");
+        assert_eq!(fs::read(farm.path(&h)).expect("the trunk"), b, "and the same bytes");
+
+        let malformed = |v: &VdiObj, why: &str| {
+            let e = read_back(&farm, v).expect_err(why);
+            assert!(e.contains("malformed") && e.contains(why), "{e}");
+        };
+        let (cut, _) = farm.put(&b[..b.len() - 1]).expect("a trunk cut in an entry");
+        malformed(&named(&cut, size), "not a trunk");
+        let mut reversed = slices.clone();
+        reversed.reverse();
+        malformed(&stored(&farm, size, &reversed), "out of order");
+        let past_end = [slices.as_slice(), &[(4, [3; 20])]].concat();
+        malformed(&stored(&farm, size, &past_end), "past the VDI's end");
+
+        let mut flipped = b.clone();
+        flipped[TRUNK_HEADER] ^= 1;
+        fs::write(farm.path(&h), &flipped).expect("flip a bit");
+        let e = read_back(&farm, &v).expect_err("a corrupt trunk");
+        assert!(e.contains(&v.trunk) && e.contains("corrupt"), "{e}");
         let left: Vec<_> = fs::read_dir(d.path().join("objects/00"))
             .expect("the temporary directory")
             .map(|e| e.expect("entry").file_name())
