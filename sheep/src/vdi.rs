@@ -538,12 +538,25 @@ const COLLECT_SETTLE: Duration = Duration::from_millis(300);
 /// ...or this long after the first delete it serves, whichever is sooner.
 const COLLECT_LATEST: Duration = Duration::from_secs(5);
 
+/// A pass that failed, or left objects it could not remove, is tried again this long after...
+const COLLECT_RETRY: Duration = Duration::from_secs(5);
+/// ...and then twice as long each time, up to this.
+const COLLECT_RETRY_MAX: Duration = Duration::from_secs(300);
+
 /// Collects the garbage of the deletes this node served: one pass for a run of deletes
 /// (each pass reads every live inode, so the N deletes of a cluster snapshot's cut must
-/// not cost N passes), under the lock of VDI operations, like the deletes themselves.
+/// not cost N passes), under the lock of VDI operations, like the deletes themselves. A
+/// pass that fails (a member does not answer) is tried again until one succeeds.
 pub async fn collector(sheep: Arc<Sheep>) {
+    let mut retry: Option<Duration> = None;
     loop {
-        sheep.collect.notified().await;
+        match retry {
+            None => sheep.collect.notified().await,
+            Some(after) => tokio::select! {
+                () = tokio::time::sleep(after) => {}
+                () = sheep.collect.notified() => {}
+            },
+        }
         let latest = tokio::time::Instant::now() + COLLECT_LATEST;
         loop {
             let left = latest.saturating_duration_since(tokio::time::Instant::now());
@@ -554,26 +567,47 @@ pub async fn collector(sheep: Arc<Sheep>) {
                 () = sheep.collect.notified() => {}
             }
         }
-        let removed = match sheep.driver.lock_ops().await {
+        let pass = match sheep.driver.lock_ops().await {
             Ok((_lock, end)) => {
                 sheep.wait_applied(end).await;
                 collect_garbage(&sheep).await
             }
             Err(e) => Err(driver_failed(e)),
         };
-        match removed {
-            Ok(n) => tracing::info!(removed = n, "removed unreferenced data objects"),
-            Err(code) => {
-                tracing::error!(result = %code, "garbage collection failed; unreferenced objects remain until the next delete")
+        let again = retry.map_or(COLLECT_RETRY, |d| (d * 2).min(COLLECT_RETRY_MAX));
+        retry = match pass {
+            Ok(Pass { removed, missed: 0 }) => {
+                tracing::info!(removed, "removed unreferenced data objects");
+                None
             }
-        }
+            Ok(Pass { removed, missed }) => {
+                tracing::warn!(
+                    removed,
+                    missed,
+                    retry_secs = again.as_secs(),
+                    "garbage collection missed some objects or nodes; trying again"
+                );
+                Some(again)
+            }
+            Err(code) => {
+                tracing::error!(result = %code, retry_secs = again.as_secs(), "garbage collection failed; trying again");
+                Some(again)
+            }
+        };
     }
+}
+
+/// What a garbage collection pass did.
+struct Pass {
+    removed: usize,
+    /// Unreferenced objects a node did not remove, and nodes that did not list theirs.
+    missed: usize,
 }
 
 /// Removes data objects owned by deleted VDIs that no live VDI (working, snapshot or clone)
 /// refers to. Objects of live VDIs are never touched: a write may be between creating an
 /// object and recording it in the inode.
-async fn collect_garbage(sheep: &Arc<Sheep>) -> Result<usize, ResultCode> {
+async fn collect_garbage(sheep: &Arc<Sheep>) -> Result<Pass, ResultCode> {
     let (live, deleted, nodes, epoch) = {
         let st = sheep.state();
         let live: Vec<u32> = st.in_use.iter().filter(|&v| !st.deleted.get(v)).collect();
@@ -597,12 +631,16 @@ async fn collect_garbage(sheep: &Arc<Sheep>) -> Result<usize, ResultCode> {
         (n, sheep.peer(n.addr).call(req, &[]).await)
     }))
     .await;
-    let mut removed = 0;
+    let (mut removed, mut missed) = (0, 0);
     for (node, reply) in lists {
-        let reply = reply.map_err(|e| {
-            tracing::error!(node = %node.addr, error = %e, "cannot list objects");
-            ResultCode::EIO
-        })?;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(node = %node.addr, error = %e, "cannot list a node's objects to collect garbage");
+                missed += 1;
+                continue;
+            }
+        };
         for chunk in reply.data.chunks_exact(8) {
             let oid = Oid(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
             let key = (oid.vid().get(), oid.index());
@@ -616,16 +654,18 @@ async fn collect_garbage(sheep: &Arc<Sheep>) -> Result<usize, ResultCode> {
                 match sheep.peer(node.addr).send(req, &[]).await {
                     Ok(r) if r.header.result_code() == ResultCode::SUCCESS => removed += 1,
                     Ok(r) => {
+                        missed += 1;
                         tracing::warn!(%oid, node = %node.addr, result = %r.header.result_code(), "cannot remove unreferenced object")
                     }
                     Err(e) => {
+                        missed += 1;
                         tracing::warn!(%oid, node = %node.addr, error = %e, "cannot remove unreferenced object")
                     }
                 }
             }
         }
     }
-    Ok(removed)
+    Ok(Pass { removed, missed })
 }
 
 #[cfg(test)]

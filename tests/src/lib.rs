@@ -74,6 +74,13 @@ pub fn dog_bin() -> PathBuf {
 // ---------------------------------------------------------------------------------------------
 // Small utilities
 
+/// Sends `sig` to process `pid` (a child the harness started and has not reaped).
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) takes no pointers; the pid is a child of this process.
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+}
+
 /// Polls `f` until it returns `Some`, with a short growing interval, and panics with `what`
 /// and the last observation when `timeout` passes.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use tests::{assert_same_bytes, pseudo_random, wait_until, Cluster};
+use protocol::Vid;
+use tests::{assert_same_bytes, pseudo_random, signal, wait_until, Cluster};
 
 const MIB: u64 = 1 << 20;
 
@@ -144,4 +145,66 @@ fn clone_then_delete_everything_leaves_no_data_objects() {
             Err(format!("{} data objects remain: {}", left.len(), left.join(", ")))
         }
     });
+}
+
+/// A node that does not answer while the garbage of a delete is collected (stopped, not
+/// gone: still a member) makes the pass fail; the pass is tried again, and once the node
+/// answers its copies of the deleted VDI go too.
+#[test]
+fn garbage_a_silent_node_kept_is_collected_once_it_answers() {
+    let c = Cluster::start_formatted(4, 3);
+    let silent = 3;
+    // A VDI whose inode the silent node does not hold (the delete must not need it) but
+    // some of whose data objects it does.
+    let mut found = None;
+    for i in 0..16 {
+        let name = format!("g{i}");
+        c.dog_ok(&["vdi", "create", &name, "16M"]);
+        c.write_vdi(&name, 0, &pseudo_random(40 + i, (16 * MIB) as usize));
+        let vid = c
+            .vdi_list(0)
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.vid)
+            .expect("the new VDI is listed");
+        let vid = Vid::new(vid).expect("a valid vid");
+        let held = c.node(silent).objects();
+        if !held.contains(&vid.inode_oid()) && held.iter().any(|o| o.is_data() && o.vid() == vid) {
+            found = Some((name, vid));
+            break;
+        }
+    }
+    let (name, vid) = found.expect("no VDI among 16 has its inode off node 3 and data on it");
+    let left = |c: &Cluster| -> Vec<String> {
+        c.object_holders()
+            .iter()
+            .filter(|(o, _)| o.is_data() && o.vid() == vid)
+            .map(|(o, n)| format!("{o} on {n:?}"))
+            .collect()
+    };
+
+    let pid = c.node(silent).pid().expect("node 3 runs");
+    signal(pid, libc::SIGSTOP);
+    c.dog_ok(&["vdi", "delete", &name]);
+    wait_until("the collection pass to miss node 3", Duration::from_secs(90), || {
+        let log = c.node(0).log_text();
+        if log.contains("garbage collection") {
+            Ok(())
+        } else {
+            Err("node 0 has not reported the pass yet".to_string())
+        }
+    });
+    signal(pid, libc::SIGCONT);
+    wait_until(
+        "every data object of the deleted VDI to be removed",
+        Duration::from_secs(90),
+        || {
+            let l = left(&c);
+            if l.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} remain: {}", l.len(), l.join(", ")))
+            }
+        },
+    );
 }

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use protocol::Vid;
 use tests::zk::{dog_command, run_tool, ZooKeeper};
-use tests::{assert_same_bytes, pseudo_random, run_dog, set_bits, wait_until, BlockingClient, Cluster, DogOutput};
+use tests::{
+    assert_same_bytes, pseudo_random, run_dog, set_bits, signal, wait_until, BlockingClient, Cluster, DogOutput,
+};
 use zookeeper_client as zkc;
 
 const MIB: u64 = 1 << 20;
@@ -184,12 +186,6 @@ fn find_line(log: &str, needle: &str) -> Option<(SystemTime, String)> {
     log.lines()
         .find(|l| l.contains(needle))
         .and_then(|l| Some((line_time(l)?, l.to_string())))
-}
-
-fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a child the harness started and has not reaped.
-    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
-    assert_eq!(r, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
 }
 
 /// Ephemeral znodes ZooKeeper lists under /sheepdog/members (the `dump` command).
