@@ -12,6 +12,9 @@ pub mod flags {
     pub const CACHE: u16 = 0x0004;
     pub const DIRECT: u16 = 0x0008;
     pub const PIGGYBACK: u16 = 0x0010;
+    /// Internal: a gateway's read that a replica whose copy is not recovered yet must not
+    /// wait for: it answers NODE_IN_RECOVERY, and the gateway asks a replica that is current.
+    pub const CURRENT_ONLY: u16 = 0x0040;
     /// Internal: a recovery read, served whatever the epochs say.
     pub const RECOVERY: u16 = 0x0080;
     /// GET_VDI_ATTR: create the attribute (or replace its value).

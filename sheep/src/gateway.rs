@@ -1,10 +1,13 @@
 //! Gateway: turns client object I/O into peer requests on the object's replica set.
 //!
 //! Writes go to every replica in parallel and succeed only when all do. Reads try this node
-//! first when it is a replica, then the others in placement order. When a replica cannot be
+//! first when it is a replica, then the others in placement order; a replica whose copy
+//! recovery has not reached yet declines at first (a current one serves at once), and is
+//! asked again, to recover the object and serve it, only when no replica could. When a replica cannot be
 //! reached or answers with an epoch mismatch, the gateway waits for the membership to settle
 //! (the driver notices a dead node within a second) and retries with the new placement.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,16 +128,16 @@ pub async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u32, len: u32, copies: u
             nodes.swap(0, i);
         }
         errors.clear();
-        for node in &nodes {
-            match to_replica(
-                sheep,
-                node,
-                peer_req(op::READ_PEER, epoch, oid, offset, len),
-                &Bytes::new(),
-            )
-            .await
-            {
+        // (replica, only if current): one that declines is asked again after every other.
+        let mut asks: VecDeque<(&Node, bool)> = nodes.iter().map(|n| (n, true)).collect();
+        while let Some((node, current_only)) = asks.pop_front() {
+            let mut req = peer_req(op::READ_PEER, epoch, oid, offset, len);
+            if current_only {
+                req.flags |= protocol::flags::CURRENT_ONLY;
+            }
+            match to_replica(sheep, node, req, &Bytes::new()).await {
                 Ok(data) => return Ok(data),
+                Err(ResultCode::NODE_IN_RECOVERY) if current_only => asks.push_back((node, false)),
                 Err(code) => {
                     if code != ResultCode::NO_OBJ {
                         tracing::warn!(%oid, node = %node.addr, epoch, result = %code, "replica read failed; trying the next copy");

@@ -42,12 +42,18 @@ pub async fn check_epoch(sheep: &Sheep, req: &RequestHeader) -> Result<(), Resul
     }
 }
 
+/// Whether this node's copy of `oid` can serve I/O at `epoch` as it is: current, or not
+/// this node's to keep current.
+fn is_current(sheep: &Sheep, oid: Oid, epoch: u32) -> bool {
+    recovery::effective_good(sheep, oid) == Some(epoch) || !recovery::owns_at(sheep, oid, epoch)
+}
+
 /// Makes this node's copy of `oid` current before a gateway's I/O touches it, when this
 /// node owns the object now (recovery may not have reached it yet). Holds the object's
 /// stripe only on that slow path.
 async fn current_for_io(sheep: &Arc<Sheep>, oid: Oid, epoch: u32) -> Result<(), ResultCode> {
     let rec = &sheep.recovery;
-    if recovery::effective_good(sheep, oid) == Some(epoch) || !recovery::owns_at(sheep, oid, epoch) {
+    if is_current(sheep, oid, epoch) {
         return Ok(());
     }
     let _g = rec.stripe(oid).write().await;
@@ -67,6 +73,14 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                 return Err(ResultCode::INVALID_PARMS);
             }
             if req.flags & flags::RECOVERY == 0 {
+                // While this epoch's recovery runs, a copy it has not reached yet would first
+                // be fetched whole (a 2 GiB object takes seconds): a gateway that can ask a
+                // current replica instead says so. Once recovery is done, an object with no
+                // copy here does not exist, and the usual path says so.
+                let behind = sheep.recovery.recovered_epoch() < epoch && !is_current(sheep, oid, epoch);
+                if req.flags & flags::CURRENT_ONLY != 0 && behind {
+                    return Err(ResultCode::NODE_IN_RECOVERY);
+                }
                 current_for_io(sheep, oid, epoch).await?;
             }
             checked_read(sheep, oid, offset, req.data_length as usize).await

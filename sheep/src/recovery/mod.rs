@@ -7,7 +7,8 @@
 //! owned the object in every epoch after `g`: every write in those epochs reached it. A node
 //! that was away (not a member) owned nothing meanwhile, so its old copies are never served;
 //! it fetches them again from the holder whose copy is freshest. Client I/O to an object not
-//! recovered yet recovers that object first (it jumps the queue).
+//! recovered yet recovers that object first (it jumps the queue); a read is served by a
+//! current replica instead when there is one (`flags::CURRENT_ONLY`).
 //!
 //! `DIR/recovered` holds the last epoch whose recovery finished here; after a restart, local
 //! copies owned at that epoch count as good at it, and everything else as untrusted.
