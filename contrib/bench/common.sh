@@ -54,9 +54,31 @@ bench_exit() {
     exit "$rc"
 }
 
-# Kills the processes named (SIGKILL) and reaps them.
+# Kills the processes named (SIGKILL) and reaps them (only them: others keep running).
 kill_all() {
     local p
     for p in "$@"; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
+    for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+
+# Starts sheep number N (zone N) of a cluster on the local driver in $WORK, on port P, with
+# any further arguments; its store is $WORK/nodeN, its log $WORK/sheepN.log. Appends its pid
+# to $pids ($! holds it too).
+start_sheep() {
+    local n=$1 p=$2
+    shift 2
+    "$bin/sheep" -p "$p" -c "local:$WORK/rv" -z "$n" --log-file "$WORK/sheep$n.log" "$@" "$WORK/node$n" \
+        </dev/null >>"$WORK/sheep$n.log" 2>&1 &
+    pids="$pids $!"
+}
+
+# Waits up to 30 s until the sheep on port P lists N members; fails after that.
+wait_members() {
+    local p=$1 want=$2 i
+    for i in $(seq 300); do
+        [ "$("$bin/dog" node list -r -p "$p" 2>/dev/null | wc -l)" = "$want" ] && return 0
+        sleep 0.1
+    done
+    echo "$want sheep did not list each other within 30 s" >&2
+    return 1
 }
