@@ -30,38 +30,92 @@ fn label(h: &InodeHeader) -> String {
     }
 }
 
-/// The lines of the tree under `vid`, drawn from column 0.
-fn lines(vid: u32, vdis: &BTreeMap<u32, Vdi>, kids: &BTreeMap<u32, Vec<u32>>) -> Vec<String> {
-    let v = &vdis[&vid];
-    let parent_name = vdis.get(&v.parent).map(|p| p.name.as_str());
-    let me = if parent_name == Some(v.name.as_str()) {
-        v.label.clone()
-    } else {
-        format!("{} {}", v.name, v.label)
-    };
-    let children = kids.get(&vid).map_or(&[][..], Vec::as_slice);
-    if children.is_empty() {
-        return vec![me];
-    }
-    let pad = " ".repeat(me.chars().count());
-    let mut out = Vec::new();
-    for (i, &child) in children.iter().enumerate() {
-        let (first, rest) = match (children.len(), i) {
+/// One VDI on the path from the root to the VDI being drawn.
+struct Step<'a> {
+    /// Its text: its label, after its name when that differs from its parent's.
+    me: String,
+    children: &'a [u32],
+    /// The child being drawn.
+    at: usize,
+    /// Whether a line has been drawn under it yet, and under the child being drawn.
+    drawn: bool,
+    child_drawn: bool,
+}
+
+impl Step<'_> {
+    /// The part of the next line this VDI draws: itself or blank, then the branch to the
+    /// child being drawn.
+    fn push_to(&self, line: &mut String) {
+        let (first, rest) = match (self.children.len(), self.at) {
             (1, _) => ("---", "   "),
             (_, 0) => ("-+-", " | "),
             (n, i) if i == n - 1 => (" `-", "   "),
             _ => (" |-", " | "),
         };
-        for (j, line) in lines(child, vdis, kids).into_iter().enumerate() {
-            let head = match (i, j) {
-                (0, 0) => format!("{me}{first}"),
-                (_, 0) => format!("{pad}{first}"),
-                _ => format!("{pad}{rest}"),
+        if self.drawn {
+            line.extend(std::iter::repeat_n(' ', self.me.chars().count()));
+        } else {
+            line.push_str(&self.me);
+        }
+        line.push_str(if self.child_drawn { rest } else { first });
+    }
+}
+
+/// The lines of the tree under `root`, drawn from column 0. A walk with its own stack, not
+/// a recursion: a chain of thousands of snapshots is a deep tree.
+fn lines(root: u32, vdis: &BTreeMap<u32, Vdi>, kids: &BTreeMap<u32, Vec<u32>>) -> Vec<String> {
+    let text = |vid: u32| {
+        let v = &vdis[&vid];
+        if vdis.get(&v.parent).map(|p| p.name.as_str()) == Some(v.name.as_str()) {
+            v.label.clone()
+        } else {
+            format!("{} {}", v.name, v.label)
+        }
+    };
+    let children = |vid: u32| kids.get(&vid).map_or(&[][..], Vec::as_slice);
+    let mut out = Vec::new();
+    let mut path: Vec<Step> = Vec::new();
+    let mut next = Some(root);
+    loop {
+        if let Some(vid) = next.take() {
+            let step = Step {
+                me: text(vid),
+                children: children(vid),
+                at: 0,
+                drawn: false,
+                child_drawn: false,
             };
-            out.push(head + &line);
+            if !step.children.is_empty() {
+                next = Some(step.children[0]);
+                path.push(step);
+                continue;
+            }
+            // A leaf ends a line: every VDI above it draws its part.
+            let mut line = String::new();
+            for s in &path {
+                s.push_to(&mut line);
+            }
+            line.push_str(&step.me);
+            out.push(line);
+            for s in &mut path {
+                s.drawn = true;
+                s.child_drawn = true;
+            }
+        }
+        // The next child of the nearest VDI that has one left.
+        loop {
+            let Some(top) = path.last_mut() else {
+                return out;
+            };
+            top.at += 1;
+            if top.at < top.children.len() {
+                top.child_drawn = false;
+                next = Some(top.children[top.at]);
+                break;
+            }
+            path.pop();
         }
     }
-    out
 }
 
 pub async fn tree(addr: SocketAddr, name: Option<&str>) -> Result<(), Failure> {
@@ -152,5 +206,18 @@ mod tests {
                 "      `-d [1]---(you are here)",
             ]
         );
+    }
+
+    #[test]
+    fn a_chain_of_many_snapshots_is_one_line() {
+        let n = 20_000u32;
+        let vdis: BTreeMap<u32, Vdi> = (1..=n)
+            .map(|v| (v, vdi("a", v - 1, if v == n { "(you are here)" } else { "[s]" })))
+            .collect();
+        let kids: BTreeMap<u32, Vec<u32>> = (1..n).map(|v| (v, vec![v + 1])).collect();
+        let got = lines(1, &vdis, &kids);
+        assert_eq!(got.len(), 1);
+        let want = format!("a {}(you are here)", "[s]---".repeat(n as usize - 1));
+        assert!(got[0] == want, "a chain of {n} draws as one line");
     }
 }
