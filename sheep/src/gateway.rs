@@ -7,7 +7,6 @@
 //! reached or answers with an epoch mismatch, the gateway waits for the membership to settle
 //! (the driver notices a dead node within a second) and retries with the new placement.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,22 +127,33 @@ pub async fn read(sheep: &Arc<Sheep>, oid: Oid, offset: u32, len: u32, copies: u
             nodes.swap(0, i);
         }
         errors.clear();
-        // (replica, only if current): one that declines is asked again after every other.
-        let mut asks: VecDeque<(&Node, bool)> = nodes.iter().map(|n| (n, true)).collect();
-        while let Some((node, current_only)) = asks.pop_front() {
+        let req = |current_only: bool| {
             let mut req = peer_req(op::READ_PEER, epoch, oid, offset, len);
             if current_only {
                 req.flags |= protocol::flags::CURRENT_ONLY;
             }
-            match to_replica(sheep, node, req, &Bytes::new()).await {
+            req
+        };
+        let mut failed = |node: &Node, code: ResultCode| {
+            if code != ResultCode::NO_OBJ {
+                tracing::warn!(%oid, node = %node.addr, epoch, result = %code, "replica read failed; trying the next copy");
+            }
+            errors.push(code);
+        };
+        // A replica whose copy is behind declines; it is asked again, to recover the object
+        // and serve it, only when no other could serve it.
+        let mut declined = Vec::new();
+        for node in &nodes {
+            match to_replica(sheep, node, req(true), &Bytes::new()).await {
                 Ok(data) => return Ok(data),
-                Err(ResultCode::NODE_IN_RECOVERY) if current_only => asks.push_back((node, false)),
-                Err(code) => {
-                    if code != ResultCode::NO_OBJ {
-                        tracing::warn!(%oid, node = %node.addr, epoch, result = %code, "replica read failed; trying the next copy");
-                    }
-                    errors.push(code);
-                }
+                Err(ResultCode::NODE_IN_RECOVERY) => declined.push(node),
+                Err(code) => failed(node, code),
+            }
+        }
+        for node in declined {
+            match to_replica(sheep, node, req(false), &Bytes::new()).await {
+                Ok(data) => return Ok(data),
+                Err(code) => failed(node, code),
             }
         }
         if !errors.iter().copied().any(retriable) {
