@@ -256,6 +256,14 @@ pub struct Farm {
     dir: PathBuf,
 }
 
+/// An object that could not be read, as what is wrong with it.
+fn unreadable(e: std::io::Error) -> Bad {
+    match e.kind() {
+        ErrorKind::NotFound => Bad::Missing,
+        _ => Bad::Unreadable(e.to_string()),
+    }
+}
+
 fn io_failure(what: impl std::fmt::Display, e: &std::io::Error) -> Failure {
     Failure::new(format!("{what}: {e}"))
 }
@@ -352,10 +360,7 @@ impl Farm {
 
     /// The bytes of object `h`, only if they hash to `h`.
     pub fn get(&self, h: &Hash) -> Result<Vec<u8>, Bad> {
-        let b = fs::read(self.path(h)).map_err(|e| match e.kind() {
-            ErrorKind::NotFound => Bad::Missing,
-            _ => Bad::Unreadable(e.to_string()),
-        })?;
+        let b = fs::read(self.path(h)).map_err(unreadable)?;
         let got = hash_of(&b);
         if got != *h {
             return Err(Bad::Corrupt(got));
@@ -449,10 +454,6 @@ impl Farm {
 
     /// Object `h`'s file, open at its start, once its bytes (read in pieces) hash to `h`.
     fn checked_file(&self, h: &Hash) -> Result<File, Bad> {
-        let unreadable = |e: std::io::Error| match e.kind() {
-            ErrorKind::NotFound => Bad::Missing,
-            _ => Bad::Unreadable(e.to_string()),
-        };
         let mut f = File::open(self.path(h)).map_err(unreadable)?;
         let mut hasher = Sha1::new();
         std::io::copy(&mut f, &mut hasher).map_err(unreadable)?;
