@@ -54,6 +54,18 @@ bench_exit() {
     exit "$rc"
 }
 
+# Makes the scratch directory $WORK (NAME.XXXXXX under BENCH_DIR, default /var/tmp), empties
+# $pids, and arranges that on exit the sheep in $pids are killed and $WORK is removed.
+bench_scratch() {
+    WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/$1.XXXXXX")
+    pids=""
+    cleanup() {
+        kill_all $pids
+        rm -rf "$WORK"
+    }
+    bench_on_exit
+}
+
 # Kills the processes named (SIGKILL) and reaps them (only them: others keep running).
 kill_all() {
     local p

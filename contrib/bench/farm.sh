@@ -21,13 +21,7 @@ die() { echo "farm-bench: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
 bench_build
 
-WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/farm-bench.XXXXXX")
-pids=""
-cleanup() {
-    kill_all $pids
-    rm -rf "$WORK"
-}
-bench_on_exit
+bench_scratch farm-bench
 
 now() { date +%s.%N; }
 secs() { python3 -c "print('%.2f' % ($2 - $1))"; }

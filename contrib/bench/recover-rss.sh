@@ -29,13 +29,7 @@ shift_=${BENCH_SHIFT:-31}
 bench_build
 for b in sheep dog; do [ -x "$bin/$b" ] || die "$bin/$b is missing"; done
 
-WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/recover-rss.XXXXXX")
-pids=""
-cleanup() {
-    kill_all $pids
-    rm -rf "$WORK"
-}
-bench_on_exit
+bench_scratch recover-rss
 
 port=$(python3 -c 'import socket
 def free(p):

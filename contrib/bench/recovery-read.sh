@@ -28,13 +28,7 @@ data=${BENCH_DATA:-256M}
 bench_build
 for b in sheep dog; do [ -x "$bin/$b" ] || die "$bin/$b is missing"; done
 
-WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/recovery-read.XXXXXX")
-pids=""
-cleanup() {
-    kill_all $pids
-    rm -rf "$WORK"
-}
-bench_on_exit
+bench_scratch recovery-read
 
 dog() { "$bin/dog" "$@"; }
 ports=""
