@@ -79,6 +79,8 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                 // copy here does not exist, and the usual path says so.
                 let behind = sheep.recovery.recovered_epoch() < epoch && !is_current(sheep, oid, epoch);
                 if req.flags & flags::CURRENT_ONLY != 0 && behind {
+                    // It jumps the recovery queue all the same.
+                    sheep.recovery.want(oid);
                     return Err(ResultCode::NODE_IN_RECOVERY);
                 }
                 current_for_io(sheep, oid, epoch).await?;

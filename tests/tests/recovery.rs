@@ -15,8 +15,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use protocol::node::{sort_nodes, Node};
+use protocol::opcode::SD_SHEEP_PROTO_VER;
 use protocol::placement::Ring;
-use protocol::{Oid, Vid};
+use protocol::{flags, op, ObjArgs, Oid, RequestHeader, ResultCode, Vid};
 use tests::{assert_same_bytes, dog_bin, pseudo_random, run_dog, wait_until, Cluster, ScratchFs};
 
 const MIB: u64 = 1 << 20;
@@ -998,9 +999,9 @@ fn sheep_killed_while_dd_writes_into_a_mounted_volume() {
     m.unmount();
 }
 
-/// A read that reaches a replica recovery has not got to yet is served by a current replica
-/// at once: the behind one does not fetch the whole object first (with 2 GiB objects that
-/// takes seconds). Its copy stays as it was until recovery reaches it.
+/// A read that reaches a replica recovery has not got to yet does not wait for it to fetch
+/// the whole object (with 2 GiB objects that takes seconds): the replica declines, a current
+/// one serves the read, and the object jumps the behind replica's recovery queue.
 #[test]
 fn a_read_during_recovery_is_served_by_a_current_replica() {
     let mut c = Cluster::start_formatted(3, 3);
@@ -1013,16 +1014,34 @@ fn a_read_during_recovery_is_served_by_a_current_replica() {
     c.kill(behind);
     c.wait_for_membership();
     c.put(0, "alpha", &mut model, 0, 952, 64 * MIB);
-    // One object a second: recovery reaches the last data object (the inode sorts after
-    // the data) some fifteen seconds after the node is back.
+    // One object a second, in oid order: recovery reaches data object i some i seconds
+    // after the node is back.
     c.node_mut(behind).start_with_args(&["--recovery-rate", "1"]);
     c.wait_for_membership();
-    let last = vid.data_oid(15);
-    let stale = c
-        .node(behind)
-        .object_bytes(last)
-        .expect("the old copy of the last object");
+    let epoch = c.cluster_info(behind).expect("CLUSTER_INFO").epoch;
+    let current = |c: &Cluster, i: u64| {
+        c.node(behind).object_bytes(vid.data_oid(i as u32)).as_deref()
+            == Some(&model[(i * OBJ) as usize..((i + 1) * OBJ) as usize])
+    };
 
+    // The replica that is behind declines a read that may go elsewhere...
+    let mut req = RequestHeader::new(op::READ_PEER);
+    req.proto_ver = SD_SHEEP_PROTO_VER;
+    req.epoch = epoch;
+    req.flags |= flags::CURRENT_ONLY;
+    req.data_length = 4096;
+    req.set_obj(&ObjArgs {
+        oid: vid.data_oid(15).0,
+        offset: 4096,
+        ..ObjArgs::default()
+    });
+    let declined = c.call(behind, req, &[]).err().and_then(|e| e.result());
+    assert_eq!(
+        declined,
+        Some(ResultCode::NODE_IN_RECOVERY),
+        "a read of object 15 from the node that is behind"
+    );
+    // ...and its gateway reads through a current one.
     let at = 15 * OBJ + 4096;
     let got = c
         .dog_at(behind, &["vdi", "read", "alpha", &at.to_string(), "8192"], None)
@@ -1033,15 +1052,22 @@ fn a_read_during_recovery_is_served_by_a_current_replica() {
         &got,
         &model[at as usize..at as usize + 8192],
     );
-    let stat = c.stat_recovery(behind).expect("STAT_RECOVERY");
-    let epoch = c.cluster_info(behind).expect("CLUSTER_INFO").epoch;
-    assert!(
-        stat.recovered_epoch < epoch,
-        "recovery of epoch {epoch} finished before the check ({stat:?}): this test proves nothing"
+
+    // Object 15 jumps the queue: it is current while object 10, ahead of it, is not yet.
+    wait_until(
+        "object 15 to be recovered on the node that is behind",
+        RECOVERY_TIMEOUT,
+        || {
+            if current(&c, 15) {
+                Ok(())
+            } else {
+                Err("object 15 is still stale".to_string())
+            }
+        },
     );
     assert!(
-        c.node(behind).object_bytes(last) == Some(stale),
-        "the read made the node that is behind fetch the object first"
+        !current(&c, 10),
+        "object 15 did not jump the queue: object 10 was recovered first"
     );
 
     c.wait_recovered(RECOVERY_TIMEOUT * 2);

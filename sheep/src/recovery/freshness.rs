@@ -50,7 +50,12 @@ pub struct Recovery {
     scrub: Mutex<ScrubStats>,
     /// Objects whose damaged copy is being replaced (one heal at a time per object).
     healing: Mutex<std::collections::HashSet<Oid>>,
+    /// Objects a read found behind, for the worker to recover next (at most [`WANTED_MAX`]).
+    wanted: Mutex<std::collections::VecDeque<Oid>>,
 }
+
+/// Most objects waiting to jump the recovery queue; past it, they wait their turn.
+const WANTED_MAX: usize = 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -81,7 +86,21 @@ impl Recovery {
                 ..ScrubStats::default()
             }),
             healing: Mutex::new(std::collections::HashSet::new()),
+            wanted: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// Asks the worker to recover `oid` before the rest of its queue.
+    pub fn want(&self, oid: Oid) {
+        let mut w = lock(&self.wanted);
+        if w.len() < WANTED_MAX && !w.contains(&oid) {
+            w.push_back(oid);
+        }
+    }
+
+    /// The next object a read asked for, if any.
+    pub fn next_wanted(&self) -> Option<Oid> {
+        lock(&self.wanted).pop_front()
     }
 
     /// The pause between two objects of the scrub; `None` when it is off.

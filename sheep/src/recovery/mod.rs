@@ -7,8 +7,8 @@
 //! owned the object in every epoch after `g`: every write in those epochs reached it. A node
 //! that was away (not a member) owned nothing meanwhile, so its old copies are never served;
 //! it fetches them again from the holder whose copy is freshest. Client I/O to an object not
-//! recovered yet recovers that object first (it jumps the queue); a read is served by a
-//! current replica instead when there is one (`flags::CURRENT_ONLY`).
+//! recovered yet recovers that object first; a read is served by a current replica instead
+//! when there is one (`flags::CURRENT_ONLY`), and the object jumps the recovery queue.
 //!
 //! `DIR/recovered` holds the last epoch whose recovery finished here; after a restart, local
 //! copies owned at that epoch count as good at it, and everything else as untrusted.
@@ -315,12 +315,23 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
     tracing::info!(epoch, objects = mine.len(), "recovery started");
     let (started, total, mut failed) = (std::time::Instant::now(), mine.len(), 0usize);
     let pause = rec.pause();
-    for oid in mine {
+    let mut queue = mine.into_iter();
+    loop {
         if superseded() {
             tracing::info!(epoch, "recovery superseded by a newer epoch");
             rec.update_progress(|p| p.running = false);
             return;
         }
+        // An object a read found behind goes first; the progress counts the queue's.
+        let (oid, queued) = match rec.next_wanted() {
+            // Asked for in an earlier epoch, and not this node's now.
+            Some(oid) if !owns_at(sheep, oid, epoch) => continue,
+            Some(oid) => (oid, false),
+            None => match queue.next() {
+                Some(oid) => (oid, true),
+                None => break,
+            },
+        };
         let _g = rec.stripe(oid).write().await;
         if let Err(code) = ensure_current(sheep, oid).await {
             if code != ResultCode::NO_OBJ {
@@ -330,7 +341,9 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
             }
         }
         drop(_g);
-        rec.update_progress(|p| p.done += 1);
+        if queued {
+            rec.update_progress(|p| p.done += 1);
+        }
         if let Some(p) = pause {
             tokio::time::sleep(p).await;
         }
