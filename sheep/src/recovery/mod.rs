@@ -324,8 +324,9 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
         }
         // An object a read found behind goes first; the progress counts the queue's.
         let (oid, queued) = match rec.next_wanted() {
-            // Asked for in an earlier epoch, and not this node's now.
-            Some(oid) if !owns_at(sheep, oid, epoch) => continue,
+            // Asked for in an earlier epoch and not this node's now, or current already (a
+            // write recovered it): nothing to do, and no pause spent on it.
+            Some(oid) if !owns_at(sheep, oid, epoch) || effective_good(sheep, oid) == Some(epoch) => continue,
             Some(oid) => (oid, false),
             None => match queue.next() {
                 Some(oid) => (oid, true),

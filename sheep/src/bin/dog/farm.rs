@@ -435,9 +435,14 @@ impl Farm {
             .metadata()
             .map_err(|e| io_failure(format!("Failed to read the {what}"), &e))?
             .len();
-        let mut head = [0u8; TRUNK_HEADER];
         let whole = len >= TRUNK_HEADER as u64 && (len - TRUNK_HEADER as u64).is_multiple_of(TRUNK_ENTRY as u64);
-        if !whole || f.read_exact(&mut head).is_err() || &head[..8] != TRUNK_MAGIC {
+        if !whole {
+            return Err(Failure::new(format!("The {what} is malformed: not a trunk")));
+        }
+        let mut head = [0u8; TRUNK_HEADER];
+        f.read_exact(&mut head)
+            .map_err(|e| io_failure(format!("Failed to read the {what}"), &e))?;
+        if &head[..8] != TRUNK_MAGIC {
             return Err(Failure::new(format!("The {what} is malformed: not a trunk")));
         }
         if u32::from_le_bytes(head[16..20].try_into().unwrap_or_default()) != SLICE as u32 {
