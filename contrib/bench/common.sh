@@ -84,6 +84,26 @@ start_sheep() {
     pids="$pids $!"
 }
 
+# Starts sheep 0 to N-1 (start_sheep) on free ports, listed in $ports ($port: the first),
+# and waits until they list each other; fails if they do not within 30 s.
+start_cluster() {
+    local n p
+    ports=""
+    for n in $(seq "$1"); do ports="$ports $(free_port)"; done
+    n=0
+    for p in $ports; do
+        start_sheep "$n" "$p"
+        n=$((n + 1))
+    done
+    read -r port _ <<<"$ports"
+    wait_members "$port" "$1"
+}
+
+# SIZE in bytes: a number with an optional K, M, G or T (powers of 1024).
+bench_bytes() {
+    python3 -c "import sys; s = sys.argv[1]; u = 'KMGT'.find(s[-1].upper()); print(int(s[:-1]) << (10 * (u + 1)) if u >= 0 else int(s))" "$1"
+}
+
 # Waits up to 30 s until the sheep on port P lists N members; fails after that.
 wait_members() {
     local p=$1 want=$2 i

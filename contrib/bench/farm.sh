@@ -28,20 +28,7 @@ secs() { python3 -c "print('%.2f' % ($2 - $1))"; }
 mbps() { python3 -c "print('%.0f' % ($1 / 1048576 / ($3 - $2)))"; }
 dog() { "$bin/dog" "$@" -p "$port"; }
 
-ports=""
-for n in 0 1 2; do ports="$ports $(free_port)"; done
-n=0
-for p in $ports; do
-    "$bin/sheep" -p "$p" -c "local:$WORK/rv" -z "$n" --log-file "$WORK/sheep$n.log" "$WORK/node$n" \
-        </dev/null >>"$WORK/sheep$n.log" 2>&1 &
-    pids="$pids $!"
-    n=$((n + 1))
-done
-read -r port _ <<<"$ports"
-for _ in $(seq 300); do
-    [ "$(dog node list -r 2>/dev/null | wc -l)" = 3 ] && break
-    sleep 0.1
-done
+start_cluster 3 || die "the cluster did not form"
 dog cluster format -c 2 </dev/null
 size=$((1 << 30))
 dog vdi create v 1G

@@ -31,34 +31,11 @@ for b in sheep dog; do [ -x "$bin/$b" ] || die "$bin/$b is missing"; done
 
 bench_scratch recover-rss
 
-port=$(python3 -c 'import socket
-def free(p):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p)); return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-p = 17300
-while not all(free(p + i) for i in range(3)):
-    p += 3
-print(p)')
-log "starting 3 sheep on ports $port.."
-for n in 0 1 2; do
-    "$bin/sheep" -p $((port + n)) -c "local:$WORK/rv" -z "$n" --log-file "$WORK/sheep$n.log" \
-        "$WORK/node$n" </dev/null >>"$WORK/sheep$n.log" 2>&1 &
-    pids="$pids $!"
-done
+log "starting 3 sheep"
+start_cluster 3 || die "3 sheep did not join within 30 s"
 set -- $pids
-i=0
-until [ "$("$bin/dog" node list -r -p "$port" 2>/dev/null | wc -l)" = 3 ]; do
-    [ "$i" -lt 300 ] || die "3 nodes did not join within 30 s"
-    sleep 0.1
-    i=$((i + 1))
-done
 "$bin/dog" cluster format -c 2 -f -p "$port" </dev/null
-bytes=$(python3 -c "import sys; s = sys.argv[1]; u = 'KMGT'.find(s[-1].upper()); print(int(s[:-1]) << (10 * (u + 1)) if u >= 0 else int(s))" "$data")
+bytes=$(bench_bytes "$data")
 "$bin/dog" vdi create -z "$shift_" big "$bytes" -p "$port"
 log "writing $data of random data"
 head -c "$bytes" /dev/urandom | "$bin/dog" vdi write big 0 "$bytes" -p "$port"

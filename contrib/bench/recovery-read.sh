@@ -31,19 +31,13 @@ for b in sheep dog; do [ -x "$bin/$b" ] || die "$bin/$b is missing"; done
 bench_scratch recovery-read
 
 dog() { "$bin/dog" "$@"; }
-ports=""
-for n in 0 1 2; do ports="$ports $(free_port)"; done
-read -r port _ behind_port <<<"$ports"
-n=0
-for p in $ports; do
-    start_sheep "$n" "$p"
-    n=$((n + 1))
-done
-behind_pid=$!
-wait_members "$port" 3 || die "the cluster did not form"
+start_cluster 3 || die "the cluster did not form"
+read -r _ _ behind_port <<<"$ports"
+set -- $pids
+behind_pid=$3
 dog cluster format -c 3 -p "$port" </dev/null
 obj=$((1 << 31))
-bytes=$(python3 -c "import sys; s = sys.argv[1]; u = 'KMGT'.find(s[-1].upper()); print(int(s[:-1]) << (10 * (u + 1)) if u >= 0 else int(s))" "$data")
+bytes=$(bench_bytes "$data")
 dog vdi create -z 31 big $((2 * obj)) -p "$port"
 log "writing $data into each of two objects of 2 GiB"
 head -c "$bytes" /dev/urandom >"$WORK/data"
