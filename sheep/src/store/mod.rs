@@ -1,5 +1,7 @@
-//! Object stores: where a node keeps its copies of objects. One file per backend; `plain`
-//! (one file per object) is the only one today, and [`Store`] is it.
+//! Object stores: where a node keeps its copies of objects. One file per backend: `plain`
+//! (one file per object) is the working directory of every node, and [`Store`] is it; `farm`
+//! adds, on a `-b farm` cluster, the node's farm of the copies a recovery drops
+//! ([`farm::node`]), and holds the farm format that `dog cluster snapshot` uses too.
 //!
 //! What every backend shares lives here: the errors, the durability contract, and
 //! [`write_durably`] for the node's small state files.
@@ -13,6 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use protocol::{Oid, ResultCode};
 
 pub mod aligned;
+pub mod farm;
 mod fds;
 mod plain;
 pub mod sums;

@@ -1,5 +1,5 @@
 //! `dog cluster snapshot save|list|check|load|delete`: every VDI (or some) at one moment, copied
-//! into a farm directory ([`crate::farm`]) and created again from it, in this cluster or
+//! into a farm directory ([`sheep::store::farm`]) and created again from it, in this cluster or
 //! another one, after a reformat or not.
 //!
 //! Save cuts first: one SNAPSHOT_VDIS request snapshots every VDI at one point of the
@@ -19,7 +19,6 @@ use protocol::{Client, ResultCode};
 use tokio::task::block_in_place;
 
 use crate::error::{fail, warn, why, Failure};
-use crate::farm::{hex, Farm, Hash, LogEntry, Part, SnapObj, TrunkReader, TrunkWriter, VdiObj, SLICE};
 use crate::fmt::{local_time, size_str};
 use crate::net::{self, NewVdi};
 use crate::progress::Progress;
@@ -27,12 +26,9 @@ use crate::transfer::{self, WriteTarget};
 use crate::vdi::{self, object_size};
 use crate::Out;
 use sheep::dogcli::Snap;
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use sheep::store::farm::{
+    hex, now, Error as FarmError, Farm, Hash, LogEntry, Part, SnapObj, TrunkReader, TrunkWriter, VdiObj, SLICE,
+};
 
 /// The names of `all` that `only` asks for (all of them when `only` is empty), refusing
 /// names that are not there.
@@ -95,8 +91,13 @@ impl SliceSink<'_> {
             return Ok(());
         }
         if self.buf.iter().any(|&b| b != 0) {
-            let (h, new) = self.farm.put(&self.buf).map_err(|f| stash(&mut self.failed, f))?;
-            self.trunk.push(self.next, &h).map_err(|f| stash(&mut self.failed, f))?;
+            let (h, new) = self
+                .farm
+                .put(&self.buf)
+                .map_err(|f| stash(&mut self.failed, f.into()))?;
+            self.trunk
+                .push(self.next, &h)
+                .map_err(|f| stash(&mut self.failed, f.into()))?;
             self.slices += 1;
             self.bytes += self.buf.len() as u64;
             if new {
@@ -379,11 +380,11 @@ fn each_name(farm: &Farm, others: &[(LogEntry, SnapObj)], mut f: impl FnMut(Hash
     for (e, snap) in others {
         f(e.snap);
         for v in &snap.vdis {
-            let in_snapshot = |fail: Failure| Failure::new(format!("{fail} (snapshot '{}')", e.tag));
+            let in_snapshot = |fail: FarmError| Failure::new(format!("{fail} (snapshot '{}')", e.tag));
             for entry in farm.trunk(v).map_err(in_snapshot)? {
                 f(entry.map_err(in_snapshot)?.1);
             }
-            crate::farm::parse_hex(&v.trunk).into_iter().for_each(&mut f);
+            sheep::store::farm::parse_hex(&v.trunk).into_iter().for_each(&mut f);
         }
     }
     Ok(())
@@ -412,7 +413,7 @@ fn in_use(farm: &Farm, others: &[(LogEntry, SnapObj)], limit: usize) -> Result<K
 /// objects removed and their bytes.
 fn sweep_unused(farm: &Farm, others: &[(LogEntry, SnapObj)], first: Keep) -> Result<(u64, u64), Failure> {
     let names = match first {
-        Keep::All(keep) => return farm.sweep(&keep, Part::WHOLE),
+        Keep::All(keep) => return Ok(farm.sweep(&keep, Part::WHOLE)?),
         Keep::TooMany(names) => names,
     };
     let of = names.div_ceil(KEEP_MAX).clamp(2, 256);
@@ -555,7 +556,7 @@ const RUN_MAX: usize = 512;
 /// the trunk's end.
 fn next_run<I>(entries: &mut std::iter::Peekable<I>) -> Result<Vec<(u64, Hash)>, Failure>
 where
-    I: Iterator<Item = Result<(u64, Hash), Failure>>,
+    I: Iterator<Item = Result<(u64, Hash), FarmError>>,
 {
     let mut run: Vec<(u64, Hash)> = Vec::new();
     while run.len() < RUN_MAX {
@@ -569,7 +570,7 @@ where
         }
         match entries.next() {
             Some(Ok(e)) => run.push(e),
-            Some(Err(f)) => return Err(f),
+            Some(Err(f)) => return Err(f.into()),
             None => break,
         }
     }
@@ -710,7 +711,7 @@ pub async fn load(addr: SocketAddr, tag: &str, dir: &Path, only: &[String]) -> R
             .map_err(|f| Failure::new(format!("{f}; {before}")))?;
         let filled = match farm.trunk(v) {
             Ok(trunk) => fill_vdi(&c, &farm, v, vid, trunk, &progress).await,
-            Err(f) => Err(f),
+            Err(f) => Err(f.into()),
         };
         if let Err(f) = filled {
             let undone = match vdi::delete(addr, &v.name, None).await {
@@ -760,7 +761,7 @@ mod tests {
         assert_eq!(runs([0, 3, 11, 20, 21]), vec![vec![0, 3, 11], vec![20, 21]]);
         let long = runs(0..RUN_MAX as u64 + 3);
         assert_eq!(long.iter().map(Vec::len).collect::<Vec<_>>(), vec![RUN_MAX, 3]);
-        let failing = [Ok((0, [0; 20])), Err(Failure::new("bad entry".to_string()))];
+        let failing = [Ok((0, [0; 20])), Err(FarmError::new("bad entry"))];
         let mut entries = failing.into_iter().peekable();
         assert_eq!(
             next_run(&mut entries).map_err(|f| f.msg).err().as_deref(),

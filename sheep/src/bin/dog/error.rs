@@ -34,6 +34,12 @@ impl Failure {
     }
 }
 
+impl From<sheep::store::farm::Error> for Failure {
+    fn from(e: sheep::store::farm::Error) -> Failure {
+        Failure::new(e.msg)
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.msg)

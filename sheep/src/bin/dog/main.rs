@@ -8,7 +8,6 @@ mod check;
 mod cluster;
 mod csnap;
 mod error;
-mod farm;
 mod fmt;
 #[cfg(test)]
 mod mock;

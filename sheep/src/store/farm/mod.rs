@@ -1,17 +1,22 @@
-//! The farm: the directory where `dog cluster snapshot` keeps cluster snapshots. Every object
-//! in it is named by the SHA-1 of its bytes, so data that several VDIs, snapshots or places
-//! of one VDI hold is stored once, and every read checks the bytes against the name.
+//! The farm: a directory of objects named by the SHA-1 of their bytes, so that data several
+//! VDIs, snapshots or copies hold is stored once, and every read checks the bytes against
+//! the name. Two kinds ([`Kind`]): the farm where `dog cluster snapshot` keeps cluster
+//! snapshots, and a node's farm on a `-b farm` store ([`node`]), which share this format.
 //!
 //! Layout (ARCHITECTURE.md, "Farm"):
-//! - `farm`: the text `sheepdog farm 1`, marking the directory and its format version;
+//! - `farm`: the text `sheepdog farm 1` (`sheepdog node farm 1`), marking the directory and
+//!   its format version;
 //! - `objects/XX/YYYY…`: the objects, named by the 40 hex digits of their SHA-1 (the first two
-//!   name the subdirectory). Three kinds:
-//!   - *data*: one [`SLICE`] of a VDI (shorter at its end), never all zeros;
-//!   - *trunk*: one VDI at one moment: `SDFARMT1`, the VDI size (u64 LE), the slice size (u32
-//!     LE), then for each slice that is not all zeros, in ascending order, its index (u64 LE)
-//!     and its data object's SHA-1 (20 bytes);
-//!   - *snap*: one cluster snapshot, JSON ([`SnapObj`]): tag, time, epoch, members, and per
-//!     VDI its name, size, redundancy, object size and trunk;
+//!   name the subdirectory):
+//!   - *data*: one [`SLICE`] of a VDI or copy (shorter at its end), never all zeros;
+//!   - *trunk*: one VDI (or copy) at one moment: `SDFARMT1`, its size (u64 LE), the slice
+//!     size (u32 LE), then for each slice that is not all zeros, in ascending order, its index
+//!     (u64 LE) and its data object's SHA-1 (20 bytes);
+//!   - *index* (node farms): `SDFARMI1`, 0 (u64), 0 (u32), then per copy, by ascending oid,
+//!     the oid (u64 LE) and its trunk's SHA-1;
+//!   - *snap*: one snapshot, JSON: a cluster snapshot ([`SnapObj`]: tag, time, epoch,
+//!     members, and per VDI its name, size, redundancy, object size and trunk) or a node's
+//!     system snapshot ([`node::SysSnap`]);
 //! - `snap.log`: one line per snapshot, oldest first: `INDEX TIME SNAP-SHA1 TAG`.
 //!
 //! Objects are written to a temporary name and renamed, the file system is synced, and only
@@ -28,18 +33,60 @@ use std::path::{Path, PathBuf};
 
 use sha1::{Digest, Sha1};
 
-use crate::error::Failure;
+/// Why a farm operation failed: a message that names the farm file and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub msg: String,
+}
+
+impl Error {
+    pub fn new(msg: impl Into<String>) -> Error {
+        Error { msg: msg.into() }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
 
 /// The unit of deduplication: 128 KiB of a VDI.
 pub const SLICE: u64 = 128 * 1024;
 const MARKER: &str = "farm";
-const MARKER_TEXT: &str = "sheepdog farm 1\n";
+/// What a farm directory holds, told by the text of its marker file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Cluster snapshots, saved by `dog cluster snapshot` ([`SnapObj`]).
+    Snapshots,
+    /// A node's system snapshots: the copies it dropped after each recovery ([`node`]).
+    Node,
+}
+
+impl Kind {
+    fn marker_text(self) -> &'static str {
+        match self {
+            Kind::Snapshots => "sheepdog farm 1\n",
+            Kind::Node => "sheepdog node farm 1\n",
+        }
+    }
+}
 const LOG: &str = "snap.log";
 const TRUNK_MAGIC: &[u8; 8] = b"SDFARMT1";
+const INDEX_MAGIC: &[u8; 8] = b"SDFARMI1";
 const TRUNK_HEADER: usize = 8 + 8 + 4;
 const TRUNK_ENTRY: usize = 8 + 20;
 
+pub mod node;
+
 pub type Hash = [u8; 20];
+
+/// Seconds since the Unix epoch, as farm logs and snap objects record times.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 pub fn hash_of(bytes: &[u8]) -> Hash {
     Sha1::digest(bytes).into()
@@ -102,28 +149,32 @@ pub struct LogEntry {
     pub tag: String,
 }
 
-/// One stored trunk, read entry by entry in ascending slice order, so that no VDI's trunk is
+/// One stored trunk (or index), read entry by entry in ascending order, so that no trunk is
 /// ever whole in memory. Its bytes were checked against its name when it was opened
-/// ([`Farm::trunk`]); each entry is checked as it comes: in order and within the VDI. After
-/// an entry that fails, the reader ends.
+/// ([`Farm::trunk`], [`Farm::slices`], [`Farm::index`]); each entry is checked as it comes:
+/// in order and, for a trunk, within the VDI or object. After an entry that fails, the
+/// reader ends.
 pub struct TrunkReader {
     input: std::io::BufReader<File>,
     /// What the trunk is, for messages: "trunk of VDI NAME (SHA-1)".
     what: String,
+    /// The bytes of the VDI or object (a trunk), or 0 (an index).
     pub size: u64,
+    /// Keys must be below this: the slices of `size` bytes, or any oid.
+    limit: u64,
     left: u64,
     prev: Option<u64>,
 }
 
 impl TrunkReader {
-    fn malformed(&mut self, why: &str) -> Failure {
+    fn malformed(&mut self, why: &str) -> Error {
         self.left = 0;
-        Failure::new(format!("The {} is malformed: {why}", self.what))
+        Error::new(format!("The {} is malformed: {why}", self.what))
     }
 }
 
 impl Iterator for TrunkReader {
-    type Item = Result<(u64, Hash), Failure>;
+    type Item = Result<(u64, Hash), Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.left == 0 {
@@ -140,8 +191,8 @@ impl Iterator for TrunkReader {
         if self.prev.is_some_and(|prev| prev >= idx) {
             return Some(Err(self.malformed("its slices are out of order")));
         }
-        if idx >= self.size.div_ceil(SLICE) {
-            return Some(Err(self.malformed("a slice lies past the VDI's end")));
+        if idx >= self.limit {
+            return Some(Err(self.malformed("a slice lies past the end")));
         }
         self.prev = Some(idx);
         Some(Ok((idx, h.try_into().unwrap_or_default())))
@@ -177,8 +228,17 @@ pub struct TrunkWriter<'a> {
 }
 
 impl<'a> TrunkWriter<'a> {
-    /// Starts the trunk of a VDI of `size` bytes.
-    pub fn new(farm: &'a Farm, size: u64) -> Result<TrunkWriter<'a>, Failure> {
+    /// Starts the trunk of a VDI (or object) of `size` bytes: its entries are slice indexes.
+    pub fn new(farm: &'a Farm, size: u64) -> Result<TrunkWriter<'a>, Error> {
+        TrunkWriter::start(farm, TRUNK_MAGIC, size, SLICE as u32)
+    }
+
+    /// Starts an index: its entries are oids, each with the name of its object's trunk.
+    pub fn index(farm: &'a Farm) -> Result<TrunkWriter<'a>, Error> {
+        TrunkWriter::start(farm, INDEX_MAGIC, 0, 0)
+    }
+
+    fn start(farm: &'a Farm, magic: &[u8; 8], size: u64, slice: u32) -> Result<TrunkWriter<'a>, Error> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = farm.tmp_dir()?.join(format!(".tmp-{}-trunk-{n}", std::process::id()));
@@ -191,13 +251,13 @@ impl<'a> TrunkWriter<'a> {
             len: 0,
             named: false,
         };
-        w.add(TRUNK_MAGIC)?;
+        w.add(magic)?;
         w.add(&size.to_le_bytes())?;
-        w.add(&(SLICE as u32).to_le_bytes())?;
+        w.add(&slice.to_le_bytes())?;
         Ok(w)
     }
 
-    fn add(&mut self, b: &[u8]) -> Result<(), Failure> {
+    fn add(&mut self, b: &[u8]) -> Result<(), Error> {
         self.hasher.update(b);
         self.len += b.len() as u64;
         self.out
@@ -205,14 +265,14 @@ impl<'a> TrunkWriter<'a> {
             .map_err(|e| io_failure(format!("Failed to write {}", self.tmp.display()), &e))
     }
 
-    /// Records that slice `idx` is data object `h`.
-    pub fn push(&mut self, idx: u64, h: &Hash) -> Result<(), Failure> {
+    /// Records that slice (or oid) `idx` is object `h`.
+    pub fn push(&mut self, idx: u64, h: &Hash) -> Result<(), Error> {
         self.add(&idx.to_le_bytes())?;
         self.add(h)
     }
 
     /// Stores the trunk (unless the farm holds it already); returns its name.
-    pub fn finish(mut self) -> Result<Hash, Failure> {
+    pub fn finish(mut self) -> Result<Hash, Error> {
         self.out
             .flush()
             .map_err(|e| io_failure(format!("Failed to write {}", self.tmp.display()), &e))?;
@@ -256,6 +316,12 @@ pub struct Farm {
     dir: PathBuf,
 }
 
+/// A trunk just opened, with the slice size its header gives.
+struct Opened {
+    reader: TrunkReader,
+    slice: u32,
+}
+
 /// An object that could not be read, as what is wrong with it.
 fn unreadable(e: std::io::Error) -> Bad {
     match e.kind() {
@@ -264,8 +330,8 @@ fn unreadable(e: std::io::Error) -> Bad {
     }
 }
 
-fn io_failure(what: impl std::fmt::Display, e: &std::io::Error) -> Failure {
-    Failure::new(format!("{what}: {e}"))
+fn io_failure(what: impl std::fmt::Display, e: &std::io::Error) -> Error {
+    Error::new(format!("{what}: {e}"))
 }
 
 /// Takes `how` (LOCK_SH, LOCK_EX) on `f`, waiting for it; the lock goes with `f`.
@@ -278,37 +344,47 @@ fn flock(f: &File, how: libc::c_int) -> std::io::Result<()> {
 }
 
 impl Farm {
-    /// The farm in `dir`, made there if the directory is missing or empty. A directory
-    /// with other things in it is refused.
-    pub fn create(dir: &Path) -> Result<Farm, Failure> {
+    /// The farm of cluster snapshots in `dir`, made there if the directory is missing or
+    /// empty. A directory with other things in it is refused.
+    pub fn create(dir: &Path) -> Result<Farm, Error> {
+        Farm::create_as(dir, Kind::Snapshots)
+    }
+
+    /// The farm of cluster snapshots in `dir`, which must be one.
+    pub fn open(dir: &Path) -> Result<Farm, Error> {
+        Farm::open_as(dir, Kind::Snapshots)
+    }
+
+    /// The farm of `kind` in `dir`, made there if the directory is missing or empty.
+    pub fn create_as(dir: &Path, kind: Kind) -> Result<Farm, Error> {
         fs::create_dir_all(dir).map_err(|e| io_failure(format!("Failed to create {}", dir.display()), &e))?;
         if !dir.join(MARKER).exists() {
             let mut entries =
                 fs::read_dir(dir).map_err(|e| io_failure(format!("Failed to read {}", dir.display()), &e))?;
             if entries.next().is_some() {
-                return Err(Failure::new(format!(
+                return Err(Error::new(format!(
                     "{} is not a farm and not empty: give an empty or new directory",
                     dir.display()
                 )));
             }
             fs::create_dir(dir.join("objects"))
-                .and_then(|()| fs::write(dir.join(MARKER), MARKER_TEXT))
+                .and_then(|()| fs::write(dir.join(MARKER), kind.marker_text()))
                 .map_err(|e| io_failure(format!("Failed to make a farm in {}", dir.display()), &e))?;
         }
-        Farm::open(dir)
+        Farm::open_as(dir, kind)
     }
 
-    /// The farm in `dir`, which must be one.
-    pub fn open(dir: &Path) -> Result<Farm, Failure> {
+    /// The farm of `kind` in `dir`, which must be one.
+    pub fn open_as(dir: &Path, kind: Kind) -> Result<Farm, Error> {
         match fs::read_to_string(dir.join(MARKER)) {
-            Ok(s) if s == MARKER_TEXT => Ok(Farm { dir: dir.to_path_buf() }),
-            Ok(s) => Err(Failure::new(format!(
-                "{} is a farm of another format ({}); this dog reads {}",
+            Ok(s) if s == kind.marker_text() => Ok(Farm { dir: dir.to_path_buf() }),
+            Ok(s) => Err(Error::new(format!(
+                "{} is a farm of another format ({}); this command reads {}",
                 dir.display(),
                 s.trim(),
-                MARKER_TEXT.trim()
+                kind.marker_text().trim()
             ))),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(Failure::new(format!("{} is not a farm", dir.display()))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::new(format!("{} is not a farm", dir.display()))),
             Err(e) => Err(io_failure(format!("Failed to read {}", dir.display()), &e)),
         }
     }
@@ -321,7 +397,7 @@ impl Farm {
     /// Stores `bytes` unless an object of that name and length exists; returns its name and
     /// whether it was new. (A crash before a save synced can leave a short object under its
     /// name: it is written again, not reused.)
-    pub fn put(&self, bytes: &[u8]) -> Result<(Hash, bool), Failure> {
+    pub fn put(&self, bytes: &[u8]) -> Result<(Hash, bool), Error> {
         let h = hash_of(bytes);
         if self.holds(&h, bytes.len() as u64) {
             return Ok((h, false));
@@ -343,14 +419,14 @@ impl Farm {
 
     /// Where objects are written before they are named: a directory of objects, so that
     /// the leftovers of a crash are swept like any object that nothing names.
-    fn tmp_dir(&self) -> Result<PathBuf, Failure> {
+    fn tmp_dir(&self) -> Result<PathBuf, Error> {
         let d = self.dir.join("objects").join("00");
         fs::create_dir_all(&d).map_err(|e| io_failure(format!("Failed to create {}", d.display()), &e))?;
         Ok(d)
     }
 
     /// Names the written file `tmp` as object `h`.
-    fn settle(&self, tmp: &Path, h: &Hash) -> Result<(), Failure> {
+    fn settle(&self, tmp: &Path, h: &Hash) -> Result<(), Error> {
         let path = self.path(h);
         let parent = path.parent().unwrap_or(&self.dir);
         fs::create_dir_all(parent)
@@ -369,12 +445,12 @@ impl Farm {
     }
 
     /// [`Farm::get`] with the failure as a message that names the object and what it is.
-    pub fn get_or_fail(&self, h: &Hash, what: impl std::fmt::Display) -> Result<Vec<u8>, Failure> {
+    pub fn get_or_fail(&self, h: &Hash, what: impl std::fmt::Display) -> Result<Vec<u8>, Error> {
         self.get(h).map_err(|bad| self.bad_object(h, what, &bad))
     }
 
-    fn bad_object(&self, h: &Hash, what: impl std::fmt::Display, bad: &Bad) -> Failure {
-        Failure::new(format!(
+    fn bad_object(&self, h: &Hash, what: impl std::fmt::Display, bad: &Bad) -> Error {
+        Error::new(format!(
             "farm object {} ({what}, {}) is {bad}",
             hex(h),
             self.path(h).display()
@@ -382,7 +458,7 @@ impl Farm {
     }
 
     /// Every snapshot of the log, oldest first.
-    pub fn log(&self) -> Result<Vec<LogEntry>, Failure> {
+    pub fn log(&self) -> Result<Vec<LogEntry>, Error> {
         let text = match fs::read_to_string(self.dir.join(LOG)) {
             Ok(t) => t,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -399,61 +475,82 @@ impl Farm {
             .lines()
             .enumerate()
             .map(|(n, line)| {
-                parse_log_line(line).ok_or_else(|| {
-                    Failure::new(format!("{}: line {} of {LOG} is malformed", self.dir.display(), n + 1))
-                })
+                parse_log_line(line)
+                    .ok_or_else(|| Error::new(format!("{}: line {} of {LOG} is malformed", self.dir.display(), n + 1)))
             })
             .collect()
     }
 
     /// The snapshot tagged `tag` and its snap object.
-    pub fn find(&self, tag: &str) -> Result<(LogEntry, SnapObj), Failure> {
+    pub fn find(&self, tag: &str) -> Result<(LogEntry, SnapObj), Error> {
         let entry = self
             .log()?
             .into_iter()
             .find(|e| e.tag == tag)
-            .ok_or_else(|| Failure::new(format!("No cluster snapshot tagged '{tag}' in {}", self.dir.display())))?;
+            .ok_or_else(|| Error::new(format!("No cluster snapshot tagged '{tag}' in {}", self.dir.display())))?;
         let snap = self.snap(&entry)?;
         Ok((entry, snap))
     }
 
     /// The snap object a log entry names, checked.
-    pub fn snap(&self, entry: &LogEntry) -> Result<SnapObj, Failure> {
+    pub fn snap(&self, entry: &LogEntry) -> Result<SnapObj, Error> {
         let tag = &entry.tag;
         let b = self.get_or_fail(&entry.snap, format_args!("snap of '{tag}'"))?;
-        serde_json::from_slice(&b).map_err(|e| Failure::new(format!("The snap object of '{tag}' is malformed: {e}")))
+        serde_json::from_slice(&b).map_err(|e| Error::new(format!("The snap object of '{tag}' is malformed: {e}")))
     }
 
     /// The trunk of `v`, its bytes checked against its name, ready to be read entry by entry.
-    pub fn trunk(&self, v: &VdiObj) -> Result<TrunkReader, Failure> {
+    pub fn trunk(&self, v: &VdiObj) -> Result<TrunkReader, Error> {
         let h = parse_hex(&v.trunk)
-            .ok_or_else(|| Failure::new(format!("VDI {}: '{}' is not a trunk's name", v.name, v.trunk)))?;
-        let what = format!("trunk of VDI {}", v.name);
-        let mut f = self.checked_file(&h).map_err(|bad| self.bad_object(&h, &what, &bad))?;
-        let what = format!("{what} ({})", v.trunk);
+            .ok_or_else(|| Error::new(format!("VDI {}: '{}' is not a trunk's name", v.name, v.trunk)))?;
+        self.slices(&h, &format!("trunk of VDI {}", v.name))
+    }
+
+    /// Trunk `h` (`what` it is, for messages), checked, ready to be read entry by entry.
+    pub fn slices(&self, h: &Hash, what: &str) -> Result<TrunkReader, Error> {
+        let mut t = self.open_trunk(h, what, TRUNK_MAGIC)?;
+        if t.slice != SLICE as u32 {
+            return Err(Error::new(format!(
+                "The {} is malformed: another slice size",
+                t.reader.what
+            )));
+        }
+        t.reader.limit = t.reader.size.div_ceil(SLICE);
+        Ok(t.reader)
+    }
+
+    /// Index `h` (`what` it is, for messages), checked, ready to be read entry by entry.
+    pub fn index(&self, h: &Hash, what: &str) -> Result<TrunkReader, Error> {
+        Ok(self.open_trunk(h, what, INDEX_MAGIC)?.reader)
+    }
+
+    fn open_trunk(&self, h: &Hash, what: &str, magic: &[u8; 8]) -> Result<Opened, Error> {
+        let mut f = self.checked_file(h).map_err(|bad| self.bad_object(h, what, &bad))?;
+        let what = format!("{what} ({})", hex(h));
         let len = f
             .metadata()
             .map_err(|e| io_failure(format!("Failed to read the {what}"), &e))?
             .len();
         let whole = len >= TRUNK_HEADER as u64 && (len - TRUNK_HEADER as u64).is_multiple_of(TRUNK_ENTRY as u64);
         if !whole {
-            return Err(Failure::new(format!("The {what} is malformed: not a trunk")));
+            return Err(Error::new(format!("The {what} is malformed: not a trunk")));
         }
         let mut head = [0u8; TRUNK_HEADER];
         f.read_exact(&mut head)
             .map_err(|e| io_failure(format!("Failed to read the {what}"), &e))?;
-        if &head[..8] != TRUNK_MAGIC {
-            return Err(Failure::new(format!("The {what} is malformed: not a trunk")));
+        if &head[..8] != magic {
+            return Err(Error::new(format!("The {what} is malformed: not a trunk")));
         }
-        if u32::from_le_bytes(head[16..20].try_into().unwrap_or_default()) != SLICE as u32 {
-            return Err(Failure::new(format!("The {what} is malformed: another slice size")));
-        }
-        Ok(TrunkReader {
-            input: std::io::BufReader::with_capacity(64 << 10, f),
-            what,
-            size: u64::from_le_bytes(head[8..16].try_into().unwrap_or_default()),
-            left: (len - TRUNK_HEADER as u64) / TRUNK_ENTRY as u64,
-            prev: None,
+        Ok(Opened {
+            slice: u32::from_le_bytes(head[16..20].try_into().unwrap_or_default()),
+            reader: TrunkReader {
+                input: std::io::BufReader::with_capacity(64 << 10, f),
+                what,
+                size: u64::from_le_bytes(head[8..16].try_into().unwrap_or_default()),
+                limit: u64::MAX,
+                left: (len - TRUNK_HEADER as u64) / TRUNK_ENTRY as u64,
+                prev: None,
+            },
         })
     }
 
@@ -473,7 +570,7 @@ impl Farm {
     /// Holds the farm for a save (`exclusive` false: saves may run side by side) or for a
     /// delete (`exclusive`: alone, so that no save's objects are swept before its log line is
     /// written). Released when the returned file is dropped.
-    pub fn hold(&self, exclusive: bool) -> Result<File, Failure> {
+    pub fn hold(&self, exclusive: bool) -> Result<File, Error> {
         let failed = |e: std::io::Error| io_failure(format!("Failed to lock {}", self.dir.display()), &e);
         let f = File::open(self.dir.join(MARKER)).map_err(failed)?;
         flock(&f, if exclusive { libc::LOCK_EX } else { libc::LOCK_SH }).map_err(failed)?;
@@ -481,27 +578,27 @@ impl Farm {
     }
 
     /// Removes the snapshot tagged `tag` from the log (durably); returns its entry.
-    pub fn unlog(&self, tag: &str) -> Result<LogEntry, Failure> {
+    pub fn unlog(&self, tag: &str) -> Result<LogEntry, Error> {
         let log = self.log()?;
         let gone = log
             .iter()
             .find(|e| e.tag == tag)
             .cloned()
-            .ok_or_else(|| Failure::new(format!("No cluster snapshot tagged '{tag}' in {}", self.dir.display())))?;
+            .ok_or_else(|| Error::new(format!("No cluster snapshot tagged '{tag}' in {}", self.dir.display())))?;
         let text: String = log
             .iter()
             .filter(|e| e.tag != tag)
             .map(|e| format!("{} {} {} {}\n", e.index, e.time, hex(&e.snap), e.tag))
             .collect();
         let path = self.dir.join(LOG);
-        sheep::store::write_durably(&path, text.as_bytes())
+        super::write_durably(&path, text.as_bytes())
             .map_err(|e| io_failure(format!("Failed to rewrite {}", path.display()), &e))?;
         Ok(gone)
     }
 
     /// Deletes every object of `part` not in `keep`, and leftovers of interrupted writes;
     /// returns how many objects went and their bytes.
-    pub fn sweep(&self, keep: &HashSet<Hash>, part: Part) -> Result<(u64, u64), Failure> {
+    pub fn sweep(&self, keep: &HashSet<Hash>, part: Part) -> Result<(u64, u64), Error> {
         let objects = self.dir.join("objects");
         let failed = |e: std::io::Error| io_failure(format!("Failed to sweep {}", objects.display()), &e);
         let (mut count, mut bytes) = (0, 0);
@@ -528,7 +625,7 @@ impl Farm {
     }
 
     /// Makes everything stored so far durable (one syncfs of the farm's file system).
-    pub fn sync(&self) -> Result<(), Failure> {
+    pub fn sync(&self) -> Result<(), Error> {
         let d = File::open(&self.dir).map_err(|e| io_failure(format!("Failed to open {}", self.dir.display()), &e))?;
         // SAFETY: syncfs only reads the descriptor, which `d` keeps open.
         if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
@@ -542,7 +639,7 @@ impl Farm {
 
     /// Appends a snapshot to the log, durably; returns its index. Under an exclusive lock
     /// of the log, so that two saves into one farm neither share an index nor a tag.
-    pub fn append(&self, tag: &str, time: u64, snap: &Hash) -> Result<u32, Failure> {
+    pub fn append(&self, tag: &str, time: u64, snap: &Hash) -> Result<u32, Error> {
         let failed =
             |e: std::io::Error| io_failure(format!("Failed to append to the log of {}", self.dir.display()), &e);
         let mut f = OpenOptions::new()
@@ -553,13 +650,13 @@ impl Farm {
         flock(&f, libc::LOCK_EX).map_err(failed)?;
         let log = self.log()?;
         if log.iter().any(|e| e.tag == tag) {
-            return Err(Failure::new(format!(
+            return Err(Error::new(format!(
                 "A cluster snapshot tagged '{tag}' was saved in {} meanwhile",
                 self.dir.display()
             )));
         }
         let index = log.last().map_or(Some(1), |e| e.index.checked_add(1));
-        let index = index.ok_or_else(|| Failure::new(format!("The log of {} is full", self.dir.display())))?;
+        let index = index.ok_or_else(|| Error::new(format!("The log of {} is full", self.dir.display())))?;
         // An append cut short (a crash, a full disk) left a partial last line: drop it.
         let text = fs::read(self.dir.join(LOG)).map_err(failed)?;
         let before = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) as u64;
@@ -646,7 +743,7 @@ mod tests {
         reversed.reverse();
         malformed(&stored(&farm, size, &reversed), "out of order");
         let past_end = [slices.as_slice(), &[(4, [3; 20])]].concat();
-        malformed(&stored(&farm, size, &past_end), "past the VDI's end");
+        malformed(&stored(&farm, size, &past_end), "past the end");
 
         let mut flipped = b.clone();
         flipped[TRUNK_HEADER] ^= 1;

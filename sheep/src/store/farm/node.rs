@@ -1,0 +1,389 @@
+//! A node's farm (`dog cluster format -b farm`): beside the working directory of plain
+//! objects, `DIR/farm` keeps the node's *system snapshots*. When a recovery has finished on
+//! every member, the copies this node no longer owns are not simply deleted: they are stored
+//! here first, as one snapshot of that epoch, and then leave the working directory. A copy
+//! dropped by mistake (a placement bug, an operator's error, a disk lost on the new owner
+//! before its next scrub) can then still be read back with `dog node farm read`.
+//!
+//! Client I/O never touches the farm: writes and reads go to the working directory at the
+//! plain store's speed, and hashing happens only when a snapshot is taken. A copy is cut
+//! into [`SLICE`]s; a slice is stored once however many copies or snapshots hold it, and
+//! every read checks it against its name, so a corrupt farm file is reported, never served.
+//!
+//! Format (ARCHITECTURE.md, "Farm"): the objects of [`super`]; per archived copy a trunk
+//! (the copy's size and its slices); per snapshot an *index* (each oid with its trunk) and a
+//! snap object ([`SysSnap`], JSON); `snap.log` names the snapshots, oldest first, tagged
+//! `epoch E`. The farm keeps the newest `keep` snapshots ([`NodeFarm::prune`]).
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use protocol::Oid;
+
+use super::{hex, io_failure, now, parse_hex, Error, Farm, Hash, Kind, LogEntry, TrunkWriter, SLICE};
+use crate::store::Store;
+
+/// System snapshots a node keeps unless told otherwise (`sheep --farm-keep`).
+pub const KEEP: usize = 8;
+
+/// One system snapshot: the snap object.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SysSnap {
+    /// The epoch whose recovery dropped these copies.
+    pub epoch: u32,
+    pub time: u64,
+    /// The members of that epoch, host:port.
+    pub members: Vec<String>,
+    /// SHA-1 of its index, hex.
+    pub index: String,
+    pub objects: u64,
+    /// The copies' bytes.
+    pub bytes: u64,
+}
+
+/// What one [`NodeFarm::archive`] stored.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Archived {
+    pub objects: u64,
+    pub bytes: u64,
+    /// Bytes of slices the farm did not hold yet.
+    pub new_bytes: u64,
+}
+
+pub struct NodeFarm {
+    farm: Farm,
+}
+
+/// The directory of the farm of the node whose directory is `node_dir`.
+pub fn dir(node_dir: &Path) -> PathBuf {
+    node_dir.join("farm")
+}
+
+impl NodeFarm {
+    /// The farm of the node whose directory is `node_dir`, made if it has none.
+    pub fn create(node_dir: &Path) -> Result<NodeFarm, Error> {
+        Farm::create_as(&dir(node_dir), Kind::Node).map(|farm| NodeFarm { farm })
+    }
+
+    /// The farm at `dir` (a node's `DIR/farm`), which must be one.
+    pub fn open(dir: &Path) -> Result<NodeFarm, Error> {
+        Farm::open_as(dir, Kind::Node).map(|farm| NodeFarm { farm })
+    }
+
+    /// Stores this node's copies of `oids` (read from `store`) as the system snapshot of
+    /// `epoch`. Once it returns, the snapshot is durable and in the log.
+    pub fn archive(&self, store: &Store, epoch: u32, members: Vec<String>, oids: &[Oid]) -> Result<Archived, Error> {
+        let mut sorted = oids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut done = Archived::default();
+        let mut index = TrunkWriter::index(&self.farm)?;
+        let mut buf = vec![0u8; SLICE as usize];
+        for oid in sorted {
+            let failed = |e: std::io::Error| io_failure(format!("Failed to read object {oid} to archive it"), &e);
+            let f = store
+                .file(oid)
+                .map_err(|e| Error::new(format!("Failed to archive object {oid}: {e}")))?;
+            let size = f.metadata().map_err(failed)?.len();
+            let mut trunk = TrunkWriter::new(&self.farm, size)?;
+            for idx in 0..size.div_ceil(SLICE) {
+                let len = (size - idx * SLICE).min(SLICE) as usize;
+                let slice = &mut buf[..len];
+                f.read_exact_at(slice, idx * SLICE).map_err(failed)?;
+                if slice.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                let (h, new) = self.farm.put(slice)?;
+                trunk.push(idx, &h)?;
+                if new {
+                    done.new_bytes += len as u64;
+                }
+            }
+            index.push(oid.0, &trunk.finish()?)?;
+            done.objects += 1;
+            done.bytes += size;
+        }
+        let snap = SysSnap {
+            epoch,
+            time: now(),
+            members,
+            index: hex(&index.finish()?),
+            objects: done.objects,
+            bytes: done.bytes,
+        };
+        let json = serde_json::to_vec_pretty(&snap).map_err(|e| Error::new(format!("Failed to encode a snap: {e}")))?;
+        let (h, _) = self.farm.put(&json)?;
+        self.farm.sync()?;
+        let taken: HashSet<String> = self.farm.log()?.into_iter().map(|e| e.tag).collect();
+        let tag = (1..)
+            .map(|n| match n {
+                1 => format!("epoch {epoch}"),
+                n => format!("epoch {epoch} #{n}"),
+            })
+            .find(|t| !taken.contains(t))
+            .unwrap_or_default();
+        self.farm.append(&tag, snap.time, &h)?;
+        Ok(done)
+    }
+
+    /// The system snapshots, oldest first, each with its snap object.
+    pub fn snapshots(&self) -> Result<Vec<(LogEntry, SysSnap)>, Error> {
+        self.farm
+            .log()?
+            .into_iter()
+            .map(|e| {
+                let b = self.farm.get_or_fail(&e.snap, format_args!("snap of '{}'", e.tag))?;
+                let snap = serde_json::from_slice(&b)
+                    .map_err(|err| Error::new(format!("The snap object of '{}' is malformed: {err}", e.tag)))?;
+                Ok((e, snap))
+            })
+            .collect()
+    }
+
+    /// Calls `f` with each oid of `snap` and the name of its copy's trunk, in oid order.
+    fn each_copy(&self, snap: &SysSnap, mut f: impl FnMut(u64, Hash) -> Result<(), Error>) -> Result<(), Error> {
+        let h = parse_hex(&snap.index)
+            .ok_or_else(|| Error::new(format!("'{}' is not the name of an index", snap.index)))?;
+        for entry in self.farm.index(&h, &format!("index of epoch {}", snap.epoch))? {
+            let (oid, trunk) = entry?;
+            f(oid, trunk)?;
+        }
+        Ok(())
+    }
+
+    /// The newest snapshot that holds a copy of `oid` (of `epoch`, when given), and the
+    /// name of that copy's trunk.
+    pub fn find(&self, oid: Oid, epoch: Option<u32>) -> Result<(SysSnap, Hash), Error> {
+        for (_, snap) in self.snapshots()?.into_iter().rev() {
+            if epoch.is_some_and(|e| e != snap.epoch) {
+                continue;
+            }
+            let mut found = None;
+            self.each_copy(&snap, |o, trunk| {
+                if o == oid.0 {
+                    found = Some(trunk);
+                }
+                Ok(())
+            })?;
+            if let Some(trunk) = found {
+                return Ok((snap, trunk));
+            }
+        }
+        Err(Error::new(match epoch {
+            Some(e) => format!("No system snapshot of epoch {e} holds object {oid}"),
+            None => format!("No system snapshot holds object {oid}"),
+        }))
+    }
+
+    /// Writes the archived copy of `oid` whose trunk is `trunk` to `out`, every slice checked
+    /// first; returns its size. Nothing is written when a slice fails.
+    pub fn read(&self, oid: Oid, trunk: &Hash, out: &mut impl Write) -> Result<u64, Error> {
+        let what = format!("trunk of object {oid}");
+        let reader = self.farm.slices(trunk, &what)?;
+        let size = reader.size;
+        let mut slices = Vec::new();
+        for entry in reader {
+            let (idx, h) = entry?;
+            self.farm.get_or_fail(&h, format_args!("slice {idx} of object {oid}"))?;
+            slices.push((idx, h));
+        }
+        let failed = |e: std::io::Error| io_failure(format!("Failed to write object {oid}"), &e);
+        let zeros = vec![0u8; SLICE as usize];
+        let mut next = slices.iter().peekable();
+        for idx in 0..size.div_ceil(SLICE) {
+            let len = (size - idx * SLICE).min(SLICE) as usize;
+            match next.next_if(|(i, _)| *i == idx) {
+                Some((_, h)) => {
+                    let b = self.farm.get_or_fail(h, format_args!("slice {idx} of object {oid}"))?;
+                    out.write_all(&b).map_err(failed)?;
+                }
+                None => out.write_all(&zeros[..len]).map_err(failed)?,
+            }
+        }
+        out.flush().map_err(failed)?;
+        Ok(size)
+    }
+
+    /// Checks every object the snapshots use against its name; returns the problems, each
+    /// naming the object, what it is and its file.
+    pub fn check(&self) -> Result<Vec<String>, Error> {
+        let mut problems = Vec::new();
+        let mut seen = HashSet::new();
+        for (e, snap) in self.snapshots()? {
+            let r = self.each_copy(&snap, |oid, trunk| {
+                let what = format!("trunk of object {}", Oid(oid));
+                let reader = match self.farm.slices(&trunk, &what) {
+                    Ok(r) => r,
+                    Err(f) => {
+                        problems.push(format!("{f} ('{}')", e.tag));
+                        return Ok(());
+                    }
+                };
+                for entry in reader {
+                    let (idx, h) = entry?;
+                    if seen.insert(h) {
+                        if let Err(f) = self
+                            .farm
+                            .get_or_fail(&h, format_args!("slice {idx} of object {}", Oid(oid)))
+                        {
+                            problems.push(format!("{f} ('{}')", e.tag));
+                        }
+                    }
+                }
+                Ok(())
+            });
+            if let Err(f) = r {
+                problems.push(format!("{f} ('{}')", e.tag));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Drops all but the newest `keep` snapshots, then every object no snapshot left uses
+    /// (theirs, and what an archive cut short left); returns how many objects went and
+    /// their bytes.
+    pub fn prune(&self, keep: usize) -> Result<(u64, u64), Error> {
+        let snaps = self.snapshots()?;
+        let (gone, kept) = snaps.split_at(snaps.len().saturating_sub(keep));
+        let mut used = HashSet::new();
+        for (e, snap) in kept {
+            used.insert(e.snap);
+            used.extend(parse_hex(&snap.index));
+            self.each_copy(snap, |oid, trunk| {
+                used.insert(trunk);
+                for entry in self.farm.slices(&trunk, &format!("trunk of object {}", Oid(oid)))? {
+                    used.insert(entry?.1);
+                }
+                Ok(())
+            })?;
+        }
+        for (e, _) in gone {
+            self.farm.unlog(&e.tag)?;
+        }
+        self.farm.sweep(&used, super::Part::WHOLE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Durability, Options};
+
+    const MIB: u64 = 1 << 20;
+
+    /// A store with objects of 1 MiB: `oid` holds `fill` in its second slice, zeros elsewhere.
+    fn stored(store: &Store, copies: &[(u64, u8)]) {
+        for &(oid, fill) in copies {
+            let data = vec![fill; SLICE as usize];
+            store
+                .create(Oid(oid), MIB, SLICE, &data, Durability::OnFlush)
+                .expect("create");
+        }
+    }
+
+    fn read_back(farm: &NodeFarm, oid: u64, epoch: Option<u32>) -> Result<Vec<u8>, String> {
+        let (_, trunk) = farm.find(Oid(oid), epoch).map_err(|e| e.msg)?;
+        let mut out = Vec::new();
+        farm.read(Oid(oid), &trunk, &mut out).map_err(|e| e.msg)?;
+        Ok(out)
+    }
+
+    fn object_files(node_dir: &Path) -> usize {
+        walk(&dir(node_dir).join("objects"))
+    }
+
+    fn walk(d: &Path) -> usize {
+        std::fs::read_dir(d)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .map(|p| if p.is_dir() { walk(&p) } else { 1 })
+            .sum()
+    }
+
+    #[test]
+    fn copies_are_archived_once_read_back_checked_and_pruned() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(t.path(), Options::default()).expect("store");
+        stored(&store, &[(1, 7), (2, 7), (3, 9)]);
+        let farm = NodeFarm::create(t.path()).expect("farm");
+        let members = vec!["127.0.0.1:7000".to_string()];
+        let a = farm
+            .archive(&store, 2, members.clone(), &[Oid(1), Oid(2)])
+            .expect("archive");
+        // Two copies of the same bytes: one slice of data stored.
+        assert_eq!(
+            a,
+            Archived {
+                objects: 2,
+                bytes: 2 * MIB,
+                new_bytes: SLICE
+            }
+        );
+        let mut want = vec![0u8; MIB as usize];
+        want[SLICE as usize..2 * SLICE as usize].fill(7);
+        assert_eq!(read_back(&farm, 1, None), Ok(want.clone()));
+        assert_eq!(read_back(&farm, 2, Some(2)), Ok(want.clone()));
+        assert!(read_back(&farm, 3, None).is_err_and(|e| e.contains("No system snapshot holds object")));
+
+        // The same copy again in a later epoch adds no data; a new one does.
+        store.write(Oid(1), 0, b"changed").expect("write");
+        let a = farm
+            .archive(&store, 3, members.clone(), &[Oid(1), Oid(3)])
+            .expect("archive");
+        assert_eq!((a.objects, a.new_bytes), (2, 2 * SLICE));
+        let snaps = farm.snapshots().expect("snapshots");
+        let epochs: Vec<_> = snaps
+            .iter()
+            .map(|(e, s)| (e.tag.as_str(), s.epoch, s.objects))
+            .collect();
+        assert_eq!(epochs, [("epoch 2", 2, 2), ("epoch 3", 3, 2)]);
+        assert_eq!(snaps[1].1.members, members);
+        let newest = read_back(&farm, 1, None).expect("epoch 3's copy");
+        assert_eq!(&newest[..7], b"changed");
+        assert_eq!(read_back(&farm, 1, Some(2)), Ok(want.clone()), "epoch 2's copy stays");
+        // A second archive of one epoch gets its own tag.
+        farm.archive(&store, 3, members.clone(), &[Oid(3)]).expect("archive");
+        assert_eq!(farm.snapshots().expect("snapshots")[2].0.tag, "epoch 3 #2");
+        assert!(farm.check().expect("check").is_empty());
+
+        // Keeping the newest two drops epoch 2's snapshot and what only it used.
+        let before = object_files(t.path());
+        let (gone, _) = farm.prune(2).expect("prune");
+        assert!(gone > 0);
+        assert_eq!(object_files(t.path()), before - gone as usize);
+        assert!(read_back(&farm, 1, Some(2)).is_err());
+        assert!(read_back(&farm, 2, None).is_err(), "only epoch 2 held oid 2");
+        assert!(read_back(&farm, 1, None).is_ok());
+        assert!(farm.check().expect("check").is_empty());
+        assert_eq!(farm.prune(2).expect("prune again"), (0, 0));
+    }
+
+    #[test]
+    fn a_corrupt_slice_is_named_and_never_read() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(t.path(), Options::default()).expect("store");
+        stored(&store, &[(5, 3)]);
+        let farm = NodeFarm::create(t.path()).expect("farm");
+        farm.archive(&store, 2, Vec::new(), &[Oid(5)]).expect("archive");
+        let slice = super::super::hash_of(&vec![3u8; SLICE as usize]);
+        let path = farm.farm.path(&slice);
+        let mut b = std::fs::read(&path).expect("the slice");
+        b[100] ^= 1;
+        std::fs::write(&path, &b).expect("flip a bit");
+        let problems = farm.check().expect("check");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains(&hex(&slice)) && problems[0].contains("corrupt"),
+            "{problems:?}"
+        );
+        assert!(problems[0].contains("object 0000000000000005"), "{problems:?}");
+        let (_, trunk) = farm.find(Oid(5), None).expect("find");
+        let mut out = Vec::new();
+        let e = farm.read(Oid(5), &trunk, &mut out).expect_err("a corrupt copy");
+        assert!(e.msg.contains(&hex(&slice)), "{e}");
+        assert!(out.is_empty(), "nothing written before the check");
+        assert_eq!(store.read(Oid(5), SLICE, 4).expect("the working copy"), [3; 4]);
+    }
+}
