@@ -56,6 +56,14 @@ pub struct Args {
     /// `/cluster/scrub` in sheepfs, the sheep's log.
     #[arg(long)]
     pub scrub_rate: Option<u32>,
+    /// System snapshots this node's farm keeps, when the cluster was formatted with `-b farm`
+    /// [default: 8]. After each recovery the copies this node no longer owns are stored in
+    /// DIR/farm as one snapshot (deduplicated in 128 KiB slices) before they leave the
+    /// working directory; the oldest snapshots go when there are more. 0 keeps none. A
+    /// snapshot is skipped (the copies are only deleted, as with `-b plain`) when storing it
+    /// could leave less than a tenth of the disk free. `dog node farm` reads them.
+    #[arg(long, value_name = "N")]
+    pub farm_keep: Option<usize>,
     /// Write data objects through the page cache. By default, writes aligned to 4 KiB go
     /// straight to the disk (O_DIRECT, as Sheepdog's -D did): three copies on one host do not
     /// triple the page cache, and the flush that follows has little left to do. Stores on
@@ -105,8 +113,8 @@ pub struct Args {
     #[arg(long)]
     pub log_level: Option<String>,
     /// TOML file with any of: port, bind, cluster, zone, gateway, vnodes, log_file, log_level,
-    /// recovery_rate, scrub_rate, buffered_io, sync_writes, cache, nbd, metrics, auth_key_file,
-    /// allow.
+    /// recovery_rate, scrub_rate, farm_keep, buffered_io, sync_writes, cache, nbd, metrics,
+    /// auth_key_file, allow.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -125,6 +133,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub recovery_rate: Option<u32>,
     pub scrub_rate: Option<u32>,
+    pub farm_keep: Option<usize>,
     pub buffered_io: Option<bool>,
     pub sync_writes: Option<bool>,
     pub cache: Option<String>,
@@ -149,6 +158,7 @@ pub struct Config {
     pub log_level: String,
     pub recovery_rate: u32,
     pub scrub_rate: u32,
+    pub farm_keep: usize,
     pub buffered_io: bool,
     pub sync_writes: bool,
     pub cache: Option<CacheConfig>,
@@ -225,6 +235,7 @@ impl Config {
             log_level: "info".into(),
             recovery_rate: 0,
             scrub_rate: 0,
+            farm_keep: crate::store::farm::node::KEEP,
             buffered_io: false,
             sync_writes: false,
             cache: None,
@@ -252,6 +263,7 @@ impl Config {
             log_level: args.log_level.or(file.log_level).unwrap_or(d.log_level),
             recovery_rate: args.recovery_rate.or(file.recovery_rate).unwrap_or(d.recovery_rate),
             scrub_rate: args.scrub_rate.or(file.scrub_rate).unwrap_or(d.scrub_rate),
+            farm_keep: args.farm_keep.or(file.farm_keep).unwrap_or(d.farm_keep),
             buffered_io: args.buffered_io || file.buffered_io.unwrap_or(d.buffered_io),
             sync_writes: args.sync_writes || file.sync_writes.unwrap_or(d.sync_writes),
             cache: match args.cache.or(file.cache) {

@@ -82,7 +82,7 @@ async fn run(cfg: Config) -> Result<(), String> {
     let metrics_listener = listen_if(cfg.metrics, "metrics").await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = Driver::start(&spec, addr, tx).await.map_err(|e| e.to_string())?;
-    let recovery = sheep::recovery::freshness::Recovery::new(cfg.recovery_rate, cfg.scrub_rate);
+    let recovery = sheep::recovery::freshness::Recovery::new(cfg.recovery_rate, cfg.scrub_rate, cfg.farm_keep);
     let (cache, leftovers) = match &cfg.cache {
         Some(c) => {
             let (index, left) = Index::open(&c.dir, c.size)

@@ -249,6 +249,8 @@ impl Sheep {
                 let _ = std::fs::remove_dir_all(self.dir.join("epoch"));
                 self.recovery.reset(&self.dir, fresh);
                 if fresh {
+                    // The farm's copies belong to the cluster that was.
+                    let _ = std::fs::remove_dir_all(crate::store::farm::node::dir(&self.dir));
                     match self.store.wipe() {
                         Ok(n) => tracing::info!(objects = n, "cluster formatted: removed every stored object"),
                         Err(e) => {

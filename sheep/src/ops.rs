@@ -352,7 +352,7 @@ async fn cluster_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> 
 
 async fn make_fs(sheep: &Arc<Sheep>, req: &RequestHeader, payload: &[u8]) -> Result<(), ResultCode> {
     let store = protocol::get_cstr(payload);
-    if store != "plain" {
+    if store != "plain" && store != "farm" {
         tracing::warn!(%store, "format with an unknown store refused");
         return Err(ResultCode::NO_STORE);
     }
@@ -502,7 +502,7 @@ async fn local_op(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: &
             }
             ans.data = sheep.state().cluster_info().encode();
         }
-        op::GET_STORE_LIST => ans.data = b"plain \0".to_vec(),
+        op::GET_STORE_LIST => ans.data = b"plain farm \0".to_vec(),
         op::STAT_SHEEP => {
             let (size, free) = if sheep.me.is_gateway() {
                 (0, 0)

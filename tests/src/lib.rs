@@ -1230,7 +1230,12 @@ impl Cluster {
 
     /// `dog cluster format -c COPIES` through node 0, then waits until every node runs.
     pub fn format(&self, copies: usize) {
-        self.dog_ok(&["cluster", "format", "-c", &copies.to_string()]);
+        self.format_with(&["-c", &copies.to_string()]);
+    }
+
+    /// `dog cluster format ARGS` through node 0, then waits until every node runs.
+    pub fn format_with(&self, args: &[&str]) {
+        self.dog_ok(&[&["cluster", "format"], args].concat());
         // Formatting is a cluster operation; dog returns once node 0 applied it.
         let running = self.running();
         wait_until("every node to see the format", START_TIMEOUT, || {

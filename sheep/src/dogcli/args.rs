@@ -127,6 +127,15 @@ pub fn parse_farm_tag(s: &str) -> Result<String, String> {
 }
 
 /// clap value parser for VDI names.
+/// An object id: 16 hex digits (a `0x` prefix allowed).
+pub fn parse_oid(s: &str) -> Result<u64, String> {
+    let digits = s.strip_prefix("0x").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 16 {
+        return Err(format!("'{s}' is not an object id: give up to 16 hex digits"));
+    }
+    u64::from_str_radix(digits, 16).map_err(|_| format!("'{s}' is not an object id: give up to 16 hex digits"))
+}
+
 pub fn parse_name(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("the VDI name must not be empty".into());

@@ -70,7 +70,9 @@ pub enum ClusterCmd {
         /// [default: chosen by the server, 22 = 4 MiB]
         #[arg(short = 'z', long = "block_size_shift", value_name = "SHIFT", value_parser = args::parse_block_size_shift)]
         block_size_shift: Option<u8>,
-        /// Backend store of the objects
+        /// Backend store of the objects: `plain` (one file per object), or `farm`: the same
+        /// working directory, plus a farm on each node where the copies it drops after a
+        /// recovery are kept, hashed and deduplicated (`dog node farm`, `sheep --farm-keep`)
         #[arg(short = 'b', long = "store", value_name = "STORE", default_value = "plain")]
         store: String,
         /// Do not ask for confirmation
@@ -217,6 +219,48 @@ pub enum NodeCmd {
     /// The virtual nodes of the node dog talks to (`-a`/`-p`)
     #[command(subcommand)]
     Vnodes(VnodesCmd),
+    /// Read the farm of a node of a `-b farm` cluster, on the node's machine: the copies it
+    /// dropped after each recovery, one system snapshot per epoch
+    ///
+    /// DIR is the sheep's directory (its farm is DIR/farm) or the farm itself. Every read
+    /// checks each farm object against its SHA-1. The format is in ARCHITECTURE.md ("Farm").
+    #[command(subcommand)]
+    Farm(NodeFarmCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeFarmCmd {
+    /// List the system snapshots: index, time, epoch, copies, their size, the members then
+    List {
+        /// The sheep's directory, or its farm
+        dir: std::path::PathBuf,
+        /// Raw output: no header, fields separated by single spaces, times as Unix seconds
+        #[arg(short = 'r', long = "raw")]
+        raw: bool,
+    },
+    /// Re-read every object the system snapshots use and check it against its SHA-1
+    ///
+    /// Names each object that is missing or whose content does not match its name, and the
+    /// snapshot that uses it. Exit status 1 if any.
+    Check {
+        /// The sheep's directory, or its farm
+        dir: std::path::PathBuf,
+    },
+    /// Write a dropped copy of object OID (16 hex digits, its file name in a sheep's obj/) to
+    /// standard output, from the newest snapshot that holds one
+    ///
+    /// Every slice is checked before the first byte is written: a corrupt copy fails with the
+    /// farm object named, and prints nothing.
+    Read {
+        /// The sheep's directory, or its farm
+        dir: std::path::PathBuf,
+        /// The object id
+        #[arg(value_parser = args::parse_oid)]
+        oid: u64,
+        /// From the snapshot of this epoch only
+        #[arg(short = 'e', long = "epoch")]
+        epoch: Option<u32>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -48,6 +48,8 @@ pub struct Recovery {
     /// The background scrub's objects per second (0: off) and what it found.
     scrub_rate: u32,
     scrub: Mutex<ScrubStats>,
+    /// System snapshots a farm store keeps (`sheep --farm-keep`).
+    pub farm_keep: usize,
     /// Objects whose damaged copy is being replaced (one heal at a time per object).
     healing: Mutex<std::collections::HashSet<Oid>>,
     /// Objects a read found behind, for the worker to recover next (at most [`WANTED_MAX`]).
@@ -70,7 +72,7 @@ pub fn read_recovered(dir: &Path) -> u32 {
 }
 
 impl Recovery {
-    pub fn new(rate: u32, scrub_rate: u32) -> Recovery {
+    pub fn new(rate: u32, scrub_rate: u32, farm_keep: usize) -> Recovery {
         Recovery {
             good: Mutex::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
@@ -81,6 +83,7 @@ impl Recovery {
             ready: AtomicBool::new(false),
             rate,
             scrub_rate,
+            farm_keep,
             scrub: Mutex::new(ScrubStats {
                 enabled: scrub_rate > 0,
                 ..ScrubStats::default()

@@ -23,6 +23,7 @@ use protocol::node::Node;
 use protocol::{flags, op, ObjArgs, Oid, RequestHeader, ResultCode};
 
 use crate::node::Sheep;
+use crate::store::farm::node::NodeFarm;
 use crate::store::Durability;
 
 pub mod freshness;
@@ -381,20 +382,92 @@ async fn remove_orphans(sheep: &Arc<Sheep>, epoch: u32, nodes: &[Node]) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let orphans: Vec<Oid> = sheep
+        .store
+        .list()
+        .into_iter()
+        .filter(|&o| !owns_at(sheep, o, epoch))
+        .collect();
+    if orphans.is_empty() {
+        return;
+    }
+    if sheep.state().format.as_ref().is_some_and(|f| f.store == "farm") {
+        let members = nodes.iter().map(|n| n.addr.to_string()).collect();
+        let (s, o) = (sheep.clone(), orphans.clone());
+        let kept = tokio::task::spawn_blocking(move || archive(&s, epoch, members, &o)).await;
+        if !matches!(kept, Ok(true)) {
+            return;
+        }
+    }
     let mut removed = 0;
-    for oid in sheep.store.list() {
+    for oid in orphans {
         if sheep.state().epoch() != epoch {
             return;
         }
-        if !owns_at(sheep, oid, epoch) {
-            let _g = sheep.recovery.stripe(oid).write().await;
-            if sheep.store.remove(oid).is_ok() {
-                sheep.recovery.forget(oid);
-                removed += 1;
-            }
+        let _g = sheep.recovery.stripe(oid).write().await;
+        if sheep.store.remove(oid).is_ok() {
+            sheep.recovery.forget(oid);
+            removed += 1;
         }
     }
     if removed > 0 {
         tracing::info!(epoch, removed, "removed copies this node no longer owns");
+    }
+}
+
+/// Stores the copies `oids`, which this node no longer owns after `epoch`, as a system
+/// snapshot in its farm (`-b farm`), oldest snapshots first making room for it. False when
+/// they must stay in the working directory (the farm failed; the next recovery tries again).
+fn archive(sheep: &Sheep, epoch: u32, members: Vec<String>, oids: &[Oid]) -> bool {
+    let keep = sheep.recovery.farm_keep;
+    if keep == 0 {
+        return true;
+    }
+    let farm = match NodeFarm::create(&sheep.dir) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(epoch, error = %e, "cannot open the farm; the copies this node no longer owns stay");
+            return false;
+        }
+    };
+    match farm.prune(keep - 1) {
+        Ok((0, _)) => {}
+        Ok((objects, bytes)) => tracing::info!(objects, bytes, "dropped the farm's oldest system snapshots"),
+        Err(e) => tracing::warn!(error = %e, "cannot drop the farm's oldest system snapshots"),
+    }
+    let bytes: u64 = oids
+        .iter()
+        .filter_map(|&oid| sheep.store.file(oid).ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    match sheep.store.space() {
+        Ok((capacity, free)) if free.saturating_sub(bytes) >= capacity / 10 => {}
+        other => {
+            let free = other.map_or_else(|e| e.to_string(), |(_, free)| format!("{free} bytes free"));
+            tracing::warn!(
+                epoch,
+                objects = oids.len(),
+                bytes,
+                free,
+                "not archiving the copies this node no longer owns: the farm would leave under a tenth of the disk free"
+            );
+            return true;
+        }
+    }
+    match farm.archive(&sheep.store, epoch, members, oids) {
+        Ok(a) => {
+            tracing::info!(
+                epoch,
+                objects = a.objects,
+                bytes = a.bytes,
+                new_bytes = a.new_bytes,
+                "archived the copies this node no longer owns in its farm"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(epoch, error = %e, "cannot archive the copies this node no longer owns; they stay");
+            false
+        }
     }
 }

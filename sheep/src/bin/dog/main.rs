@@ -13,6 +13,7 @@ mod fmt;
 mod mock;
 mod net;
 mod node;
+mod nodefarm;
 mod progress;
 #[cfg(test)]
 mod scenario;
@@ -26,7 +27,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use clap::Parser;
 use sheep::dogcli::args::parse_snap;
-use sheep::dogcli::{Cli, ClusterCmd, Cmd, Conn, MdCmd, NodeCmd, Snap, SnapshotCmd, VdiCmd, VnodesCmd};
+use sheep::dogcli::{Cli, ClusterCmd, Cmd, Conn, MdCmd, NodeCmd, NodeFarmCmd, Snap, SnapshotCmd, VdiCmd, VnodesCmd};
 
 use crate::error::Failure;
 
@@ -141,6 +142,11 @@ async fn dispatch(addr: SocketAddr, cmd: Cmd) -> Result<(), Failure> {
             NodeCmd::Stat { raw, watch } => node::stat(addr, raw, watch).await,
             NodeCmd::Md(MdCmd::Info { all, raw }) => node::md_info(addr, all, raw).await,
             NodeCmd::Vnodes(VnodesCmd::Set { count }) => node::set_vnodes(addr, count.0).await,
+            NodeCmd::Farm(f) => match f {
+                NodeFarmCmd::List { dir, raw } => nodefarm::list(&dir, raw),
+                NodeFarmCmd::Check { dir } => nodefarm::check(&dir),
+                NodeFarmCmd::Read { dir, oid, epoch } => nodefarm::read(&dir, oid, epoch),
+            },
         },
         Cmd::Vdi(v) => match v {
             VdiCmd::Create {
