@@ -456,6 +456,9 @@ fn archive(sheep: &Sheep, epoch: u32, members: Vec<String>, oids: &[Oid]) -> boo
     }
     match farm.archive(&sheep.store, epoch, members, oids) {
         Ok(a) => {
+            for oid in &a.damaged {
+                tracing::warn!(%oid, epoch, "not archiving this copy: it fails its checksums");
+            }
             tracing::info!(
                 epoch,
                 objects = a.objects,

@@ -22,11 +22,14 @@ use std::path::{Path, PathBuf};
 
 use protocol::Oid;
 
-use super::{hex, io_failure, now, parse_hex, Error, Farm, Hash, Kind, LogEntry, TrunkWriter, SLICE};
+use super::{hex, io_failure, now, parse_hex, Error, Farm, Hash, Kind, LogEntry, Part, TrunkWriter, SLICE};
 use crate::store::Store;
 
 /// System snapshots a node keeps unless told otherwise (`sheep --farm-keep`).
 pub const KEEP: usize = 8;
+
+/// Most object names a prune holds in memory at once (about 128 MiB with the set's overhead).
+const NAMES_IN_MEMORY: u64 = 4 << 20;
 
 /// One system snapshot: the snap object.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -50,6 +53,14 @@ pub struct Archived {
     pub bytes: u64,
     /// Bytes of slices the farm did not hold yet.
     pub new_bytes: u64,
+    /// Copies not stored because they fail their own checksums.
+    pub damaged: Vec<Oid>,
+}
+
+/// What became of one copy.
+enum Copy {
+    Stored { trunk: Hash, size: u64, new_bytes: u64 },
+    Damaged,
 }
 
 pub struct NodeFarm {
@@ -82,28 +93,15 @@ impl NodeFarm {
         let mut index = TrunkWriter::index(&self.farm)?;
         let mut buf = vec![0u8; SLICE as usize];
         for oid in sorted {
-            let failed = |e: std::io::Error| io_failure(format!("Failed to read object {oid} to archive it"), &e);
-            let f = store
-                .file(oid)
-                .map_err(|e| Error::new(format!("Failed to archive object {oid}: {e}")))?;
-            let size = f.metadata().map_err(failed)?.len();
-            let mut trunk = TrunkWriter::new(&self.farm, size)?;
-            for idx in 0..size.div_ceil(SLICE) {
-                let len = (size - idx * SLICE).min(SLICE) as usize;
-                let slice = &mut buf[..len];
-                f.read_exact_at(slice, idx * SLICE).map_err(failed)?;
-                if slice.iter().all(|&b| b == 0) {
-                    continue;
+            match self.copy(store, oid, &mut buf)? {
+                Copy::Stored { trunk, size, new_bytes } => {
+                    index.push(oid.0, &trunk)?;
+                    done.objects += 1;
+                    done.bytes += size;
+                    done.new_bytes += new_bytes;
                 }
-                let (h, new) = self.farm.put(slice)?;
-                trunk.push(idx, &h)?;
-                if new {
-                    done.new_bytes += len as u64;
-                }
+                Copy::Damaged => done.damaged.push(oid),
             }
-            index.push(oid.0, &trunk.finish()?)?;
-            done.objects += 1;
-            done.bytes += size;
         }
         let snap = SysSnap {
             epoch,
@@ -126,6 +124,43 @@ impl NodeFarm {
             .unwrap_or_default();
         self.farm.append(&tag, snap.time, &h)?;
         Ok(done)
+    }
+
+    /// Stores this node's copy of `oid` (`buf`: a slice's worth of room) and its trunk,
+    /// unless the copy fails its own checksums: a damaged copy is not kept, so that no read
+    /// of the farm ever returns its bytes as if they were good.
+    fn copy(&self, store: &Store, oid: Oid, buf: &mut [u8]) -> Result<Copy, Error> {
+        let failed = |e: std::io::Error| io_failure(format!("Failed to read object {oid} to archive it"), &e);
+        let from_store = |e: crate::store::StoreError| Error::new(format!("Failed to archive object {oid}: {e}"));
+        let f = store.file(oid).map_err(from_store)?;
+        let size = f.metadata().map_err(failed)?.len();
+        let mut trunk = TrunkWriter::new(&self.farm, size)?;
+        let mut new_bytes = 0;
+        for idx in 0..size.div_ceil(SLICE) {
+            let len = (size - idx * SLICE).min(SLICE) as usize;
+            let slice = &mut buf[..len];
+            f.read_exact_at(slice, idx * SLICE).map_err(failed)?;
+            if !store
+                .verify(oid, size, idx * SLICE, slice)
+                .map_err(from_store)?
+                .is_empty()
+            {
+                return Ok(Copy::Damaged);
+            }
+            if slice.iter().all(|&b| b == 0) {
+                continue;
+            }
+            let (h, new) = self.farm.put(slice)?;
+            trunk.push(idx, &h)?;
+            if new {
+                new_bytes += len as u64;
+            }
+        }
+        Ok(Copy::Stored {
+            trunk: trunk.finish()?,
+            size,
+            new_bytes,
+        })
     }
 
     /// The system snapshots, oldest first, each with its snap object.
@@ -243,26 +278,47 @@ impl NodeFarm {
 
     /// Drops all but the newest `keep` snapshots, then every object no snapshot left uses
     /// (theirs, and what an archive cut short left); returns how many objects went and
-    /// their bytes.
+    /// their bytes. The names kept are held in memory up to [`NAMES_IN_MEMORY`]; past that,
+    /// the sweep goes a share of the hash space at a time, walking the snapshots again for
+    /// each.
     pub fn prune(&self, keep: usize) -> Result<(u64, u64), Error> {
+        self.prune_within(keep, NAMES_IN_MEMORY)
+    }
+
+    fn prune_within(&self, keep: usize, names_in_memory: u64) -> Result<(u64, u64), Error> {
         let snaps = self.snapshots()?;
         let (gone, kept) = snaps.split_at(snaps.len().saturating_sub(keep));
-        let mut used = HashSet::new();
-        for (e, snap) in kept {
-            used.insert(e.snap);
-            used.extend(parse_hex(&snap.index));
-            self.each_copy(snap, |oid, trunk| {
-                used.insert(trunk);
-                for entry in self.farm.slices(&trunk, &format!("trunk of object {}", Oid(oid)))? {
-                    used.insert(entry?.1);
-                }
-                Ok(())
-            })?;
-        }
         for (e, _) in gone {
             self.farm.unlog(&e.tag)?;
         }
-        self.farm.sweep(&used, super::Part::WHOLE)
+        // At most this many names: each copy's slices and trunk, each snapshot's index and snap.
+        let names: u64 = kept.iter().map(|(_, s)| s.bytes.div_ceil(SLICE) + s.objects + 2).sum();
+        let of = names.div_ceil(names_in_memory).clamp(1, 256) as usize;
+        let (mut count, mut bytes) = (0, 0);
+        for index in 0..of {
+            let part = Part { index, of };
+            let mut used = HashSet::new();
+            let mut name = |h: Hash| {
+                if part.holds(&h) {
+                    used.insert(h);
+                }
+            };
+            for (e, snap) in kept {
+                name(e.snap);
+                parse_hex(&snap.index).into_iter().for_each(&mut name);
+                self.each_copy(snap, |oid, trunk| {
+                    name(trunk);
+                    for entry in self.farm.slices(&trunk, &format!("trunk of object {}", Oid(oid)))? {
+                        name(entry?.1);
+                    }
+                    Ok(())
+                })?;
+            }
+            let (c, b) = self.farm.sweep(&used, part)?;
+            count += c;
+            bytes += b;
+        }
+        Ok((count, bytes))
     }
 }
 
@@ -318,7 +374,8 @@ mod tests {
             Archived {
                 objects: 2,
                 bytes: 2 * MIB,
-                new_bytes: SLICE
+                new_bytes: SLICE,
+                damaged: Vec::new(),
             }
         );
         let mut want = vec![0u8; MIB as usize];
@@ -329,6 +386,7 @@ mod tests {
 
         // The same copy again in a later epoch adds no data; a new one does.
         store.write(Oid(1), 0, b"changed").expect("write");
+        store.update_sums(Oid(1), MIB, 0, b"changed").expect("checksums");
         let a = farm
             .archive(&store, 3, members.clone(), &[Oid(1), Oid(3)])
             .expect("archive");
@@ -348,9 +406,10 @@ mod tests {
         assert_eq!(farm.snapshots().expect("snapshots")[2].0.tag, "epoch 3 #2");
         assert!(farm.check().expect("check").is_empty());
 
-        // Keeping the newest two drops epoch 2's snapshot and what only it used.
+        // Keeping the newest two drops epoch 2's snapshot and what only it used (swept a
+        // share of the names at a time, as a farm too big for memory is).
         let before = object_files(t.path());
-        let (gone, _) = farm.prune(2).expect("prune");
+        let (gone, _) = farm.prune_within(2, 3).expect("prune");
         assert!(gone > 0);
         assert_eq!(object_files(t.path()), before - gone as usize);
         assert!(read_back(&farm, 1, Some(2)).is_err());
@@ -358,6 +417,22 @@ mod tests {
         assert!(read_back(&farm, 1, None).is_ok());
         assert!(farm.check().expect("check").is_empty());
         assert_eq!(farm.prune(2).expect("prune again"), (0, 0));
+    }
+
+    #[test]
+    fn a_copy_that_fails_its_checksums_is_not_archived() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(t.path(), Options::default()).expect("store");
+        stored(&store, &[(8, 4), (9, 5)]);
+        let path = store.dir().join(Oid(8).file_name());
+        let mut b = std::fs::read(&path).expect("the copy");
+        b[SLICE as usize + 1] ^= 1;
+        std::fs::write(&path, &b).expect("flip a bit behind the store's back");
+        let farm = NodeFarm::create(t.path()).expect("farm");
+        let a = farm.archive(&store, 2, Vec::new(), &[Oid(8), Oid(9)]).expect("archive");
+        assert_eq!((a.objects, a.damaged), (1, vec![Oid(8)]));
+        assert!(farm.find(Oid(8), None).is_err(), "the damaged copy is not in the farm");
+        assert!(farm.find(Oid(9), None).is_ok());
     }
 
     #[test]
