@@ -46,7 +46,8 @@ pub struct Args {
     #[arg(long)]
     pub log_file: Option<PathBuf>,
     /// Recovery speed limit in objects per second, so client I/O keeps going while nodes
-    /// come and go [default: 0 = no limit].
+    /// come and go; a farm store's archive of the copies a recovery drops keeps to it too
+    /// [default: 0 = no limit].
     #[arg(long)]
     pub recovery_rate: Option<u32>,
     /// Background scrub in objects per second [default: 0 = off]: this node walks its store

@@ -454,7 +454,9 @@ fn archive(sheep: &Sheep, epoch: u32, members: Vec<String>, oids: &[Oid]) -> boo
             return true;
         }
     }
-    match farm.archive(&sheep.store, epoch, members, oids) {
+    let pause = sheep.recovery.pause();
+    let pace = || pause.into_iter().for_each(std::thread::sleep);
+    match farm.archive(&sheep.store, epoch, members, oids, pace) {
         Ok(a) => {
             for oid in &a.damaged {
                 tracing::warn!(%oid, epoch, "not archiving this copy: it fails its checksums");

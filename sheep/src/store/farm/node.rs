@@ -84,8 +84,16 @@ impl NodeFarm {
     }
 
     /// Stores this node's copies of `oids` (read from `store`) as the system snapshot of
-    /// `epoch`. Once it returns, the snapshot is durable and in the log.
-    pub fn archive(&self, store: &Store, epoch: u32, members: Vec<String>, oids: &[Oid]) -> Result<Archived, Error> {
+    /// `epoch`, calling `pace` after each copy (a rate limit sleeps there). Once it returns,
+    /// the snapshot is durable and in the log.
+    pub fn archive(
+        &self,
+        store: &Store,
+        epoch: u32,
+        members: Vec<String>,
+        oids: &[Oid],
+        mut pace: impl FnMut(),
+    ) -> Result<Archived, Error> {
         let mut sorted = oids.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
@@ -102,6 +110,7 @@ impl NodeFarm {
                 }
                 Copy::Damaged => done.damaged.push(oid),
             }
+            pace();
         }
         let snap = SysSnap {
             epoch,
@@ -365,9 +374,11 @@ mod tests {
         stored(&store, &[(1, 7), (2, 7), (3, 9)]);
         let farm = NodeFarm::create(t.path()).expect("farm");
         let members = vec!["127.0.0.1:7000".to_string()];
+        let mut paced = 0;
         let a = farm
-            .archive(&store, 2, members.clone(), &[Oid(1), Oid(2)])
+            .archive(&store, 2, members.clone(), &[Oid(1), Oid(2)], || paced += 1)
             .expect("archive");
+        assert_eq!(paced, 2, "paced after each copy");
         // Two copies of the same bytes: one slice of data stored.
         assert_eq!(
             a,
@@ -388,7 +399,7 @@ mod tests {
         store.write(Oid(1), 0, b"changed").expect("write");
         store.update_sums(Oid(1), MIB, 0, b"changed").expect("checksums");
         let a = farm
-            .archive(&store, 3, members.clone(), &[Oid(1), Oid(3)])
+            .archive(&store, 3, members.clone(), &[Oid(1), Oid(3)], || ())
             .expect("archive");
         assert_eq!((a.objects, a.new_bytes), (2, 2 * SLICE));
         let snaps = farm.snapshots().expect("snapshots");
@@ -402,7 +413,8 @@ mod tests {
         assert_eq!(&newest[..7], b"changed");
         assert_eq!(read_back(&farm, 1, Some(2)), Ok(want.clone()), "epoch 2's copy stays");
         // A second archive of one epoch gets its own tag.
-        farm.archive(&store, 3, members.clone(), &[Oid(3)]).expect("archive");
+        farm.archive(&store, 3, members.clone(), &[Oid(3)], || ())
+            .expect("archive");
         assert_eq!(farm.snapshots().expect("snapshots")[2].0.tag, "epoch 3 #2");
         assert!(farm.check().expect("check").is_empty());
 
@@ -429,7 +441,9 @@ mod tests {
         b[SLICE as usize + 1] ^= 1;
         std::fs::write(&path, &b).expect("flip a bit behind the store's back");
         let farm = NodeFarm::create(t.path()).expect("farm");
-        let a = farm.archive(&store, 2, Vec::new(), &[Oid(8), Oid(9)]).expect("archive");
+        let a = farm
+            .archive(&store, 2, Vec::new(), &[Oid(8), Oid(9)], || ())
+            .expect("archive");
         assert_eq!((a.objects, a.damaged), (1, vec![Oid(8)]));
         assert!(farm.find(Oid(8), None).is_err(), "the damaged copy is not in the farm");
         assert!(farm.find(Oid(9), None).is_ok());
@@ -441,7 +455,7 @@ mod tests {
         let store = Store::open(t.path(), Options::default()).expect("store");
         stored(&store, &[(5, 3)]);
         let farm = NodeFarm::create(t.path()).expect("farm");
-        farm.archive(&store, 2, Vec::new(), &[Oid(5)]).expect("archive");
+        farm.archive(&store, 2, Vec::new(), &[Oid(5)], || ()).expect("archive");
         let slice = super::super::hash_of(&vec![3u8; SLICE as usize]);
         let path = farm.farm.path(&slice);
         let mut b = std::fs::read(&path).expect("the slice");
