@@ -429,6 +429,15 @@ mod tests {
         assert!(read_back(&farm, 1, None).is_ok());
         assert!(farm.check().expect("check").is_empty());
         assert_eq!(farm.prune(2).expect("prune again"), (0, 0));
+
+        // What an archive cut short left (a temporary file, objects no snapshot names) goes
+        // with the next prune.
+        let stray = dir(t.path()).join("objects/00/.tmp-1-cut");
+        std::fs::write(&stray, b"cut short").expect("a temporary file");
+        let (h, _) = farm.farm.put(b"unnamed").expect("an unnamed object");
+        assert_eq!(farm.prune(2).expect("prune").0, 2);
+        assert!(!stray.exists() && !farm.farm.path(&h).exists());
+        assert!(read_back(&farm, 1, None).is_ok());
     }
 
     #[test]
