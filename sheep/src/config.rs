@@ -62,7 +62,7 @@ pub struct Args {
     /// DIR/farm as one snapshot (deduplicated in 128 KiB slices) before they leave the
     /// working directory; the oldest snapshots go when there are more. 0 keeps none. A
     /// snapshot is skipped (the copies are only deleted, as with `-b plain`) when storing it
-    /// could leave less than a tenth of the disk free. `dog node farm` reads them.
+    /// could leave less than a fifth of the disk free. `dog node farm` reads them.
     #[arg(long, value_name = "N")]
     pub farm_keep: Option<usize>,
     /// Write data objects through the page cache. By default, writes aligned to 4 KiB go

@@ -148,7 +148,7 @@ fn copies_dropped_after_a_join_are_kept_checked_and_read_back() {
     }
 }
 
-/// A node whose disk a snapshot would fill past nine tenths stores none: it drops the copies
+/// A node whose disk a snapshot would fill past four fifths stores none: it drops the copies
 /// as a plain store does and says why, while the nodes with room archive theirs; the data
 /// reads back whole.
 #[test]

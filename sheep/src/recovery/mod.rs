@@ -24,6 +24,7 @@ use protocol::{flags, op, ObjArgs, Oid, RequestHeader, ResultCode};
 
 use crate::node::Sheep;
 use crate::store::farm::node::NodeFarm;
+use crate::store::farm::Error as FarmError;
 use crate::store::Durability;
 
 pub mod freshness;
@@ -441,7 +442,7 @@ fn archive(sheep: &Sheep, epoch: u32, members: Vec<String>, oids: &[Oid]) -> boo
         .map(|m| m.len())
         .sum();
     match sheep.store.space() {
-        Ok((capacity, free)) if free.saturating_sub(bytes) >= capacity / 10 => {}
+        Ok((capacity, free)) if free.saturating_sub(bytes) >= capacity / 5 => {}
         other => {
             let free = other.map_or_else(|e| e.to_string(), |(_, free)| format!("{free} bytes free"));
             tracing::warn!(
@@ -449,13 +450,19 @@ fn archive(sheep: &Sheep, epoch: u32, members: Vec<String>, oids: &[Oid]) -> boo
                 objects = oids.len(),
                 bytes,
                 free,
-                "not archiving the copies this node no longer owns: the farm would leave under a tenth of the disk free"
+                "not archiving the copies this node no longer owns: the farm would leave under a fifth of the disk free"
             );
             return true;
         }
     }
     let pause = sheep.recovery.pause();
-    let pace = || pause.into_iter().for_each(std::thread::sleep);
+    let pace = || {
+        pause.into_iter().for_each(std::thread::sleep);
+        match sheep.state().epoch() {
+            now if now == epoch => Ok(()),
+            now => Err(FarmError::new(format!("epoch {now} began"))),
+        }
+    };
     match farm.archive(&sheep.store, epoch, members, oids, pace) {
         Ok(a) => {
             for oid in &a.damaged {
@@ -469,6 +476,10 @@ fn archive(sheep: &Sheep, epoch: u32, members: Vec<String>, oids: &[Oid]) -> boo
                 "archived the copies this node no longer owns in its farm"
             );
             true
+        }
+        Err(e) if sheep.state().epoch() != epoch => {
+            tracing::info!(epoch, why = %e, "archive stopped: the copies this node no longer owns stay for now");
+            false
         }
         Err(e) => {
             tracing::error!(epoch, error = %e, "cannot archive the copies this node no longer owns; they stay");

@@ -84,15 +84,16 @@ impl NodeFarm {
     }
 
     /// Stores this node's copies of `oids` (read from `store`) as the system snapshot of
-    /// `epoch`, calling `pace` after each copy (a rate limit sleeps there). Once it returns,
-    /// the snapshot is durable and in the log.
+    /// `epoch`, calling `pace` after each copy: a rate limit sleeps there, and an error it
+    /// returns stops the archive (nothing is logged; what was stored goes with the next
+    /// prune). Once it returns, the snapshot is durable and in the log.
     pub fn archive(
         &self,
         store: &Store,
         epoch: u32,
         members: Vec<String>,
         oids: &[Oid],
-        mut pace: impl FnMut(),
+        mut pace: impl FnMut() -> Result<(), Error>,
     ) -> Result<Archived, Error> {
         let mut sorted = oids.to_vec();
         sorted.sort_unstable();
@@ -110,7 +111,7 @@ impl NodeFarm {
                 }
                 Copy::Damaged => done.damaged.push(oid),
             }
-            pace();
+            pace()?;
         }
         let snap = SysSnap {
             epoch,
@@ -376,7 +377,10 @@ mod tests {
         let members = vec!["127.0.0.1:7000".to_string()];
         let mut paced = 0;
         let a = farm
-            .archive(&store, 2, members.clone(), &[Oid(1), Oid(2)], || paced += 1)
+            .archive(&store, 2, members.clone(), &[Oid(1), Oid(2)], || {
+                paced += 1;
+                Ok(())
+            })
             .expect("archive");
         assert_eq!(paced, 2, "paced after each copy");
         // Two copies of the same bytes: one slice of data stored.
@@ -399,7 +403,7 @@ mod tests {
         store.write(Oid(1), 0, b"changed").expect("write");
         store.update_sums(Oid(1), MIB, 0, b"changed").expect("checksums");
         let a = farm
-            .archive(&store, 3, members.clone(), &[Oid(1), Oid(3)], || ())
+            .archive(&store, 3, members.clone(), &[Oid(1), Oid(3)], || Ok(()))
             .expect("archive");
         assert_eq!((a.objects, a.new_bytes), (2, 2 * SLICE));
         let snaps = farm.snapshots().expect("snapshots");
@@ -413,7 +417,7 @@ mod tests {
         assert_eq!(&newest[..7], b"changed");
         assert_eq!(read_back(&farm, 1, Some(2)), Ok(want.clone()), "epoch 2's copy stays");
         // A second archive of one epoch gets its own tag.
-        farm.archive(&store, 3, members.clone(), &[Oid(3)], || ())
+        farm.archive(&store, 3, members.clone(), &[Oid(3)], || Ok(()))
             .expect("archive");
         assert_eq!(farm.snapshots().expect("snapshots")[2].0.tag, "epoch 3 #2");
         assert!(farm.check().expect("check").is_empty());
@@ -441,6 +445,31 @@ mod tests {
     }
 
     #[test]
+    fn an_archive_stopped_by_its_pace_logs_nothing_and_is_swept() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(t.path(), Options::default()).expect("store");
+        stored(&store, &[(1, 1), (2, 2), (3, 3)]);
+        let farm = NodeFarm::create(t.path()).expect("farm");
+        let mut copies = 0;
+        let stop = || {
+            copies += 1;
+            match copies {
+                1 => Ok(()),
+                _ => Err(Error::new("epoch 3 began")),
+            }
+        };
+        let e = farm
+            .archive(&store, 2, Vec::new(), &[Oid(1), Oid(2), Oid(3)], stop)
+            .expect_err("stopped");
+        assert_eq!(e.msg, "epoch 3 began");
+        assert_eq!(copies, 2, "no copy after the stop");
+        assert!(farm.snapshots().expect("snapshots").is_empty());
+        assert!(object_files(t.path()) > 0, "the copies stored before the stop");
+        farm.prune(KEEP).expect("prune");
+        assert_eq!(object_files(t.path()), 0, "swept by the next prune");
+    }
+
+    #[test]
     fn a_copy_that_fails_its_checksums_is_not_archived() {
         let t = tempfile::tempdir().expect("tempdir");
         let store = Store::open(t.path(), Options::default()).expect("store");
@@ -451,7 +480,7 @@ mod tests {
         std::fs::write(&path, &b).expect("flip a bit behind the store's back");
         let farm = NodeFarm::create(t.path()).expect("farm");
         let a = farm
-            .archive(&store, 2, Vec::new(), &[Oid(8), Oid(9)], || ())
+            .archive(&store, 2, Vec::new(), &[Oid(8), Oid(9)], || Ok(()))
             .expect("archive");
         assert_eq!((a.objects, a.damaged), (1, vec![Oid(8)]));
         assert!(farm.find(Oid(8), None).is_err(), "the damaged copy is not in the farm");
@@ -464,7 +493,8 @@ mod tests {
         let store = Store::open(t.path(), Options::default()).expect("store");
         stored(&store, &[(5, 3)]);
         let farm = NodeFarm::create(t.path()).expect("farm");
-        farm.archive(&store, 2, Vec::new(), &[Oid(5)], || ()).expect("archive");
+        farm.archive(&store, 2, Vec::new(), &[Oid(5)], || Ok(()))
+            .expect("archive");
         let slice = super::super::hash_of(&vec![3u8; SLICE as usize]);
         let path = farm.farm.path(&slice);
         let mut b = std::fs::read(&path).expect("the slice");
