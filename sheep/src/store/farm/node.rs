@@ -59,8 +59,14 @@ pub struct Archived {
 
 /// What became of one copy.
 enum Copy {
-    Stored { trunk: Hash, size: u64, new_bytes: u64 },
+    Stored {
+        trunk: Hash,
+        size: u64,
+        new_bytes: u64,
+    },
     Damaged,
+    /// Deleted meanwhile (its VDI's garbage collected): nothing to keep.
+    Gone,
 }
 
 pub struct NodeFarm {
@@ -110,6 +116,7 @@ impl NodeFarm {
                     done.new_bytes += new_bytes;
                 }
                 Copy::Damaged => done.damaged.push(oid),
+                Copy::Gone => {}
             }
             pace()?;
         }
@@ -142,7 +149,11 @@ impl NodeFarm {
     fn copy(&self, store: &Store, oid: Oid, buf: &mut [u8]) -> Result<Copy, Error> {
         let failed = |e: std::io::Error| io_failure(format!("Failed to read object {oid} to archive it"), &e);
         let from_store = |e: crate::store::StoreError| Error::new(format!("Failed to archive object {oid}: {e}"));
-        let f = store.file(oid).map_err(from_store)?;
+        let f = match store.file(oid) {
+            Ok(f) => f,
+            Err(crate::store::StoreError::NotFound(_)) => return Ok(Copy::Gone),
+            Err(e) => return Err(from_store(e)),
+        };
         let size = f.metadata().map_err(failed)?.len();
         let mut trunk = TrunkWriter::new(&self.farm, size)?;
         let mut new_bytes = 0;
@@ -470,21 +481,25 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_that_fails_its_checksums_is_not_archived() {
+    fn a_damaged_copy_is_left_out_and_a_deleted_one_skipped() {
         let t = tempfile::tempdir().expect("tempdir");
         let store = Store::open(t.path(), Options::default()).expect("store");
-        stored(&store, &[(8, 4), (9, 5)]);
+        stored(&store, &[(8, 4), (9, 5), (10, 6)]);
+        store
+            .remove(Oid(10))
+            .expect("a copy deleted before the archive reaches it");
         let path = store.dir().join(Oid(8).file_name());
         let mut b = std::fs::read(&path).expect("the copy");
         b[SLICE as usize + 1] ^= 1;
         std::fs::write(&path, &b).expect("flip a bit behind the store's back");
         let farm = NodeFarm::create(t.path()).expect("farm");
         let a = farm
-            .archive(&store, 2, Vec::new(), &[Oid(8), Oid(9)], || Ok(()))
+            .archive(&store, 2, Vec::new(), &[Oid(8), Oid(9), Oid(10)], || Ok(()))
             .expect("archive");
         assert_eq!((a.objects, a.damaged), (1, vec![Oid(8)]));
         assert!(farm.find(Oid(8), None).is_err(), "the damaged copy is not in the farm");
         assert!(farm.find(Oid(9), None).is_ok());
+        assert!(farm.find(Oid(10), None).is_err(), "nothing of the deleted copy");
     }
 
     #[test]
