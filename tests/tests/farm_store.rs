@@ -74,6 +74,11 @@ fn copies_dropped_after_a_join_are_kept_checked_and_read_back() {
         );
         let listed: BTreeSet<String> = f[5].split(',').map(str::to_string).collect();
         assert_eq!(listed, members, "node {i}: the members of epoch 2");
+        let table = c.dog_ok(&["node", "farm", "list", &dir]).stdout_str();
+        assert!(
+            table.contains("system snapshots: 1; the farm takes"),
+            "node {i}: the table ends with the farm's size:\n{table}"
+        );
         for &oid in &dropped {
             let got = c.dog_ok(&["node", "farm", "read", &dir, &oid.to_string()]).stdout;
             let holder = *c.replica_nodes(oid, 2).first().expect("a holder");

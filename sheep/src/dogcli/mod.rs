@@ -230,7 +230,8 @@ pub enum NodeCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum NodeFarmCmd {
-    /// List the system snapshots: index, time, epoch, copies, their size, the members then
+    /// List the system snapshots: index, time, epoch, copies, their size, the members then;
+    /// last, what the farm takes on disk (not in raw output)
     List {
         /// The sheep's directory, or its farm
         dir: std::path::PathBuf,

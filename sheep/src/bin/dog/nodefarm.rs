@@ -33,7 +33,9 @@ pub fn list(dir: &Path, raw: bool) -> Result<(), Failure> {
     if !raw {
         out.line("Index  Snapshot Time     Epoch  Copies      Size  Members");
     }
-    for (e, snap) in farm.snapshots()? {
+    let snaps = farm.snapshots()?;
+    let count = snaps.len();
+    for (e, snap) in snaps {
         let members = snap.members.join(",");
         if raw {
             out.line(format!(
@@ -50,6 +52,12 @@ pub fn list(dir: &Path, raw: bool) -> Result<(), Failure> {
                 size_str(snap.bytes, false),
             ));
         }
+    }
+    if !raw {
+        out.line(format!(
+            "system snapshots: {count}; the farm takes {} on disk",
+            size_str(farm.disk_bytes()?, false)
+        ));
     }
     out.print()
 }

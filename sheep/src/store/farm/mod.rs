@@ -624,6 +624,19 @@ impl Farm {
         Ok((count, bytes))
     }
 
+    /// Bytes the farm's objects take (their lengths, temporary files included).
+    pub fn disk_bytes(&self) -> Result<u64, Error> {
+        let objects = self.dir.join("objects");
+        let failed = |e: std::io::Error| io_failure(format!("Failed to read {}", objects.display()), &e);
+        let mut total = 0;
+        for sub in fs::read_dir(&objects).map_err(failed)? {
+            for f in fs::read_dir(sub.map_err(failed)?.path()).map_err(failed)? {
+                total += f.map_err(failed)?.metadata().map_err(failed)?.len();
+            }
+        }
+        Ok(total)
+    }
+
     /// Makes everything stored so far durable (one syncfs of the farm's file system).
     pub fn sync(&self) -> Result<(), Error> {
         let d = File::open(&self.dir).map_err(|e| io_failure(format!("Failed to open {}", self.dir.display()), &e))?;

@@ -184,6 +184,11 @@ impl NodeFarm {
         })
     }
 
+    /// Bytes the farm's objects take on disk.
+    pub fn disk_bytes(&self) -> Result<u64, Error> {
+        self.farm.disk_bytes()
+    }
+
     /// The system snapshots, oldest first, each with its snap object.
     pub fn snapshots(&self) -> Result<Vec<(LogEntry, SysSnap)>, Error> {
         self.farm
@@ -432,6 +437,10 @@ mod tests {
             .expect("archive");
         assert_eq!(farm.snapshots().expect("snapshots")[2].0.tag, "epoch 3 #2");
         assert!(farm.check().expect("check").is_empty());
+        // Three distinct slices of data (7s, 9s, "changed"), then small trunks, indexes, snaps.
+        let data = 3 * SLICE;
+        let disk = farm.disk_bytes().expect("disk bytes");
+        assert!(disk > data && disk < data + 8192, "{disk} bytes on disk");
 
         // Keeping the newest two drops epoch 2's snapshot and what only it used (swept a
         // share of the names at a time, as a farm too big for memory is).
