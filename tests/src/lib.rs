@@ -1243,6 +1243,17 @@ impl Cluster {
         });
     }
 
+    /// Moves node `i` onto `fs` before the cluster is formatted: stops it, replaces its DIR
+    /// with a link to `fs`, starts it again and waits until the members list it.
+    pub fn put_node_on(&mut self, i: usize, fs: &ScratchFs) {
+        self.kill(i);
+        let dir = self.node(i).dir().to_path_buf();
+        fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
+        std::os::unix::fs::symlink(fs.path(), &dir).unwrap_or_else(|e| panic!("linking {}: {e}", dir.display()));
+        self.node_mut(i).start();
+        self.wait_for_membership();
+    }
+
     /// SIGKILL node `i`.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();

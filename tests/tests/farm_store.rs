@@ -162,12 +162,7 @@ fn a_node_short_of_space_drops_copies_without_archiving() {
     // Fixed vnodes: weighted by capacity, the small node would own next to nothing.
     let mut c = Cluster::builder().nodes(3).args(&["-V", "128"]).start();
     let tight = 0;
-    c.kill(tight);
-    let dir = c.node(tight).dir().to_path_buf();
-    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
-    std::os::unix::fs::symlink(small.path(), &dir).unwrap_or_else(|e| panic!("linking {}: {e}", dir.display()));
-    c.node_mut(tight).start();
-    c.wait_for_membership();
+    c.put_node_on(tight, &small);
     c.format_with(&["-c", "3", "-b", "farm"]);
     // Every node holds every object: the 12 MiB inode and 44 MiB of data leave node 0's
     // 64 MiB with about 7 MiB free, and the join moves about a quarter of the 45 objects

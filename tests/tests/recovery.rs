@@ -739,12 +739,7 @@ fn full_disk_on_one_node_fails_writes_cleanly() {
     let mut c = Cluster::start(3);
     // Node 2's DIR becomes the small filesystem before the cluster is formatted.
     let full = 2;
-    c.kill(full);
-    let dir = c.node(full).dir().to_path_buf();
-    std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("removing {}: {e}", dir.display()));
-    std::os::unix::fs::symlink(small.path(), &dir).unwrap_or_else(|e| panic!("linking {}: {e}", dir.display()));
-    c.node_mut(full).start();
-    c.wait_for_membership();
+    c.put_node_on(full, &small);
     c.format(3);
     let epoch = cluster_epoch(&c);
 
