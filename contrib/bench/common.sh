@@ -84,19 +84,21 @@ start_sheep() {
     pids="$pids $!"
 }
 
-# Starts sheep 0 to N-1 (start_sheep) on free ports, listed in $ports ($port: the first),
-# and waits until they list each other; fails if they do not within 30 s.
+# Starts sheep 0 to N-1 (start_sheep, each with the further arguments) on free ports, listed
+# in $ports ($port: the first), and waits until they list each other; fails if they do not
+# within 30 s.
 start_cluster() {
-    local n p
+    local count=$1 n p
+    shift
     ports=""
-    for n in $(seq "$1"); do ports="$ports $(free_port)"; done
+    for n in $(seq "$count"); do ports="$ports $(free_port)"; done
     n=0
     for p in $ports; do
-        start_sheep "$n" "$p"
+        start_sheep "$n" "$p" "$@"
         n=$((n + 1))
     done
     read -r port _ <<<"$ports"
-    wait_members "$port" "$1"
+    wait_members "$port" "$count"
 }
 
 # SIZE in bytes: a number with an optional K, M, G or T (powers of 1024).
@@ -111,6 +113,7 @@ wait_members() {
         [ "$("$bin/dog" node list -r -p "$p" 2>/dev/null | wc -l)" = "$want" ] && return 0
         sleep 0.1
     done
-    echo "$want sheep did not list each other within 30 s" >&2
+    echo "$want sheep did not list each other within 30 s; the end of their logs:" >&2
+    tail -n 20 "$WORK"/sheep*.log >&2
     return 1
 }

@@ -33,24 +33,15 @@ bench_on_exit
 
 
 one_run() { # run number
-    local r=$1 d=$WORK/run$1 ports="" p n port port1 victim
+    local r=$1 d=$WORK port1 victim
+    rm -rf "$d"/node* "$d"/rv "$d"/sheep*.log "$d/mnt"
     mkdir -p "$d/mnt"
     pids=""
-    for n in 0 1 2; do ports="$ports $(free_port)"; done
-    n=0
-    for p in $ports; do
-        "$bin/sheep" -p "$p" -c "local:$d/rv" -z "$n" --log-file "$d/sheep$n.log" "$d/node$n" \
-            </dev/null >>"$d/sheep$n.log" 2>&1 &
-        pids="$pids $!"
-        # The victim is killed on purpose: no job notice for it.
-        disown $!
-        n=$((n + 1))
-    done
-    read -r port port1 _ <<<"$ports"
-    for _ in $(seq 300); do
-        [ "$("$bin/dog" node list -r -p "$port" 2>/dev/null | wc -l)" = 3 ] && break
-        sleep 0.1
-    done
+    start_cluster 3
+    # The victim is killed on purpose: no job notice for it.
+    # shellcheck disable=SC2086
+    disown $pids
+    read -r _ port1 _ <<<"$ports"
     "$bin/dog" cluster format -c 3 -p "$port" </dev/null
     "$bin/dog" vdi create fo 1G -p "$port"
     "$bin/sheepfs" -p "$port" --log-file "$d/sheepfs.log" "$d/mnt" </dev/null

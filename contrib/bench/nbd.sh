@@ -57,26 +57,16 @@ cleanup() {
 }
 bench_on_exit
 
-port=$(free_port)
 nbd_port=$(free_port)
 mkdir -p "$WORK/mnt"
-log "starting 3 sheep (gateway on $port, NBD on $nbd_port) in $WORK"
+log "starting 3 sheep (NBD on $nbd_port from the first) in $WORK"
+port=$(free_port)
 for n in 0 1 2; do
-    extra=""
-    [ "$n" = 0 ] && extra="--nbd $nbd_port"
-    p=$port
-    [ "$n" = 0 ] || p=$(free_port)
+    if [ "$n" = 0 ]; then p=$port extra="--nbd $nbd_port"; else p=$(free_port) extra=""; fi
     # shellcheck disable=SC2086 # optional flags
-    "$bin/sheep" -p "$p" -c "local:$WORK/rv" -z "$n" --log-file "$WORK/sheep$n.log" $extra \
-        ${BENCH_CACHE:+-w "$BENCH_CACHE"} "$WORK/node$n" </dev/null >>"$WORK/sheep$n.log" 2>&1 &
-    pids="$pids $!"
+    start_sheep "$n" "$p" $extra ${BENCH_CACHE:+-w "$BENCH_CACHE"}
 done
-i=0
-until [ "$("$bin/dog" node list -r -p "$port" 2>/dev/null | wc -l)" = 3 ]; do
-    [ "$i" -lt 300 ] || { tail -n 20 "$WORK"/sheep*.log >&2; die "3 nodes did not join within 30 s"; }
-    sleep 0.1
-    i=$((i + 1))
-done
+wait_members "$port" 3
 "$bin/dog" cluster format -c 3 -f -p "$port" </dev/null
 "$bin/dog" vdi create viafs "$size" -p "$port"
 "$bin/dog" vdi create vianbd "$size" -p "$port"

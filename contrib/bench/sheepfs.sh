@@ -89,7 +89,7 @@ done
 # --- Setup, with a cleanup that undoes whatever part of it happened ---------------------
 
 WORK=$(mktemp -d "${BENCH_DIR:-/var/tmp}/sheepfs-bench.XXXXXX")
-sheep_pids=""
+pids=""
 memfs_pid=""
 sheepfs_pid=""
 
@@ -133,8 +133,8 @@ cleanup() {
         wait_exit "$memfs_pid" 10 || { echo "memfs ($memfs_pid) did not exit; killing" >&2; kill -KILL "$memfs_pid"; }
     fi
     unmount "$WORK/memfs"
-    for p in $sheep_pids; do kill -TERM "$p" 2>/dev/null; done
-    for p in $sheep_pids; do
+    for p in $pids; do kill -TERM "$p" 2>/dev/null; done
+    for p in $pids; do
         wait_exit "$p" 10 || { echo "sheep ($p) did not exit; killing" >&2; kill -KILL "$p"; }
     done
     wait 2>/dev/null
@@ -153,43 +153,9 @@ bench_on_exit
 log "scratch directory $WORK ($(df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }'))"
 mkdir -p "$WORK/mnt" "$WORK/memfs"
 
-# Three consecutive free TCP ports on loopback, from 17000 up.
-ports=$(python3 - <<'EOF'
-import socket
-def free(p):
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", p))
-            return True
-        except OSError:
-            return False
-p = 17000
-while not all(free(p + i) for i in range(3)):
-    p += 3
-print(p, p + 1, p + 2)
-EOF
-)
-set -- $ports
-port=$1
-
-log "starting 3 sheep on ports $ports"
-n=0
-for p in $ports; do
-    # shellcheck disable=SC2086 # empty, or -w and the size
-    "$bin/sheep" -p "$p" -c "local:$WORK/rv" -z "$n" --log-file "$WORK/sheep$n.log" ${BENCH_CACHE:+-w "$BENCH_CACHE"} \
-        "$WORK/node$n" </dev/null >>"$WORK/sheep$n.log" 2>&1 &
-    sheep_pids="$sheep_pids $!"
-    n=$((n + 1))
-done
-i=0
-until [ "$("$bin/dog" node list -r -p "$port" 2>/dev/null | wc -l)" = 3 ]; do
-    for p in $sheep_pids; do
-        kill -0 "$p" 2>/dev/null || { tail -n 20 "$WORK"/sheep*.log >&2; die "a sheep died at startup"; }
-    done
-    [ "$i" -lt 300 ] || { "$bin/dog" node list -p "$port" >&2; die "3 nodes did not join within 30 s"; }
-    sleep 0.1
-    i=$((i + 1))
-done
+log "starting 3 sheep"
+# shellcheck disable=SC2086 # empty, or -w and the size
+start_cluster 3 ${BENCH_CACHE:+-w "$BENCH_CACHE"}
 "$bin/dog" cluster format -c 3 -f -p "$port" </dev/null
 "$bin/dog" vdi create -z "${BENCH_SHIFT:-22}" bench "$size" -p "$port"
 
@@ -201,7 +167,7 @@ vol=$WORK/mnt/vdi/bench/volume
 [ -f "$vol" ] || die "$vol is missing"
 [ "$(stat -c %s "$vol")" = "$size_bytes" ] || die "$vol is $(stat -c %s "$vol") bytes, not $size_bytes"
 
-gw_pid=${sheep_pids# }
+gw_pid=${pids# }
 gw_pid=${gw_pid%% *}
 [ -n "$sheepfs_pid" ] || die "cannot find the sheepfs process"
 
@@ -349,7 +315,7 @@ EOF
 # of sheepfs.
 cpu_ticks() {
     local gw=0 others=0 fs=0 p t
-    for p in $sheep_pids; do
+    for p in $pids; do
         t=$(awk '{ print $14 + $15 }' "/proc/$p/stat")
         if [ "$p" = "$gw_pid" ]; then gw=$t; else others=$((others + t)); fi
     done
@@ -379,7 +345,7 @@ echo "  p99 lat = 99th percentile of submission + completion latency (fio lat_ns
 echo
 peaks=""
 n=0
-for p in $sheep_pids; do
+for p in $pids; do
     peaks="$peaks sheep$n=$(awk '/^VmHWM/ { print $2 }' "/proc/$p/status")"
     n=$((n + 1))
 done
