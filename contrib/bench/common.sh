@@ -117,3 +117,16 @@ wait_members() {
     tail -n 20 "$WORK"/sheep*.log >&2
     return 1
 }
+
+# The figures of the job in fio's JSON output FILE, as "IOPS MB/s P99-µs": of its reads, or
+# of its writes when it read nothing.
+fio_summary() {
+    python3 - "$1" <<'EOF'
+import json, sys
+text = open(sys.argv[1]).read()
+job = json.loads(text[text.index("{"):])["jobs"][0]
+side = job["read"] if job["read"]["io_bytes"] else job["write"]
+p99 = side.get("lat_ns", {}).get("percentile", {}).get("99.000000", 0) / 1000
+print("%.0f %.1f %.0f" % (side["iops"], side["bw_bytes"] / 1e6, p99))
+EOF
+}

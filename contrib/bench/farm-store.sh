@@ -47,18 +47,13 @@ bench_scratch farm-store
 results=$WORK/results
 : >"$results"
 
-# fio against the NBD export with the job's options; prints "iops MB/s".
+# fio against the NBD export with the job's options; prints "IOPS MB/s P99-µs" (fio_summary).
 fio_nbd() {
     local json=$WORK/fio.json
     fio --name=job --ioengine=nbd --uri="nbd://127.0.0.1:$nbd_port/bench" --size="$size_bytes" \
         --group_reporting --output-format=json --output="$json" "$@" >"$WORK/fio.err" 2>&1 ||
         { cat "$WORK/fio.err" >&2; die "fio $* failed"; }
-    python3 - "$json" <<'EOF'
-import json, sys
-text = open(sys.argv[1]).read()
-w = json.loads(text[text.index("{"):])["jobs"][0]["write"]
-print("%.0f %.1f" % (w["iops"], w["bw_bytes"] / 1e6))
-EOF
+    fio_summary "$json"
 }
 
 # Seconds since the epoch, to the millisecond.
@@ -82,10 +77,10 @@ measure() {
     "$bin/dog" vdi create bench "$size" -p "$port"
 
     log "round $round, $store: sequential write of $size"
-    read -r iops mbs < <(fio_nbd --rw=write --bs=1M --iodepth=4 --end_fsync=1)
+    read -r iops mbs _ < <(fio_nbd --rw=write --bs=1M --iodepth=4 --end_fsync=1)
     echo "seq_write_mbs $store $mbs" >>"$results"
     log "round $round, $store: 4 KiB random writes, depth 16, $runtime s"
-    read -r iops mbs < <(fio_nbd --rw=randwrite --bs=4k --iodepth=16 --runtime="$runtime" \
+    read -r iops mbs _ < <(fio_nbd --rw=randwrite --bs=4k --iodepth=16 --runtime="$runtime" \
         --time_based --ramp_time=1 --randrepeat=0)
     echo "randwrite_iops $store $iops" >>"$results"
 

@@ -93,15 +93,7 @@ job() {
     fio --name="$job-$t" --size="${size_mib}M" --runtime="$runtime" --time_based --ramp_time=1 \
         --randrepeat=0 --group_reporting --lat_percentiles=1 --output-format=json \
         --output="$json" "$@" >"$WORK/fio.err" 2>&1 || { cat "$WORK/fio.err" >&2; die "fio $job on $t failed"; }
-    python3 - "$json" "$job" "$t" >>"$results" <<'EOF'
-import json, sys
-path, job, target = sys.argv[1:]
-text = open(path).read()
-j = json.loads(text[text.index("{"):])["jobs"][0]
-side = j["read"] if j["read"]["io_bytes"] else j["write"]
-p99 = side["lat_ns"].get("percentile", {}).get("99.000000", 0) / 1000
-print(job, target, "%.0f %.1f %.0f" % (side["iops"], side["bw_bytes"] / 1e6, p99))
-EOF
+    echo "$job $t $(fio_summary "$json")" >>"$results"
 }
 
 for t in nbd sheepfs plain; do
