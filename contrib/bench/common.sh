@@ -20,6 +20,9 @@ free_port() {
 # The comment at the top of the script (line 2 up to `set -eu`): its usage.
 bench_usage() { sed -n '2,/^set -eu/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
+# The filesystem and device that hold $WORK ("ext4 on /dev/vda"): the disk a bench measures.
+bench_disk() { df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }'; }
+
 # Reads the command line: -h or --help prints the usage and exits; --quick sets quick=1 in
 # scripts that take it (they pass `quick` first, the others `-`); anything else is an error.
 bench_options() {

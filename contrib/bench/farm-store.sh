@@ -113,7 +113,7 @@ done
 
 echo
 echo "farm vs plain store: VDI of $size, 2 copies on 3 local sheep, fio over NBD; medians of $reps rounds"
-echo "disk: $(df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }'); $(nproc) CPUs"
+echo "disk: $(bench_disk); $(nproc) CPUs"
 python3 - "$results" <<'EOF'
 import statistics, sys
 vals = {}

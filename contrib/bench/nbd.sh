@@ -117,7 +117,7 @@ done
 
 echo
 echo "NBD export vs sheepfs vs plain file: VDIs of $size, 3 copies on 3 local sheep, fio ${runtime} s per job"
-echo "object cache: ${BENCH_CACHE:-off}; disk: $(df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }'); $(nproc) CPUs"
+echo "object cache: ${BENCH_CACHE:-off}; disk: $(bench_disk); $(nproc) CPUs"
 python3 - "$results" <<'EOF'
 import sys
 rows = {}

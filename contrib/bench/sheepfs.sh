@@ -150,7 +150,7 @@ cleanup() {
 }
 bench_on_exit
 
-log "scratch directory $WORK ($(df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }'))"
+log "scratch directory $WORK ($(bench_disk))"
 mkdir -p "$WORK/mnt" "$WORK/memfs"
 
 log "starting 3 sheep"
@@ -337,7 +337,7 @@ done
 echo
 echo "sheepfs benchmark: volume $size ($size_bytes bytes), 3 copies on 3 local sheep, fio ${runtime} s per job"
 echo "object cache: ${BENCH_CACHE:-off}; object size: 2^${BENCH_SHIFT:-22} bytes"
-echo "disk: $(df -T "$WORK" | awk 'NR == 2 { print $2 " on " $1 }'); kernel $(uname -r); $(nproc) CPUs"
+echo "disk: $(bench_disk); kernel $(uname -r); $(nproc) CPUs"
 echo "random I/O: $io_mode; libaio, 4 KiB blocks;"
 echo "  p99 lat = 99th percentile of submission + completion latency (fio lat_ns)"
 [ -z "${data_bad:-}" ] || echo "DATA CHECK FAILED on:$data_bad"
