@@ -81,7 +81,13 @@ pub fn dir(node_dir: &Path) -> PathBuf {
 impl NodeFarm {
     /// The farm of the node whose directory is `node_dir`, made if it has none.
     pub fn create(node_dir: &Path) -> Result<NodeFarm, Error> {
-        Farm::create_as(&dir(node_dir), Kind::Node).map(|farm| NodeFarm { farm })
+        let d = dir(node_dir);
+        if d.is_dir() && !d.join(super::MARKER).exists() {
+            // Only the sheep writes here: a farm without its marker is a creation cut short
+            // (it holds no snapshot), which would otherwise be refused as not a farm forever.
+            std::fs::remove_dir_all(&d).map_err(|e| io_failure(format!("Failed to remove {}", d.display()), &e))?;
+        }
+        Farm::create_as(&d, Kind::Node).map(|farm| NodeFarm { farm })
     }
 
     /// The farm at `dir` (a node's `DIR/farm`), which must be one.
@@ -462,6 +468,15 @@ mod tests {
         assert_eq!(farm.prune(2).expect("prune").0, 2);
         assert!(!stray.exists() && !farm.farm.path(&h).exists());
         assert!(read_back(&farm, 1, None).is_ok());
+    }
+
+    #[test]
+    fn a_farm_whose_creation_was_cut_short_is_made_again() {
+        let t = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir(t.path()).join("objects")).expect("a farm without its marker");
+        let farm = NodeFarm::create(t.path()).expect("made again");
+        assert!(farm.snapshots().expect("snapshots").is_empty());
+        assert!(NodeFarm::open(&dir(t.path())).is_ok());
     }
 
     #[test]
