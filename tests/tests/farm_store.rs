@@ -195,3 +195,54 @@ fn a_node_short_of_space_drops_copies_without_archiving() {
     }
     c.check_reads("alpha", &model, &[0, 3], "after the join");
 }
+
+/// With `sheep --farm-keep 1`, after two joins each node's farm holds one system snapshot:
+/// that of the last epoch in which it dropped copies, and nothing of the one before on disk.
+#[test]
+fn farm_keep_bounds_the_snapshots_a_node_keeps() {
+    let mut c = Cluster::builder().nodes(3).args(&["--farm-keep", "1"]).start();
+    c.format_with(&["-c", "2", "-b", "farm"]);
+    c.dog_ok(&["vdi", "create", "alpha", "96M"]);
+    let mut model = vec![0u8; (96 * MIB) as usize];
+    c.put(0, "alpha", &mut model, 0, 13, 96 * MIB);
+    let all: BTreeSet<Oid> = c.object_holders().keys().copied().collect();
+    c.wait_placement(&c.ring(), 2, &all, RECOVERY_TIMEOUT);
+
+    // The epochs in which each of the first three nodes dropped copies.
+    let mut drops: [Vec<u32>; 3] = Default::default();
+    for (epoch, zone) in [(2, 4), (3, 5)] {
+        let before: Vec<BTreeSet<Oid>> = (0..3).map(|i| c.node(i).objects()).collect();
+        c.add_node(zone);
+        c.wait_recovered(RECOVERY_TIMEOUT);
+        c.wait_placement(&c.ring(), 2, &all, RECOVERY_TIMEOUT);
+        for (i, had) in before.iter().enumerate() {
+            if had.difference(&c.node(i).objects()).next().is_some() {
+                drops[i].push(epoch);
+            }
+        }
+    }
+    // With 25 objects, some node surely drops copies in both epochs (all but 3 in 10,000
+    // placements), so that keeping one snapshot drops one.
+    assert!(
+        drops.iter().any(|d| d.len() == 2),
+        "no node dropped copies twice: {drops:?}"
+    );
+    for (i, epochs) in drops.iter().enumerate() {
+        let Some(epoch) = epochs.last() else { continue };
+        let dir = c.node(i).dir().to_str().expect("utf-8 path").to_string();
+        let list = c.dog_ok(&["node", "farm", "list", "-r", &dir]).stdout_str();
+        let snaps: Vec<Vec<&str>> = list.lines().map(|l| l.split(' ').collect()).collect();
+        assert_eq!(snaps.len(), 1, "node {i} keeps one snapshot:\n{list}");
+        assert_eq!(snaps[0][2], epoch.to_string(), "node {i} keeps its newest:\n{list}");
+        let kept: u64 = snaps[0][4].parse().expect("the snapshot's bytes");
+        let on_disk: u64 = files(&c.node(i).dir().join("farm/objects"))
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .sum();
+        assert!(
+            on_disk <= kept + (1 << 20),
+            "node {i}: the farm takes {on_disk} bytes for a snapshot of {kept}"
+        );
+    }
+    c.check_reads("alpha", &model, &[0, 4], "after two joins");
+}
