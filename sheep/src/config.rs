@@ -359,6 +359,20 @@ mod tests {
     }
 
     #[test]
+    fn farm_keep_from_file_or_flag() {
+        let t = tempfile::tempdir().expect("tmp");
+        let f = t.path().join("sheep.toml");
+        std::fs::write(&f, "farm_keep = 3\n").expect("write");
+        let conf = f.to_str().expect("utf8");
+        let c = Config::load(Args::parse_from(["sheep", "/d"])).expect("load");
+        assert_eq!(c.farm_keep, crate::store::farm::node::KEEP);
+        let c = Config::load(Args::parse_from(["sheep", "--config", conf, "/d"])).expect("load");
+        assert_eq!(c.farm_keep, 3);
+        let c = Config::load(Args::parse_from(["sheep", "--config", conf, "--farm-keep", "0", "/d"])).expect("load");
+        assert_eq!(c.farm_keep, 0);
+    }
+
+    #[test]
     fn cache_spec() {
         let c = Config::load(Args::parse_from(["sheep", "-w", "64M", "/d"])).expect("load");
         assert_eq!(
