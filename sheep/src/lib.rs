@@ -1,5 +1,5 @@
 //! The sheep daemon: server loop, op dispatch, gateway replication, cluster drivers and
-//! membership, VDI management and the plain object store. `ARCHITECTURE.md` at the
+//! membership, VDI management, and the object stores (plain, and farm beside it). `ARCHITECTURE.md` at the
 //! repository root walks a request through these modules.
 
 pub mod access;
