@@ -27,7 +27,7 @@ use crate::vdi::{self, object_size};
 use crate::Out;
 use sheep::dogcli::Snap;
 use sheep::store::farm::{
-    hex, now, Error as FarmError, Farm, Hash, LogEntry, Part, SnapObj, TrunkReader, TrunkWriter, VdiObj, SLICE,
+    self, hex, now, Error as FarmError, Farm, Hash, Keep, LogEntry, SnapObj, TrunkReader, TrunkWriter, VdiObj, SLICE,
 };
 
 /// The names of `all` that `only` asks for (all of them when `only` is empty), refusing
@@ -301,7 +301,7 @@ pub fn list(dir: &Path, raw: bool) -> Result<(), Failure> {
         out.line("Index  Snapshot Time     VDIs      Size  Tag");
     }
     for e in farm.log()? {
-        let snap = farm.snap(&e)?;
+        let snap: SnapObj = farm.snap(&e)?;
         if raw {
             out.line(format!(
                 "{} {} {} {} {}",
@@ -365,18 +365,9 @@ pub fn delete(tag: &str, dir: &Path) -> Result<(), Failure> {
 /// farm a part of the hash space at a time, reading the trunks again for each part.
 const KEEP_MAX: usize = 4 << 20;
 
-/// What the remaining snapshots use, as far as a delete can hold it.
-enum Keep {
-    /// Every object they use.
-    All(HashSet<Hash>),
-    /// More distinct objects than the limit: only how many times the snapshots name an
-    /// object, which bounds the distinct ones.
-    TooMany(usize),
-}
-
 /// Calls `f` with each object the snapshots `others` name: their snap objects, trunks and
 /// slices (an object as often as it is named). Fails on a trunk it cannot read.
-fn each_name(farm: &Farm, others: &[(LogEntry, SnapObj)], mut f: impl FnMut(Hash)) -> Result<(), Failure> {
+fn each_name(farm: &Farm, others: &[(LogEntry, SnapObj)], f: &mut dyn FnMut(Hash)) -> Result<(), Failure> {
     for (e, snap) in others {
         f(e.snap);
         for v in &snap.vdis {
@@ -384,7 +375,7 @@ fn each_name(farm: &Farm, others: &[(LogEntry, SnapObj)], mut f: impl FnMut(Hash
             for entry in farm.trunk(v).map_err(in_snapshot)? {
                 f(entry.map_err(in_snapshot)?.1);
             }
-            sheep::store::farm::parse_hex(&v.trunk).into_iter().for_each(&mut f);
+            sheep::store::farm::parse_hex(&v.trunk).into_iter().for_each(&mut *f);
         }
     }
     Ok(())
@@ -393,44 +384,13 @@ fn each_name(farm: &Farm, others: &[(LogEntry, SnapObj)], mut f: impl FnMut(Hash
 /// The objects that the snapshots `others` use, unless more than `limit` distinct ones
 /// (every trunk is read all the same).
 fn in_use(farm: &Farm, others: &[(LogEntry, SnapObj)], limit: usize) -> Result<Keep, Failure> {
-    let mut keep = Some(HashSet::new());
-    let mut names = 0;
-    each_name(farm, others, |h| {
-        names += 1;
-        if let Some(k) = &mut keep {
-            if k.len() < limit || k.contains(&h) {
-                k.insert(h);
-            } else {
-                keep = None;
-            }
-        }
-    })?;
-    Ok(keep.map_or(Keep::TooMany(names), Keep::All))
+    farm::in_use(limit, |f| each_name(farm, others, f))
 }
 
-/// Removes every object that none of `others` uses: in one sweep with the keep-set `first`
-/// found, else in as many parts as keep each part's set under [`KEEP_MAX`]. Returns the
-/// objects removed and their bytes.
+/// Removes every object that none of `others` uses ([`Farm::sweep_unnamed`], each part's
+/// set under [`KEEP_MAX`]). Returns the objects removed and their bytes.
 fn sweep_unused(farm: &Farm, others: &[(LogEntry, SnapObj)], first: Keep) -> Result<(u64, u64), Failure> {
-    let names = match first {
-        Keep::All(keep) => return Ok(farm.sweep(&keep, Part::WHOLE)?),
-        Keep::TooMany(names) => names,
-    };
-    let of = names.div_ceil(KEEP_MAX).clamp(2, 256);
-    let (mut objects, mut bytes) = (0, 0);
-    for index in 0..of {
-        let part = Part { index, of };
-        let mut keep = HashSet::new();
-        each_name(farm, others, |h| {
-            if part.holds(&h) {
-                keep.insert(h);
-            }
-        })?;
-        let (o, b) = farm.sweep(&keep, part)?;
-        objects += o;
-        bytes += b;
-    }
-    Ok((objects, bytes))
+    farm.sweep_unnamed(first, KEEP_MAX, |f| each_name(farm, others, f))
 }
 
 /// Reads every object of `vdis` back and checks it against its name. Returns a line per
@@ -866,7 +826,7 @@ mod tests {
                 for entry in farm.trunk(&snap.vdis[0]).expect("a kept trunk reads") {
                     farm.get(&entry.expect("an entry").1).expect("a kept slice reads");
                 }
-                farm.snap(e).expect("a kept snap reads");
+                farm.snap::<SnapObj>(e).expect("a kept snap reads");
             }
             left.push(stored(d.path()));
         }

@@ -199,6 +199,34 @@ impl Iterator for TrunkReader {
     }
 }
 
+/// What the snapshots left in a farm use, as far as a sweep can hold it in memory.
+pub enum Keep {
+    /// Every object they use.
+    All(HashSet<Hash>),
+    /// More distinct objects than the limit: only how many times the snapshots name an
+    /// object, which bounds the distinct ones.
+    TooMany(usize),
+}
+
+/// The objects `each_name` names (it calls its argument with each), unless more than
+/// `limit` distinct ones; it is walked to its end all the same, so that a name it cannot
+/// read fails here, before anything changes.
+pub fn in_use<E>(limit: usize, each_name: impl FnOnce(&mut dyn FnMut(Hash)) -> Result<(), E>) -> Result<Keep, E> {
+    let mut keep = Some(HashSet::new());
+    let mut names = 0;
+    each_name(&mut |h| {
+        names += 1;
+        if let Some(k) = &mut keep {
+            if k.len() < limit || k.contains(&h) {
+                k.insert(h);
+            } else {
+                keep = None;
+            }
+        }
+    })?;
+    Ok(keep.map_or(Keep::TooMany(names), Keep::All))
+}
+
 /// A share of the hash space, by first byte: a delete whose keep-set would be too big for
 /// memory sweeps the farm a part at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -493,7 +521,7 @@ impl Farm {
     }
 
     /// The snap object a log entry names, checked.
-    pub fn snap(&self, entry: &LogEntry) -> Result<SnapObj, Error> {
+    pub fn snap<T: serde::de::DeserializeOwned>(&self, entry: &LogEntry) -> Result<T, Error> {
         let tag = &entry.tag;
         let b = self.get_or_fail(&entry.snap, format_args!("snap of '{tag}'"))?;
         serde_json::from_slice(&b).map_err(|e| Error::new(format!("The snap object of '{tag}' is malformed: {e}")))
@@ -635,6 +663,37 @@ impl Farm {
             }
         }
         Ok(total)
+    }
+
+    /// Removes every object that `each_name` does not name (it calls its argument with each
+    /// name the snapshots left use): in one sweep with the set `first` holds, else a share
+    /// of the hash space at a time, calling `each_name` again for each share, so that no
+    /// share's set passes `limit`. Returns the objects removed and their bytes.
+    pub fn sweep_unnamed<E: From<Error>>(
+        &self,
+        first: Keep,
+        limit: usize,
+        mut each_name: impl FnMut(&mut dyn FnMut(Hash)) -> Result<(), E>,
+    ) -> Result<(u64, u64), E> {
+        let names = match first {
+            Keep::All(keep) => return Ok(self.sweep(&keep, Part::WHOLE)?),
+            Keep::TooMany(names) => names,
+        };
+        let of = names.div_ceil(limit.max(1)).clamp(2, 256);
+        let (mut objects, mut bytes) = (0, 0);
+        for index in 0..of {
+            let part = Part { index, of };
+            let mut keep = HashSet::new();
+            each_name(&mut |h| {
+                if part.holds(&h) {
+                    keep.insert(h);
+                }
+            })?;
+            let (o, b) = self.sweep(&keep, part)?;
+            objects += o;
+            bytes += b;
+        }
+        Ok((objects, bytes))
     }
 
     /// Makes everything stored so far durable (one syncfs of the farm's file system).

@@ -22,14 +22,14 @@ use std::path::{Path, PathBuf};
 
 use protocol::Oid;
 
-use super::{hex, io_failure, now, parse_hex, Error, Farm, Hash, Kind, LogEntry, Part, TrunkWriter, SLICE};
+use super::{hex, in_use, io_failure, now, parse_hex, Error, Farm, Hash, Kind, LogEntry, TrunkWriter, SLICE};
 use crate::store::Store;
 
 /// System snapshots a node keeps unless told otherwise (`sheep --farm-keep`).
 pub const KEEP: usize = 8;
 
 /// Most object names a prune holds in memory at once (about 128 MiB with the set's overhead).
-const NAMES_IN_MEMORY: u64 = 4 << 20;
+const NAMES_IN_MEMORY: usize = 4 << 20;
 
 /// One system snapshot: the snap object.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -201,9 +201,7 @@ impl NodeFarm {
             .log()?
             .into_iter()
             .map(|e| {
-                let b = self.farm.get_or_fail(&e.snap, format_args!("snap of '{}'", e.tag))?;
-                let snap = serde_json::from_slice(&b)
-                    .map_err(|err| Error::new(format!("The snap object of '{}' is malformed: {err}", e.tag)))?;
+                let snap = self.farm.snap(&e)?;
                 Ok((e, snap))
             })
             .collect()
@@ -311,46 +309,38 @@ impl NodeFarm {
     /// Drops all but the newest `keep` snapshots, then every object no snapshot left uses
     /// (theirs, and what an archive cut short left); returns how many objects went and
     /// their bytes. The names kept are held in memory up to [`NAMES_IN_MEMORY`]; past that,
-    /// the sweep goes a share of the hash space at a time, walking the snapshots again for
-    /// each.
+    /// the sweep goes a share of the hash space at a time ([`Farm::sweep_unnamed`]).
     pub fn prune(&self, keep: usize) -> Result<(u64, u64), Error> {
         self.prune_within(keep, NAMES_IN_MEMORY)
     }
 
-    fn prune_within(&self, keep: usize, names_in_memory: u64) -> Result<(u64, u64), Error> {
+    fn prune_within(&self, keep: usize, names_in_memory: usize) -> Result<(u64, u64), Error> {
         let snaps = self.snapshots()?;
         let (gone, kept) = snaps.split_at(snaps.len().saturating_sub(keep));
+        // Every trunk kept is read before anything changes.
+        let first = in_use(names_in_memory, |f| self.each_name(kept, f))?;
         for (e, _) in gone {
             self.farm.unlog(&e.tag)?;
         }
-        // At most this many names: each copy's slices and trunk, each snapshot's index and snap.
-        let names: u64 = kept.iter().map(|(_, s)| s.bytes.div_ceil(SLICE) + s.objects + 2).sum();
-        let of = names.div_ceil(names_in_memory).clamp(1, 256) as usize;
-        let (mut count, mut bytes) = (0, 0);
-        for index in 0..of {
-            let part = Part { index, of };
-            let mut used = HashSet::new();
-            let mut name = |h: Hash| {
-                if part.holds(&h) {
-                    used.insert(h);
+        self.farm
+            .sweep_unnamed(first, names_in_memory, |f| self.each_name(kept, f))
+    }
+
+    /// Calls `f` with each object the snapshots `snaps` name: their snap objects, indexes,
+    /// trunks and slices.
+    fn each_name(&self, snaps: &[(LogEntry, SysSnap)], f: &mut dyn FnMut(Hash)) -> Result<(), Error> {
+        for (e, snap) in snaps {
+            f(e.snap);
+            parse_hex(&snap.index).into_iter().for_each(&mut *f);
+            self.each_copy(snap, |oid, trunk| {
+                f(trunk);
+                for entry in self.farm.slices(&trunk, &format!("trunk of object {}", Oid(oid)))? {
+                    f(entry?.1);
                 }
-            };
-            for (e, snap) in kept {
-                name(e.snap);
-                parse_hex(&snap.index).into_iter().for_each(&mut name);
-                self.each_copy(snap, |oid, trunk| {
-                    name(trunk);
-                    for entry in self.farm.slices(&trunk, &format!("trunk of object {}", Oid(oid)))? {
-                        name(entry?.1);
-                    }
-                    Ok(())
-                })?;
-            }
-            let (c, b) = self.farm.sweep(&used, part)?;
-            count += c;
-            bytes += b;
+                Ok(())
+            })?;
         }
-        Ok((count, bytes))
+        Ok(())
     }
 }
 
