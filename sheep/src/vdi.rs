@@ -653,6 +653,8 @@ async fn collect_garbage(sheep: &Arc<Sheep>) -> Result<Pass, ResultCode> {
                 });
                 match sheep.peer(node.addr).send(req, &[]).await {
                     Ok(r) if r.header.result_code() == ResultCode::SUCCESS => removed += 1,
+                    // Gone meanwhile (the node no longer owned it): nothing missed.
+                    Ok(r) if r.header.result_code() == ResultCode::NO_OBJ => {}
                     Ok(r) => {
                         missed += 1;
                         tracing::warn!(%oid, node = %node.addr, result = %r.header.result_code(), "cannot remove unreferenced object")
