@@ -3,9 +3,10 @@
 //! Writes go to every replica in parallel and succeed only when all do. Reads try this node
 //! first when it is a replica, then the others in placement order; a replica whose copy
 //! recovery has not reached yet declines at first (a current one serves at once), and is
-//! asked again, to recover the object and serve it, only when no replica could. When a replica cannot be
-//! reached or answers with an epoch mismatch, the gateway waits for the membership to settle
-//! (the driver notices a dead node within a second) and retries with the new placement.
+//! asked again, to recover the object and serve it, only when no replica could. When a
+//! replica cannot be reached or answers with an epoch mismatch, the gateway waits for the
+//! membership to settle (the driver notices a dead node within a second) and retries with
+//! the new placement.
 
 use std::sync::Arc;
 use std::time::Duration;

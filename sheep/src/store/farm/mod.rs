@@ -189,7 +189,7 @@ impl Iterator for TrunkReader {
         let (idx, h) = e.split_at(8);
         let idx = u64::from_le_bytes(idx.try_into().unwrap_or_default());
         if self.prev.is_some_and(|prev| prev >= idx) {
-            return Some(Err(self.malformed("its slices are out of order")));
+            return Some(Err(self.malformed("its entries are out of order")));
         }
         if idx >= self.limit {
             return Some(Err(self.malformed("a slice lies past the end")));

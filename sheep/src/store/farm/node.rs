@@ -288,7 +288,8 @@ impl NodeFarm {
                 };
                 for entry in reader {
                     let (idx, h) = entry?;
-                    if seen.insert(h) {
+                    // Each distinct slice once, as far as memory allows; past that, again.
+                    if seen.len() >= NAMES_IN_MEMORY || seen.insert(h) {
                         if let Err(f) = self
                             .farm
                             .get_or_fail(&h, format_args!("slice {idx} of object {}", Oid(oid)))
