@@ -1,15 +1,21 @@
-# Helpers the bench scripts share; each sources this file first. `bench_build` calls the
-# script's `log`.
+# Helpers the bench scripts share; each sources this file first.
+
+# A message on stderr, prefixed with the script's name, and exit 1.
+die() { echo "$(basename "$0" .sh): $*" >&2; exit 1; }
+# A progress line on stderr.
+log() { echo "== $*" >&2; }
 
 # Moves to the repository root, sets $bin to the release binaries and builds them unless
-# BENCH_NO_BUILD=1.
+# BENCH_NO_BUILD=1; fails unless sheep and dog are there.
 bench_build() {
+    local b
     cd "$(dirname "$0")/../.."
     bin=$(pwd)/target/release
     if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
         log "building release binaries"
         cargo build --release --bins
     fi
+    for b in sheep dog; do [ -x "$bin/$b" ] || die "$bin/$b is missing"; done
 }
 
 # A TCP port on 127.0.0.1 that is free now.

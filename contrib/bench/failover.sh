@@ -16,8 +16,6 @@ set -eu
 bench_options - "$@"
 
 runs=${BENCH_RUNS:-3}
-die() { echo "failover-bench: $*" >&2; exit 1; }
-log() { echo "== $*" >&2; }
 [ "$(id -u)" = 0 ] || die "run as root (mounts)"
 case "$runs" in '' | 0 | *[!0-9]*) die "BENCH_RUNS must be a positive number" ;; esac
 bench_build

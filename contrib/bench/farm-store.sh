@@ -26,14 +26,11 @@ set -eu
 . "$(dirname "$0")/common.sh"
 bench_options - "$@"
 
-die() { echo "farm-store: $*" >&2; exit 1; }
-log() { echo "== $*" >&2; }
 
 size=${BENCH_SIZE:-1G}
 runtime=${BENCH_RUNTIME:-15}
 reps=${BENCH_REPS:-2}
 bench_build
-for b in sheep dog; do [ -x "$bin/$b" ] || die "$bin/$b is missing"; done
 command -v python3 >/dev/null || die "python3 is needed to parse fio's output"
 if ! fio --enghelp 2>/dev/null | grep -qw nbd; then
     log "installing fio and libnbd-bin"

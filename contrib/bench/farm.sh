@@ -17,8 +17,6 @@ set -eu
 . "$(dirname "$0")/common.sh"
 bench_options - "$@"
 
-die() { echo "farm-bench: $*" >&2; exit 1; }
-log() { echo "== $*" >&2; }
 bench_build
 
 bench_scratch farm-bench

@@ -24,8 +24,6 @@ bench_options quick "$@"
 size=${BENCH_SIZE:-$([ "$quick" = 1 ] && echo 256M || echo 1G)}
 runtime=${BENCH_RUNTIME:-$([ "$quick" = 1 ] && echo 5 || echo 15)}
 
-die() { echo "nbd-bench: $*" >&2; exit 1; }
-log() { echo "== $*" >&2; }
 
 [ "$(id -u)" = 0 ] || die "run as root (mounts, drop_caches)"
 [ -e /dev/fuse ] || die "/dev/fuse is missing"

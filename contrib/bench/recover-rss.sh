@@ -21,13 +21,10 @@ set -eu
 . "$(dirname "$0")/common.sh"
 bench_options - "$@"
 
-die() { echo "recover-rss: $*" >&2; exit 1; }
-log() { echo "== $*" >&2; }
 
 data=${BENCH_DATA:-3G}
 shift_=${BENCH_SHIFT:-31}
 bench_build
-for b in sheep dog; do [ -x "$bin/$b" ] || die "$bin/$b is missing"; done
 
 bench_scratch recover-rss
 

@@ -21,12 +21,9 @@ set -eu
 . "$(dirname "$0")/common.sh"
 bench_options - "$@"
 
-die() { echo "recovery-read: $*" >&2; exit 1; }
-log() { echo "== $*" >&2; }
 
 data=${BENCH_DATA:-256M}
 bench_build
-for b in sheep dog; do [ -x "$bin/$b" ] || die "$bin/$b is missing"; done
 
 bench_scratch recovery-read
 

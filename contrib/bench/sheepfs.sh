@@ -42,8 +42,6 @@ else
     reps=${BENCH_REPS:-3}
 fi
 
-die() { echo "sheepfs-bench: $*" >&2; exit 1; }
-log() { echo "== $*" >&2; }
 
 [ "$(id -u)" = 0 ] || die "run as root (mounts, drop_caches)"
 [ -e /dev/fuse ] || die "/dev/fuse is missing"
