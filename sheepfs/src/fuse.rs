@@ -16,7 +16,7 @@ use fuser::{
 use tokio::runtime::{Builder, Runtime};
 
 use crate::backend::Backend;
-use crate::fs::{Attr, Fs, Kind};
+use crate::fs::{Access, Attr, Fs, Kind};
 use volume::{FsError, FsResult};
 
 /// Attribute and entry lifetime for entries whose content does not change behind our back.
@@ -189,8 +189,12 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        match self.run("open", self.fs.open(ino.0, write)) {
+        let access = match flags.acc_mode() {
+            OpenAccMode::O_RDONLY => Access::Read,
+            OpenAccMode::O_WRONLY => Access::Write,
+            OpenAccMode::O_RDWR => Access::ReadWrite,
+        };
+        match self.run("open", self.fs.open(ino.0, access)) {
             Ok((fh, direct)) => {
                 let f = if direct {
                     FopenFlags::FOPEN_DIRECT_IO

@@ -11,7 +11,7 @@ mod tools;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -293,6 +293,45 @@ fn cp_onto_a_volume_then_sync_keeps_the_bytes_and_the_size() {
         &dog_read(&c, 2, "beta", 30 * MIB, marker.len() as u64, None),
         &marker,
     );
+    m.unmount();
+}
+
+#[test]
+fn a_reader_sees_what_a_write_only_open_wrote_over_pages_it_had_read() {
+    // dd and cp open volumes write-only, and such writes skip the kernel's page cache: the
+    // pages a reader cached of that range must not keep the old bytes.
+    let c = Cluster::start_formatted(3, 3);
+    c.dog_ok(&["vdi", "create", "gamma", "16M"]);
+    let m = Mount::start(&c, 0);
+    let vol = m.volume("gamma");
+    let reader = fs::File::open(&vol).expect("opening the volume for reading");
+    // Across an object boundary, with unaligned ends.
+    let (at, len) = (OBJ - MIB + 5, 2 * MIB + 100);
+    let mut seen = vec![1u8; len as usize];
+    reader
+        .read_exact_at(&mut seen, at)
+        .expect("reading the range before the write");
+    assert_same_bytes("the range before any write", &seen, &vec![0u8; len as usize]);
+
+    let data = pseudo_random(9, len as usize);
+    let writer = fs::OpenOptions::new()
+        .write(true)
+        .open(&vol)
+        .expect("opening the volume write-only");
+    writer
+        .write_all_at(&data, at)
+        .expect("writing through the write-only open");
+    writer.sync_all().expect("fsync of the write-only open");
+    drop(writer);
+
+    reader.read_exact_at(&mut seen, at).expect("reading the range again");
+    assert_same_bytes("the range read again through the earlier open", &seen, &data);
+    assert_same_bytes(
+        "the range read through node 2 with dog",
+        &dog_read(&c, 2, "gamma", at, len, None),
+        &data,
+    );
+    drop(reader);
     m.unmount();
 }
 
