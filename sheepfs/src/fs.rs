@@ -166,6 +166,8 @@ pub struct Fs<B> {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     chunk: u32,
+    /// Write-only opens of volumes skip the kernel's page cache (see [`Fs::open`]).
+    direct_writes: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -181,7 +183,15 @@ impl<B: Backend> Fs<B> {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             chunk: DEFAULT_CHUNK,
+            direct_writes: false,
         }
+    }
+
+    /// Makes write-only opens of volumes direct I/O; only safe where the kernel drops the
+    /// pages other opens cached of a range written that way (Linux 6.6 and later).
+    pub fn with_direct_writes(mut self, on: bool) -> Fs<B> {
+        self.direct_writes = on;
+        self
     }
 
     /// Cuts volume I/O into object requests of at most `bytes` (see [`DEFAULT_CHUNK`]).
@@ -346,10 +356,12 @@ impl<B: Backend> Fs<B> {
             }
             Entry::SnapshotCtl(_) | Entry::CloneCtl(..) | Entry::ObjectCache => Ok((0, true)),
             // One writer per VDI in the whole cluster: this mount until it ends. A write-only
-            // open (dd, cp) never reads through the kernel's page cache, so its writes skip
-            // it: one copy of every byte fewer, and no page-sized bookkeeping. The kernel
-            // drops the pages other opens cached of a range written this way.
-            Entry::Volume(n) if write => self.backend.lock_vdi(n).await.map(|()| (0, access == Access::Write)),
+            // open (dd, cp) never reads through the kernel's page cache, so its writes may
+            // skip it: one copy of every byte fewer, and no page-sized bookkeeping.
+            Entry::Volume(n) if write => {
+                let direct = self.direct_writes && access == Access::Write;
+                self.backend.lock_vdi(n).await.map(|()| (0, direct))
+            }
             _ => Ok((0, false)),
         }
     }

@@ -24,6 +24,29 @@ const TTL: Duration = Duration::from_secs(1);
 /// FUSE requests carry at most this much data.
 pub const MAX_WRITE: u32 = 1 << 20;
 
+/// Whether this kernel drops the pages other opens cached of a range that a direct-I/O open
+/// (FOPEN_DIRECT_IO) writes, as Linux does since 6.6. Before that, a reader holding the
+/// volume open could go on reading the old bytes from its cache.
+pub fn direct_writes_are_coherent() -> bool {
+    match std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        Ok(release) => release_at_least(&release, (6, 6)),
+        Err(e) => {
+            tracing::warn!("cannot read the kernel's release ({e}); writes go through the page cache");
+            false
+        }
+    }
+}
+
+/// Whether a kernel release such as `6.18.44-fc-v1300` is `want` (major, minor) or later.
+fn release_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release.trim().split(['.', '-']);
+    let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (number(), number()) {
+        (Some(major), Some(minor)) => (major, minor) >= want,
+        _ => false,
+    }
+}
+
 pub struct SheepFuse<B: Backend> {
     fs: Arc<Fs<B>>,
     mounted_at: SystemTime,
@@ -320,5 +343,21 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
             255,
             bsize as u32,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_at_least;
+
+    #[test]
+    fn kernel_releases_compare_by_major_then_minor() {
+        assert!(release_at_least("6.18.44-fc-v1300\n", (6, 6)));
+        assert!(release_at_least("6.6.0", (6, 6)));
+        assert!(release_at_least("7.0-rc1", (6, 6)));
+        assert!(!release_at_least("6.1.0-28-amd64", (6, 6)));
+        assert!(!release_at_least("5.15.0", (6, 6)));
+        assert!(!release_at_least("", (6, 6)));
+        assert!(!release_at_least("six.six", (6, 6)));
     }
 }

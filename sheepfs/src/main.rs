@@ -116,7 +116,11 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), backend.cluster_info()).await })
         .map_err(|_| format!("gateway {gateway} did not answer"))?
         .map_err(|e| format!("cannot reach the gateway {gateway}: {e}"))?;
-    let fs = Arc::new(Fs::new(backend).with_chunk(args.chunk_kib << 10));
+    let fs = Arc::new(
+        Fs::new(backend)
+            .with_chunk(args.chunk_kib << 10)
+            .with_direct_writes(sheepfs::fuse::direct_writes_are_coherent()),
+    );
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("sheepdog@{gateway}")),
