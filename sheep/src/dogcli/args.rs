@@ -126,16 +126,17 @@ pub fn parse_farm_tag(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// clap value parser for VDI names.
-/// An object id: 16 hex digits (a `0x` prefix allowed).
+/// clap value parser for object ids: up to 16 hex digits (a `0x` prefix allowed).
 pub fn parse_oid(s: &str) -> Result<u64, String> {
     let digits = s.strip_prefix("0x").unwrap_or(s);
-    if digits.is_empty() || digits.len() > 16 {
-        return Err(format!("'{s}' is not an object id: give up to 16 hex digits"));
+    let hex = (1..=16).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_hexdigit());
+    match u64::from_str_radix(digits, 16) {
+        Ok(oid) if hex => Ok(oid),
+        _ => Err(format!("'{s}' is not an object id: give up to 16 hex digits")),
     }
-    u64::from_str_radix(digits, 16).map_err(|_| format!("'{s}' is not an object id: give up to 16 hex digits"))
 }
 
+/// clap value parser for VDI names.
 pub fn parse_name(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Err("the VDI name must not be empty".into());
@@ -180,6 +181,16 @@ mod tests {
         assert_eq!(parse_vnodes("256"), Ok(Vnodes(Some(256))));
         for bad in ["0", "65536", "-1", "", "Auto", "12x"] {
             assert!(parse_vnodes(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn oids_parse() {
+        assert_eq!(parse_oid("00ab12cd00000003"), Ok(0x00ab_12cd_0000_0003));
+        assert_eq!(parse_oid("0x8000000000000001"), Ok(0x8000_0000_0000_0001));
+        assert_eq!(parse_oid("3"), Ok(3));
+        for bad in ["", "0x", "+3", "-3", "12345678901234567", "xyz", "0x0x3", " 3"] {
+            assert!(parse_oid(bad).is_err(), "{bad:?} should be refused");
         }
     }
 
