@@ -250,7 +250,13 @@ impl Sheep {
                 self.recovery.reset(&self.dir, fresh);
                 if fresh {
                     // The farm's copies belong to the cluster that was.
-                    let _ = std::fs::remove_dir_all(crate::store::farm::node::dir(&self.dir));
+                    let farm = crate::store::farm::node::dir(&self.dir);
+                    match std::fs::remove_dir_all(&farm) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            tracing::warn!(dir = %farm.display(), error = %e, "cannot remove the old cluster's farm")
+                        }
+                        _ => {}
+                    }
                     match self.store.wipe() {
                         Ok(n) => tracing::info!(objects = n, "cluster formatted: removed every stored object"),
                         Err(e) => {

@@ -77,8 +77,10 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                 // be fetched whole (a 2 GiB object takes seconds): a gateway that can ask a
                 // current replica instead says so. Once recovery is done, an object with no
                 // copy here does not exist, and the usual path says so.
-                let behind = || sheep.recovery.recovered_epoch() < epoch && !is_current(sheep, oid, epoch);
-                if req.flags & flags::CURRENT_ONLY != 0 && behind() {
+                if req.flags & flags::CURRENT_ONLY != 0
+                    && sheep.recovery.recovered_epoch() < epoch
+                    && !is_current(sheep, oid, epoch)
+                {
                     // It jumps the recovery queue all the same.
                     sheep.recovery.want(oid);
                     return Err(ResultCode::NODE_IN_RECOVERY);
