@@ -110,9 +110,18 @@ start_cluster() {
     wait_members "$port" "$count"
 }
 
-# SIZE in bytes: a number with an optional K, M, G or T (powers of 1024).
+# SIZE in bytes: a positive number with an optional K, M, G or T (powers of 1024), as dog
+# and memfs read it; anything else is an error.
 bench_bytes() {
-    python3 -c "import sys; s = sys.argv[1]; u = 'KMGT'.find(s[-1].upper()); print(int(s[:-1]) << (10 * (u + 1)) if u >= 0 else int(s))" "$1"
+    python3 - "$1" <<'EOF'
+import sys
+s = sys.argv[1].strip()
+shift = {"K": 10, "M": 20, "G": 30, "T": 40}.get(s[-1:].upper(), 0)
+digits = s[:-1] if shift else s
+if not digits.isdigit() or int(digits) == 0:
+    sys.exit(f"not a size: {s!r}")
+print(int(digits) << shift)
+EOF
 }
 
 # Waits up to 30 s until the sheep on port P lists N members; fails after that.

@@ -29,7 +29,6 @@ cleanup() {
 }
 bench_on_exit
 
-
 one_run() { # run number
     local r=$1 d=$WORK port1 victim
     rm -rf "$d"/node* "$d"/rv "$d"/sheep*.log "$d/mnt"

@@ -38,7 +38,7 @@ if ! fio --enghelp 2>/dev/null | grep -qw nbd; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q fio libnbd-bin
 fi
 fio --enghelp 2>/dev/null | grep -qw nbd || die "this fio has no nbd engine"
-size_bytes=$(bench_bytes "$size")
+size_bytes=$(bench_bytes "$size") || die "BENCH_SIZE: not a size: $size"
 
 bench_scratch farm-store
 results=$WORK/results

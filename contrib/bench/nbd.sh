@@ -24,7 +24,6 @@ bench_options quick "$@"
 size=${BENCH_SIZE:-$([ "$quick" = 1 ] && echo 256M || echo 1G)}
 runtime=${BENCH_RUNTIME:-$([ "$quick" = 1 ] && echo 5 || echo 15)}
 
-
 [ "$(id -u)" = 0 ] || die "run as root (mounts, drop_caches)"
 [ -e /dev/fuse ] || die "/dev/fuse is missing"
 case "$size" in *[0-9]M | *[0-9]G) ;; *) die "BENCH_SIZE must be a number of MiB or GiB (256M, 1G)" ;; esac

@@ -21,7 +21,6 @@ set -eu
 . "$(dirname "$0")/common.sh"
 bench_options - "$@"
 
-
 data=${BENCH_DATA:-3G}
 shift_=${BENCH_SHIFT:-31}
 bench_build
@@ -32,7 +31,7 @@ log "starting 3 sheep"
 start_cluster 3 || die "3 sheep did not join within 30 s"
 set -- $pids
 "$bin/dog" cluster format -c 2 -f -p "$port" </dev/null
-bytes=$(bench_bytes "$data")
+bytes=$(bench_bytes "$data") || die "BENCH_DATA: not a size: $data"
 "$bin/dog" vdi create -z "$shift_" big "$bytes" -p "$port"
 log "writing $data of random data"
 head -c "$bytes" /dev/urandom | "$bin/dog" vdi write big 0 "$bytes" -p "$port"

@@ -21,7 +21,6 @@ set -eu
 . "$(dirname "$0")/common.sh"
 bench_options - "$@"
 
-
 data=${BENCH_DATA:-256M}
 bench_build
 
@@ -34,7 +33,7 @@ set -- $pids
 behind_pid=$3
 dog cluster format -c 3 -p "$port" </dev/null
 obj=$((1 << 31))
-bytes=$(bench_bytes "$data")
+bytes=$(bench_bytes "$data") || die "BENCH_DATA: not a size: $data"
 dog vdi create -z 31 big $((2 * obj)) -p "$port"
 log "writing $data into each of two objects of 2 GiB"
 head -c "$bytes" /dev/urandom >"$WORK/data"

@@ -42,24 +42,11 @@ else
     reps=${BENCH_REPS:-3}
 fi
 
-
 [ "$(id -u)" = 0 ] || die "run as root (mounts, drop_caches)"
 [ -e /dev/fuse ] || die "/dev/fuse is missing"
 command -v python3 >/dev/null || die "python3 is needed to parse fio's output"
 
-# Bytes in SIZE (bytes or a number with K, M, G or T, powers of 1024, as dog and memfs read it).
-to_bytes() {
-    python3 - "$1" <<'EOF'
-import sys
-s = sys.argv[1].strip()
-shift = {"K": 10, "M": 20, "G": 30, "T": 40}.get(s[-1:].upper(), 0)
-digits = s[:-1] if shift else s
-if not digits.isdigit() or int(digits) == 0:
-    sys.exit(f"not a size: {s!r}")
-print(int(digits) << shift)
-EOF
-}
-size_bytes=$(to_bytes "$size") || die "BENCH_SIZE: not a size: $size"
+size_bytes=$(bench_bytes "$size") || die "BENCH_SIZE: not a size: $size"
 [ $((size_bytes % 1048576)) = 0 ] || die "BENCH_SIZE must be a whole number of MiB"
 size_mib=$((size_bytes / 1048576))
 case "$runtime" in '' | *[!0-9]*) die "BENCH_RUNTIME must be a number of seconds" ;; esac
@@ -349,7 +336,7 @@ for p in $pids; do
 done
 peaks="$peaks sheepfs=$(awk '/^VmHWM/ { print $2 }' "/proc/$sheepfs_pid/status")"
 cache_bytes=0
-[ -z "${BENCH_CACHE:-}" ] || cache_bytes=$(to_bytes "$BENCH_CACHE")
+[ -z "${BENCH_CACHE:-}" ] || cache_bytes=$(bench_bytes "$BENCH_CACHE")
 python3 - "$results" "$WORK/cpu" "$peaks" "$cache_bytes" <<'EOF'
 import statistics
 import sys
