@@ -1,7 +1,6 @@
 //! `dog node farm list|check|read`: a node's farm (`-b farm`), read on the node's machine
 //! ([`sheep::store::farm::node`]).
 
-use std::io::Write;
 use std::path::Path;
 
 use protocol::Oid;
@@ -35,7 +34,16 @@ pub fn list(dir: &Path, raw: bool) -> Result<(), Failure> {
     }
     let snaps = farm.snapshots()?;
     let count = snaps.len();
+    let mut unreadable = 0;
     for (e, snap) in snaps {
+        let snap = match snap {
+            Ok(s) => s,
+            Err(f) => {
+                crate::error::warn(format!("system snapshot {} ('{}'): {f}", e.index, e.tag));
+                unreadable += 1;
+                continue;
+            }
+        };
         let members = snap.members.join(",");
         if raw {
             out.line(format!(
@@ -54,8 +62,12 @@ pub fn list(dir: &Path, raw: bool) -> Result<(), Failure> {
         }
     }
     if !raw {
+        let damaged = match unreadable {
+            0 => String::new(),
+            n => format!(" ({n} cannot be read)"),
+        };
         out.line(format!(
-            "system snapshots: {count}; the farm takes {} on disk",
+            "system snapshots: {count}{damaged}; the farm takes {} on disk",
             size_str(farm.disk_bytes()?, false)
         ));
     }
@@ -82,7 +94,7 @@ pub fn read(dir: &Path, oid: u64, epoch: Option<u32>) -> Result<(), Failure> {
     let farm = open(dir)?;
     let (_, trunk) = farm.find(Oid(oid), epoch)?;
     let mut out = std::io::stdout().lock();
+    // NodeFarm::read flushes what it wrote.
     farm.read(Oid(oid), &trunk, &mut out)?;
-    out.flush()
-        .map_err(|e| Failure::new(format!("Failed to write object {}: {e}", Oid(oid))))
+    Ok(())
 }

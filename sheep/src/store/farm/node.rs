@@ -31,6 +31,9 @@ pub const KEEP: usize = 8;
 /// Most object names a prune holds in memory at once (about 128 MiB with the set's overhead).
 const NAMES_IN_MEMORY: usize = 4 << 20;
 
+/// A system snapshot in the log, with its snap object or why that cannot be read.
+pub type Listed = (LogEntry, Result<SysSnap, Error>);
+
 /// One system snapshot: the snap object.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SysSnap {
@@ -195,16 +198,18 @@ impl NodeFarm {
         self.farm.disk_bytes()
     }
 
-    /// The system snapshots, oldest first, each with its snap object.
-    pub fn snapshots(&self) -> Result<Vec<(LogEntry, SysSnap)>, Error> {
-        self.farm
+    /// The system snapshots, oldest first, each with its snap object or why that cannot be
+    /// read: one damaged snapshot does not hide the others, nor stop a prune.
+    pub fn snapshots(&self) -> Result<Vec<Listed>, Error> {
+        Ok(self
+            .farm
             .log()?
             .into_iter()
             .map(|e| {
-                let snap = self.farm.snap(&e)?;
-                Ok((e, snap))
+                let snap = self.farm.snap(&e);
+                (e, snap)
             })
-            .collect()
+            .collect())
     }
 
     /// Calls `f` with each oid of `snap` and the name of its copy's trunk, in oid order.
@@ -221,7 +226,12 @@ impl NodeFarm {
     /// The newest snapshot that holds a copy of `oid` (of `epoch`, when given), and the
     /// name of that copy's trunk.
     pub fn find(&self, oid: Oid, epoch: Option<u32>) -> Result<(SysSnap, Hash), Error> {
+        let mut unreadable = 0;
         for (_, snap) in self.snapshots()?.into_iter().rev() {
+            let Ok(snap) = snap else {
+                unreadable += 1;
+                continue;
+            };
             if epoch.is_some_and(|e| e != snap.epoch) {
                 continue;
             }
@@ -236,10 +246,15 @@ impl NodeFarm {
                 return Ok((snap, trunk));
             }
         }
-        Err(Error::new(match epoch {
-            Some(e) => format!("No system snapshot of epoch {e} holds object {oid}"),
-            None => format!("No system snapshot holds object {oid}"),
-        }))
+        let which = match epoch {
+            Some(e) => format!("No system snapshot of epoch {e}"),
+            None => "No system snapshot".to_string(),
+        };
+        let damaged = match unreadable {
+            0 => String::new(),
+            n => format!(" ({n} cannot be read: `dog node farm check` names them)"),
+        };
+        Err(Error::new(format!("{which} holds object {oid}{damaged}")))
     }
 
     /// Writes the archived copy of `oid` whose trunk is `trunk` to `out`, every slice checked
@@ -277,6 +292,13 @@ impl NodeFarm {
         let mut problems = Vec::new();
         let mut seen = HashSet::new();
         for (e, snap) in self.snapshots()? {
+            let snap = match snap {
+                Ok(s) => s,
+                Err(f) => {
+                    problems.push(format!("{f} ('{}')", e.tag));
+                    continue;
+                }
+            };
             let r = self.each_copy(&snap, |oid, trunk| {
                 let what = format!("trunk of object {}", Oid(oid));
                 let reader = match self.farm.slices(&trunk, &what) {
@@ -287,7 +309,14 @@ impl NodeFarm {
                     }
                 };
                 for entry in reader {
-                    let (idx, h) = entry?;
+                    let (idx, h) = match entry {
+                        Ok(e) => e,
+                        Err(f) => {
+                            // The rest of this trunk cannot be read; the other copies can.
+                            problems.push(format!("{f} ('{}')", e.tag));
+                            break;
+                        }
+                    };
                     // Each distinct slice once, as far as memory allows; past that, again.
                     if seen.len() >= NAMES_IN_MEMORY || seen.insert(h) {
                         if let Err(f) = self
@@ -329,9 +358,11 @@ impl NodeFarm {
 
     /// Calls `f` with each object the snapshots `snaps` name: their snap objects, indexes,
     /// trunks and slices.
-    fn each_name(&self, snaps: &[(LogEntry, SysSnap)], f: &mut dyn FnMut(Hash)) -> Result<(), Error> {
+    fn each_name(&self, snaps: &[Listed], f: &mut dyn FnMut(Hash)) -> Result<(), Error> {
         for (e, snap) in snaps {
             f(e.snap);
+            // A damaged snap object names nothing else that can be found.
+            let Ok(snap) = snap else { continue };
             parse_hex(&snap.index).into_iter().for_each(&mut *f);
             self.each_copy(snap, |oid, trunk| {
                 f(trunk);
@@ -422,10 +453,13 @@ mod tests {
         let snaps = farm.snapshots().expect("snapshots");
         let epochs: Vec<_> = snaps
             .iter()
-            .map(|(e, s)| (e.tag.as_str(), s.epoch, s.objects))
+            .map(|(e, s)| {
+                let s = s.as_ref().expect("a readable snap object");
+                (e.tag.as_str(), s.epoch, s.objects)
+            })
             .collect();
         assert_eq!(epochs, [("epoch 2", 2, 2), ("epoch 3", 3, 2)]);
-        assert_eq!(snaps[1].1.members, members);
+        assert_eq!(snaps[1].1.as_ref().expect("snap").members, members);
         let newest = read_back(&farm, 1, None).expect("epoch 3's copy");
         assert_eq!(&newest[..7], b"changed");
         assert_eq!(read_back(&farm, 1, Some(2)), Ok(want.clone()), "epoch 2's copy stays");
@@ -459,6 +493,36 @@ mod tests {
         assert_eq!(farm.prune(2).expect("prune").0, 2);
         assert!(!stray.exists() && !farm.farm.path(&h).exists());
         assert!(read_back(&farm, 1, None).is_ok());
+    }
+
+    #[test]
+    fn a_damaged_snap_object_is_named_and_hides_nothing_else() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(t.path(), Options::default()).expect("store");
+        stored(&store, &[(1, 7), (2, 9)]);
+        let farm = NodeFarm::create(t.path()).expect("farm");
+        for (epoch, oid) in [(2, 1), (3, 2), (4, 1)] {
+            farm.archive(&store, epoch, Vec::new(), &[Oid(oid)], || Ok(()))
+                .expect("archive");
+        }
+        let snaps = farm.snapshots().expect("snapshots");
+        std::fs::write(farm.farm.path(&snaps[1].0.snap), b"not a snap").expect("damage epoch 3's snap");
+
+        let snaps = farm.snapshots().expect("the others are still listed");
+        assert_eq!(snaps.len(), 3);
+        assert!(snaps[0].1.is_ok() && snaps[1].1.is_err() && snaps[2].1.is_ok());
+        let problems = farm.check().expect("check");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("epoch 3"), "{problems:?}");
+        assert!(farm.find(Oid(1), Some(2)).is_ok(), "epoch 2 is read");
+        let e = farm.find(Oid(2), None).expect_err("only epoch 3 held oid 2");
+        assert!(e.msg.contains("1 cannot be read"), "{}", e.msg);
+        // Pruning still works, and drops the damaged snapshot with the old ones.
+        farm.prune(1).expect("prune past a damaged snapshot");
+        let left = farm.snapshots().expect("snapshots");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0.tag, "epoch 4");
+        assert!(farm.check().expect("check").is_empty());
     }
 
     #[test]
