@@ -177,12 +177,9 @@ fn a_node_short_of_space_drops_copies_without_archiving() {
     c.wait_recovered(RECOVERY_TIMEOUT);
     c.wait_placement(&c.ring(), 3, &all, RECOVERY_TIMEOUT);
     let d = |i: usize| c.node(i).dir().to_str().expect("utf-8 path").to_string();
-    let listed = c.dog(&["node", "farm", "list", "-r", &d(tight)]);
-    assert!(
-        listed.stdout.is_empty(),
-        "node {tight} stored a snapshot:\n{}",
-        listed.all_text()
-    );
+    // The farm is made before the space check: it exists, and is empty.
+    let listed = c.dog_ok(&["node", "farm", "list", "-r", &d(tight)]).stdout_str();
+    assert!(listed.is_empty(), "node {tight} stored a snapshot:\n{listed}");
     let log = c.node(tight).log_text();
     assert!(
         log.contains("not archiving the copies this node no longer owns"),
@@ -245,4 +242,58 @@ fn farm_keep_bounds_the_snapshots_a_node_keeps() {
         );
     }
     c.check_reads("alpha", &model, &[0, 4], "after two joins");
+}
+
+/// Lowered to `--farm-keep 0`, a node's next recovery that drops copies empties its farm of
+/// what the earlier setting kept, instead of keeping it for ever.
+#[test]
+fn farm_keep_0_empties_a_farm_kept_before() {
+    let mut c = Cluster::builder().nodes(3).start();
+    c.format_with(&["-c", "2", "-b", "farm"]);
+    c.dog_ok(&["vdi", "create", "alpha", "96M"]);
+    let mut model = vec![0u8; (96 * MIB) as usize];
+    c.put(0, "alpha", &mut model, 0, 14, 96 * MIB);
+    let all: BTreeSet<Oid> = c.object_holders().keys().copied().collect();
+    c.wait_placement(&c.ring(), 2, &all, RECOVERY_TIMEOUT);
+    c.add_node(4);
+    c.wait_recovered(RECOVERY_TIMEOUT);
+    c.wait_placement(&c.ring(), 2, &all, RECOVERY_TIMEOUT);
+    let dir = |c: &Cluster, i: usize| c.node(i).dir().to_str().expect("utf-8 path").to_string();
+    let snapshots = |c: &Cluster, i: usize| {
+        let list = c.dog_ok(&["node", "farm", "list", "-r", &dir(c, i)]).stdout_str();
+        list.lines().count()
+    };
+    let kept: Vec<usize> = (0..3).map(|i| snapshots(&c, i)).collect();
+    assert!(
+        kept.iter().any(|&n| n > 0),
+        "no node archived at the first join: {kept:?}"
+    );
+
+    // The first three nodes come back with --farm-keep 0, one at a time.
+    for i in 0..3 {
+        c.kill(i);
+        c.wait_for_membership();
+        c.node_mut(i).start_with_args(&["--farm-keep", "0"]);
+        c.wait_for_membership();
+        c.wait_recovered(RECOVERY_TIMEOUT);
+    }
+    c.wait_placement(&c.ring(), 2, &all, RECOVERY_TIMEOUT);
+    let before: Vec<BTreeSet<Oid>> = (0..3).map(|i| c.node(i).objects()).collect();
+    c.add_node(5);
+    c.wait_recovered(RECOVERY_TIMEOUT);
+    c.wait_placement(&c.ring(), 2, &all, RECOVERY_TIMEOUT);
+    let mut emptied = 0;
+    for (i, had) in before.iter().enumerate() {
+        if kept[i] == 0 || had.difference(&c.node(i).objects()).next().is_none() {
+            continue;
+        }
+        // It had a snapshot and dropped copies again: its farm is empty now.
+        assert_eq!(snapshots(&c, i), 0, "node {i} still keeps snapshots");
+        let left = files(&c.node(i).dir().join("farm/objects"));
+        assert!(left.is_empty(), "node {i}'s farm still holds {} objects", left.len());
+        emptied += 1;
+    }
+    // Some node with a snapshot surely drops copies at the second join too (25 objects).
+    assert!(emptied > 0, "no node with a snapshot dropped copies again: {kept:?}");
+    c.check_reads("alpha", &model, &[0, 4], "after the joins");
 }

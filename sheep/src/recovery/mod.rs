@@ -421,9 +421,6 @@ async fn remove_orphans(sheep: &Arc<Sheep>, epoch: u32, nodes: &[Node]) {
 /// they must stay in the working directory (the farm failed; the next recovery tries again).
 fn archive(sheep: &Sheep, epoch: u32, members: Vec<String>, oids: &[Oid]) -> bool {
     let keep = sheep.recovery.farm_keep;
-    if keep == 0 {
-        return true;
-    }
     let farm = match NodeFarm::create(&sheep.dir) {
         Ok(f) => f,
         Err(e) => {
@@ -431,16 +428,16 @@ fn archive(sheep: &Sheep, epoch: u32, members: Vec<String>, oids: &[Oid]) -> boo
             return false;
         }
     };
-    match farm.prune(keep - 1) {
+    // Room for the new snapshot; with --farm-keep 0, whatever an earlier setting kept goes.
+    match farm.prune(keep.saturating_sub(1)) {
         Ok((0, _)) => {}
         Ok((objects, bytes)) => tracing::info!(objects, bytes, "dropped the farm's oldest system snapshots"),
         Err(e) => tracing::warn!(error = %e, "cannot drop the farm's oldest system snapshots"),
     }
-    let bytes: u64 = oids
-        .iter()
-        .filter_map(|&oid| sheep.store.file(oid).ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    if keep == 0 {
+        return true;
+    }
+    let bytes = sheep.store.bytes_of(oids);
     match sheep.store.space() {
         Ok((capacity, free)) if free.saturating_sub(bytes) >= capacity / 5 => {}
         other => {

@@ -657,9 +657,14 @@ impl Store {
     /// Bytes the stored objects take (their sizes, as the original's `md info` counts, and
     /// their checksum files).
     pub fn used(&self) -> u64 {
-        self.list()
-            .into_iter()
-            .flat_map(|oid| [self.path(oid), self.sum_path(oid)])
+        self.bytes_of(&self.list())
+    }
+
+    /// Bytes the objects `oids` take here, checksums included (from their files' sizes; no
+    /// file is opened).
+    pub fn bytes_of(&self, oids: &[Oid]) -> u64 {
+        oids.iter()
+            .flat_map(|&oid| [self.path(oid), self.sum_path(oid)])
             .filter_map(|p| fs::metadata(p).ok())
             .map(|m| m.len())
             .sum()
