@@ -346,7 +346,8 @@ pub fn delete(tag: &str, dir: &Path) -> Result<(), Failure> {
         others.push((e, snap));
     }
     // Every trunk is read before anything changes: one that cannot be read stops the delete.
-    let first = in_use(&farm, &others, KEEP_MAX).map_err(|f| Failure::new(format!("{f}; nothing was deleted")))?;
+    let first =
+        in_use(&farm, &others, farm::NAMES_IN_MEMORY).map_err(|f| Failure::new(format!("{f}; nothing was deleted")))?;
     farm.unlog(tag)?;
     let (objects, bytes) = block_in_place(|| sweep_unused(&farm, &others, first)).map_err(|f| {
         Failure::new(format!(
@@ -360,10 +361,6 @@ pub fn delete(tag: &str, dir: &Path) -> Result<(), Failure> {
     ));
     out.print()
 }
-
-/// Hashes a delete keeps in memory at once (about 32 bytes each); past this it sweeps the
-/// farm a part of the hash space at a time, reading the trunks again for each part.
-const KEEP_MAX: usize = 4 << 20;
 
 /// Calls `f` with each object the snapshots `others` name: their snap objects, trunks and
 /// slices (an object as often as it is named). Fails on a trunk it cannot read.
@@ -388,9 +385,9 @@ fn in_use(farm: &Farm, others: &[(LogEntry, SnapObj)], limit: usize) -> Result<K
 }
 
 /// Removes every object that none of `others` uses ([`Farm::sweep_unnamed`], each part's
-/// set under [`KEEP_MAX`]). Returns the objects removed and their bytes.
+/// set under [`farm::NAMES_IN_MEMORY`]). Returns the objects removed and their bytes.
 fn sweep_unused(farm: &Farm, others: &[(LogEntry, SnapObj)], first: Keep) -> Result<(u64, u64), Failure> {
-    farm.sweep_unnamed(first, KEEP_MAX, |f| each_name(farm, others, f))
+    farm.sweep_unnamed(first, farm::NAMES_IN_MEMORY, |f| each_name(farm, others, f))
 }
 
 /// Reads every object of `vdis` back and checks it against its name. Returns a line per

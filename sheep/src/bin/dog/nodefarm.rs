@@ -28,6 +28,7 @@ fn open(dir: &Path) -> Result<NodeFarm, Failure> {
 
 pub fn list(dir: &Path, raw: bool) -> Result<(), Failure> {
     let farm = open(dir)?;
+    let _held = farm.hold_for_reading()?;
     let mut out = Out::new();
     if !raw {
         out.line("Index  Snapshot Time     Epoch  Copies      Size  Members");
@@ -76,6 +77,7 @@ pub fn list(dir: &Path, raw: bool) -> Result<(), Failure> {
 
 pub fn check(dir: &Path) -> Result<(), Failure> {
     let farm = open(dir)?;
+    let _held = farm.hold_for_reading()?;
     let problems = farm.check()?;
     if problems.is_empty() {
         crate::emit("every object of the farm's system snapshots matches its SHA-1\n")?;
@@ -92,6 +94,7 @@ pub fn check(dir: &Path) -> Result<(), Failure> {
 
 pub fn read(dir: &Path, oid: u64, epoch: Option<u32>) -> Result<(), Failure> {
     let farm = open(dir)?;
+    let _held = farm.hold_for_reading()?;
     let (_, trunk) = farm.find(Oid(oid), epoch)?;
     let mut out = std::io::stdout().lock();
     // NodeFarm::read flushes what it wrote.

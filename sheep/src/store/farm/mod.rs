@@ -53,6 +53,9 @@ impl std::fmt::Display for Error {
 
 /// The unit of deduplication: 128 KiB of a VDI.
 pub const SLICE: u64 = 128 * 1024;
+/// Most object names a delete or prune holds in memory at once (about 32 bytes each with the
+/// set's overhead); past it, [`Farm::sweep_unnamed`] goes a part of the hash space at a time.
+pub const NAMES_IN_MEMORY: usize = 4 << 20;
 const MARKER: &str = "farm";
 /// What a farm directory holds, told by the text of its marker file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -595,14 +598,30 @@ impl Farm {
         Ok(f)
     }
 
-    /// Holds the farm for a save (`exclusive` false: saves may run side by side) or for a
-    /// delete (`exclusive`: alone, so that no save's objects are swept before its log line is
-    /// written). Released when the returned file is dropped.
+    /// Holds the farm for a save or a read (`exclusive` false: they may run side by side) or
+    /// for a delete or prune (`exclusive`: alone, so that no save's objects are swept before
+    /// its log line is written, and no reader finds an object gone). Released when the
+    /// returned file is dropped.
     pub fn hold(&self, exclusive: bool) -> Result<File, Error> {
+        let held = self.lock(if exclusive { libc::LOCK_EX } else { libc::LOCK_SH })?;
+        held.ok_or_else(|| Error::new(format!("{} is busy", self.dir.display())))
+    }
+
+    /// Holds the farm alone, like `hold(true)`, if nobody holds it now; `None` if somebody
+    /// does (a reader), instead of waiting for it.
+    pub fn try_hold_alone(&self) -> Result<Option<File>, Error> {
+        self.lock(libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    /// flock(`how`) on the marker file; `None` when LOCK_NB finds it held.
+    fn lock(&self, how: libc::c_int) -> Result<Option<File>, Error> {
         let failed = |e: std::io::Error| io_failure(format!("Failed to lock {}", self.dir.display()), &e);
         let f = File::open(self.dir.join(MARKER)).map_err(failed)?;
-        flock(&f, if exclusive { libc::LOCK_EX } else { libc::LOCK_SH }).map_err(failed)?;
-        Ok(f)
+        match flock(&f, how) {
+            Ok(()) => Ok(Some(f)),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            Err(e) => Err(failed(e)),
+        }
     }
 
     /// Removes the snapshot tagged `tag` from the log (durably); returns its entry.

@@ -22,14 +22,13 @@ use std::path::{Path, PathBuf};
 
 use protocol::Oid;
 
-use super::{hex, in_use, io_failure, now, parse_hex, Error, Farm, Hash, Kind, LogEntry, TrunkWriter, SLICE};
+use super::{
+    hex, in_use, io_failure, now, parse_hex, Error, Farm, Hash, Kind, LogEntry, TrunkWriter, NAMES_IN_MEMORY, SLICE,
+};
 use crate::store::Store;
 
 /// System snapshots a node keeps unless told otherwise (`sheep --farm-keep`).
 pub const KEEP: usize = 8;
-
-/// Most object names a prune holds in memory at once (about 128 MiB with the set's overhead).
-const NAMES_IN_MEMORY: usize = 4 << 20;
 
 /// A system snapshot in the log, with its snap object or why that cannot be read.
 pub type Listed = (LogEntry, Result<SysSnap, Error>);
@@ -170,12 +169,12 @@ impl NodeFarm {
             let len = (size - idx * SLICE).min(SLICE) as usize;
             let slice = &mut buf[..len];
             f.read_exact_at(slice, idx * SLICE).map_err(failed)?;
-            if !store
-                .verify(oid, size, idx * SLICE, slice)
-                .map_err(from_store)?
-                .is_empty()
-            {
-                return Ok(Copy::Damaged);
+            match store.verify(oid, size, idx * SLICE, slice) {
+                Ok(bad) if bad.is_empty() => {}
+                Ok(_) => return Ok(Copy::Damaged),
+                // Removed while this archive read it.
+                Err(crate::store::StoreError::NotFound(_)) => return Ok(Copy::Gone),
+                Err(e) => return Err(from_store(e)),
             }
             if slice.iter().all(|&b| b == 0) {
                 continue;
@@ -191,6 +190,12 @@ impl NodeFarm {
             size,
             new_bytes,
         })
+    }
+
+    /// Holds the farm for reading until the returned file is dropped: no prune sweeps an
+    /// object from under the reader meanwhile.
+    pub fn hold_for_reading(&self) -> Result<std::fs::File, Error> {
+        self.farm.hold(false)
     }
 
     /// Bytes the farm's objects take on disk.
@@ -345,6 +350,11 @@ impl NodeFarm {
     }
 
     fn prune_within(&self, keep: usize, names_in_memory: usize) -> Result<(u64, u64), Error> {
+        // A reader (`dog node farm`) may hold the farm as long as its output waits: the
+        // prune is put off to the next archive rather than wait for it.
+        let Some(_alone) = self.farm.try_hold_alone()? else {
+            return Err(Error::new("a reader holds the farm; the oldest snapshots go next time"));
+        };
         let snaps = self.snapshots()?;
         let (gone, kept) = snaps.split_at(snaps.len().saturating_sub(keep));
         // Every trunk kept is read before anything changes.
@@ -383,6 +393,15 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    /// A store in a new directory holding `copies` (see [`stored`]), and its node's farm.
+    fn farm_with(copies: &[(u64, u8)]) -> (tempfile::TempDir, Store, NodeFarm) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(t.path(), Options::default()).expect("store");
+        stored(&store, copies);
+        let farm = NodeFarm::create(t.path()).expect("farm");
+        (t, store, farm)
+    }
+
     /// A store with objects of 1 MiB: `oid` holds `fill` in its second slice, zeros elsewhere.
     fn stored(store: &Store, copies: &[(u64, u8)]) {
         for &(oid, fill) in copies {
@@ -414,10 +433,7 @@ mod tests {
 
     #[test]
     fn copies_are_archived_once_read_back_checked_and_pruned() {
-        let t = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(t.path(), Options::default()).expect("store");
-        stored(&store, &[(1, 7), (2, 7), (3, 9)]);
-        let farm = NodeFarm::create(t.path()).expect("farm");
+        let (t, store, farm) = farm_with(&[(1, 7), (2, 7), (3, 9)]);
         let members = vec!["127.0.0.1:7000".to_string()];
         let mut paced = 0;
         let a = farm
@@ -497,10 +513,7 @@ mod tests {
 
     #[test]
     fn a_damaged_snap_object_is_named_and_hides_nothing_else() {
-        let t = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(t.path(), Options::default()).expect("store");
-        stored(&store, &[(1, 7), (2, 9)]);
-        let farm = NodeFarm::create(t.path()).expect("farm");
+        let (_t, store, farm) = farm_with(&[(1, 7), (2, 9)]);
         for (epoch, oid) in [(2, 1), (3, 2), (4, 1)] {
             farm.archive(&store, epoch, Vec::new(), &[Oid(oid)], || Ok(()))
                 .expect("archive");
@@ -526,6 +539,26 @@ mod tests {
     }
 
     #[test]
+    fn a_prune_is_put_off_while_a_reader_holds_the_farm() {
+        let (_t, store, farm) = farm_with(&[(1, 7)]);
+        for epoch in [2, 3] {
+            farm.archive(&store, epoch, Vec::new(), &[Oid(1)], || Ok(()))
+                .expect("archive");
+        }
+        let reader = farm.hold_for_reading().expect("a reader's hold");
+        let e = farm.prune(1).expect_err("put off");
+        assert!(e.msg.contains("a reader holds the farm"), "{}", e.msg);
+        assert_eq!(
+            farm.snapshots().expect("snapshots").len(),
+            2,
+            "nothing dropped meanwhile"
+        );
+        drop(reader);
+        farm.prune(1).expect("prune once the reader is gone");
+        assert_eq!(farm.snapshots().expect("snapshots").len(), 1);
+    }
+
+    #[test]
     fn a_farm_whose_creation_was_cut_short_is_made_again() {
         let t = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir(t.path()).join("objects")).expect("a farm without its marker");
@@ -536,10 +569,7 @@ mod tests {
 
     #[test]
     fn an_archive_stopped_by_its_pace_logs_nothing_and_is_swept() {
-        let t = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(t.path(), Options::default()).expect("store");
-        stored(&store, &[(1, 1), (2, 2), (3, 3)]);
-        let farm = NodeFarm::create(t.path()).expect("farm");
+        let (t, store, farm) = farm_with(&[(1, 1), (2, 2), (3, 3)]);
         let mut copies = 0;
         let stop = || {
             copies += 1;
@@ -561,9 +591,7 @@ mod tests {
 
     #[test]
     fn a_damaged_copy_is_left_out_and_a_deleted_one_skipped() {
-        let t = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(t.path(), Options::default()).expect("store");
-        stored(&store, &[(8, 4), (9, 5), (10, 6)]);
+        let (_t, store, farm) = farm_with(&[(8, 4), (9, 5), (10, 6)]);
         store
             .remove(Oid(10))
             .expect("a copy deleted before the archive reaches it");
@@ -571,7 +599,6 @@ mod tests {
         let mut b = std::fs::read(&path).expect("the copy");
         b[SLICE as usize + 1] ^= 1;
         std::fs::write(&path, &b).expect("flip a bit behind the store's back");
-        let farm = NodeFarm::create(t.path()).expect("farm");
         let a = farm
             .archive(&store, 2, Vec::new(), &[Oid(8), Oid(9), Oid(10)], || Ok(()))
             .expect("archive");
@@ -583,10 +610,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_slice_is_named_and_never_read() {
-        let t = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(t.path(), Options::default()).expect("store");
-        stored(&store, &[(5, 3)]);
-        let farm = NodeFarm::create(t.path()).expect("farm");
+        let (_t, store, farm) = farm_with(&[(5, 3)]);
         farm.archive(&store, 2, Vec::new(), &[Oid(5)], || Ok(()))
             .expect("archive");
         let slice = super::super::hash_of(&vec![3u8; SLICE as usize]);
