@@ -383,7 +383,7 @@ async fn remove_orphans(sheep: &Arc<Sheep>, epoch: u32, nodes: &[Node]) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let orphans: Vec<Oid> = sheep
+    let mut orphans: Vec<Oid> = sheep
         .store
         .list()
         .into_iter()
@@ -394,11 +394,20 @@ async fn remove_orphans(sheep: &Arc<Sheep>, epoch: u32, nodes: &[Node]) {
     }
     if sheep.state().format.as_ref().is_some_and(|f| f.store == "farm") {
         let members = nodes.iter().map(|n| n.addr.to_string()).collect();
-        let (s, o) = (sheep.clone(), orphans.clone());
-        let kept = tokio::task::spawn_blocking(move || archive(&s, epoch, members, &o)).await;
-        if !matches!(kept, Ok(true)) {
-            return;
-        }
+        let s = sheep.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let kept = archive(&s, epoch, members, &orphans);
+            (kept, orphans)
+        })
+        .await;
+        orphans = match done {
+            Ok((true, o)) => o,
+            Ok((false, _)) => return,
+            Err(e) => {
+                tracing::error!(epoch, error = %e, "the farm archive failed; the copies this node no longer owns stay");
+                return;
+            }
+        };
     }
     let mut removed = 0;
     for oid in orphans {
