@@ -32,8 +32,16 @@ struct Inner {
     /// Last use → object: the first entry is the least recently used.
     by_use: BTreeMap<u64, Oid>,
     tick: u64,
-    /// Bumped by every [`Fds::forget`]: a file opened before it may name a replaced object.
-    generation: u64,
+    /// Bumped by a [`Fds::forget`] of an object of the stripe: a file opened before it may
+    /// name a replaced object. Striped, so that a stream of creates (each forgets what was
+    /// open under the object's name) does not keep every other object out of the cache.
+    generations: [u64; STRIPES],
+}
+
+const STRIPES: usize = 64;
+
+fn stripe(oid: Oid) -> usize {
+    (protocol::hash::sd_hash_oid(oid.0) as usize) % STRIPES
 }
 
 impl Fds {
@@ -44,7 +52,7 @@ impl Fds {
                 by_oid: HashMap::new(),
                 by_use: BTreeMap::new(),
                 tick: 0,
-                generation: 0,
+                generations: [0; STRIPES],
             }),
             cap: cap.max(1),
         }
@@ -62,17 +70,17 @@ impl Fds {
         Some(open)
     }
 
-    /// The generation to pass to [`Fds::put`] for a file about to be opened.
-    pub fn generation(&self) -> u64 {
-        lock(&self.inner).generation
+    /// The generation to pass to [`Fds::put`] for a file of `oid` about to be opened.
+    pub fn generation(&self, oid: Oid) -> u64 {
+        lock(&self.inner).generations[stripe(oid)]
     }
 
-    /// Caches `open` for `oid`, unless an object was forgotten since `generation` was read
-    /// (the file opened may be one that was replaced meanwhile). Closes the least recently
-    /// used objects' files beyond the cap.
+    /// Caches `open` for `oid`, unless an object of its stripe was forgotten since
+    /// `generation` was read (the file opened may be one that was replaced meanwhile). Closes
+    /// the least recently used objects' files beyond the cap.
     pub fn put(&self, oid: Oid, open: Open, generation: u64) {
         let mut g = lock(&self.inner);
-        if g.generation != generation {
+        if g.generations[stripe(oid)] != generation {
             return;
         }
         g.tick += 1;
@@ -93,7 +101,7 @@ impl Fds {
     /// holding them finish on the file they had.
     pub fn forget(&self, oid: Oid) {
         let mut g = lock(&self.inner);
-        g.generation += 1;
+        g.generations[stripe(oid)] += 1;
         if let Some((_, used)) = g.by_oid.remove(&oid) {
             g.by_use.remove(&used);
         }
@@ -102,7 +110,7 @@ impl Fds {
     /// Closes every cached file.
     pub fn clear(&self) {
         let mut g = lock(&self.inner);
-        g.generation += 1;
+        g.generations.iter_mut().for_each(|n| *n += 1);
         g.by_oid.clear();
         g.by_use.clear();
     }
@@ -128,10 +136,10 @@ mod tests {
     #[test]
     fn least_recently_used_is_closed_first() {
         let fds = Fds::new(2);
-        fds.put(Oid(1), open(), fds.generation());
-        fds.put(Oid(2), open(), fds.generation());
+        fds.put(Oid(1), open(), fds.generation(Oid(1)));
+        fds.put(Oid(2), open(), fds.generation(Oid(2)));
         assert!(fds.get(Oid(1)).is_some());
-        fds.put(Oid(3), open(), fds.generation());
+        fds.put(Oid(3), open(), fds.generation(Oid(3)));
         assert_eq!(fds.cached(), vec![Oid(1), Oid(3)], "2 was the least recently used");
         assert!(fds.get(Oid(2)).is_none());
         fds.forget(Oid(1));
@@ -143,14 +151,30 @@ mod tests {
     #[test]
     fn a_file_opened_across_a_forget_is_not_cached() {
         let fds = Fds::new(4);
-        let g = fds.generation();
+        let g = fds.generation(Oid(7));
         fds.forget(Oid(7));
         fds.put(Oid(7), open(), g);
         assert!(
             fds.get(Oid(7)).is_none(),
             "the object may have been replaced after the open"
         );
-        fds.put(Oid(7), open(), fds.generation());
+        fds.put(Oid(7), open(), fds.generation(Oid(7)));
         assert!(fds.get(Oid(7)).is_some());
+    }
+
+    #[test]
+    fn a_forget_keeps_out_only_files_of_its_stripe() {
+        let fds = Fds::new(4);
+        let other = (8..)
+            .map(Oid)
+            .find(|&o| stripe(o) != stripe(Oid(7)))
+            .expect("an object of another stripe");
+        let g = fds.generation(Oid(7));
+        fds.forget(other);
+        fds.put(Oid(7), open(), g);
+        assert!(
+            fds.get(Oid(7)).is_some(),
+            "a create elsewhere does not keep 7 out of the cache"
+        );
     }
 }

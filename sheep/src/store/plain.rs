@@ -254,7 +254,7 @@ impl Store {
                 return Ok(o);
             }
         }
-        let generation = self.fds.generation();
+        let generation = self.fds.generation(oid);
         let path = self.path(oid);
         let io = |e| StoreError::from_io(oid, e);
         let mut open = match self.fds.get(oid) {
@@ -270,11 +270,7 @@ impl Store {
             },
         };
         if direct {
-            match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&path) {
-                Ok(f) => open.direct = Some(Arc::new(f)),
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.no_direct(),
-                Err(e) => return Err(io(e)),
-            }
+            open.direct = self.open_direct(&path).map_err(io)?;
         }
         self.fds.put(oid, open.clone(), generation);
         Ok(open)
@@ -413,23 +409,23 @@ impl Store {
             size,
             tmp,
             tmp_sums,
-            file: None,
-            sums: None,
-            direct: false,
+            files: None,
             committed: false,
         };
         let res = (|| {
-            let (f, direct) = self.open_new(&copy.tmp, direct)?;
-            copy.direct = direct;
+            let f = new_file(&copy.tmp)?;
             if size <= PREALLOC_MAX {
                 allocate(&f, size)?;
             } else {
                 f.set_len(size)?;
             }
-            copy.file = Some(f);
-            let (s, _) = self.open_new(&copy.tmp_sums, false)?;
+            let s = new_file(&copy.tmp_sums)?;
             sums::store_zeros(&s, size)?;
-            copy.sums = Some(s);
+            copy.files = Some(Open {
+                file: Arc::new(f),
+                direct: if direct { self.open_direct(&copy.tmp)? } else { None },
+                sums: Some(Arc::new(s)),
+            });
             Ok(())
         })();
         res.map(|()| copy).map_err(|e| StoreError::from_io(oid, e))
@@ -442,16 +438,18 @@ impl Store {
         let now = durability == Durability::Now || self.sync_writes;
         let _g = self.lock(oid);
         let res = (|| {
-            let (f, s) = copy.files()?;
             if now {
-                f.sync_all()?;
-                s.sync_all()?;
+                copy.sync_files()?;
             }
             fs::rename(&copy.tmp_sums, self.sum_path(oid))?;
             fs::rename(&copy.tmp, self.path(oid))?;
             copy.committed = true;
-            // Whatever was open under the old name is the replaced file.
+            // Whatever was open under the old name is the replaced file; the new copy's
+            // files are the object's now, so its next writes open nothing.
             self.fds.forget(oid);
+            if let Some(open) = copy.files.take() {
+                self.fds.put(oid, open, self.fds.generation(oid));
+            }
             if now {
                 File::open(&self.dir)?.sync_all()?;
             }
@@ -476,18 +474,16 @@ impl Store {
             && self.direct.load(Ordering::Relaxed)
     }
 
-    /// Creates `path` empty for writing, with O_DIRECT if `direct` and the filesystem takes
-    /// it. Returns the file and whether it is direct.
-    fn open_new(&self, path: &Path, direct: bool) -> io::Result<(File, bool)> {
-        let mut o = OpenOptions::new();
-        o.write(true).create(true).truncate(true);
-        if direct {
-            match o.clone().custom_flags(libc::O_DIRECT).open(path) {
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.no_direct(),
-                r => return r.map(|f| (f, true)),
+    /// `path` opened again for O_DIRECT writes; `None` if the filesystem refuses them.
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Arc<File>>> {
+        match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path) {
+            Ok(f) => Ok(Some(Arc::new(f))),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.no_direct();
+                Ok(None)
             }
+            Err(e) => Err(e),
         }
-        o.open(path).map(|f| (f, false))
     }
 
     /// The filesystem refused a direct write: write through the page cache from now on.
@@ -682,10 +678,8 @@ pub struct NewCopy {
     size: u64,
     tmp: PathBuf,
     tmp_sums: PathBuf,
-    /// `None` until opened.
-    file: Option<File>,
-    sums: Option<File>,
-    direct: bool,
+    /// `None` until opened, and once handed to the fd cache by the commit.
+    files: Option<Open>,
     /// In place: nothing to clean up.
     committed: bool,
 }
@@ -694,13 +688,18 @@ impl NewCopy {
     /// Makes the new copy's data and checksums durable (before [`Store::commit_new`], so
     /// that the commit itself is only renames).
     pub fn sync(&self) -> Result<(), StoreError> {
-        let res = self.files().and_then(|(f, s)| f.sync_all().and_then(|()| s.sync_all()));
-        res.map_err(|e| StoreError::from_io(self.oid, e))
+        self.sync_files().map_err(|e| StoreError::from_io(self.oid, e))
     }
 
-    fn files(&self) -> io::Result<(&File, &File)> {
-        match (&self.file, &self.sums) {
-            (Some(f), Some(s)) => Ok((f, s)),
+    fn sync_files(&self) -> io::Result<()> {
+        let (o, s) = self.files()?;
+        o.file.sync_all()?;
+        s.sync_all()
+    }
+
+    fn files(&self) -> io::Result<(&Open, &File)> {
+        match &self.files {
+            Some(o @ Open { sums: Some(s), .. }) => Ok((o, s)),
             _ => Err(io::Error::other("the new copy is not open")),
         }
     }
@@ -712,8 +711,11 @@ impl NewCopy {
             if offset + data.len() as u64 > self.size {
                 return Err(io::Error::new(ErrorKind::InvalidInput, "write past the object's end"));
             }
-            let (f, s) = self.files()?;
-            store.write_at(f, self.direct, offset, data)?;
+            let (o, s) = self.files()?;
+            match &o.direct {
+                Some(d) => store.write_at(d, true, offset, data)?,
+                None => store.write_at(&o.file, false, offset, data)?,
+            }
             let (first, piece_sums) = sums::of_piece(self.size, offset, data);
             sums::store(s, first, &piece_sums)
         })();
@@ -728,6 +730,16 @@ impl Drop for NewCopy {
             let _ = fs::remove_file(&self.tmp_sums);
         }
     }
+}
+
+/// Creates `path` empty, for reading and writing through the page cache.
+fn new_file(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
 }
 
 /// Gives `f` (a new, empty file) its `size` bytes of disk at once; where the filesystem cannot
@@ -823,6 +835,30 @@ mod tests {
 
     /// Direct (aligned) and buffered (unaligned) writes into the same object, in both orders,
     /// read back as a model says, on a direct store and on a buffered one.
+    #[test]
+    fn a_new_copy_keeps_its_files_open_for_the_writes_after_it() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(t.path(), direct()).expect("open");
+        let oid = Oid(0x007c_2b25_0000_0002);
+        let chunk = 64 << 10;
+        for (round, fill) in [(0, 1u8), (1, 2u8)] {
+            // The second round replaces the object: its files are the new copy's.
+            s.create(oid, 1 << 20, 0, &vec![fill; chunk], Durability::OnFlush)
+                .expect("create");
+            let open = s.fds.get(oid).expect("the new copy's files are cached");
+            assert_eq!(open.direct.is_some(), s.direct.load(Ordering::Relaxed), "round {round}");
+            s.write(oid, chunk as u64, &vec![fill + 10; chunk]).expect("write");
+            let back = s.read(oid, 0, 2 * chunk).expect("read");
+            assert!(back[..chunk].iter().all(|&b| b == fill), "round {round}");
+            assert!(back[chunk..].iter().all(|&b| b == fill + 10), "round {round}");
+            assert_eq!(
+                std::fs::read(t.path().join("obj").join(oid.file_name())).expect("read the file")[chunk],
+                fill + 10,
+                "round {round}: the write went to the file under the object's name"
+            );
+        }
+    }
+
     #[test]
     fn direct_and_buffered_writes_agree() {
         for direct in [true, false] {
