@@ -833,8 +833,8 @@ mod tests {
         assert_eq!(s.remove(oid).map_err(|e| e.code()), Err(ResultCode::NO_OBJ));
     }
 
-    /// Direct (aligned) and buffered (unaligned) writes into the same object, in both orders,
-    /// read back as a model says, on a direct store and on a buffered one.
+    /// A create hands its files to the fd cache, and the writes after it land in the file
+    /// under the object's name, also when the create replaced the object.
     #[test]
     fn a_new_copy_keeps_its_files_open_for_the_writes_after_it() {
         let t = tempfile::tempdir().expect("tempdir");
@@ -859,6 +859,8 @@ mod tests {
         }
     }
 
+    /// Direct (aligned) and buffered (unaligned) writes into the same object, in both orders,
+    /// read back as a model says, on a direct store and on a buffered one.
     #[test]
     fn direct_and_buffered_writes_agree() {
         for direct in [true, false] {
