@@ -80,9 +80,20 @@ impl Fds {
     /// the least recently used objects' files beyond the cap.
     pub fn put(&self, oid: Oid, open: Open, generation: u64) {
         let mut g = lock(&self.inner);
-        if g.generations[stripe(oid)] != generation {
-            return;
+        if g.generations[stripe(oid)] == generation {
+            self.insert(&mut g, oid, open);
         }
+    }
+
+    /// Caches `open`, the files of a copy that has just replaced `oid`'s, in place of
+    /// whatever was cached: files of `oid` opened meanwhile may be the old copy's.
+    pub fn replace(&self, oid: Oid, open: Open) {
+        let mut g = lock(&self.inner);
+        g.generations[stripe(oid)] += 1;
+        self.insert(&mut g, oid, open);
+    }
+
+    fn insert(&self, g: &mut Inner, oid: Oid, open: Open) {
         g.tick += 1;
         let tick = g.tick;
         if let Some((_, old)) = g.by_oid.insert(oid, (open, tick)) {
@@ -160,6 +171,20 @@ mod tests {
         );
         fds.put(Oid(7), open(), fds.generation(Oid(7)));
         assert!(fds.get(Oid(7)).is_some());
+    }
+
+    #[test]
+    fn a_replace_caches_the_new_copy_and_keeps_out_files_opened_before_it() {
+        let fds = Fds::new(4);
+        let g = fds.generation(Oid(7));
+        fds.replace(Oid(7), open());
+        let new = fds.get(Oid(7)).expect("the new copy's files are cached");
+        fds.put(Oid(7), open(), g);
+        let still = fds.get(Oid(7)).expect("cached");
+        assert!(
+            Arc::ptr_eq(&still.file, &new.file),
+            "a file opened before the replace may be the old copy's"
+        );
     }
 
     #[test]

@@ -446,9 +446,9 @@ impl Store {
             copy.committed = true;
             // Whatever was open under the old name is the replaced file; the new copy's
             // files are the object's now, so its next writes open nothing.
-            self.fds.forget(oid);
-            if let Some(open) = copy.files.take() {
-                self.fds.put(oid, open, self.fds.generation(oid));
+            match copy.files.take() {
+                Some(open) => self.fds.replace(oid, open),
+                None => self.fds.forget(oid),
             }
             if now {
                 File::open(&self.dir)?.sync_all()?;
