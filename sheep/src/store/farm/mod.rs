@@ -552,7 +552,15 @@ impl Farm {
 
     /// Index `h` (`what` it is, for messages), checked, ready to be read entry by entry.
     pub fn index(&self, h: &Hash, what: &str) -> Result<TrunkReader, Error> {
-        Ok(self.open_trunk(h, what, INDEX_MAGIC)?.reader)
+        let t = self.open_trunk(h, what, INDEX_MAGIC)?;
+        // An index's header names no size and no slice ([`TrunkWriter::index`]).
+        if t.slice != 0 || t.reader.size != 0 {
+            return Err(Error::new(format!(
+                "The {} is malformed: its header is not an index's",
+                t.reader.what
+            )));
+        }
+        Ok(t.reader)
     }
 
     fn open_trunk(&self, h: &Hash, what: &str, magic: &[u8; 8]) -> Result<Opened, Error> {
@@ -847,6 +855,34 @@ mod tests {
             .filter(|n| n.to_string_lossy().starts_with(".tmp"))
             .collect();
         assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
+
+    #[test]
+    fn an_index_is_read_back_and_other_headers_are_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let farm = Farm::create(d.path()).expect("farm");
+        let entries = vec![(7, [1; 20]), (9, [2; 20])];
+        let fill = |mut w: TrunkWriter| {
+            for (idx, h) in &entries {
+                w.push(*idx, h).expect("push");
+            }
+            w.finish().expect("finish")
+        };
+        let read = |h: &Hash| -> Result<Vec<(u64, Hash)>, String> {
+            let t = farm.index(h, "index").map_err(|f| f.msg)?;
+            t.collect::<Result<_, _>>().map_err(|f| f.msg)
+        };
+        let index = fill(TrunkWriter::index(&farm).expect("writer"));
+        assert_eq!(read(&index), Ok(entries.clone()));
+        for (magic, size, slice, why) in [
+            (INDEX_MAGIC, 5, 0, "not an index's"),
+            (INDEX_MAGIC, 0, SLICE as u32, "not an index's"),
+            (TRUNK_MAGIC, 0, 0, "not a trunk"),
+        ] {
+            let other = fill(TrunkWriter::start(&farm, magic, size, slice).expect("writer"));
+            let e = read(&other).expect_err(why);
+            assert!(e.contains("malformed") && e.contains(why), "{e}");
+        }
     }
 
     #[test]
