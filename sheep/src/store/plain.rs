@@ -455,7 +455,11 @@ impl Store {
             }
             Ok(())
         })();
-        res.map_err(|e| StoreError::from_io(oid, e))?;
+        if let Err(e) = res {
+            // One of the renames may have happened: no file open before it is kept.
+            self.fds.forget(oid);
+            return Err(StoreError::from_io(oid, e));
+        }
         self.cached().insert(oid);
         lock(&self.poisoned).remove(&oid);
         if !now {
@@ -541,10 +545,9 @@ impl Store {
     /// Removes every object (cluster format).
     pub fn wipe(&self) -> io::Result<usize> {
         let all = self.list();
-        self.fds.clear();
         lock(&self.dirty).clear();
         lock(&self.poisoned).clear();
-        for oid in &all {
+        let removed = all.iter().try_for_each(|oid| {
             for p in [self.path(*oid), self.sum_path(*oid)] {
                 match fs::remove_file(p) {
                     Ok(()) => {}
@@ -553,9 +556,12 @@ impl Store {
                 }
             }
             self.cached().remove(oid);
-        }
+            Ok(())
+        });
+        // After the files went: a file opened while they were going is not kept either.
+        self.fds.clear();
         self.dir_dirty.store(true, Ordering::Release);
-        Ok(all.len())
+        removed.map(|()| all.len())
     }
 
     /// Takes the writes a flush must make durable: those into objects of `vid`, or every
@@ -634,13 +640,21 @@ impl Store {
 
     /// SHA-1 of the object's first `size` bytes (zeros past its end), of a copy that passes
     /// its checksums ([`StoreError::Damaged`] otherwise). Read in pieces: memory stays
-    /// bounded whatever the object's size.
+    /// bounded whatever the object's size. Each piece is read and checked holding its
+    /// regions, like a checked read, so that a write between its data and its checksums is
+    /// not taken for damage; it waits for such writes, so it runs on a thread.
     pub fn hash(&self, oid: Oid, size: usize) -> Result<[u8; 20], StoreError> {
         use sha1::Digest;
         let mut h = sha1::Sha1::new();
         let piece = protocol::frame::PIECE as usize;
         for at in (0..size).step_by(piece) {
-            let data = self.read(oid, at as u64, piece.min(size - at))?;
+            let len = piece.min(size - at);
+            let _r: Vec<_> = self
+                .region_locks(oid, at as u64, len as u64)
+                .into_iter()
+                .map(|l| l.blocking_read())
+                .collect();
+            let data = self.read(oid, at as u64, len)?;
             let blocks = self.verify(oid, size as u64, at as u64, &data)?;
             if !blocks.is_empty() {
                 return Err(StoreError::Damaged { oid, blocks });
@@ -857,6 +871,56 @@ mod tests {
                 "round {round}: the write went to the file under the object's name"
             );
         }
+    }
+
+    /// A commit that fails between its two renames keeps none of the files that were open
+    /// before it: the old checksums are no longer the object's.
+    #[test]
+    fn a_commit_cut_between_its_renames_keeps_no_old_file_open() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(t.path(), opts(false)).expect("open");
+        let oid = Oid(0x007c_2b25_0000_0004);
+        s.create(oid, 1 << 20, 0, &[1; 4096], Durability::OnFlush)
+            .expect("create");
+        assert!(s.fds.get(oid).is_some(), "the object's files are cached");
+        let copy = s.begin_new(oid, 1 << 20, false).expect("a new copy");
+        std::fs::remove_file(&copy.tmp).expect("take the new data file away");
+        assert!(
+            s.commit_new(copy, Durability::OnFlush).is_err(),
+            "the data rename fails"
+        );
+        assert!(
+            s.fds.get(oid).is_none(),
+            "files open before the cut commit are not kept"
+        );
+    }
+
+    /// A digest taken while a write is between its data and its checksums waits for it, and
+    /// is the digest of the written bytes, not a report of damage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_digest_waits_for_a_write_between_its_data_and_its_checksums() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let s = Arc::new(Store::open(t.path(), opts(false)).expect("open"));
+        let oid = Oid(0x007c_2b25_0000_0003);
+        let size = 1 << 20;
+        s.create(oid, size, 0, &[1; 4096], Durability::OnFlush).expect("create");
+        let new = vec![2u8; 4096];
+        let owned = s.own_regions(oid, 0, new.len() as u64).await;
+        s.write(oid, 0, &new).expect("the data, its checksums not yet");
+        let hashing = {
+            let s = s.clone();
+            tokio::task::spawn_blocking(move || s.hash(oid, size as usize))
+        };
+        // Time for a digest that does not wait to read the new bytes against the old sums.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        s.update_sums(oid, size, 0, &new).expect("the checksums");
+        drop(owned);
+        let got = hashing.await.expect("the hashing thread");
+        let mut want = vec![0u8; size as usize];
+        want[..new.len()].copy_from_slice(&new);
+        use sha1::Digest;
+        let want: [u8; 20] = sha1::Sha1::digest(&want).into();
+        assert_eq!(got.expect("a digest, not damage"), want);
     }
 
     /// Direct (aligned) and buffered (unaligned) writes into the same object, in both orders,
