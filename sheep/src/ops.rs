@@ -231,9 +231,6 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
     if empty {
         return Ok(Answer::default());
     }
-    if !cached || req.opcode != op::READ_OBJ && req.opcode != op::WRITE_OBJ {
-        cache::evict(sheep, oid).await?;
-    }
     match req.opcode {
         op::READ_OBJ if cached => cache::read(sheep, oid, a.offset, req.data_length, a.copies)
             .await
@@ -241,6 +238,15 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
         op::WRITE_OBJ if cached => cache::write(sheep, oid, a.offset, payload, a.copies)
             .await
             .map(|()| Answer::default()),
+        _ => cache::around(sheep, oid, uncached(sheep, req, payload, size)).await,
+    }
+}
+
+/// Client object I/O that goes to the replicas (see [`cache::around`]).
+async fn uncached(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes, size: u64) -> OpResult {
+    let a = req.obj();
+    let oid = Oid(a.oid);
+    match req.opcode {
         op::READ_OBJ => gateway::read(sheep, oid, a.offset, req.data_length, a.copies)
             .await
             .map(Answer::data),

@@ -10,8 +10,9 @@
 //! Only requests that ask for it (the CACHE flag, which sheepfs sets while
 //! `/config/object_cache` is 1) and only VDIs whose write lock a client of this gateway
 //! holds are cached, so no other gateway can write (or cache) the same VDI meanwhile. Any
-//! other request for a cached object first pushes and drops the copy, so uncached I/O never
-//! sees stale bytes. Creates go to the replicas directly: an object exists on them before
+//! other request for a data object first pushes and drops its copy, and no copy of it is made
+//! until that request is done ([`around`]), so uncached I/O never sees stale bytes and no
+//! cached read keeps bytes from before it. Creates go to the replicas directly: an object exists on them before
 //! anyone can refer to it; so do writes of [`STREAM`] bytes or more, and all I/O to objects
 //! over [`MAX_OBJECT`]. When dirty copies fill the cache, writes go around it (slower, never
 //! refused).
@@ -29,12 +30,11 @@ use protocol::{Oid, ResultCode};
 
 use crate::gateway::{self, Write};
 use crate::node::Sheep;
-use index::{Found, Index, Leftover};
+use index::{DirtyRuns, Found, Index, Leftover};
+use tokio::sync::RwLockWriteGuard;
 
 /// Pushes at once during a flush.
 const PUSHES: usize = 8;
-/// Pushes an eviction tries before it leaves a copy that cached writes keep dirtying.
-const EVICT_ATTEMPTS: usize = 8;
 /// How long cached I/O and new locks wait for the push of a crash's leftovers before they
 /// are refused (the client sees an error, never a hang).
 const READY_WAIT: Duration = Duration::from_secs(30);
@@ -273,50 +273,77 @@ async fn push(sheep: &Arc<Sheep>, c: &Index, oid: Oid) -> Result<(), ResultCode>
     let Some(d) = c.dirty_runs(oid) else {
         return Ok(());
     };
-    let vid = oid.vid().get();
-    let writable = sheep.state().vdis.get(&vid).is_some_and(|v| !v.snapshot && !v.deleted);
-    if !writable || lock_gen(sheep, oid) != d.lock_gen {
-        // Another client took the VDI since (this gateway left the cluster meanwhile), or it
-        // became a snapshot or was deleted: these bytes must not land over newer ones.
-        tracing::error!(%oid, "object cache: unflushed writes dropped: the VDI was taken, snapshotted or deleted since");
+    if !still_ours(sheep, oid, d.lock_gen) {
         let _g = c.stripe(oid).write().await;
         return c.remove(oid).map_err(|e| io_failed(oid, "dropping a copy", &e));
     }
     {
         let _g = c.stripe(oid).read().await;
-        for &(at, len) in &d.runs {
-            let data = file_read(sheep, d.file.clone(), at, len as usize)
-                .await
-                .map_err(|e| io_failed(oid, "reading a dirty copy", &e))?;
-            write_around(sheep, oid, at as u32, data.into(), 0)
-                .await
-                .inspect_err(|code| tracing::error!(%oid, result = %code, "object cache: push failed"))?;
-        }
+        send_runs(sheep, oid, &d).await?;
     }
     let _g = c.stripe(oid).write().await;
     c.pushed(oid, d.gen).map_err(|e| io_failed(oid, "cleaning a copy", &e))
 }
 
-/// Before a request that goes around the cache touches `oid`: its dirty blocks go to the
-/// replicas and the copy is dropped, so the request sees (and changes) the current bytes.
-pub async fn evict(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCode> {
-    let Some(c) = sheep.cache.clone() else {
-        return Ok(());
-    };
-    if !c.contains(oid) {
-        return Ok(());
+/// Whether dirty blocks written under the VDI's lock count `written_under` may still go to
+/// the replicas: not when another client took the VDI since (this gateway left the cluster
+/// or crashed meanwhile), or it became a snapshot or was deleted, since they must not land
+/// over newer bytes.
+fn still_ours(sheep: &Sheep, oid: Oid, written_under: u64) -> bool {
+    let vid = oid.vid().get();
+    let writable = sheep.state().vdis.get(&vid).is_some_and(|v| !v.snapshot && !v.deleted);
+    if writable && lock_gen(sheep, oid) == written_under {
+        return true;
     }
-    ready(&c).await?;
-    // Pushed, then dropped once no cached write came in between.
-    for _ in 0..EVICT_ATTEMPTS {
-        push(sheep, &c, oid).await?;
-        let _g = c.stripe(oid).write().await;
-        if c.dirty_runs(oid).is_none() {
-            return c.remove(oid).map_err(|e| io_failed(oid, "dropping a copy", &e));
-        }
+    tracing::error!(%oid, "object cache: unflushed writes dropped: the VDI was taken, snapshotted or deleted since");
+    false
+}
+
+async fn send_runs(sheep: &Arc<Sheep>, oid: Oid, d: &DirtyRuns) -> Result<(), ResultCode> {
+    for &(at, len) in &d.runs {
+        let data = file_read(sheep, d.file.clone(), at, len as usize)
+            .await
+            .map_err(|e| io_failed(oid, "reading a dirty copy", &e))?;
+        write_around(sheep, oid, at as u32, data.into(), 0)
+            .await
+            .inspect_err(|code| tracing::error!(%oid, result = %code, "object cache: push failed"))?;
     }
-    tracing::warn!(%oid, "object cache: a copy stays: cached writes keep coming while uncached I/O wants it");
     Ok(())
+}
+
+/// Pushes `oid`'s dirty blocks and drops its copy with the stripe held exclusively
+/// throughout, so that no cached write or fetch comes in between; the stripe stays held.
+async fn drop_copy<'a>(sheep: &Arc<Sheep>, c: &'a Index, oid: Oid) -> Result<RwLockWriteGuard<'a, ()>, ResultCode> {
+    let _one = c.push_lock(oid).lock().await;
+    let g = c.stripe(oid).write().await;
+    if let Some(d) = c.dirty_runs(oid).filter(|d| still_ours(sheep, oid, d.lock_gen)) {
+        send_runs(sheep, oid, &d).await?;
+    }
+    c.remove(oid).map_err(|e| io_failed(oid, "dropping a copy", &e))?;
+    Ok(g)
+}
+
+/// Runs `op`, a request that goes around the cache, on the current bytes: a cached copy of
+/// `oid` first takes its news to the replicas and is dropped, and none is made (no fetch
+/// runs) until `op` is done, so that no copy holds bytes from before it.
+pub async fn around<T>(
+    sheep: &Arc<Sheep>,
+    oid: Oid,
+    op: impl std::future::Future<Output = Result<T, ResultCode>>,
+) -> Result<T, ResultCode> {
+    let Some(c) = sheep.cache.clone().filter(|_| oid.is_data()) else {
+        return op.await;
+    };
+    // Copies left by a crash push first: they are older than this request.
+    ready(&c).await?;
+    let held = c.stripe(oid).read().await;
+    let _held = if c.contains(oid) {
+        drop(held);
+        drop_copy(sheep, &c, oid).await?.downgrade()
+    } else {
+        held
+    };
+    op.await
 }
 
 /// Pushes every dirty block of `vid`'s objects (of every VDI: `None`) to the replicas.
@@ -346,7 +373,7 @@ pub async fn drop_vdi(sheep: &Arc<Sheep>, vid: u32) -> Result<(), ResultCode> {
     };
     push_all(sheep, Some(vid)).await?;
     for oid in c.cached(vid) {
-        evict(sheep, oid).await?;
+        drop(drop_copy(sheep, &c, oid).await?);
     }
     Ok(())
 }
@@ -378,13 +405,9 @@ pub async fn recover(sheep: Arc<Sheep>, leftovers: Vec<Leftover>) {
         return;
     };
     for l in leftovers {
-        let (vid, now) = (l.oid.vid().get(), lock_gen(&sheep, l.oid));
-        let live = sheep.state().vdis.get(&vid).is_some_and(|v| !v.snapshot && !v.deleted);
-        if !live || now != l.lock_gen {
-            tracing::warn!(oid = %l.oid, "object cache: unflushed writes dropped: the VDI was taken, snapshotted or deleted since");
-        } else {
+        if still_ours(&sheep, l.oid, l.lock_gen) {
             match c.read_leftover(l.oid) {
-                Ok(runs) => push_leftover(&sheep, l.oid, runs).await,
+                Ok(runs) => push_leftover(&sheep, &l, runs).await,
                 Err(e) => {
                     io_failed(l.oid, "reading a copy left by a crash", &e);
                 }
@@ -397,15 +420,19 @@ pub async fn recover(sheep: Arc<Sheep>, leftovers: Vec<Leftover>) {
     c.set_ready();
 }
 
-/// Sends a leftover copy's runs to the replicas, retrying until they take them or the
-/// object has nowhere to go.
-async fn push_leftover(sheep: &Arc<Sheep>, oid: Oid, runs: Vec<(u64, Vec<u8>)>) {
+/// Sends a leftover copy's runs to the replicas, retrying until they take them, the
+/// object has nowhere to go, or another client took the VDI meanwhile.
+async fn push_leftover(sheep: &Arc<Sheep>, l: &Leftover, runs: Vec<(u64, Vec<u8>)>) {
+    let oid = l.oid;
     let mut pause = Duration::from_millis(200);
     for (at, bytes) in runs {
         let data = Bytes::from(bytes);
         while let Err(code) = write_around(sheep, oid, at as u32, data.clone(), 0).await {
             if matches!(code, ResultCode::NO_OBJ | ResultCode::NO_VDI | ResultCode::READONLY) {
                 tracing::error!(%oid, result = %code, "object cache: a copy left by a crash has nowhere to go; dropped");
+                return;
+            }
+            if !still_ours(sheep, oid, l.lock_gen) {
                 return;
             }
             tracing::error!(%oid, result = %code, "object cache: cannot push a copy left by a crash; retrying");

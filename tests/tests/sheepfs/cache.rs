@@ -271,3 +271,77 @@ fn cold_writes_fetch_only_the_pages_they_cover_in_part() {
     );
     m.unmount();
 }
+
+/// `len` bytes of 4 KiB-aligned memory (for O_DIRECT), as a range of `buf`.
+fn aligned(buf: &mut Vec<u8>, len: usize) -> std::ops::Range<usize> {
+    buf.resize(len + 4096, 0);
+    let at = buf.as_ptr().align_offset(4096);
+    at..at + len
+}
+
+fn open_direct(vol: &Path, write: bool) -> fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_DIRECT)
+        .open(vol)
+        .unwrap_or_else(|e| panic!("opening {} for direct I/O: {e}", vol.display()))
+}
+
+/// 1 MiB direct writes go around the cache (the mount sends them in 256 KiB pieces, a
+/// stream) while 4 KiB direct reads of the same MiB go through it, each miss filling a
+/// 64 KiB window: once a write is done, no cached copy may hold bytes from before it.
+#[test]
+fn reads_that_fill_the_cache_keep_no_bytes_from_before_a_write_around_it() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let c = cached_cluster("64M");
+    c.dog_ok(&["vdi", "create", "lambda", "16M"]);
+    let m = Mount::start(&c, 0);
+    let vol = m.volume("lambda");
+    const DONE: u64 = u64::MAX;
+    let writing = AtomicU64::new(0);
+    /// Ends the reader however the writer ends (a failed check included).
+    struct Stop<'a>(&'a AtomicU64);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(DONE, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let f = open_direct(&vol, false);
+            let (mut buf, mut seed) = (Vec::new(), 3u64);
+            let r = aligned(&mut buf, 4096);
+            loop {
+                let at = writing.load(Ordering::Relaxed);
+                if at == DONE {
+                    break;
+                }
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let off = at + (seed >> 20) % (MIB / 4096) * 4096;
+                f.read_exact_at(&mut buf[r.clone()], off).expect("a cached read");
+            }
+        });
+        let _stop = Stop(&writing);
+        let (f, back_f) = (open_direct(&vol, true), open_direct(&vol, false));
+        let (mut buf, mut page) = (Vec::new(), Vec::new());
+        let r = aligned(&mut buf, MIB as usize);
+        let p = aligned(&mut page, 4096);
+        for i in 0..48u64 {
+            let off = i * 5 % 16 * MIB;
+            writing.store(off, Ordering::Relaxed);
+            let data = pseudo_random(200 + i, MIB as usize);
+            buf[r.clone()].copy_from_slice(&data);
+            f.write_all_at(&buf[r.clone()], off).expect("a write around the cache");
+            // Page by page through the cache: 4 KiB direct reads are cached ones.
+            let mut back = Vec::with_capacity(data.len());
+            for at in (off..off + MIB).step_by(4096) {
+                back_f.read_exact_at(&mut page[p.clone()], at).expect("a read back");
+                back.extend_from_slice(&page[p.clone()]);
+            }
+            assert_same_bytes(&format!("MiB {} after write {i}", off / MIB), &back, &data);
+        }
+    });
+    m.unmount();
+}
