@@ -339,3 +339,44 @@ fn vdi_check_replaces_a_copy_that_fails_its_checksums_even_without_a_majority() 
     assert_eq!(c.node(1).object_bytes(oid), c.node(0).object_bytes(oid));
     assert_eq!(check(&c, &["t"]).0, 0);
 }
+
+/// A node that joins and cannot fetch objects it now owns (every source copy fails its
+/// checksums) does not say its epoch is recovered: the nodes holding the only copies keep
+/// them, and once those copies are good again its retries recover every object.
+#[test]
+fn an_epoch_with_objects_not_recovered_stays_unrecovered_and_the_sources_keep_them() {
+    let mut c = Cluster::start_formatted(2, 1);
+    c.dog_ok(&["vdi", "create", "mu", "128M"]);
+    let mut model = vec![0u8; 128 * MIB];
+    c.put(0, "mu", &mut model, 0, 301, 128 * MIB as u64);
+    let data: BTreeMap<(usize, Oid), Vec<u8>> = snapshot_files(&c)
+        .into_iter()
+        .filter(|((_, oid), _)| oid.is_data())
+        .collect();
+    for &(i, oid) in data.keys() {
+        flip(&c, i, oid, 0);
+    }
+    let new = c.add_node(2);
+    tests::wait_until(
+        "the new node to fail fetching a rotten copy",
+        std::time::Duration::from_secs(60),
+        || match c.node(new).log_text().contains("cannot recover object") {
+            true => Ok(()),
+            false => Err(c.node(new).log_tail(5)),
+        },
+    );
+    // Time for the old nodes to drop copies they no longer own, were the epoch said done.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    for &(i, oid) in data.keys() {
+        assert!(
+            object_file(&c, i, oid).exists(),
+            "node {i} dropped {oid}, whose new owner has no good copy:\n{}",
+            c.node(new).log_tail(20)
+        );
+    }
+    for ((i, oid), bytes) in &data {
+        std::fs::write(object_file(&c, *i, *oid), bytes).expect("the copy made good again");
+    }
+    c.wait_recovered(std::time::Duration::from_secs(60));
+    c.check_reads("mu", &model, &[0, 1, new], "after the retries");
+}

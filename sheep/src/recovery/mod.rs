@@ -315,9 +315,10 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
         total: mine.len() as u64,
     });
     tracing::info!(epoch, objects = mine.len(), "recovery started");
-    let (started, total, mut failed) = (std::time::Instant::now(), mine.len(), 0usize);
+    let (started, total) = (std::time::Instant::now(), mine.len());
     let pause = rec.pause();
     let mut queue = mine.into_iter();
+    let mut failed = Vec::new();
     loop {
         if superseded() {
             tracing::info!(epoch, "recovery superseded by a newer epoch");
@@ -335,15 +336,10 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
                 None => break,
             },
         };
-        let _g = rec.stripe(oid).write().await;
-        if let Err(code) = ensure_current(sheep, oid).await {
-            if code != ResultCode::NO_OBJ {
-                // Retried by the next epoch's recovery or on first access.
-                tracing::error!(%oid, epoch, result = %code, "cannot recover object");
-                failed += 1;
-            }
+        if let Err(code) = recover_one(sheep, oid).await {
+            tracing::error!(%oid, epoch, result = %code, "cannot recover object; retrying after the others");
+            failed.push(oid);
         }
-        drop(_g);
         if queued {
             rec.update_progress(|p| p.done += 1);
         }
@@ -351,16 +347,56 @@ async fn recover_epoch(sheep: &Arc<Sheep>, epoch: u32) {
             tokio::time::sleep(p).await;
         }
     }
+    // The epoch is recovered only once every object is: the other members drop their copies
+    // this node now owns when it says so, and those may be the only current ones.
+    let retried = failed.len();
+    let mut wait = Duration::from_secs(1);
+    while !failed.is_empty() {
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline && !superseded() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+        let mut still = Vec::new();
+        let mut last = None;
+        for oid in failed {
+            if superseded() {
+                tracing::info!(epoch, "recovery superseded by a newer epoch");
+                rec.update_progress(|p| p.running = false);
+                return;
+            }
+            if owns_at(sheep, oid, epoch) && effective_good(sheep, oid) != Some(epoch) {
+                if let Err(code) = recover_one(sheep, oid).await {
+                    last = Some((oid, code));
+                    still.push(oid);
+                }
+            }
+        }
+        if let Some((oid, code)) = last {
+            tracing::warn!(epoch, objects = still.len(), %oid, result = %code, "recovery: objects still not recovered; the epoch stays unrecovered and they are retried");
+        }
+        failed = still;
+    }
     rec.set_recovered(&sheep.dir, epoch);
     rec.update_progress(|p| p.running = false);
     tracing::info!(
         epoch,
         objects = total,
-        failed,
+        retried,
         secs = started.elapsed().as_secs_f64(),
         "recovery finished"
     );
     remove_orphans(sheep, epoch, &nodes).await;
+}
+
+/// Makes this node's copy of `oid` current. An object no member holds is not a failure:
+/// there is nothing to recover.
+async fn recover_one(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCode> {
+    let _g = sheep.recovery.stripe(oid).write().await;
+    match ensure_current(sheep, oid).await {
+        Err(ResultCode::NO_OBJ) => Ok(()),
+        r => r,
+    }
 }
 
 /// Once every member has recovered `epoch`, copies this node no longer owns are dropped.
