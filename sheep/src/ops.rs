@@ -238,7 +238,14 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
         op::WRITE_OBJ if cached => cache::write(sheep, oid, a.offset, payload, a.copies)
             .await
             .map(|()| Answer::default()),
-        _ => cache::around(sheep, oid, uncached(sheep, req, payload, size)).await,
+        _ => {
+            if req.opcode == op::CREATE_AND_WRITE_OBJ && req.flags & flags::COW != 0 {
+                // The base's cached writes (made before it became a snapshot) reach its
+                // replicas before they are copied.
+                cache::around(sheep, Oid(a.cow_oid), async { Ok(()) }).await?;
+            }
+            cache::around(sheep, oid, uncached(sheep, req, payload, size)).await
+        }
     }
 }
 

@@ -287,15 +287,17 @@ async fn push(sheep: &Arc<Sheep>, c: &Index, oid: Oid) -> Result<(), ResultCode>
 
 /// Whether dirty blocks written under the VDI's lock count `written_under` may still go to
 /// the replicas: not when another client took the VDI since (this gateway left the cluster
-/// or crashed meanwhile), or it became a snapshot or was deleted, since they must not land
-/// over newer bytes.
+/// or crashed meanwhile), since they must not land over newer bytes, nor once it was
+/// deleted. A VDI snapshotted since takes them: they were acknowledged before the snapshot
+/// was made (later writes into it are refused), so they are part of it, and of the working
+/// VDI that goes on from it (a copy-on-write pushes its base first).
 fn still_ours(sheep: &Sheep, oid: Oid, written_under: u64) -> bool {
     let vid = oid.vid().get();
-    let writable = sheep.state().vdis.get(&vid).is_some_and(|v| !v.snapshot && !v.deleted);
-    if writable && lock_gen(sheep, oid) == written_under {
+    let live = sheep.state().vdis.get(&vid).is_some_and(|v| !v.deleted);
+    if live && lock_gen(sheep, oid) == written_under {
         return true;
     }
-    tracing::error!(%oid, "object cache: unflushed writes dropped: the VDI was taken, snapshotted or deleted since");
+    tracing::error!(%oid, "object cache: unflushed writes dropped: the VDI was taken or deleted since");
     false
 }
 

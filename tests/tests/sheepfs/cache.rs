@@ -272,6 +272,45 @@ fn cold_writes_fetch_only_the_pages_they_cover_in_part() {
     m.unmount();
 }
 
+/// Writes the cache holds unflushed when another gateway snapshots the VDI are not lost:
+/// both the snapshot and the working VDI that goes on from it have them, also when the
+/// mount's next write into that object copies it into the working VDI.
+#[test]
+fn unflushed_cached_writes_survive_a_snapshot_made_through_another_gateway() {
+    let c = cached_cluster("64M");
+    c.dog_ok(&["vdi", "create", "nu", "16M"]);
+    let m = Mount::start(&c, 0);
+    let vol = m.volume("nu");
+    let mut model = pseudo_random(400, (16 * MIB) as usize);
+    dd_write(&local_file(&c, "base", &model), &vol, 0).expect_ok();
+    let data = pseudo_random(401, 8192);
+    write_unflushed(&vol, 5 * MIB + 4096, &data);
+    put(&mut model, 5 * MIB + 4096, &data);
+    assert!(node_info(&m)["cache_dirty"] > 0.0, "the write waits in the cache");
+    c.dog_at(1, &["vdi", "snapshot", "-s", "before", "nu"], None)
+        .expect_ok();
+    let mut working = model.clone();
+    let more = pseudo_random(402, 4096);
+    dd_write(&local_file(&c, "more", &more), &vol, 5 * MIB + 65536).expect_ok();
+    put(&mut working, 5 * MIB + 65536, &more);
+    assert_same_bytes(
+        "nu through the mount after the snapshot",
+        &dd_read(&c, &vol, 0, 16 * MIB),
+        &working,
+    );
+    assert_same_bytes(
+        "the snapshot through node 1",
+        &dog_read(&c, 1, "nu", 0, 16 * MIB, Some("before")),
+        &model,
+    );
+    assert_same_bytes(
+        "the working VDI through node 2",
+        &dog_read(&c, 2, "nu", 0, 16 * MIB, None),
+        &working,
+    );
+    m.unmount();
+}
+
 /// `len` bytes of 4 KiB-aligned memory (for O_DIRECT), as a range of `buf`.
 fn aligned(buf: &mut Vec<u8>, len: usize) -> std::ops::Range<usize> {
     buf.resize(len + 4096, 0);
