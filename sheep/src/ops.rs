@@ -541,6 +541,9 @@ async fn local_op(sheep: &Arc<Sheep>, conn: u64, req: &RequestHeader, payload: &
         op::GET_HASH => {
             let oid = Oid(req.obj().oid);
             let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)? as usize;
+            if crate::peer::holds_unrecovered(sheep, oid) {
+                return Err(ResultCode::NODE_IN_RECOVERY);
+            }
             let s = sheep.clone();
             let h = tokio::task::spawn_blocking(move || s.store.hash(oid, size))
                 .await

@@ -42,6 +42,13 @@ pub async fn check_epoch(sheep: &Sheep, req: &RequestHeader) -> Result<(), Resul
     }
 }
 
+/// Whether this node holds a copy of `oid` that it owns and has not recovered yet: no
+/// witness for a digest (a scrub or `dog vdi check` that counted it could replace a current
+/// copy with it). A node without a copy says so as usual.
+pub fn holds_unrecovered(sheep: &Sheep, oid: Oid) -> bool {
+    sheep.store.exists(oid) && !is_current(sheep, oid, sheep.state().epoch())
+}
+
 /// Whether this node's copy of `oid` can serve I/O at `epoch` as it is: current, or not
 /// this node's to keep current.
 fn is_current(sheep: &Sheep, oid: Oid, epoch: u32) -> bool {

@@ -380,3 +380,47 @@ fn an_epoch_with_objects_not_recovered_stays_unrecovered_and_the_sources_keep_th
     c.wait_recovered(std::time::Duration::from_secs(60));
     c.check_reads("mu", &model, &[0, 1, new], "after the retries");
 }
+
+/// A damaged copy is healed only from a current one. The other replica rejoined with a
+/// stale copy that its throttled recovery has not reached yet: the damaged copy is not
+/// replaced by it, and reads of the object fail rather than return the old bytes.
+#[test]
+fn a_damaged_copy_is_not_healed_from_a_replica_that_has_not_recovered_it() {
+    let mut c = Cluster::start_formatted(2, 2);
+    c.dog_ok(&["vdi", "create", "xi", "64M"]);
+    let mut old = vec![0u8; 64 * MIB];
+    c.put(0, "xi", &mut old, 0, 501, 64 * MIB as u64);
+    c.kill(1);
+    c.wait_for_membership();
+    let mut new = old.clone();
+    let (at, len) = (60 * MIB, 4 * MIB);
+    // The last object, the last one node 1's recovery (in oid order) gets to.
+    c.put(0, "xi", &mut new, at as u64, 502, len as u64);
+    c.node_mut(1).start_with_args(&["--recovery-rate", "1"]);
+    c.wait_for_membership();
+    let last = Vid::new(c.vid_of("xi")).expect("a vid").data_oid(15);
+    flip(&c, 0, last, 0);
+    let read = |c: &Cluster| c.dog_at(0, &["vdi", "read", "xi", &at.to_string(), &len.to_string()], None);
+    // The first read finds the rot and starts a heal.
+    let _ = read(&c);
+    tests::wait_until(
+        "node 0 to try to heal its copy",
+        std::time::Duration::from_secs(30),
+        || match c.node(0).log_text().contains("damaged copy") {
+            true => Ok(()),
+            false => Err(c.node(0).log_tail(5)),
+        },
+    );
+    let again = read(&c);
+    assert!(
+        again.stdout != old[at..at + len],
+        "the damaged copy was replaced by the stale one:\n{}",
+        c.node(0).log_tail(20)
+    );
+    if again.success() {
+        assert!(
+            again.stdout == new[at..at + len],
+            "a read returned bytes never written there"
+        );
+    }
+}

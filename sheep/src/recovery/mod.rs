@@ -75,6 +75,22 @@ pub fn effective_good(sheep: &Sheep, oid: Oid) -> Option<u32> {
     Some(g)
 }
 
+/// The epoch at which `at`'s copy of `oid` was last known current (GET_OBJ_EPOCH):
+/// `Ok(None)` when it holds no copy, `Err` when it did not answer.
+async fn good_epoch_at(sheep: &Sheep, at: SocketAddr, oid: Oid) -> Result<Option<u32>, ()> {
+    let mut req = RequestHeader::new(op::GET_OBJ_EPOCH);
+    req.data_length = 4;
+    req.set_obj(&ObjArgs {
+        oid: oid.0,
+        ..ObjArgs::default()
+    });
+    match sheep.peer(at).call(req, &[]).await {
+        Ok(r) if r.data.len() == 4 => Ok(Some(u32::from_le_bytes([r.data[0], r.data[1], r.data[2], r.data[3]]))),
+        Err(e) if e.result() == Some(ResultCode::NO_OBJ) => Ok(None),
+        _ => Err(()),
+    }
+}
+
 /// Makes this node's copy of `oid` current, fetching it from the freshest holder if needed.
 /// `Err(NO_OBJ)` when no node holds the object at all. Callers hold the object's stripe.
 pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCode> {
@@ -91,20 +107,9 @@ pub async fn ensure_current(sheep: &Arc<Sheep>, oid: Oid) -> Result<(), ResultCo
         .filter(|n| n.addr != sheep.me.addr)
         .collect();
     let asks = others.iter().map(|n| async move {
-        let mut req = RequestHeader::new(op::GET_OBJ_EPOCH);
-        req.data_length = 4;
-        req.set_obj(&ObjArgs {
-            oid: oid.0,
-            ..ObjArgs::default()
-        });
-        // Ok(None): the node holds no copy. Err: it did not answer.
-        match sheep.peer(n.addr).call(req, &[]).await {
-            Ok(r) if r.data.len() == 4 => Ok(Some((
-                n,
-                u32::from_le_bytes([r.data[0], r.data[1], r.data[2], r.data[3]]),
-            ))),
-            Err(e) if e.result() == Some(ResultCode::NO_OBJ) => Ok(None),
-            _ => Err(n.addr),
+        match good_epoch_at(sheep, n.addr, oid).await {
+            Ok(g) => Ok(g.map(|g| (n, g))),
+            Err(()) => Err(n.addr),
         }
     });
     let answers = futures::future::join_all(asks).await;
@@ -225,12 +230,18 @@ async fn heal_now(sheep: &Arc<Sheep>, oid: Oid) -> Option<SocketAddr> {
         (others, st.epoch())
     };
     for from in others {
+        // Only a current copy: one whose node has not recovered it yet may lack writes
+        // acknowledged since, and would be marked current here.
+        match good_epoch_at(sheep, from, oid).await {
+            Ok(Some(g)) if g >= epoch => {}
+            _ => continue,
+        }
         if fetch(sheep, oid, from, epoch).await.is_ok() {
             tracing::warn!(%oid, %from, epoch, "damaged copy replaced from another replica");
             return Some(from);
         }
     }
-    tracing::error!(%oid, epoch, "damaged copy: no other replica could provide a good one");
+    tracing::error!(%oid, epoch, "damaged copy: no other replica could provide a current good one");
     None
 }
 

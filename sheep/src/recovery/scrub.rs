@@ -82,6 +82,9 @@ async fn digests(
     let size = sheep.state().object_size(oid).ok_or("its VDI is gone")? as usize;
     let ask = |at: SocketAddr| async move {
         if at == sheep.me.addr {
+            if crate::peer::holds_unrecovered(sheep, oid) {
+                return Err("this node's copy is not recovered yet".to_string());
+            }
             let s = sheep.clone();
             return match tokio::task::spawn_blocking(move || s.store.hash(oid, size)).await {
                 Ok(Ok(d)) => Ok(Some(d)),
