@@ -438,6 +438,11 @@ pub async fn lock(sheep: &Arc<Sheep>, vid: u32, conn: u64) -> Result<(), ResultC
         }
         None => {}
     }
+    // Copies this gateway kept under an earlier lock may be older than what another client
+    // wrote since an operator's release ended that lock: none is served under this one.
+    // Dirty ones still of that lock go to the replicas first; no copy is made before the
+    // commit, since only a locked VDI is cached.
+    crate::cache::drop_vdi(sheep, vid).await?;
     sheep
         .commit(Event::LockVdi {
             vid,

@@ -9,7 +9,8 @@
 //!
 //! Only requests that ask for it (the CACHE flag, which sheepfs sets while
 //! `/config/object_cache` is 1) and only VDIs whose write lock a client of this gateway
-//! holds are cached, so no other gateway can write (or cache) the same VDI meanwhile. Any
+//! holds are cached, so no other gateway can write (or cache) the same VDI meanwhile; a
+//! lock taken here first drops the VDI's copies left from an earlier one ([`drop_vdi`]). Any
 //! other request for a data object first pushes and drops its copy, and no copy of it is made
 //! until that request is done ([`around`]), so uncached I/O never sees stale bytes and no
 //! cached read keeps bytes from before it. Creates go to the replicas directly: an object exists on them before

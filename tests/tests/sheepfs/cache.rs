@@ -1,7 +1,8 @@
 //! The gateway's object cache (`sheep -w`) under a real mount: the `/config/object_cache`
 //! switch and its bad inputs, write-back that a flush pushes to every replica, eviction
-//! under a small cache, a flush during recovery, a gateway killed with dirty data, and cold
-//! writes that fetch only the pages they cover in part.
+//! under a small cache, a flush during recovery, a gateway killed with dirty data, cold
+//! writes that fetch only the pages they cover in part, and copies that outlive neither a
+//! write around them nor a lock released elsewhere.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -382,5 +383,67 @@ fn reads_that_fill_the_cache_keep_no_bytes_from_before_a_write_around_it() {
             assert_same_bytes(&format!("MiB {} after write {i}", off / MIB), &back, &data);
         }
     });
+    m.unmount();
+}
+
+/// An operator's RELEASE_VDI through another gateway ends the mount's lock; another client
+/// writes the VDI there; the mount takes its lock again (it asserts it every second). Its
+/// gateway's copies from before must not answer its reads: they miss that client's bytes.
+#[test]
+fn copies_from_before_a_lock_released_elsewhere_are_not_served_under_the_next_one() {
+    use protocol::{op, requests::name_payload, RequestHeader, ResultCode, VdiArgs};
+    let c = cached_cluster("64M");
+    c.dog_ok(&["vdi", "create", "xi", "16M"]);
+    let m = Mount::start(&c, 0);
+    let vol = m.volume("xi");
+    let mut model = pseudo_random(500, (16 * MIB) as usize);
+    dd_write(&local_file(&c, "base", &model), &vol, 0).expect_ok();
+    // A page written and read back through the cache: a clean copy of it stays there.
+    let at = 7 * MIB + 8192;
+    let (mut buf, mut page) = (Vec::new(), Vec::new());
+    let (w, p) = (aligned(&mut buf, 4096), aligned(&mut page, 4096));
+    let before = pseudo_random(501, 4096);
+    buf[w.clone()].copy_from_slice(&before);
+    let f = open_direct(&vol, true);
+    f.write_all_at(&buf[w.clone()], at).expect("a cached write");
+    f.sync_all().expect("a flush");
+    let back = open_direct(&vol, false);
+    back.read_exact_at(&mut page[p.clone()], at).expect("a cached read");
+    assert_same_bytes("the page through the cache", &page[p.clone()], &before);
+
+    let vid = c.vid_of("xi");
+    let after = pseudo_random(502, 4096);
+    put(&mut model, at, &after);
+    let release = || {
+        let mut req = RequestHeader::new(op::RELEASE_VDI);
+        req.set_vdi(&VdiArgs {
+            base_vdi_id: vid,
+            ..VdiArgs::default()
+        });
+        c.call(1, req, &[]).expect("RELEASE_VDI through node 1");
+    };
+    // The mount's keeper may take the lock back between the release and dog's lock: again.
+    let off = at.to_string();
+    let written = (0..30).any(|_| {
+        release();
+        c.dog_at(1, &["vdi", "write", "xi", &off], Some(&after)).success()
+    });
+    assert!(written, "dog never got the lock of xi between the mount's assertions");
+    // The mount holds it again once a lock attempt elsewhere is refused (a probe that gets
+    // it lets go as its connection closes).
+    wait_until("the mount to take its lock again", Duration::from_secs(20), || {
+        let req = RequestHeader::new(op::LOCK_VDI);
+        match c.send(2, req, &name_payload("xi", Some(""))) {
+            Ok(r) if r.header.result_code() == ResultCode::VDI_LOCKED => Ok(()),
+            other => {
+                std::thread::sleep(Duration::from_millis(300));
+                Err(format!("{other:?}"))
+            }
+        }
+    });
+    back.read_exact_at(&mut page[p.clone()], at).expect("a cached read");
+    assert_same_bytes("the page dog wrote, through the mount", &page[p.clone()], &after);
+    assert_same_bytes("xi through the mount", &dd_read(&c, &vol, 0, 16 * MIB), &model);
+    drop((f, back));
     m.unmount();
 }
