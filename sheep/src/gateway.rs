@@ -90,7 +90,7 @@ async fn to_replica(
     payload: &Bytes,
 ) -> Result<Vec<u8>, ResultCode> {
     if node.addr == sheep.me.addr {
-        return crate::peer::serve_local(sheep, &req, payload.clone()).await;
+        return crate::peer::serve(sheep, &req, payload.clone()).await;
     }
     req.proto_ver = protocol::opcode::SD_SHEEP_PROTO_VER;
     match sheep.peer(node.addr).send(req, payload).await {

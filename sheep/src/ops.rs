@@ -170,10 +170,7 @@ fn admit(sheep: &Sheep, req: &RequestHeader) -> Result<Kind, ResultCode> {
 
 async fn dispatch(sheep: &Arc<Sheep>, conn: u64, k: Kind, req: &RequestHeader, payload: Bytes) -> OpResult {
     match k {
-        Kind::Peer => {
-            crate::peer::check_epoch(sheep, req).await?;
-            crate::peer::serve_local(sheep, req, payload).await.map(Answer::data)
-        }
+        Kind::Peer => crate::peer::serve(sheep, req, payload).await.map(Answer::data),
         Kind::Gateway => gateway_op(sheep, req, payload).await,
         Kind::Cluster => cluster_op(sheep, req, &payload).await,
         Kind::Local => local_op(sheep, conn, req, &payload).await,

@@ -19,17 +19,36 @@ const SMALL_READ: usize = 128 * 1024;
 /// How long a peer waits for its own epoch to reach a newer one named in a request.
 const EPOCH_WAIT: Duration = Duration::from_secs(2);
 
-/// Answers OLD_NODE_VER to a request from an older epoch; waits a little for a newer one.
-pub async fn check_epoch(sheep: &Sheep, req: &RequestHeader) -> Result<(), ResultCode> {
-    // A recovery read is served whatever the epochs say; nothing that writes is.
-    let recovery_read = req.opcode == op::READ_PEER && req.flags & flags::RECOVERY != 0;
-    if matches!(req.opcode, op::GET_OBJ_LIST | op::FLUSH_PEER | op::GET_OBJ_EPOCH) || recovery_read {
+/// A peer request from a gateway (this node's own included): checked against this node's
+/// epoch and served. A write counts as in flight at its epoch until it has landed, and a
+/// recovery read waits for those of older epochs (see [`recovery::landing`]).
+pub async fn serve(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> Result<Vec<u8>, ResultCode> {
+    let writes = matches!(req.opcode, op::WRITE_PEER | op::CREATE_AND_WRITE_PEER | op::REMOVE_PEER);
+    let _in_flight = writes.then(|| sheep.recovery.landing.enter(req.epoch));
+    check_epoch(sheep, req).await?;
+    if is_recovery_read(req) && !sheep.recovery.landing.drained_before(req.epoch, EPOCH_WAIT).await {
+        tracing::warn!(oid = %Oid(req.obj().oid), epoch = req.epoch, "a recovery read waits for writes of older epochs longer than allowed; refused for now");
+        return Err(ResultCode::NODE_IN_RECOVERY);
+    }
+    serve_local(sheep, req, payload).await
+}
+
+fn is_recovery_read(req: &RequestHeader) -> bool {
+    req.opcode == op::READ_PEER && req.flags & flags::RECOVERY != 0
+}
+
+/// Answers OLD_NODE_VER to a request from an older epoch; waits a little for a newer one. A
+/// recovery read is served at any epoch from its own on: what matters is that this node
+/// accepts no write of an older one any more.
+async fn check_epoch(sheep: &Sheep, req: &RequestHeader) -> Result<(), ResultCode> {
+    if matches!(req.opcode, op::GET_OBJ_LIST | op::FLUSH_PEER | op::GET_OBJ_EPOCH) {
         return Ok(());
     }
+    let recovery_read = is_recovery_read(req);
     let deadline = tokio::time::Instant::now() + EPOCH_WAIT;
     loop {
         let mine = sheep.state().epoch();
-        if req.epoch == mine {
+        if req.epoch == mine || (recovery_read && req.epoch < mine) {
             return Ok(());
         }
         if req.epoch < mine {

@@ -54,6 +54,8 @@ pub struct Recovery {
     healing: Mutex<std::collections::HashSet<Oid>>,
     /// Objects a read found behind, for the worker to recover next (at most [`WANTED_MAX`]).
     wanted: Mutex<std::collections::VecDeque<Oid>>,
+    /// Peer writes still landing, which recovery reads of newer epochs wait for.
+    pub landing: super::landing::Landing,
 }
 
 /// Most objects waiting to jump the recovery queue; past it, they wait their turn.
@@ -90,6 +92,7 @@ impl Recovery {
             }),
             healing: Mutex::new(std::collections::HashSet::new()),
             wanted: Mutex::new(std::collections::VecDeque::new()),
+            landing: super::landing::Landing::default(),
         }
     }
 

@@ -28,6 +28,7 @@ use crate::store::farm::Error as FarmError;
 use crate::store::Durability;
 
 pub mod freshness;
+pub mod landing;
 pub mod scrub;
 
 use freshness::Progress;
@@ -153,6 +154,8 @@ pub async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -
         let len = PIECE.min(size - at);
         let mut req = RequestHeader::new(op::READ_PEER);
         req.flags |= flags::RECOVERY;
+        // The source serves it once it holds every write it accepted before this epoch.
+        req.epoch = epoch;
         req.data_length = len as u32;
         req.set_obj(&ObjArgs {
             oid: oid.0,
