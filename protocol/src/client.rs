@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 
 use crate::frame::{read_response, read_response_into, write_frame, FrameError};
@@ -61,10 +62,16 @@ enum Into<'a> {
     Slice(&'a mut [u8]),
 }
 
+/// A pooled connection: a reply's header and a small payload come in one read.
+type Conn = BufReader<TcpStream>;
+
+/// Read buffer of a pooled connection: a reply header and a 4 KiB block, with room.
+const CONN_BUFFER: usize = 8 << 10;
+
 /// Connection pool to one sheep.
 pub struct Client {
     addr: SocketAddr,
-    idle: Mutex<Vec<TcpStream>>,
+    idle: Mutex<Vec<Conn>>,
     next_id: AtomicU32,
     timeout: Duration,
     max_idle: usize,
@@ -91,7 +98,7 @@ impl Client {
     }
 
     /// An idle pooled connection (`true`) or a new one (`false`).
-    async fn connection(&self) -> Result<(TcpStream, bool), ClientError> {
+    async fn connection(&self) -> Result<(Conn, bool), ClientError> {
         if let Some(s) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok((s, true));
         }
@@ -126,10 +133,10 @@ impl Client {
                     ),
                 })?;
         }
-        Ok((s, false))
+        Ok((BufReader::with_capacity(CONN_BUFFER, s), false))
     }
 
-    fn put_back(&self, s: TcpStream) {
+    fn put_back(&self, s: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
             idle.push(s);

@@ -18,6 +18,10 @@ use crate::store::aligned::Aligned;
 /// Requests served at once per connection; a client that pipelines more waits.
 const MAX_IN_FLIGHT: usize = 64;
 
+/// Read buffer per connection: a request header and a 4 KiB payload with room, in one read.
+/// Larger payloads are read past it, straight into their own buffer.
+const READ_BUFFER: usize = 16 << 10;
+
 pub async fn serve(sheep: Arc<Sheep>, listener: TcpListener) {
     let s = sheep.clone();
     crate::access::accept_loop(listener, "connection", &sheep.access, move |stream| {
@@ -41,7 +45,8 @@ async fn connection(sheep: Arc<Sheep>, mut stream: TcpStream) {
     if !sheep.access.authenticate(&mut stream, peer).await {
         return;
     }
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
     let (tx, mut rx) = mpsc::channel::<(ResponseHeader, Vec<u8>)>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {
         while let Some((rsp, data)) = rx.recv().await {
