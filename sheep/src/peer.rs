@@ -23,11 +23,12 @@ const EPOCH_WAIT: Duration = Duration::from_secs(2);
 /// epoch and served. A write counts as in flight at its epoch until it has landed, and a
 /// recovery read waits for those of older epochs (see [`recovery::landing`]).
 pub async fn serve(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> Result<Vec<u8>, ResultCode> {
+    let oid = Oid(req.obj().oid);
     let writes = matches!(req.opcode, op::WRITE_PEER | op::CREATE_AND_WRITE_PEER | op::REMOVE_PEER);
-    let _in_flight = writes.then(|| sheep.recovery.landing.enter(req.epoch));
+    let _in_flight = writes.then(|| sheep.recovery.landing.enter(oid, req.epoch));
     check_epoch(sheep, req).await?;
-    if is_recovery_read(req) && !sheep.recovery.landing.drained_before(req.epoch, EPOCH_WAIT).await {
-        tracing::warn!(oid = %Oid(req.obj().oid), epoch = req.epoch, "a recovery read waits for writes of older epochs longer than allowed; refused for now");
+    if is_recovery_read(req) && !sheep.recovery.landing.drained_before(oid, req.epoch, EPOCH_WAIT).await {
+        tracing::warn!(%oid, epoch = req.epoch, "a recovery read waits for writes of older epochs longer than allowed; refused for now");
         return Err(ResultCode::NODE_IN_RECOVERY);
     }
     serve_local(sheep, req, payload).await

@@ -162,11 +162,16 @@ pub async fn fetch(sheep: &Arc<Sheep>, oid: Oid, from: SocketAddr, epoch: u32) -
             offset: at as u32,
             ..ObjArgs::default()
         });
-        let piece = sheep.peer(from).call(req, &[]).await.map_err(|e| {
-            tracing::error!(%oid, %from, epoch, offset = at, error = %e, "reading a copy from a peer failed");
-            if e.result() == Some(ResultCode::NO_OBJ) {
-                ResultCode::NO_OBJ
-            } else {
+        let piece = sheep.peer(from).call(req, &[]).await.map_err(|e| match e.result() {
+            Some(ResultCode::NO_OBJ) => ResultCode::NO_OBJ,
+            // The source is not at this epoch yet, or writes of an older one are still
+            // landing there: a retry will do (gateways retry this code).
+            Some(ResultCode::NEW_NODE_VER | ResultCode::NODE_IN_RECOVERY) => {
+                tracing::warn!(%oid, %from, epoch, offset = at, error = %e, "a peer cannot serve its copy at this epoch yet");
+                ResultCode::NODE_IN_RECOVERY
+            }
+            _ => {
+                tracing::error!(%oid, %from, epoch, offset = at, error = %e, "reading a copy from a peer failed");
                 ResultCode::EIO
             }
         })?;
