@@ -438,19 +438,12 @@ pub async fn lock(sheep: &Arc<Sheep>, vid: u32, conn: u64) -> Result<(), ResultC
         }
         None => {}
     }
-    // Copies this gateway kept under an earlier lock may be older than what another client
-    // wrote since an operator's release ended that lock: none is served under this one.
-    // Dirty ones still of that lock go to the replicas first; no copy is made before the
-    // commit, since only a locked VDI is cached.
-    crate::cache::drop_vdi(sheep, vid).await?;
-    sheep
-        .commit(Event::LockVdi {
-            vid,
-            owner: me.owner,
-            client: conn,
-        })
-        .await
-        .map_err(driver_failed)?;
+    let commit = sheep.commit(Event::LockVdi {
+        vid,
+        owner: me.owner,
+        client: conn,
+    });
+    crate::cache::taking_lock(sheep, vid, async { commit.await.map_err(driver_failed) }).await?;
     // The cluster's order decided between lockers that raced.
     if held(sheep) == Some(me) {
         tracing::debug!(vid = %format_args!("{vid:x}"), conn, "VDI locked");

@@ -126,6 +126,9 @@ pub struct Index {
     pub push_now: Notify,
     /// False until the dirty copies left by a crash have been pushed.
     ready: watch::Sender<bool>,
+    /// Cached writes share it; a VDI lock being taken at this gateway holds it exclusively
+    /// (see `cache::taking_lock`).
+    pub relock: RwLock<()>,
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -179,6 +182,7 @@ impl Index {
             misses: AtomicU64::new(0),
             push_now: Notify::new(),
             ready: watch::channel(leftovers.is_empty()).0,
+            relock: RwLock::new(()),
         };
         Ok((index, leftovers))
     }

@@ -10,7 +10,7 @@
 //! Only requests that ask for it (the CACHE flag, which sheepfs sets while
 //! `/config/object_cache` is 1) and only VDIs whose write lock a client of this gateway
 //! holds are cached, so no other gateway can write (or cache) the same VDI meanwhile; a
-//! lock taken here first drops the VDI's copies left from an earlier one ([`drop_vdi`]). Any
+//! lock taken here first drops the VDI's copies left from an earlier one ([`taking_lock`]). Any
 //! other request for a data object first pushes and drops its copy, and no copy of it is made
 //! until that request is done ([`around`]), so uncached I/O never sees stale bytes and no
 //! cached read keeps bytes from before it. Creates go to the replicas directly: an object exists on them before
@@ -73,7 +73,34 @@ pub fn eligible(sheep: &Sheep, oid: Oid, flagged: bool, write_len: usize) -> boo
         && oid.is_data()
         && sheep.cache.is_some()
         && st.object_size(oid).is_some_and(|size| size <= MAX_OBJECT)
-        && st.locks.get(&oid.vid().get()).is_some_and(|l| l.owner == sheep.me.addr)
+        && locked_here(sheep, oid)
+}
+
+/// Whether a client of this gateway holds the write lock of `oid`'s VDI now.
+fn locked_here(sheep: &Sheep, oid: Oid) -> bool {
+    sheep
+        .state()
+        .locks
+        .get(&oid.vid().get())
+        .is_some_and(|l| l.owner == sheep.me.addr)
+}
+
+/// Takes a VDI's lock at this gateway through `commit`. The copies this gateway kept under
+/// an earlier lock may be older than what another client wrote since an operator's
+/// RELEASE_VDI ended that lock: they are dropped first (dirty ones still of that lock are
+/// pushed), and no cached write runs meanwhile, so none is marked dirty under the old lock
+/// and then dropped as not ours once the new one counts.
+pub async fn taking_lock<T>(
+    sheep: &Arc<Sheep>,
+    vid: u32,
+    commit: impl std::future::Future<Output = Result<T, ResultCode>>,
+) -> Result<T, ResultCode> {
+    let Some(c) = sheep.cache.clone() else {
+        return commit.await;
+    };
+    let _no_writes = c.relock.write().await;
+    drop_vdi(sheep, vid).await?;
+    commit.await
 }
 
 /// The VDI's current lock count, recorded with dirty data.
@@ -209,6 +236,12 @@ pub async fn write(sheep: &Arc<Sheep>, oid: Oid, offset: u32, data: Bytes, copie
         return write_around(sheep, oid, offset, data, copies).await;
     };
     ready(&c).await?;
+    // The lock may have ended since the request was found eligible: checked again where no
+    // lock can be taken here until the write is done.
+    let _relock = c.relock.read().await;
+    if !locked_here(sheep, oid) {
+        return around(sheep, oid, write_around(sheep, oid, offset, data, copies)).await;
+    }
     let range = (u64::from(offset), data.len() as u64);
     {
         let _g = c.stripe(oid).read().await;
