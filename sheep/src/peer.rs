@@ -99,7 +99,7 @@ pub async fn serve_local(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes
                 tracing::warn!(%oid, len = req.data_length, "a read larger than a frame may carry refused");
                 return Err(ResultCode::INVALID_PARMS);
             }
-            if req.flags & flags::RECOVERY == 0 {
+            if !is_recovery_read(req) {
                 // While this epoch's recovery runs, a copy it has not reached yet would first
                 // be fetched whole (a 2 GiB object takes seconds): a gateway that can ask a
                 // current replica instead says so. Once recovery is done, an object with no

@@ -90,11 +90,11 @@ fn locked_here(sheep: &Sheep, oid: Oid) -> bool {
 /// RELEASE_VDI ended that lock: they are dropped first (dirty ones still of that lock are
 /// pushed), and no cached write runs meanwhile, so none is marked dirty under the old lock
 /// and then dropped as not ours once the new one counts.
-pub async fn taking_lock<T>(
+pub async fn taking_lock(
     sheep: &Arc<Sheep>,
     vid: u32,
-    commit: impl std::future::Future<Output = Result<T, ResultCode>>,
-) -> Result<T, ResultCode> {
+    commit: impl std::future::Future<Output = Result<(), ResultCode>>,
+) -> Result<(), ResultCode> {
     let Some(c) = sheep.cache.clone() else {
         return commit.await;
     };

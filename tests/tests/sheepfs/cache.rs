@@ -435,10 +435,7 @@ fn copies_from_before_a_lock_released_elsewhere_are_not_served_under_the_next_on
         let req = RequestHeader::new(op::LOCK_VDI);
         match c.send(2, req, &name_payload("xi", Some(""))) {
             Ok(r) if r.header.result_code() == ResultCode::VDI_LOCKED => Ok(()),
-            other => {
-                std::thread::sleep(Duration::from_millis(300));
-                Err(format!("{other:?}"))
-            }
+            other => Err(format!("{other:?}")),
         }
     });
     back.read_exact_at(&mut page[p.clone()], at).expect("a cached read");
