@@ -195,6 +195,20 @@ fn changes_a_snapshot(sheep: &Sheep, req: &RequestHeader, oid: Oid, end: u64) ->
     applies && sheep.state().vdis.get(&oid.vid().get()).is_some_and(|v| v.snapshot)
 }
 
+/// The gateway whose client holds the write lock of `oid`'s VDI, when a request would change
+/// the VDI's data through another one. A client that lost the lock (an operator's
+/// RELEASE_VDI, then another client's LOCK_VDI) may go on writing until it notices; its
+/// writes must not land under the new holder's. Clients of the holder's own gateway are not
+/// told apart: sheepfs holds the lock on one connection and writes on others.
+fn locked_elsewhere(sheep: &Sheep, req: &RequestHeader, oid: Oid) -> Option<std::net::SocketAddr> {
+    let writes = matches!(req.opcode, op::WRITE_OBJ | op::CREATE_AND_WRITE_OBJ | op::REMOVE_OBJ);
+    if !writes || !oid.is_data() {
+        return None;
+    }
+    let holder = sheep.state().locks.get(&oid.vid().get())?.owner;
+    (holder != sheep.me.addr).then_some(holder)
+}
+
 /// Client object I/O.
 async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> OpResult {
     let a = req.obj();
@@ -215,6 +229,10 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
     }
     if changes_a_snapshot(sheep, req, oid, u64::from(a.offset) + len) {
         return Err(ResultCode::READONLY);
+    }
+    if let Some(holder) = locked_elsewhere(sheep, req, oid) {
+        tracing::warn!(%oid, %holder, op = op_name(req.opcode), "write refused: the VDI is open for writing through another gateway");
+        return Err(ResultCode::VDI_LOCKED);
     }
     // The object cache serves what asks for it; anything else first takes a cached copy's
     // news to the replicas and drops it.

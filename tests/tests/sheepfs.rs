@@ -1095,3 +1095,64 @@ fn a_vdi_lock_ends_with_its_gateway_or_its_mount() {
     m2.unmount();
     drop(m1);
 }
+
+/// An operator's RELEASE_VDI ends a mount's lock and a client of another gateway takes it.
+/// Until the mount notices, it may go on writing; its gateway must refuse those writes, so
+/// that they never land under the new holder's. Once the holder lets go, the mount takes
+/// the lock back and writes again.
+#[test]
+fn writes_of_a_mount_that_lost_its_lock_to_another_gateway_are_refused() {
+    use protocol::{op, requests::name_payload, RequestHeader, ResultCode, VdiArgs};
+    let c = Cluster::start_formatted(3, 3);
+    c.dog_ok(&["vdi", "create", "zeta", "8M"]);
+    let m = Mount::start(&c, 0);
+    let vol = m.volume("zeta");
+    let mut want = pseudo_random(54, MIB as usize);
+    dd_write(&local_file(&c, "base", &want), &vol, 0).expect_ok();
+    let late = local_file(&c, "late", &pseudo_random(55, 4096));
+
+    let vid = c.vid_of("zeta");
+    let mut release = RequestHeader::new(op::RELEASE_VDI);
+    release.set_vdi(&VdiArgs {
+        base_vdi_id: vid,
+        ..VdiArgs::default()
+    });
+    // The holder's connection stays open (pooled) as long as it lives, and its lock with it.
+    let holder = tests::BlockingClient::new(c.node(1).addr());
+    // The mount's keeper may take the lock back between the release and ours: again.
+    let taken = (0..30).any(|_| {
+        c.call(1, release.clone(), &[]).expect("RELEASE_VDI through node 1");
+        let r = holder
+            .send(RequestHeader::new(op::LOCK_VDI), &name_payload("zeta", Some("")))
+            .expect("LOCK_VDI through node 1");
+        r.header.result_code() == ResultCode::SUCCESS
+    });
+    assert!(
+        taken,
+        "node 1 never got the lock of zeta between the mount's assertions"
+    );
+
+    expect_errno(dd_write(&late, &vol, 0), "Input/output error");
+    assert_same_bytes(
+        "zeta through node 2 after the refused write",
+        &dog_read(&c, 2, "zeta", 0, MIB, None),
+        &want,
+    );
+
+    drop(holder);
+    wait_until("the mount to write again", Duration::from_secs(20), || {
+        let out = dd_write(&late, &vol, 0);
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.describe())
+        }
+    });
+    put(&mut want, 0, &pseudo_random(55, 4096));
+    assert_same_bytes(
+        "zeta through node 2 once the mount has its lock back",
+        &dog_read(&c, 2, "zeta", 0, MIB, None),
+        &want,
+    );
+    m.unmount();
+}
