@@ -1,6 +1,14 @@
 //! The object cache's bookkeeping and files, without the network: which objects are cached,
-//! which of their blocks are dirty, least recently used order, the size limit, and the
-//! cache directory.
+//! which of their blocks are dirty, least recently used order, the size limit, admission
+//! when full, and the cache directory.
+//!
+//! A full cache admits an object only at its second request within a while: the first is
+//! refused (it goes to the replicas) and the object remembered in a bounded list of recent
+//! refusals. When the objects in use are many more than the cache holds, each new copy
+//! would evict another before either is used again, and that churn (files made and removed,
+//! pages fetched and stored, dirty copies of one page pushed) costs more than the
+//! replicas: reads ran at 0.4 × and writes at 0.8 × uncached speed with a cache a quarter
+//! of the working set. Objects used again soon still get in.
 //!
 //! On disk, `DIR/<oid>` is an object's cached copy: a sparse file of the object's size that
 //! holds only some of its pages (those written, and those read or needed around a partial
@@ -14,7 +22,7 @@
 //! object since), and marked ones push the pages they hold (a marker without a page map,
 //! left by an earlier version that cached whole objects: the whole copy).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
@@ -108,6 +116,34 @@ struct Inner {
     tick: u64,
     used: u64,
     dirty_bytes: u64,
+    /// Objects refused a copy while the cache was full, oldest first, each with the count
+    /// of refusals at its own (see the module's documentation).
+    refused: VecDeque<(Oid, u64)>,
+    /// The same, by object: the latest refusal of each one not admitted since.
+    refused_at: HashMap<Oid, u64>,
+    refusals: u64,
+}
+
+impl Inner {
+    /// Whether `oid` was refused a copy lately; it is forgotten either way, so an object is
+    /// admitted once per refusal.
+    fn was_refused(&mut self, oid: Oid) -> bool {
+        self.refused_at.remove(&oid).is_some()
+    }
+
+    /// Remembers a refusal of `oid`, forgetting the oldest past `limit`.
+    fn refuse(&mut self, oid: Oid, limit: usize) {
+        self.refusals += 1;
+        self.refused_at.insert(oid, self.refusals);
+        self.refused.push_back((oid, self.refusals));
+        while self.refused.len() > limit {
+            if let Some((o, n)) = self.refused.pop_front() {
+                if self.refused_at.get(&o) == Some(&n) {
+                    self.refused_at.remove(&o);
+                }
+            }
+        }
+    }
 }
 
 pub struct Index {
@@ -175,6 +211,9 @@ impl Index {
                 tick: 0,
                 used: 0,
                 dirty_bytes: 0,
+                refused: VecDeque::new(),
+                refused_at: HashMap::new(),
+                refusals: 0,
             }),
             stripes: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             pushes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -279,6 +318,12 @@ impl Index {
         Some(found)
     }
 
+    /// How many refusals a full cache remembers: about as many objects as it holds, at the
+    /// default object size.
+    fn remembered(&self) -> usize {
+        (self.limit >> protocol::inode::DEFAULT_BLOCK_SIZE_SHIFT).clamp(64, 1 << 16) as usize
+    }
+
     pub fn hit(&self) {
         self.hits.fetch_add(1, Ordering::Relaxed);
     }
@@ -289,12 +334,17 @@ impl Index {
 
     /// Makes an empty copy of `oid` (`size` bytes, no page held), making room by dropping
     /// least recently used clean copies: a copy counts its whole size, however few pages it
-    /// holds. `None` when dirty copies fill the cache (the caller goes around it). Blocks
-    /// (creates and removes files): call from a blocking thread. The caller holds `oid`'s
-    /// stripe exclusively.
+    /// holds. `None` (the caller goes around the cache) when dirty copies fill the cache, or
+    /// when it is full and `oid` was not refused lately (see the module's documentation).
+    /// Blocks (creates and removes files): call from a blocking thread. The caller holds
+    /// `oid`'s stripe exclusively.
     pub fn insert(&self, oid: Oid, size: u64) -> io::Result<Option<Arc<File>>> {
         let victims = {
             let mut g = lock(&self.inner);
+            if g.used + size > self.limit && !g.was_refused(oid) {
+                g.refuse(oid, self.remembered());
+                return Ok(None);
+            }
             let mut victims = Vec::new();
             // A victim's stripe stays held until it is out of the table: a reader or writer
             // that holds it keeps its copy, and one that comes after finds it gone.
@@ -556,7 +606,11 @@ mod tests {
         c.mark_dirty_on_disk(oid(1, 0), 5).expect("marker");
         write(&c, oid(1, 0), 10, b"x");
         c.lookup(oid(1, 1), 0, 1, false);
-        // Full: the least recently used clean copy (2) goes, the dirty one (0) stays.
+        // Full: a new object is refused at first, and nothing goes.
+        assert!(c.insert(oid(1, 3), SIZE).expect("insert").is_none());
+        assert!((0..3).all(|i| c.contains(oid(1, i))));
+        // At its next request it gets in: the least recently used clean copy (2) goes, the
+        // dirty one (0) stays.
         assert!(c.insert(oid(1, 3), SIZE).expect("insert").is_some());
         assert!(c.contains(oid(1, 0)) && c.contains(oid(1, 1)) && !c.contains(oid(1, 2)));
         assert!(!t.path().join(oid(1, 2).file_name()).exists());
@@ -569,8 +623,37 @@ mod tests {
         write(&c, oid(1, 1), 0, b"y");
         c.mark_dirty_on_disk(oid(1, 3), 5).expect("marker");
         write(&c, oid(1, 3), 0, b"z");
-        assert!(c.insert(oid(1, 4), SIZE).expect("insert").is_none());
+        for _ in 0..2 {
+            assert!(c.insert(oid(1, 4), SIZE).expect("insert").is_none());
+        }
         assert_eq!(c.stats().used, 3 * SIZE);
+    }
+
+    /// A full cache admits an object refused lately, but remembers only so many refusals,
+    /// and each one admits once.
+    #[test]
+    fn a_full_cache_admits_objects_asked_for_again_soon() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (c, _) = Index::open(t.path(), SIZE).expect("open");
+        assert!(c.insert(oid(3, 0), SIZE).expect("insert").is_some(), "room: no refusal");
+        let remembered = c.remembered() as u32;
+        for i in 1..=remembered + 1 {
+            assert!(
+                c.insert(oid(3, i), SIZE).expect("insert").is_none(),
+                "full: {i} refused"
+            );
+        }
+        // The newest refusal is remembered: admitted, in place of 0.
+        let (last, before) = (remembered + 1, remembered);
+        assert!(c.insert(oid(3, last), SIZE).expect("insert").is_some());
+        assert!(!c.contains(oid(3, 0)) && c.contains(oid(3, last)));
+        // The oldest was forgotten: refused again.
+        assert!(c.insert(oid(3, 1), SIZE).expect("insert").is_none());
+        // An admitted object evicted by another remembered one starts over.
+        assert!(c.insert(oid(3, before), SIZE).expect("insert").is_some());
+        assert!(!c.contains(oid(3, last)));
+        assert!(c.insert(oid(3, last), SIZE).expect("insert").is_none());
+        assert!(c.insert(oid(3, last), SIZE).expect("insert").is_some());
     }
 
     #[test]

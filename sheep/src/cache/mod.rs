@@ -140,8 +140,8 @@ async fn file_write(sheep: &Sheep, f: Arc<File>, offset: u64, data: Bytes) -> st
 
 /// Under `oid`'s stripe held exclusively: makes sure the cache holds a copy of `oid` with
 /// what a read (or a `write`) of bytes `[at, at + len)` needs from the replicas, fetching
-/// only that. `None` when dirty copies leave no room for a new copy (the caller goes around
-/// the cache).
+/// only that. `None` when the cache makes no new copy (dirty copies fill it, or it is full
+/// and admits `oid` only at its next request): the caller goes around the cache.
 async fn fill(
     sheep: &Arc<Sheep>,
     c: &Arc<Index>,
@@ -159,6 +159,7 @@ async fn fill(
         match made {
             Ok(Some(_)) => {}
             Ok(None) => {
+                c.miss();
                 c.push_now.notify_one();
                 return Ok(None);
             }
