@@ -332,19 +332,27 @@ impl Index {
         self.misses.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether a copy of `oid` (`size` bytes) may be made: always while the cache has room;
+    /// when it is full, only for an object refused lately (see the module's documentation).
+    /// A refusal is remembered. Cheap: asked before [`Index::insert`], so that a refused
+    /// request costs no hand-off to a blocking thread.
+    pub fn admits(&self, oid: Oid, size: u64) -> bool {
+        let mut g = lock(&self.inner);
+        if g.used + size <= self.limit || g.was_refused(oid) {
+            return true;
+        }
+        g.refuse(oid, self.remembered());
+        false
+    }
+
     /// Makes an empty copy of `oid` (`size` bytes, no page held), making room by dropping
     /// least recently used clean copies: a copy counts its whole size, however few pages it
-    /// holds. `None` (the caller goes around the cache) when dirty copies fill the cache, or
-    /// when it is full and `oid` was not refused lately (see the module's documentation).
-    /// Blocks (creates and removes files): call from a blocking thread. The caller holds
-    /// `oid`'s stripe exclusively.
+    /// holds. `None` when dirty copies fill the cache (the caller goes around it). Blocks
+    /// (creates and removes files): call from a blocking thread. The caller holds `oid`'s
+    /// stripe exclusively.
     pub fn insert(&self, oid: Oid, size: u64) -> io::Result<Option<Arc<File>>> {
         let victims = {
             let mut g = lock(&self.inner);
-            if g.used + size > self.limit && !g.was_refused(oid) {
-                g.refuse(oid, self.remembered());
-                return Ok(None);
-            }
             let mut victims = Vec::new();
             // A victim's stripe stays held until it is out of the table: a reader or writer
             // that holds it keeps its copy, and one that comes after finds it gone.
@@ -606,11 +614,7 @@ mod tests {
         c.mark_dirty_on_disk(oid(1, 0), 5).expect("marker");
         write(&c, oid(1, 0), 10, b"x");
         c.lookup(oid(1, 1), 0, 1, false);
-        // Full: a new object is refused at first, and nothing goes.
-        assert!(c.insert(oid(1, 3), SIZE).expect("insert").is_none());
-        assert!((0..3).all(|i| c.contains(oid(1, i))));
-        // At its next request it gets in: the least recently used clean copy (2) goes, the
-        // dirty one (0) stays.
+        // Full: the least recently used clean copy (2) goes, the dirty one (0) stays.
         assert!(c.insert(oid(1, 3), SIZE).expect("insert").is_some());
         assert!(c.contains(oid(1, 0)) && c.contains(oid(1, 1)) && !c.contains(oid(1, 2)));
         assert!(!t.path().join(oid(1, 2).file_name()).exists());
@@ -623,9 +627,7 @@ mod tests {
         write(&c, oid(1, 1), 0, b"y");
         c.mark_dirty_on_disk(oid(1, 3), 5).expect("marker");
         write(&c, oid(1, 3), 0, b"z");
-        for _ in 0..2 {
-            assert!(c.insert(oid(1, 4), SIZE).expect("insert").is_none());
-        }
+        assert!(c.insert(oid(1, 4), SIZE).expect("insert").is_none());
         assert_eq!(c.stats().used, 3 * SIZE);
     }
 
@@ -635,25 +637,24 @@ mod tests {
     fn a_full_cache_admits_objects_asked_for_again_soon() {
         let t = tempfile::tempdir().expect("tempdir");
         let (c, _) = Index::open(t.path(), SIZE).expect("open");
-        assert!(c.insert(oid(3, 0), SIZE).expect("insert").is_some(), "room: no refusal");
+        assert!(c.admits(oid(3, 0), SIZE), "room: no refusal");
+        assert!(c.insert(oid(3, 0), SIZE).expect("insert").is_some());
         let remembered = c.remembered() as u32;
         for i in 1..=remembered + 1 {
-            assert!(
-                c.insert(oid(3, i), SIZE).expect("insert").is_none(),
-                "full: {i} refused"
-            );
+            assert!(!c.admits(oid(3, i), SIZE), "full: {i} refused");
         }
-        // The newest refusal is remembered: admitted, in place of 0.
+        assert!(c.contains(oid(3, 0)), "a refusal drops nothing");
+        // The newest refusal is remembered: admitted, and its copy takes 0's place.
         let (last, before) = (remembered + 1, remembered);
+        assert!(c.admits(oid(3, last), SIZE));
         assert!(c.insert(oid(3, last), SIZE).expect("insert").is_some());
-        assert!(!c.contains(oid(3, 0)) && c.contains(oid(3, last)));
+        assert!(!c.contains(oid(3, 0)));
         // The oldest was forgotten: refused again.
-        assert!(c.insert(oid(3, 1), SIZE).expect("insert").is_none());
-        // An admitted object evicted by another remembered one starts over.
-        assert!(c.insert(oid(3, before), SIZE).expect("insert").is_some());
-        assert!(!c.contains(oid(3, last)));
-        assert!(c.insert(oid(3, last), SIZE).expect("insert").is_none());
-        assert!(c.insert(oid(3, last), SIZE).expect("insert").is_some());
+        assert!(!c.admits(oid(3, 1), SIZE));
+        // An admission is used up: asked once more, the same object is refused.
+        assert!(c.admits(oid(3, before), SIZE));
+        assert!(!c.admits(oid(3, before), SIZE));
+        assert!(c.admits(oid(3, before), SIZE));
     }
 
     #[test]

@@ -152,6 +152,10 @@ async fn fill(
 ) -> Result<Option<Found>, ResultCode> {
     if c.lookup(oid, at, len, write).is_none() {
         let size = sheep.state().object_size(oid).ok_or(ResultCode::NO_VDI)?;
+        if !c.admits(oid, size) {
+            c.miss();
+            return Ok(None);
+        }
         let c2 = c.clone();
         let made = tokio::task::spawn_blocking(move || c2.insert(oid, size))
             .await
