@@ -1131,6 +1131,17 @@ fn writes_of_a_mount_that_lost_its_lock_to_another_gateway_are_refused() {
         taken,
         "node 1 never got the lock of zeta between the mount's assertions"
     );
+    // Node 0 applies cluster events in order, a moment after node 1: once it lists a VDI
+    // made after the lock, it knows the lock's new holder.
+    c.dog_at(1, &["vdi", "create", "zeta-after", "4M"], None).expect_ok();
+    wait_until("node 0 to apply node 1's lock", Duration::from_secs(20), || {
+        let list = c.dog_at(0, &["vdi", "list", "-r"], None).stdout_str();
+        if list.contains("zeta-after") {
+            Ok(())
+        } else {
+            Err(list)
+        }
+    });
 
     expect_errno(dd_write(&late, &vol, 0), "Input/output error");
     assert_same_bytes(
