@@ -264,6 +264,11 @@ impl ClusterState {
             .unwrap_or(1)
     }
 
+    /// The gateway whose client holds the write lock of `oid`'s VDI, if any.
+    pub fn lock_owner(&self, oid: Oid) -> Option<SocketAddr> {
+        self.locks.get(&oid.vid().get()).map(|l| l.owner)
+    }
+
     /// The size of `oid`, or `None` when its VDI is unknown here.
     pub fn object_size(&self, oid: Oid) -> Option<u64> {
         match oid.kind() {

@@ -205,8 +205,7 @@ fn locked_elsewhere(sheep: &Sheep, req: &RequestHeader, oid: Oid) -> Option<std:
     if !writes || !oid.is_data() {
         return None;
     }
-    let holder = sheep.state().locks.get(&oid.vid().get())?.owner;
-    (holder != sheep.me.addr).then_some(holder)
+    sheep.state().lock_owner(oid).filter(|&holder| holder != sheep.me.addr)
 }
 
 /// Client object I/O.

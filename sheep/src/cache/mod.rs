@@ -73,16 +73,12 @@ pub fn eligible(sheep: &Sheep, oid: Oid, flagged: bool, write_len: usize) -> boo
         && oid.is_data()
         && sheep.cache.is_some()
         && st.object_size(oid).is_some_and(|size| size <= MAX_OBJECT)
-        && locked_here(sheep, oid)
+        && st.lock_owner(oid) == Some(sheep.me.addr)
 }
 
 /// Whether a client of this gateway holds the write lock of `oid`'s VDI now.
 fn locked_here(sheep: &Sheep, oid: Oid) -> bool {
-    sheep
-        .state()
-        .locks
-        .get(&oid.vid().get())
-        .is_some_and(|l| l.owner == sheep.me.addr)
+    sheep.state().lock_owner(oid) == Some(sheep.me.addr)
 }
 
 /// Takes a VDI's lock at this gateway through `commit`. The copies this gateway kept under
