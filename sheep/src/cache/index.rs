@@ -318,10 +318,10 @@ impl Index {
         Some(found)
     }
 
-    /// How many refusals a full cache remembers: about as many objects as it holds, at the
-    /// default object size.
-    fn remembered(&self) -> usize {
-        (self.limit >> protocol::inode::DEFAULT_BLOCK_SIZE_SHIFT).clamp(64, 1 << 16) as usize
+    /// How many refusals a full cache remembers: about as many copies of `size` bytes as it
+    /// holds.
+    fn remembered(&self, size: u64) -> usize {
+        (self.limit / size.max(1)).clamp(64, 1 << 16) as usize
     }
 
     pub fn hit(&self) {
@@ -341,7 +341,7 @@ impl Index {
         if g.used + size <= self.limit || g.was_refused(oid) {
             return true;
         }
-        g.refuse(oid, self.remembered());
+        g.refuse(oid, self.remembered(size));
         false
     }
 
@@ -639,7 +639,7 @@ mod tests {
         let (c, _) = Index::open(t.path(), SIZE).expect("open");
         assert!(c.admits(oid(3, 0), SIZE), "room: no refusal");
         assert!(c.insert(oid(3, 0), SIZE).expect("insert").is_some());
-        let remembered = c.remembered() as u32;
+        let remembered = c.remembered(SIZE) as u32;
         for i in 1..=remembered + 1 {
             assert!(!c.admits(oid(3, i), SIZE), "full: {i} refused");
         }
