@@ -102,37 +102,7 @@ impl Client {
         if let Some(s) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok((s, true));
         }
-        let connect = tokio::time::timeout(self.timeout, TcpStream::connect(self.addr));
-        let s = match connect.await {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                return Err(ClientError::Connect {
-                    addr: self.addr,
-                    source,
-                })
-            }
-            Err(_) => {
-                let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
-                return Err(ClientError::Connect {
-                    addr: self.addr,
-                    source,
-                });
-            }
-        };
-        // Latency matters more than packet count for small control requests.
-        let _ = s.set_nodelay(true);
-        let mut s = s;
-        if let Some(key) = crate::auth::installed() {
-            crate::auth::connect(&mut s, key)
-                .await
-                .map_err(|e| ClientError::Connect {
-                    addr: self.addr,
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::PermissionDenied,
-                        format!("authentication failed: {e}"),
-                    ),
-                })?;
-        }
+        let s = dial(self.addr, self.timeout).await?;
         Ok((BufReader::with_capacity(CONN_BUFFER, s), false))
     }
 
@@ -234,6 +204,34 @@ impl Client {
             }),
         }
     }
+}
+
+/// A new connection to `addr`: no Nagle delay, and through the cluster-secret handshake
+/// when a key is installed.
+pub(crate) async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ClientError> {
+    let connect = tokio::time::timeout(timeout, TcpStream::connect(addr));
+    let mut s = match connect.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
+        Err(_) => {
+            let source = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+            return Err(ClientError::Connect { addr, source });
+        }
+    };
+    // Latency matters more than packet count for small control requests.
+    let _ = s.set_nodelay(true);
+    if let Some(key) = crate::auth::installed() {
+        crate::auth::connect(&mut s, key)
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("authentication failed: {e}"),
+                ),
+            })?;
+    }
+    Ok(s)
 }
 
 impl From<FrameError> for std::io::Error {

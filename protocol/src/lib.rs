@@ -14,6 +14,7 @@ pub mod frame;
 pub mod hash;
 pub mod header;
 pub mod inode;
+pub mod mux;
 pub mod node;
 pub mod oid;
 pub mod opcode;

@@ -93,7 +93,7 @@ async fn to_replica(
         return crate::peer::serve(sheep, &req, payload.clone()).await;
     }
     req.proto_ver = protocol::opcode::SD_SHEEP_PROTO_VER;
-    match sheep.peer(node.addr).send(req, payload).await {
+    match sheep.replica(node.addr).send(req, payload).await {
         Ok(r) if r.header.result_code() == ResultCode::SUCCESS => Ok(r.data),
         Ok(r) => Err(r.header.result_code()),
         Err(e) => {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+use protocol::mux::Mux;
 use protocol::node::Node;
 use protocol::{Client, ResultCode};
 use tokio::sync::{mpsc, watch, Notify};
@@ -36,6 +37,7 @@ pub struct Sheep {
     state: RwLock<ClusterState>,
     applied: watch::Sender<u64>,
     peers: Mutex<HashMap<SocketAddr, Arc<Client>>>,
+    replicas: Mutex<HashMap<SocketAddr, Arc<Mux>>>,
     /// Woken when this node must stop (cluster shutdown).
     pub stop: Notify,
     /// Woken by each VDI delete this node serves, for [`crate::vdi::collector`].
@@ -99,6 +101,7 @@ impl Sheep {
             state: RwLock::new(ClusterState::default()),
             applied: watch::channel(0).0,
             peers: Mutex::new(HashMap::new()),
+            replicas: Mutex::new(HashMap::new()),
             stop: Notify::new(),
             collect: Notify::new(),
             disk: OnceLock::new(),
@@ -127,6 +130,14 @@ impl Sheep {
     pub fn peer(&self, addr: SocketAddr) -> Arc<Client> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         peers.entry(addr).or_insert_with(|| Arc::new(Client::new(addr))).clone()
+    }
+
+    /// The multiplexed connection for the gateway's replica I/O to another sheep: small
+    /// requests pipelined on one connection (`protocol::mux`), apart from the pooled
+    /// connections that carry recovery's bulk transfers.
+    pub fn replica(&self, addr: SocketAddr) -> Arc<Mux> {
+        let mut replicas = self.replicas.lock().unwrap_or_else(|p| p.into_inner());
+        replicas.entry(addr).or_insert_with(|| Arc::new(Mux::new(addr))).clone()
     }
 
     /// Position of the last cluster event this node applied.

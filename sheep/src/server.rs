@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use protocol::frame::{read_payload_with, read_request_header, write_frame, FrameError, MAX_PAYLOAD};
+use protocol::frame::{read_payload_with, read_request_header, write_frames, FrameError, MAX_PAYLOAD};
 use protocol::opcode::op_name;
 use protocol::{ResponseHeader, ResultCode};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,9 +18,10 @@ use crate::store::aligned::Aligned;
 /// Requests served at once per connection; a client that pipelines more waits.
 const MAX_IN_FLIGHT: usize = 64;
 
-/// Read buffer per connection: a request header and a 4 KiB payload with room, in one read.
-/// Larger payloads are read past it, straight into their own buffer.
-const READ_BUFFER: usize = 16 << 10;
+/// Read buffer per connection: several small requests (a header and a 4 KiB payload each)
+/// in one read when the client pipelines. Larger payloads are read past it, straight into
+/// their own buffer.
+const READ_BUFFER: usize = 64 << 10;
 
 pub async fn serve(sheep: Arc<Sheep>, listener: TcpListener) {
     let s = sheep.clone();
@@ -49,8 +50,18 @@ async fn connection(sheep: Arc<Sheep>, mut stream: TcpStream) {
     let mut rd = tokio::io::BufReader::with_capacity(READ_BUFFER, rd);
     let (tx, mut rx) = mpsc::channel::<(ResponseHeader, Vec<u8>)>(MAX_IN_FLIGHT);
     let writer = tokio::spawn(async move {
-        while let Some((rsp, data)) = rx.recv().await {
-            if let Err(e) = write_frame(&mut wr, &rsp.encode(), &data).await {
+        let mut batch = Vec::new();
+        while let Some(first) = rx.recv().await {
+            // The replies queued behind the first go with it: a client that pipelines (the
+            // gateway's `protocol::mux`) reads them in one go.
+            let mut first = Some(first);
+            let next = || {
+                first
+                    .take()
+                    .or_else(|| rx.try_recv().ok())
+                    .map(|(rsp, data)| (rsp.encode(), data))
+            };
+            if let Err(e) = write_frames(&mut wr, &mut batch, next).await {
                 tracing::debug!(error = %e, "cannot send a reply; client gone");
                 return;
             }
