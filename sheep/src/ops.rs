@@ -6,6 +6,7 @@
 //! - **Local** ops answer from this node's view.
 //! - **Peer** ops are node-to-node object I/O on this node's store ([`crate::peer`]).
 
+use std::pin::pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -169,11 +170,14 @@ fn admit(sheep: &Sheep, req: &RequestHeader) -> Result<Kind, ResultCode> {
 }
 
 async fn dispatch(sheep: &Arc<Sheep>, conn: u64, k: Kind, req: &RequestHeader, payload: Bytes) -> OpResult {
+    // Every request's task holds the largest of these futures: the rare, large ones are
+    // boxed, so that a replica write does not allocate and move kilobytes of VDI-operation
+    // state it never uses.
     match k {
         Kind::Peer => crate::peer::serve(sheep, req, payload).await.map(Answer::data),
         Kind::Gateway => gateway_op(sheep, req, payload).await,
-        Kind::Cluster => cluster_op(sheep, req, &payload).await,
-        Kind::Local => local_op(sheep, conn, req, &payload).await,
+        Kind::Cluster => Box::pin(cluster_op(sheep, req, &payload)).await,
+        Kind::Local => Box::pin(local_op(sheep, conn, req, &payload)).await,
     }
 }
 
@@ -256,9 +260,9 @@ async fn gateway_op(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes) -> 
             if req.opcode == op::CREATE_AND_WRITE_OBJ && req.flags & flags::COW != 0 {
                 // The base's cached writes (made before it became a snapshot) reach its
                 // replicas before they are copied.
-                cache::around(sheep, Oid(a.cow_oid), async { Ok(()) }).await?;
+                cache::around(sheep, Oid(a.cow_oid), pin!(async { Ok(()) })).await?;
             }
-            cache::around(sheep, oid, uncached(sheep, req, payload, size)).await
+            cache::around(sheep, oid, pin!(uncached(sheep, req, payload, size))).await
         }
     }
 }
@@ -284,9 +288,17 @@ async fn uncached(sheep: &Arc<Sheep>, req: &RequestHeader, payload: Bytes, size:
         op::CREATE_AND_WRITE_OBJ => {
             let cow = req.flags & flags::COW != 0;
             if cow && payload.len() as u64 != size {
-                return copy_on_write(sheep, oid, Oid(a.cow_oid), a.offset, payload, a.copies, size)
-                    .await
-                    .map(|()| Answer::default());
+                return Box::pin(copy_on_write(
+                    sheep,
+                    oid,
+                    Oid(a.cow_oid),
+                    a.offset,
+                    payload,
+                    a.copies,
+                    size,
+                ))
+                .await
+                .map(|()| Answer::default());
             }
             let w = Write {
                 oid,

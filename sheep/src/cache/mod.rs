@@ -22,6 +22,8 @@ pub mod index;
 pub mod pages;
 
 use std::fs::File;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -241,7 +243,7 @@ pub async fn write(sheep: &Arc<Sheep>, oid: Oid, offset: u32, data: Bytes, copie
     // lock can be taken here until the write is done.
     let _relock = c.relock.read().await;
     if !locked_here(sheep, oid) {
-        return around(sheep, oid, write_around(sheep, oid, offset, data, copies)).await;
+        return around(sheep, oid, pin!(write_around(sheep, oid, offset, data, copies))).await;
     }
     let range = (u64::from(offset), data.len() as u64);
     {
@@ -362,11 +364,13 @@ async fn drop_copy<'a>(sheep: &Arc<Sheep>, c: &'a Index, oid: Oid) -> Result<RwL
 
 /// Runs `op`, a request that goes around the cache, on the current bytes: a cached copy of
 /// `oid` first takes its news to the replicas and is dropped, and none is made (no fetch
-/// runs) until `op` is done, so that no copy holds bytes from before it.
+/// runs) until `op` is done, so that no copy holds bytes from before it. `op` comes pinned
+/// where the caller keeps it: taken by value, it would sit twice in this future (as the
+/// argument and as the awaited value), and every uncached request's task would carry both.
 pub async fn around<T>(
     sheep: &Arc<Sheep>,
     oid: Oid,
-    op: impl std::future::Future<Output = Result<T, ResultCode>>,
+    op: Pin<&mut impl Future<Output = Result<T, ResultCode>>>,
 ) -> Result<T, ResultCode> {
     let Some(c) = sheep.cache.clone().filter(|_| oid.is_data()) else {
         return op.await;
@@ -376,7 +380,8 @@ pub async fn around<T>(
     let held = c.stripe(oid).read().await;
     let _held = if c.contains(oid) {
         drop(held);
-        drop_copy(sheep, &c, oid).await?.downgrade()
+        // Boxed: every uncached request's future would otherwise carry a push's state.
+        Box::pin(drop_copy(sheep, &c, oid)).await?.downgrade()
     } else {
         held
     };
