@@ -11,7 +11,9 @@
 //!
 //! A connection that fails fails every request in flight on it; each is sent once more on a
 //! new connection when the failed one was not made for it (the peer restarted), as
-//! [`Client`](crate::Client) does with an idle pooled connection.
+//! [`Client`](crate::Client) does with an idle pooled connection. One request connects at a
+//! time; when its attempt fails, the requests that waited for it fail with it, so a peer
+//! that does not answer costs the requests queued for it one connect timeout together.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +45,10 @@ pub struct Mux {
     lane: Mutex<Option<Arc<Lane>>>,
     /// Held while connecting, so that requests arriving meanwhile share the new connection.
     connecting: tokio::sync::Mutex<()>,
+    /// Connect attempts that failed so far, and how the last one did: a request that waited
+    /// through a failed attempt fails with it instead of trying again, so that requests
+    /// queued behind an unreachable peer wait for one connect timeout, not one each.
+    failed: Mutex<(u64, Option<(std::io::ErrorKind, String)>)>,
 }
 
 /// One connection: the writer task's queue and the requests awaiting replies.
@@ -126,13 +132,23 @@ fn copy_error(e: &FrameError) -> FrameError {
 impl Mux {
     /// A multiplexed client with a 30 s per-request timeout, as [`Client::new`](crate::Client::new).
     pub fn new(addr: SocketAddr) -> Mux {
+        Mux::with_timeout(addr, Duration::from_secs(30))
+    }
+
+    /// A multiplexed client whose connects and requests each time out after `timeout`.
+    pub fn with_timeout(addr: SocketAddr, timeout: Duration) -> Mux {
         Mux {
             addr,
-            timeout: Duration::from_secs(30),
+            timeout,
             next_id: AtomicU32::new(1),
             lane: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            failed: Mutex::new((0, None)),
         }
+    }
+
+    fn failed(&self) -> std::sync::MutexGuard<'_, (u64, Option<(std::io::ErrorKind, String)>)> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn open_lane(&self) -> Option<Arc<Lane>> {
@@ -145,11 +161,32 @@ impl Mux {
         if let Some(lane) = self.open_lane() {
             return Ok((lane, false));
         }
+        let seen = self.failed().0;
         let _connecting = self.connecting.lock().await;
         if let Some(lane) = self.open_lane() {
             return Ok((lane, false));
         }
-        let (rd, wr) = dial(self.addr, self.timeout).await?.into_split();
+        if let (n, Some((kind, why))) = &*self.failed() {
+            if *n != seen {
+                return Err(ClientError::Connect {
+                    addr: self.addr,
+                    source: std::io::Error::new(*kind, why.clone()),
+                });
+            }
+        }
+        let stream = match dial(self.addr, self.timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                let mut failed = self.failed();
+                failed.0 += 1;
+                failed.1 = match &e {
+                    ClientError::Connect { source, .. } => Some((source.kind(), source.to_string())),
+                    other => Some((std::io::ErrorKind::Other, other.to_string())),
+                };
+                return Err(e);
+            }
+        };
+        let (rd, wr) = stream.into_split();
         let (out, queue) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Waiting(Mutex::new(Some(HashMap::new()))));
         tokio::spawn(write_loop(wr, queue, waiting.clone()));
@@ -380,6 +417,40 @@ mod tests {
             "{e}"
         );
         assert_eq!(fine.expect("the other request").data, 2u32.to_le_bytes());
+    }
+
+    #[tokio::test]
+    async fn requests_queued_behind_an_unreachable_peer_share_one_connect_timeout() {
+        // A listener that never accepts, its queue full: further connects get no answer.
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = sock.local_addr().expect("addr");
+        let _l = sock.listen(0).expect("listen");
+        let mut fill = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
+            {
+                fill.push(s);
+            } else {
+                break;
+            }
+        }
+        let timeout = Duration::from_millis(500);
+        let m = Arc::new(Mux::with_timeout(addr, timeout));
+        let started = tokio::time::Instant::now();
+        let tasks: Vec<_> = (0..8u32)
+            .map(|i| {
+                let m = m.clone();
+                tokio::spawn(async move { m.send(read_at(i), &NONE).await })
+            })
+            .collect();
+        for t in tasks {
+            let e = t.await.expect("join").expect_err("unreachable");
+            assert!(e.to_string().contains("cannot connect"), "{e}");
+        }
+        // One connect attempt each would take eight timeouts.
+        assert!(started.elapsed() < timeout * 4, "took {:?}", started.elapsed());
     }
 
     #[tokio::test]
