@@ -255,13 +255,27 @@ async fn write_loop(mut wr: OwnedWriteHalf, mut queue: mpsc::Receiver<Frame>, wa
     let mut batch = Vec::new();
     while let Some(first) = queue.recv().await {
         let mut first = Some(first);
+        let mut closed = false;
         let next = || {
+            // Once the reader has failed, the requests still queued were failed too and are
+            // sent again on a new connection, so this one takes no further batch: a copy
+            // sent here as well could land after a later write to the same block. (A batch
+            // already being written as the reader fails still goes out, as a request that
+            // timed out on a pooled connection may still be served.)
+            if first.is_some() && !waiting.is_open() {
+                closed = true;
+                return None;
+            }
             first
                 .take()
                 .or_else(|| queue.try_recv().ok())
                 .map(|f| (f.header, f.payload))
         };
-        if let Err(e) = write_frames(&mut wr, &mut batch, next).await {
+        let written = write_frames(&mut wr, &mut batch, next).await;
+        if closed {
+            return;
+        }
+        if let Err(e) = written {
             waiting.fail(&FrameError::Io(e));
             return;
         }
