@@ -126,8 +126,7 @@ pub async fn read_response<R: AsyncRead + Unpin>(
     r: &mut R,
     capacity: u32,
 ) -> Result<(ResponseHeader, Vec<u8>), FrameError> {
-    let b = read_header(r).await?.ok_or(FrameError::Truncated)?;
-    let h = ResponseHeader::decode(&b);
+    let h = read_response_header(r).await?.ok_or(FrameError::Truncated)?;
     let payload = read_payload(r, h.data_length, capacity.min(MAX_PAYLOAD)).await?;
     Ok((h, payload))
 }
@@ -138,8 +137,7 @@ pub async fn read_response_into<R: AsyncRead + Unpin>(
     r: &mut R,
     out: &mut [u8],
 ) -> Result<(ResponseHeader, usize), FrameError> {
-    let b = read_header(r).await?.ok_or(FrameError::Truncated)?;
-    let h = ResponseHeader::decode(&b);
+    let h = read_response_header(r).await?.ok_or(FrameError::Truncated)?;
     let len = h.data_length as usize;
     let Some(dest) = out.get_mut(..len) else {
         return Err(FrameError::TooLarge {
@@ -157,31 +155,22 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     header: &[u8; HEADER_SIZE],
     payload: &[u8],
 ) -> std::io::Result<()> {
-    if payload.len() < 64 * 1024 {
-        let mut b = Vec::with_capacity(HEADER_SIZE + payload.len());
-        b.extend_from_slice(header);
-        b.extend_from_slice(payload);
-        w.write_all(&b).await?;
-    } else {
-        w.write_all(header).await?;
-        w.write_all(payload).await?;
-    }
-    w.flush().await
+    let mut once = Some((*header, payload));
+    write_frames(w, &mut Vec::new(), || once.take()).await
 }
 
-/// Frames with payloads under this size are copied together and go in one write.
-const GATHER_LIMIT: usize = 16 << 10;
+/// Frames with payloads under this size are copied together and go in one write; a larger
+/// payload is written from its own buffer, after its header.
+const GATHER_LIMIT: usize = 64 << 10;
 
 /// A gathered write goes once it reaches this size, even if more frames are waiting.
 const GATHER: usize = 64 << 10;
 
 /// Writes the frames that `next` yields, as few writes as it takes: the writer task of a
-/// pipelined connection, which drains its queue here, so that a peer reading the other end
-/// gets several frames per read and both ends wake once for them. Frames with small payloads
-/// are gathered in `buf`; a larger payload is written from its own buffer. Returns when
-/// `next` has no more frames or the gathered bytes reached [`GATHER`]. It first lets the
-/// runtime run the other tasks that are ready, since those are the ones about to queue
-/// frames behind the first.
+/// pipelined connection drains its queue here, so that a peer reading the other end gets
+/// several frames per read and both ends wake once for them. Frames with small payloads are
+/// gathered in `buf`; a larger payload is written from its own buffer. Returns when `next`
+/// has no more frames or the gathered bytes reached [`GATHER`].
 pub async fn write_frames<W, P>(
     w: &mut W,
     buf: &mut Vec<u8>,
@@ -191,14 +180,15 @@ where
     W: AsyncWrite + Unpin,
     P: AsRef<[u8]>,
 {
-    tokio::task::yield_now().await;
     buf.clear();
     while let Some((header, payload)) = next() {
         let payload = payload.as_ref();
-        buf.extend_from_slice(&header);
         if payload.len() < GATHER_LIMIT {
+            buf.reserve(HEADER_SIZE + payload.len());
+            buf.extend_from_slice(&header);
             buf.extend_from_slice(payload);
         } else {
+            buf.extend_from_slice(&header);
             w.write_all(buf).await?;
             buf.clear();
             w.write_all(payload).await?;

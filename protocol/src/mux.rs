@@ -254,6 +254,9 @@ impl Mux {
 async fn write_loop(mut wr: OwnedWriteHalf, mut queue: mpsc::Receiver<Frame>, waiting: Arc<Waiting>) {
     let mut batch = Vec::new();
     while let Some(first) = queue.recv().await {
+        // The callers that are ready queue their requests first, so that they go in this
+        // write.
+        tokio::task::yield_now().await;
         let mut first = Some(first);
         let mut closed = false;
         let next = || {

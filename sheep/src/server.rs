@@ -53,7 +53,9 @@ async fn connection(sheep: Arc<Sheep>, mut stream: TcpStream) {
         let mut batch = Vec::new();
         while let Some(first) = rx.recv().await {
             // The replies queued behind the first go with it: a client that pipelines (the
-            // gateway's `protocol::mux`) reads them in one go.
+            // gateway's `protocol::mux`) reads them in one go. The requests that are ready
+            // finish first, so that theirs are among them.
+            tokio::task::yield_now().await;
             let mut first = Some(first);
             let next = || {
                 first
