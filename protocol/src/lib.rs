@@ -20,6 +20,7 @@ pub mod oid;
 pub mod opcode;
 pub mod placement;
 pub mod requests;
+pub mod sched;
 pub mod stats;
 
 pub use bytes::{get_cstr, put_cstr};

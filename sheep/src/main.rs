@@ -180,6 +180,10 @@ fn main() -> ExitCode {
         eprintln!("sheep: {e}");
         return ExitCode::from(2);
     }
+    // Before the runtime starts, so that every worker thread inherits it.
+    if let Err(e) = protocol::sched::batch() {
+        tracing::warn!("cannot run under SCHED_BATCH ({e}); small writes will be slower");
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -191,6 +191,10 @@ fn main() -> ExitCode {
         eprintln!("sheepfs: {e}");
         return ExitCode::from(2);
     }
+    // Before the FUSE threads and the runtime start, so that they all inherit it.
+    if let Err(e) = protocol::sched::batch() {
+        tracing::warn!("cannot run under SCHED_BATCH ({e}); small writes will be slower");
+    }
     // In the background stderr is gone: a panic must reach the log file.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
