@@ -24,12 +24,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::BufReader;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{dial, ClientError, Reply};
 use crate::frame::{read_payload, read_response_header, skip_payload, write_frames, FrameError, MAX_PAYLOAD};
 use crate::header::{RequestHeader, HEADER_SIZE};
-use crate::opcode::{flags, op_name};
+use crate::opcode::{flags, op_name, ResultCode};
 
 /// Requests queued for the writer; a caller that finds it full waits.
 const QUEUE: usize = 256;
@@ -49,6 +50,8 @@ pub struct Mux {
     /// through a failed attempt fails with it instead of trying again, so that requests
     /// queued behind an unreachable peer wait for one connect timeout, not one each.
     failed: Mutex<(u64, Option<(std::io::ErrorKind, String)>)>,
+    /// Where the connection's reader and writer run: the caller's runtime when `None`.
+    runtime: Option<Handle>,
 }
 
 /// One connection: the writer task's queue and the requests awaiting replies.
@@ -144,7 +147,16 @@ impl Mux {
             lane: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             failed: Mutex::new((0, None)),
+            runtime: None,
         }
+    }
+
+    /// Runs the connection's reader and writer on `runtime`, so that callers on any runtime
+    /// (sheepfs's FUSE threads each run their own, only while a request of theirs is in
+    /// flight) share one connection that is always served.
+    pub fn serving_on(mut self, runtime: Handle) -> Mux {
+        self.runtime = Some(runtime);
+        self
     }
 
     fn failed(&self) -> std::sync::MutexGuard<'_, (u64, Option<(std::io::ErrorKind, String)>)> {
@@ -174,7 +186,15 @@ impl Mux {
                 });
             }
         }
-        let stream = match dial(self.addr, self.timeout).await {
+        // A socket belongs to the reactor of the runtime that opened it: the one that serves it.
+        let rt = self.runtime.clone().unwrap_or_else(Handle::current);
+        let dialled = rt.spawn(dial(self.addr, self.timeout)).await.unwrap_or_else(|e| {
+            Err(ClientError::Connect {
+                addr: self.addr,
+                source: std::io::Error::other(format!("connect task failed: {e}")),
+            })
+        });
+        let stream = match dialled {
             Ok(s) => s,
             Err(e) => {
                 let mut failed = self.failed();
@@ -189,8 +209,8 @@ impl Mux {
         let (rd, wr) = stream.into_split();
         let (out, queue) = mpsc::channel(QUEUE);
         let waiting = Arc::new(Waiting(Mutex::new(Some(HashMap::new()))));
-        tokio::spawn(write_loop(wr, queue, waiting.clone()));
-        tokio::spawn(read_loop(BufReader::with_capacity(READ_BUFFER, rd), waiting.clone()));
+        rt.spawn(write_loop(wr, queue, waiting.clone()));
+        rt.spawn(read_loop(BufReader::with_capacity(READ_BUFFER, rd), waiting.clone()));
         let lane = Arc::new(Lane { out, waiting });
         *self.lane.lock().unwrap_or_else(|p| p.into_inner()) = Some(lane.clone());
         Ok((lane, true))
@@ -246,6 +266,21 @@ impl Mux {
             }
             tracing::debug!(addr = %self.addr, op, error = %source, "connection lost; sending once more on a new one");
             again = true;
+        }
+    }
+
+    /// Like [`Mux::send`], but a result other than SUCCESS is an error, as
+    /// [`Client::call`](crate::Client::call).
+    pub async fn call(&self, req: RequestHeader, payload: &Bytes) -> Result<Reply, ClientError> {
+        let op = op_name(req.opcode);
+        let r = self.send(req, payload).await?;
+        match r.header.result_code() {
+            ResultCode::SUCCESS => Ok(r),
+            result => Err(ClientError::Result {
+                addr: self.addr,
+                op,
+                result,
+            }),
         }
     }
 }
@@ -389,6 +424,29 @@ mod tests {
         for t in tasks {
             let (i, data) = t.await.expect("join").expect("reply");
             assert_eq!(data, i.to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn callers_on_runtimes_that_come_and_go_are_served_by_the_one_named() {
+        // As sheepfs's FUSE threads: each request runs on a runtime of its own, which is
+        // gone by the time the next one comes.
+        let serving = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("serving runtime");
+        let addr = serving.block_on(listen(usize::MAX));
+        let m = Mux::with_timeout(addr, Duration::from_secs(5)).serving_on(serving.handle().clone());
+        for base in [10u32, 20, 30] {
+            let caller = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("caller runtime");
+            let (a, b) =
+                caller.block_on(async { tokio::join!(m.send(read_at(base), &NONE), m.send(read_at(base + 1), &NONE)) });
+            assert_eq!(a.expect("first").data, base.to_le_bytes());
+            assert_eq!(b.expect("second").data, (base + 1).to_le_bytes());
         }
     }
 

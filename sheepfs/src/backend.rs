@@ -5,14 +5,16 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use protocol::cluster::{ClusterInfo, EpochRecord};
 use protocol::inode::{Inode, InodeHeader};
+use protocol::mux::Mux;
 use protocol::node::Node;
-use protocol::requests::{CacheStats, NewVdi, RecoveryState, VdiInfo};
+use protocol::requests::{object, CacheStats, NewVdi, RecoveryState, VdiInfo};
 use protocol::{Client, ClientError, Oid, ResultCode, Vid};
 use thread_local::ThreadLocal;
 use tokio::runtime::Handle;
@@ -63,9 +65,19 @@ pub struct ClusterBackend {
     /// The runtime that drives the lock connection (a connection can only be waited on by
     /// the runtime that opened it, and the FUSE threads' runtimes come and go with requests).
     rt: Handle,
-    /// A connection pool per thread: each FUSE thread runs its own runtime, and a connection
-    /// can only be waited on by the runtime that opened it.
+    /// A connection pool per thread, for everything but reads and writes of objects: each
+    /// FUSE thread runs its own runtime, and a connection can only be waited on by the
+    /// runtime that opened it.
     clients: ThreadLocal<Client>,
+    /// Reads and writes of objects while others are in flight, from every FUSE thread on
+    /// one pipelined connection that `rt` serves: the gateway takes the requests that queue
+    /// together in one read and answers them in one write, instead of waking for each on a
+    /// connection of its own. A lone request goes on its thread's own connection instead,
+    /// which spares it the hops to and from `rt`'s thread: through those alone, writes at a
+    /// depth of 1 were a fifth slower.
+    io: Mux,
+    /// Object reads and writes in flight.
+    in_flight: AtomicUsize,
     /// How long transport failures (gateway down) are retried before EIO.
     retry_for: Duration,
 }
@@ -86,8 +98,10 @@ impl ClusterBackend {
             gateway: addr,
             locks,
             object_cache: AtomicBool::new(object_cache),
-            rt,
             clients: ThreadLocal::new(),
+            io: Mux::with_timeout(addr, REQUEST_TIMEOUT).serving_on(rt.clone()),
+            in_flight: AtomicUsize::new(0),
+            rt,
             retry_for,
         }
     }
@@ -234,6 +248,30 @@ impl Locks {
     }
 }
 
+/// One object read or write counted in flight while it lives.
+struct InFlight<'a> {
+    count: &'a AtomicUsize,
+    /// How many others were in flight when it started.
+    others: usize,
+}
+
+impl InFlight<'_> {
+    fn enter(count: &AtomicUsize) -> InFlight<'_> {
+        let others = count.fetch_add(1, Ordering::AcqRel);
+        InFlight { count, others }
+    }
+
+    fn alone(&self) -> bool {
+        self.others == 0
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The pacing of retries while the gateway is unreachable.
 struct Retry {
     deadline: tokio::time::Instant,
@@ -263,24 +301,38 @@ impl Retry {
 
 impl ObjectIo for ClusterBackend {
     async fn read_obj(&self, oid: Oid, offset: u32, out: &mut [u8]) -> FsResult<usize> {
-        let mut retry = Retry::new(self.retry_for);
-        loop {
-            match self
-                .client()
-                .read_obj_into_with(oid, offset, out, self.cache_flag())
-                .await
-            {
-                Ok(n) => return Ok(n),
-                Err(e) => retry.after(&format!("read of object {oid}"), e).await?,
+        let what = format!("read of object {oid}");
+        let flag = self.cache_flag();
+        let busy = InFlight::enter(&self.in_flight);
+        if busy.alone() {
+            let mut retry = Retry::new(self.retry_for);
+            loop {
+                match self.client().read_obj_into_with(oid, offset, out, flag).await {
+                    Ok(n) => return Ok(n),
+                    Err(e) => retry.after(&what, e).await?,
+                }
             }
         }
+        let req = object::read(oid, offset, out.len() as u32, flag);
+        let none = Bytes::new();
+        let reply = self.retry(&what, || self.io.call(req.clone(), &none)).await?;
+        let n = reply.data.len().min(out.len());
+        out[..n].copy_from_slice(&reply.data[..n]);
+        Ok(n)
     }
 
     async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> FsResult<()> {
-        self.retry(&format!("write of object {oid}"), || {
-            self.client().write_obj_with(oid, offset, data, self.cache_flag())
-        })
-        .await
+        let what = format!("write of object {oid}");
+        let flag = self.cache_flag();
+        let busy = InFlight::enter(&self.in_flight);
+        if busy.alone() {
+            return self
+                .retry(&what, || self.client().write_obj_with(oid, offset, data, flag))
+                .await;
+        }
+        let req = object::write(oid, offset, data.len() as u32, flag);
+        let data = Bytes::copy_from_slice(data);
+        self.retry(&what, || self.io.call(req.clone(), &data)).await.map(|_| ())
     }
 
     async fn create_obj(&self, oid: Oid, cow: Option<Oid>, offset: u32, data: &[u8]) -> FsResult<()> {
