@@ -56,6 +56,16 @@ pub struct Reply {
     pub data: Vec<u8>,
 }
 
+impl Reply {
+    /// The reply, when its result is SUCCESS; else that result, as the error of `op` to `addr`.
+    pub(crate) fn succeeded(self, addr: SocketAddr, op: &'static str) -> Result<Reply, ClientError> {
+        match self.header.result_code() {
+            ResultCode::SUCCESS => Ok(self),
+            result => Err(ClientError::Result { addr, op, result }),
+        }
+    }
+}
+
 /// Where a reply's payload goes: a new buffer of at most this capacity, or the caller's.
 enum Into<'a> {
     Vec(u32),
@@ -193,16 +203,8 @@ impl Client {
 
     /// Like [`Client::send`], but a result other than SUCCESS is an error.
     pub async fn call(&self, req: RequestHeader, payload: &[u8]) -> Result<Reply, ClientError> {
-        let opname = op_name(req.opcode);
-        let r = self.send(req, payload).await?;
-        match r.header.result_code() {
-            ResultCode::SUCCESS => Ok(r),
-            result => Err(ClientError::Result {
-                addr: self.addr,
-                op: opname,
-                result,
-            }),
-        }
+        let op = op_name(req.opcode);
+        self.send(req, payload).await?.succeeded(self.addr, op)
     }
 }
 

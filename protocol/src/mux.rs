@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::client::{dial, ClientError, Reply};
 use crate::frame::{read_payload, read_response_header, skip_payload, write_frames, FrameError, MAX_PAYLOAD};
 use crate::header::{RequestHeader, HEADER_SIZE};
-use crate::opcode::{flags, op_name, ResultCode};
+use crate::opcode::{flags, op_name};
 
 /// Requests queued for the writer; a caller that finds it full waits.
 const QUEUE: usize = 256;
@@ -273,15 +273,7 @@ impl Mux {
     /// [`Client::call`](crate::Client::call).
     pub async fn call(&self, req: RequestHeader, payload: &Bytes) -> Result<Reply, ClientError> {
         let op = op_name(req.opcode);
-        let r = self.send(req, payload).await?;
-        match r.header.result_code() {
-            ResultCode::SUCCESS => Ok(r),
-            result => Err(ClientError::Result {
-                addr: self.addr,
-                op,
-                result,
-            }),
-        }
+        self.send(req, payload).await?.succeeded(self.addr, op)
     }
 }
 
