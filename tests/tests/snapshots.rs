@@ -156,9 +156,11 @@ fn garbage_a_silent_node_kept_is_collected_once_it_answers() {
     let silent = 3;
     // A VDI whose inode the silent node does not hold (the delete must not need it) but
     // some of whose data objects it does; the others are deleted again, so that the pass
-    // has no live inode to read (one on the silent node would stall it).
+    // has no live inode to read (one on the silent node would stall it). Each VDI's inode
+    // misses node 3 with a chance of 1 in 4 (3 copies on 4 nodes), so 16 tries failed one
+    // run in a hundred; 64 fail one in a hundred million.
     let mut found = None;
-    for i in 0..16 {
+    for i in 0..64 {
         let name = format!("g{i}");
         c.dog_ok(&["vdi", "create", &name, "16M"]);
         c.write_vdi(&name, 0, &pseudo_random(40 + i, (16 * MIB) as usize));
@@ -176,7 +178,7 @@ fn garbage_a_silent_node_kept_is_collected_once_it_answers() {
         }
         c.dog_ok(&["vdi", "delete", &name]);
     }
-    let (name, vid) = found.expect("no VDI among 16 has its inode off node 3 and data on it");
+    let (name, vid) = found.expect("no VDI among 64 has its inode off node 3 and data on it");
     let left = |c: &Cluster| -> Vec<String> {
         c.object_holders()
             .iter()
