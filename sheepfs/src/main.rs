@@ -133,8 +133,12 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
         SessionACL::Owner
     };
     config.n_threads = Some(args.threads.max(1));
-    let session = Session::new(SheepFuse::new(fs.clone()), &args.mountpoint, &config)
-        .map_err(|e| format!("cannot mount at {}: {e}", args.mountpoint.display()))?;
+    let session = Session::new(
+        SheepFuse::new(fs.clone(), rt.handle().clone()),
+        &args.mountpoint,
+        &config,
+    )
+    .map_err(|e| format!("cannot mount at {}: {e}", args.mountpoint.display()))?;
     let mountpoint = args.mountpoint.clone();
     rt.spawn(async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
