@@ -30,8 +30,10 @@ pub struct Args {
     /// How long to keep retrying while the gateway is unreachable before failing with EIO.
     #[arg(long, default_value_t = 15)]
     pub retry_secs: u64,
-    /// FUSE worker threads: each serves one request at a time, so this bounds how many are in
-    /// flight (16 covers a queue depth of 16).
+    /// FUSE worker threads: each takes requests from the kernel. A read or write with no other
+    /// in flight runs on the thread that took it; one that arrives while others are in
+    /// flight is handed to the main runtime, so that the thread is free for the next. Other
+    /// requests (lookups, control files, fsync) run one at a time per thread.
     #[arg(long, default_value_t = 16)]
     pub threads: usize,
     /// Largest request sent to the gateway, in KiB: a larger read or write is cut into
