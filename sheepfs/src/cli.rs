@@ -32,9 +32,12 @@ pub struct Args {
     pub retry_secs: u64,
     /// FUSE worker threads: each takes requests from the kernel. A read or write with no other
     /// in flight runs on the thread that took it; one that arrives while others are in
-    /// flight is handed to the main runtime, so that the thread is free for the next. Other
-    /// requests (lookups, control files, fsync) run one at a time per thread.
-    #[arg(long, default_value_t = 16)]
+    /// flight is handed to the main runtime, so that the thread is free for the next; so is
+    /// every fsync. Other requests (lookups, directories, control files) run one at a time
+    /// per thread. Few threads are quicker under load: a thread that comes back finds the
+    /// next request waiting instead of the kernel waking a sleeping one for it. More help
+    /// only when many slow control-file or lookup requests come at once.
+    #[arg(long, default_value_t = 2)]
     pub threads: usize,
     /// Largest request sent to the gateway, in KiB: a larger read or write is cut into
     /// pieces of this size that are all in flight at once.

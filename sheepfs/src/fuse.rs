@@ -6,7 +6,10 @@
 //! while others are in flight is the exception: it runs on the main runtime, which serves
 //! the mount's pipelined connection to the gateway and answers the kernel from there, and
 //! the thread goes back for the next request at once. Under load that spares each request
-//! a wake-up of its thread; alone, a request keeps the direct path.
+//! a wake-up of its thread; alone, a request keeps the direct path. fsync always runs on the
+//! main runtime, since a flush may take long. The threads are few (two by default): under
+//! load a thread that comes back finds the next request queued, where with many the kernel
+//! would wake a sleeping one for each.
 
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -331,11 +334,16 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
         reply.ok();
     }
 
+    /// On the main runtime: a flush can take long (with the object cache, it pushes every
+    /// dirty block), and the few FUSE threads are wanted for the requests meanwhile.
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.run("fsync", self.fs.fsync(ino.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.fsync(ino.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("fsync", e)),
+            }
+        });
     }
 
     fn release(
