@@ -59,10 +59,15 @@ pub struct Reply {
 impl Reply {
     /// The reply, when its result is SUCCESS; else that result, as the error of `op` to `addr`.
     pub(crate) fn succeeded(self, addr: SocketAddr, op: &'static str) -> Result<Reply, ClientError> {
-        match self.header.result_code() {
-            ResultCode::SUCCESS => Ok(self),
-            result => Err(ClientError::Result { addr, op, result }),
-        }
+        succeeded(&self.header, addr, op).map(|()| self)
+    }
+}
+
+/// `Ok` when `header` says SUCCESS; else its result, as the error of `op` to `addr`.
+fn succeeded(header: &ResponseHeader, addr: SocketAddr, op: &'static str) -> Result<(), ClientError> {
+    match header.result_code() {
+        ResultCode::SUCCESS => Ok(()),
+        result => Err(ClientError::Result { addr, op, result }),
     }
 }
 
@@ -134,16 +139,9 @@ impl Client {
     /// Sends `req` (no payload) and reads the reply's payload into `out`. A result other than
     /// SUCCESS is an error; returns how many bytes of `out` the reply filled.
     pub async fn call_into(&self, req: RequestHeader, out: &mut [u8]) -> Result<usize, ClientError> {
-        let opname = op_name(req.opcode);
+        let op = op_name(req.opcode);
         let (header, _, n) = self.exchange(req, &[], Into::Slice(out)).await?;
-        match header.result_code() {
-            ResultCode::SUCCESS => Ok(n),
-            result => Err(ClientError::Result {
-                addr: self.addr,
-                op: opname,
-                result,
-            }),
-        }
+        succeeded(&header, self.addr, op).map(|()| n)
     }
 
     /// One request and its reply on a pooled connection: a request that failed on an idle
