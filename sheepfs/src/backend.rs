@@ -3,6 +3,7 @@
 //! ([`crate::memory::MemoryBackend`]).
 
 use std::collections::BTreeMap;
+use std::fmt::{self, Display};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -134,8 +135,9 @@ impl ClusterBackend {
 
     /// Runs `f` against the gateway, retrying while the gateway cannot be reached. Results
     /// from the gateway (errors included) are returned at once.
-    async fn retry<T, F, Fut>(&self, what: &str, f: F) -> FsResult<T>
+    async fn retry<T, W, F, Fut>(&self, what: &W, f: F) -> FsResult<T>
     where
+        W: Display + Sync + ?Sized,
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
@@ -288,9 +290,9 @@ impl Retry {
 
     /// After a failed attempt: waits and returns `Ok` to try again while the gateway is
     /// unreachable and time is left, else the error for the caller.
-    async fn after(&mut self, what: &str, e: ClientError) -> FsResult<()> {
+    async fn after<W: Display + ?Sized>(&mut self, what: &W, e: ClientError) -> FsResult<()> {
         if e.result().is_some() || tokio::time::Instant::now() >= self.deadline {
-            return Err(FsError::cluster(what, &e));
+            return Err(FsError::cluster(&what.to_string(), &e));
         }
         tracing::warn!(error = %e, "{what}: gateway unreachable; retrying");
         tokio::time::sleep(self.pause).await;
@@ -299,9 +301,19 @@ impl Retry {
     }
 }
 
+/// An object request, named as "read of object …" only when a failure is logged: the
+/// requests that succeed (nearly all) format nothing.
+struct ObjectOp(&'static str, Oid);
+
+impl Display for ObjectOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of object {}", self.0, self.1)
+    }
+}
+
 impl ObjectIo for ClusterBackend {
     async fn read_obj(&self, oid: Oid, offset: u32, out: &mut [u8]) -> FsResult<usize> {
-        let what = format!("read of object {oid}");
+        let what = ObjectOp("read", oid);
         let flag = self.cache_flag();
         let busy = InFlight::enter(&self.in_flight);
         if busy.alone() {
@@ -316,13 +328,14 @@ impl ObjectIo for ClusterBackend {
         let req = object::read(oid, offset, out.len() as u32, flag);
         let none = Bytes::new();
         let reply = self.retry(&what, || self.io.call(req.clone(), &none)).await?;
+        // The mux refuses a reply longer than the request asked for, as a pooled connection does.
         let n = reply.data.len().min(out.len());
         out[..n].copy_from_slice(&reply.data[..n]);
         Ok(n)
     }
 
     async fn write_obj(&self, oid: Oid, offset: u32, data: &[u8]) -> FsResult<()> {
-        let what = format!("write of object {oid}");
+        let what = ObjectOp("write", oid);
         let flag = self.cache_flag();
         let busy = InFlight::enter(&self.in_flight);
         if busy.alone() {
@@ -336,14 +349,14 @@ impl ObjectIo for ClusterBackend {
     }
 
     async fn create_obj(&self, oid: Oid, cow: Option<Oid>, offset: u32, data: &[u8]) -> FsResult<()> {
-        self.retry(&format!("create of object {oid}"), || {
+        self.retry(&ObjectOp("create", oid), || {
             self.client().create_obj(oid, cow, offset, data)
         })
         .await
     }
 
     async fn remove_obj(&self, oid: Oid) -> FsResult<()> {
-        self.retry(&format!("removal of object {oid}"), || self.client().remove_obj(oid))
+        self.retry(&ObjectOp("removal", oid), || self.client().remove_obj(oid))
             .await
     }
 
@@ -464,6 +477,53 @@ impl Backend for ClusterBackend {
                 .stat_sheep()
                 .await
                 .map_err(|e| FsError::cluster("node stat", &e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::frame::{read_request, write_frame};
+    use protocol::header::ResponseHeader;
+    use tokio::net::TcpListener;
+
+    /// A gateway that answers every request, after a pause, with 4 bytes more than it asked
+    /// for.
+    async fn overlong_gateway() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    while let Ok(Some((h, _))) = read_request(&mut s, 1 << 20).await {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let mut r = ResponseHeader::reply_to(&h, ResultCode::SUCCESS, 1);
+                        let body = vec![0xee; h.data_length as usize + 4];
+                        r.data_length = body.len() as u32;
+                        if write_frame(&mut s, &r.encode(), &body).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_read_answered_with_more_than_asked_fails_on_either_connection() {
+        let addr = overlong_gateway().await;
+        let b = ClusterBackend::new(addr, Duration::ZERO, Handle::current(), false);
+        let oid = Oid(0x0000_0001_0000_0000);
+        let (mut first, mut second) = ([7u8; 4096], [7u8; 4096]);
+        // The first is alone (its thread's own connection); the second finds it in flight
+        // (the pipelined one).
+        let (a, b2) = tokio::join!(b.read_obj(oid, 0, &mut first), b.read_obj(oid, 4096, &mut second));
+        for (what, r, out) in [("alone", a, first), ("pipelined", b2, second)] {
+            let e = r.expect_err(what);
+            assert_eq!(e.errno, libc::EIO, "{what}: {e}");
+            assert!(out.iter().all(|&x| x == 7), "{what}: the buffer was written");
         }
     }
 }
