@@ -124,13 +124,33 @@ impl<B: Backend> SheepFuse<B> {
         on_this_thread(f).map_err(|e| errno(what, e))
     }
 
-    /// Counts a read or write in flight until the guard is dropped.
-    fn start_volume_io(&self) -> VolumeIo {
-        let others = self.busy.fetch_add(1, Ordering::AcqRel);
-        VolumeIo {
+    /// Runs a read or write and gives its result to `answer`: alone in flight, `here` on
+    /// this thread; with others, the future `there` makes, on the main runtime, answered
+    /// from there (see the module's comment).
+    fn volume_io<T, Fut>(
+        &self,
+        what: &'static str,
+        here: impl std::future::Future<Output = FsResult<T>>,
+        there: impl FnOnce(Arc<Fs<B>>) -> Fut,
+        answer: impl FnOnce(Result<T, Errno>) + Send + 'static,
+    ) where
+        Fut: std::future::Future<Output = FsResult<T>> + Send + 'static,
+    {
+        let io = VolumeIo {
+            alone: self.busy.fetch_add(1, Ordering::AcqRel) == 0,
             busy: self.busy.clone(),
-            alone: others == 0,
+        };
+        if io.alone {
+            let r = self.run(what, here);
+            drop(io);
+            return answer(r);
         }
+        let f = there(self.fs.clone());
+        self.rt.spawn(async move {
+            let r = f.await.map_err(|e| errno(what, e));
+            drop(io);
+            answer(r)
+        });
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
@@ -281,22 +301,15 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let io = self.start_volume_io();
-        let answer = move |r: Result<Vec<u8>, Errno>| match r {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(e),
-        };
-        if io.alone {
-            let r = self.run("read", self.fs.read(ino.0, fh.0, offset, size));
-            drop(io);
-            return answer(r);
-        }
-        let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            let r = fs.read(ino.0, fh.0, offset, size).await.map_err(|e| errno("read", e));
-            drop(io);
-            answer(r)
-        });
+        self.volume_io(
+            "read",
+            self.fs.read(ino.0, fh.0, offset, size),
+            |fs| async move { fs.read(ino.0, fh.0, offset, size).await },
+            move |r| match r {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn write(
@@ -311,22 +324,19 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let io = self.start_volume_io();
-        let answer = move |r: Result<usize, Errno>| match r {
-            Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(e),
-        };
-        if io.alone {
-            let r = self.run("write", self.fs.write(ino.0, offset, data));
-            drop(io);
-            return answer(r);
-        }
-        let (fs, data) = (self.fs.clone(), data.to_vec());
-        self.rt.spawn(async move {
-            let r = fs.write(ino.0, offset, &data).await.map_err(|e| errno("write", e));
-            drop(io);
-            answer(r)
-        });
+        self.volume_io(
+            "write",
+            self.fs.write(ino.0, offset, data),
+            // Handed off, the bytes are copied out of the request.
+            |fs| {
+                let data = data.to_vec();
+                async move { fs.write(ino.0, offset, &data).await }
+            },
+            move |r| match r {
+                Ok(n) => reply.written(n as u32),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
