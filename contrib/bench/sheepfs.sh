@@ -25,7 +25,9 @@
 # speed drifts, as shared VMs do, touches every target alike) and 4 KiB random write and
 # read at depth 1 and 16 (fio, libaio), with the CPU time the gateway sheep, the other two
 # sheep and sheepfs spent per random operation (from /proc/PID/stat, fio's 1 s ramp
-# included, so slightly overstated), and each daemon's peak RSS (VmHWM) over the whole run.
+# included, so slightly overstated), each daemon's peak RSS (VmHWM) over the whole run, and
+# the CPU time the whole machine spent per GiB of each sequential write (/proc/stat, kernel
+# included), from which follows the fastest that write could go with every CPU busy.
 # Prints a table and whether the performance targets are met. A missed target is reported, not an
 # error. Everything it started is stopped and the scratch directory removed on exit.
 set -eu
@@ -217,15 +219,24 @@ for t in $targets; do
     fi
 done
 
+# CPU ticks the whole machine has been busy so far, all CPUs, kernel included (/proc/stat:
+# user, nice, system, irq and softirq; not idle, iowait or time stolen by the hypervisor).
+machine_busy() {
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat
+}
+
 for rep in $(seq "$reps"); do
 for t in $targets; do
     f=$(path_of "$t")
     log "$t: sequential write, $size_mib MiB (round $rep of $reps)"
+    busy_before=$(machine_busy)
     out=$(dd if=/dev/zero of="$f" bs=1M count="$size_mib" conv=fsync,notrunc 2>&1) || {
         echo "$out" >&2
         die "dd write to $t failed"
     }
     record seq_write "$t" "$(echo "$out" | dd_rate)"
+    busy=$(($(machine_busy) - busy_before))
+    record seq_write_cpu "$t" "$(python3 -c "print('%.2f' % ($busy / $(getconf CLK_TCK) / $size_mib * 1024))")"
     log "$t: sequential read"
     drop_caches
     out=$(dd if="$f" of=/dev/null bs=1M 2>&1) || {
@@ -338,6 +349,7 @@ peaks="$peaks sheepfs=$(awk '/^VmHWM/ { print $2 }' "/proc/$sheepfs_pid/status")
 cache_bytes=0
 [ -z "${BENCH_CACHE:-}" ] || cache_bytes=$(bench_bytes "$BENCH_CACHE")
 python3 - "$results" "$WORK/cpu" "$peaks" "$cache_bytes" <<'EOF'
+import os
 import statistics
 import sys
 
@@ -353,6 +365,7 @@ values = {m: {t: statistics.median(v) for t, v in ts.items()} for m, ts in runs.
 
 labels = {
     "seq_write": "seq write 1M (MB/s)",
+    "seq_write_cpu": "  its CPU, machine (s/GiB)",
     "seq_read": "seq read 1M (MB/s)",
 }
 for rw in ("randwrite", "randread"):
@@ -374,10 +387,10 @@ widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 for r in [head] + rows:
     print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
 
-for m in ("seq_write", "seq_read"):
+for m, fmt in (("seq_write", "%.0f"), ("seq_write_cpu", "%.1f"), ("seq_read", "%.0f")):
     if max(len(v) for v in runs[m].values()) > 1:
-        each = "; ".join(f"{t} " + " ".join("%.0f" % x for x in v) for t, v in runs[m].items())
-        print(f"  {labels[m]}, every round: {each}")
+        each = "; ".join(f"{t} " + " ".join(fmt % x for x in v) for t, v in runs[m].items())
+        print(f"  {labels[m].strip()}, every round: {each}")
 
 print()
 print("targets (medians):")
@@ -408,6 +421,12 @@ else:
     allowed = 1000
 print(f"  4 KiB random write, depth 1: p99 {p99['sheepfs']:.0f} us vs {allowed:.0f} us allowed: "
       + ("target met" if p99["sheepfs"] <= allowed else "target missed"))
+
+ncpu = os.cpu_count()
+core_s = values["seq_write_cpu"]["sheepfs"]
+print(f"  sequential write on sheepfs took {core_s:.2f} s of CPU per GiB (whole machine, kernel "
+      f"included): with all {ncpu} CPUs busy throughout it could reach at most "
+      f"{ncpu / core_s * 1.073741824e3:.0f} MB/s")
 
 print()
 print("CPU per random 4 KiB operation on sheepfs (us; gateway sheep, the other two sheep, sheepfs):")
