@@ -97,9 +97,13 @@ fn set_read_ahead(mountpoint: &std::path::Path, kib: u32) -> std::io::Result<()>
 }
 
 fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), String> {
-    // For the start-up check and the signal handler; FUSE requests run on their threads' own.
+    // The main runtime: the start-up check, the signal handler, the pipelined connection to
+    // the gateway and the reads and writes handed to it by the FUSE threads (see `fuse.rs`).
+    // Two workers: with one, a large read's reply being copied to the kernel held up the
+    // reading of the next reply off the connection (sequential reads 5-10% faster with
+    // two in alternating runs; random I/O level).
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
