@@ -424,9 +424,12 @@ print(f"  4 KiB random write, depth 1: p99 {p99['sheepfs']:.0f} us vs {allowed:.
 
 ncpu = os.cpu_count()
 core_s = values["seq_write_cpu"]["sheepfs"]
-print(f"  sequential write on sheepfs took {core_s:.2f} s of CPU per GiB (whole machine, kernel "
-      f"included): with all {ncpu} CPUs busy throughout it could reach at most "
-      f"{ncpu / core_s * 1.073741824e3:.0f} MB/s")
+if core_s > 0:
+    print(f"  sequential write on sheepfs took {core_s:.2f} s of CPU per GiB (whole machine, kernel "
+          f"included): with all {ncpu} CPUs busy throughout it could reach at most "
+          f"{ncpu / core_s * 1.073741824e3:.0f} MB/s")
+else:
+    print("  sequential write on sheepfs: too short to measure its CPU time")
 
 print()
 print("CPU per random 4 KiB operation on sheepfs (us; gateway sheep, the other two sheep, sheepfs):")
