@@ -488,8 +488,7 @@ mod tests {
     use protocol::header::ResponseHeader;
     use tokio::net::TcpListener;
 
-    /// A gateway that answers every request, after a pause, with 4 bytes more than it asked
-    /// for.
+    /// A gateway that answers every request with 4 bytes more than it asked for.
     async fn overlong_gateway() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
@@ -497,7 +496,6 @@ mod tests {
             while let Ok((mut s, _)) = l.accept().await {
                 tokio::spawn(async move {
                     while let Ok(Some((h, _))) = read_request(&mut s, 1 << 20).await {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
                         let mut r = ResponseHeader::reply_to(&h, ResultCode::SUCCESS, 1);
                         let body = vec![0xee; h.data_length as usize + 4];
                         r.data_length = body.len() as u32;
@@ -517,8 +515,8 @@ mod tests {
         let b = ClusterBackend::new(addr, Duration::ZERO, Handle::current(), false);
         let oid = Oid(0x0000_0001_0000_0000);
         let (mut first, mut second) = ([7u8; 4096], [7u8; 4096]);
-        // The first is alone (its thread's own connection); the second finds it in flight
-        // (the pipelined one).
+        // Both are counted in flight before either awaits anything: the first is alone (its
+        // thread's own connection), the second finds it in flight (the pipelined one).
         let (a, b2) = tokio::join!(b.read_obj(oid, 0, &mut first), b.read_obj(oid, 4096, &mut second));
         for (what, r, out) in [("alone", a, first), ("pipelined", b2, second)] {
             let e = r.expect_err(what);
