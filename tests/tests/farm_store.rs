@@ -43,9 +43,9 @@ fn copies_dropped_after_a_join_are_kept_checked_and_read_back() {
     c.format_with(&["-c", "2", "-b", "farm"]);
     let info = c.dog_ok(&["cluster", "info", "-v"]).stdout_str();
     assert!(info.contains("farm"), "cluster info names the store:\n{info}");
-    c.dog_ok(&["vdi", "create", "alpha", "40M"]);
-    let mut model = vec![0u8; (40 * MIB) as usize];
-    c.put(0, "alpha", &mut model, 0, 11, 40 * MIB);
+    c.dog_ok(&["vdi", "create", "alpha", "96M"]);
+    let mut model = vec![0u8; (96 * MIB) as usize];
+    c.put(0, "alpha", &mut model, 0, 11, 96 * MIB);
     let all: BTreeSet<Oid> = c.object_holders().keys().copied().collect();
     c.wait_placement(&c.ring(), 2, &all, RECOVERY_TIMEOUT);
     let before: Vec<BTreeSet<Oid>> = (0..3).map(|i| c.node(i).objects()).collect();
@@ -199,9 +199,9 @@ fn a_node_short_of_space_drops_copies_without_archiving() {
 fn farm_keep_bounds_the_snapshots_a_node_keeps() {
     let mut c = Cluster::builder().nodes(3).args(&["--farm-keep", "1"]).start();
     c.format_with(&["-c", "2", "-b", "farm"]);
-    c.dog_ok(&["vdi", "create", "alpha", "96M"]);
-    let mut model = vec![0u8; (96 * MIB) as usize];
-    c.put(0, "alpha", &mut model, 0, 13, 96 * MIB);
+    c.dog_ok(&["vdi", "create", "alpha", "192M"]);
+    let mut model = vec![0u8; (192 * MIB) as usize];
+    c.put(0, "alpha", &mut model, 0, 13, 192 * MIB);
     let all: BTreeSet<Oid> = c.object_holders().keys().copied().collect();
     c.wait_placement(&c.ring(), 2, &all, RECOVERY_TIMEOUT);
 
@@ -218,8 +218,8 @@ fn farm_keep_bounds_the_snapshots_a_node_keeps() {
             }
         }
     }
-    // With 25 objects, some node surely drops copies in both epochs (all but 3 in 10,000
-    // placements), so that keeping one snapshot drops one.
+    // With 49 objects, some node surely drops copies in both epochs (each node fails to in
+    // well under 1 placement in 100), so that keeping one snapshot drops one.
     assert!(
         drops.iter().any(|d| d.len() == 2),
         "no node dropped copies twice: {drops:?}"
