@@ -81,9 +81,15 @@ pub struct ClusterBackend {
     in_flight: AtomicUsize,
     /// How long transport failures (gateway down) are retried before EIO.
     retry_for: Duration,
+    /// How long a monitoring file waits for each node's answer (see [`NODE_TIMEOUT`]).
+    node_timeout: Duration,
 }
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a monitoring file waits for one node's answer before it shows the node's row
+/// without it (`sheepfs --node-timeout-secs`).
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl ClusterBackend {
     /// A backend for the gateway at `addr`; `rt` drives the VDI lock connection and its
@@ -104,7 +110,19 @@ impl ClusterBackend {
             in_flight: AtomicUsize::new(0),
             rt,
             retry_for,
+            node_timeout: NODE_TIMEOUT,
         }
+    }
+
+    /// Waits `t` for each node's answer in monitoring files instead of [`NODE_TIMEOUT`].
+    pub fn with_node_timeout(mut self, t: Duration) -> ClusterBackend {
+        self.node_timeout = t;
+        self
+    }
+
+    /// A client for a question to one node (not the gateway) for a monitoring file.
+    fn node(&self, addr: SocketAddr) -> Client {
+        Client::with_timeout(addr, self.node_timeout)
     }
 
     /// Runs `f` on the runtime that owns the lock connection.
@@ -457,14 +475,14 @@ impl Backend for ClusterBackend {
     }
 
     async fn stat_recovery(&self, node: SocketAddr) -> FsResult<RecoveryState> {
-        Client::with_timeout(node, Duration::from_secs(2))
+        self.node(node)
             .stat_recovery()
             .await
             .map_err(|e| FsError::cluster("recovery state", &e))
     }
 
     async fn stat_scrub(&self, node: SocketAddr) -> FsResult<protocol::stats::ScrubStats> {
-        Client::with_timeout(node, Duration::from_secs(2))
+        self.node(node)
             .stat_scrub()
             .await
             .map_err(|e| FsError::cluster("scrub state", &e))
@@ -473,7 +491,8 @@ impl Backend for ClusterBackend {
     async fn stat_sheep(&self, node: Option<SocketAddr>) -> FsResult<(u64, u64)> {
         match node {
             None => self.retry("node stat", || self.client().stat_sheep()).await,
-            Some(addr) => Client::with_timeout(addr, Duration::from_secs(2))
+            Some(addr) => self
+                .node(addr)
                 .stat_sheep()
                 .await
                 .map_err(|e| FsError::cluster("node stat", &e)),

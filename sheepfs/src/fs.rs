@@ -8,10 +8,14 @@
 //! ```
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use protocol::inode::InodeHeader;
+use protocol::node::Node;
 use protocol::requests::NewVdi;
 
 use crate::backend::Backend;
@@ -158,6 +162,9 @@ impl Table {
 pub const ROOT_INO: u64 = 1;
 
 type VolKey = (String, Option<u32>);
+
+/// Nodes a monitoring file asks at once ([`Fs::ask_each`]).
+const ASK_AT_ONCE: usize = 64;
 
 pub struct Fs<B> {
     backend: Arc<B>,
@@ -396,33 +403,13 @@ impl<B: Backend> Fs<B> {
                 };
                 Ok(monitor::cluster_info(&ci, &epochs))
             }
-            Entry::ClusterRecovery => {
-                let nodes = self.backend.nodes().await?;
-                let mut rows = Vec::with_capacity(nodes.len());
-                for n in nodes {
-                    let st = self.backend.stat_recovery(n.addr).await.ok();
-                    rows.push((n, st));
-                }
-                Ok(monitor::recovery(&rows))
-            }
-            Entry::ClusterScrub => {
-                let nodes = self.backend.nodes().await?;
-                let mut rows = Vec::with_capacity(nodes.len());
-                for n in nodes {
-                    let st = self.backend.stat_scrub(n.addr).await.ok();
-                    rows.push((n, st));
-                }
-                Ok(monitor::scrub(&rows))
-            }
-            Entry::NodeList => {
-                let nodes = self.backend.nodes().await?;
-                let mut rows = Vec::with_capacity(nodes.len());
-                for n in nodes {
-                    let stat = self.backend.stat_sheep(Some(n.addr)).await.ok();
-                    rows.push((n, stat));
-                }
-                Ok(monitor::node_list(&rows))
-            }
+            Entry::ClusterRecovery => Ok(monitor::recovery(
+                &self.ask_each(|a| self.backend.stat_recovery(a)).await?,
+            )),
+            Entry::ClusterScrub => Ok(monitor::scrub(&self.ask_each(|a| self.backend.stat_scrub(a)).await?)),
+            Entry::NodeList => Ok(monitor::node_list(
+                &self.ask_each(|a| self.backend.stat_sheep(Some(a))).await?,
+            )),
             Entry::NodeInfo => {
                 let (size, free) = self.backend.stat_sheep(None).await?;
                 let nodes = self.backend.nodes().await?;
@@ -439,6 +426,25 @@ impl<B: Backend> Fs<B> {
             Entry::NodeMetrics => self.backend.metrics().await,
             _ => Err(FsError::invalid("not a monitoring file")),
         }
+    }
+
+    /// Every member with its answer to `ask`, or `None` where it gave none in time, in the
+    /// order the gateway lists them. Up to [`ASK_AT_ONCE`] are asked at once, so that a
+    /// hung node costs its timeout once rather than once more for every node behind it.
+    async fn ask_each<T, F, Fut>(&self, ask: F) -> FsResult<Vec<(Node, Option<T>)>>
+    where
+        F: Fn(SocketAddr) -> Fut,
+        Fut: Future<Output = FsResult<T>>,
+    {
+        let nodes = self.backend.nodes().await?;
+        Ok(futures::stream::iter(nodes)
+            .map(|n| {
+                let answer = ask(n.addr);
+                async move { (n, answer.await.ok()) }
+            })
+            .buffered(ASK_AT_ONCE)
+            .collect()
+            .await)
     }
 
     /// Bytes this VDI owns, and bytes it shares with its ancestors.
@@ -629,4 +635,45 @@ fn slice(b: &[u8], offset: u64, size: u32) -> Vec<u8> {
     let start = (offset as usize).min(b.len());
     let end = (start + size as usize).min(b.len());
     b[start..end].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::NODE_TIMEOUT;
+    use crate::memory::MemoryBackend;
+
+    fn member(port: u16) -> Node {
+        Node {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            nr_vnodes: 128,
+            zone: u32::from(port),
+            space: 0,
+        }
+    }
+
+    /// Two of three members never answer: `/node/list` waits for them once, not once each,
+    /// and keeps the gateway's order, with `-` where no answer came.
+    #[tokio::test(start_paused = true)]
+    async fn node_list_asks_every_member_at_once_and_keeps_their_order() {
+        let members = vec![(member(7001), false), (member(7002), true), (member(7003), false)];
+        let fs = Fs::new(Arc::new(MemoryBackend::with_members(members)));
+        let start = tokio::time::Instant::now();
+        let text = fs.render(&Entry::NodeList).await.expect("/node/list renders");
+        assert!(
+            start.elapsed() < NODE_TIMEOUT * 2,
+            "took {:?}: the hung members were asked one after the other",
+            start.elapsed()
+        );
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(
+            rows,
+            [
+                "127.0.0.1:7001 7001 128 - - -",
+                "127.0.0.1:7002 7002 128 100 40 60",
+                "127.0.0.1:7003 7003 128 - - -",
+            ],
+            "{text}"
+        );
+    }
 }

@@ -111,12 +111,15 @@ fn serve(args: &Args, ready: &mut dyn FnMut(Result<(), String>)) -> Result<(), S
         protocol::auth::install(protocol::auth::AuthKey::from_file(p)?);
     }
     let gateway = SocketAddr::new(args.address, args.port);
-    let backend = Arc::new(ClusterBackend::new(
-        gateway,
-        Duration::from_secs(args.retry_secs),
-        rt.handle().clone(),
-        !args.no_object_cache,
-    ));
+    let backend = Arc::new(
+        ClusterBackend::new(
+            gateway,
+            Duration::from_secs(args.retry_secs),
+            rt.handle().clone(),
+            !args.no_object_cache,
+        )
+        .with_node_timeout(Duration::from_secs(args.node_timeout_secs)),
+    );
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), backend.cluster_info()).await })
         .map_err(|_| format!("gateway {gateway} did not answer"))?
         .map_err(|e| format!("cannot reach the gateway {gateway}: {e}"))?;

@@ -12,7 +12,7 @@ use protocol::node::Node;
 use protocol::requests::{CacheStats, NewVdi, RecoveryState, VdiInfo};
 use protocol::{Oid, Vid};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, NODE_TIMEOUT};
 use volume::{FsError, FsResult, ObjectIo};
 
 #[derive(Default)]
@@ -20,6 +20,9 @@ pub struct MemoryBackend {
     objects: Mutex<HashMap<Oid, Vec<u8>>>,
     next_vid: Mutex<u32>,
     cache_on: std::sync::atomic::AtomicBool,
+    /// Members the gateway lists, each with whether it answers; those that do not take
+    /// [`NODE_TIMEOUT`] to fail, as the real backend's timeout does.
+    members: Vec<(Node, bool)>,
 }
 
 fn eio(what: impl std::fmt::Display) -> FsError {
@@ -27,6 +30,15 @@ fn eio(what: impl std::fmt::Display) -> FsError {
 }
 
 impl MemoryBackend {
+    /// A backend whose gateway lists these members; `true` ones answer every question at
+    /// once, the others never do.
+    pub fn with_members(members: Vec<(Node, bool)>) -> MemoryBackend {
+        MemoryBackend {
+            members,
+            ..MemoryBackend::default()
+        }
+    }
+
     fn objects(&self) -> std::sync::MutexGuard<'_, HashMap<Oid, Vec<u8>>> {
         self.objects.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -286,7 +298,7 @@ impl Backend for MemoryBackend {
     }
 
     async fn nodes(&self) -> FsResult<Vec<Node>> {
-        Ok(Vec::new())
+        Ok(self.members.iter().map(|(n, _)| n.clone()).collect())
     }
 
     async fn stat_recovery(&self, _node: SocketAddr) -> FsResult<RecoveryState> {
@@ -297,7 +309,12 @@ impl Backend for MemoryBackend {
         Ok(protocol::stats::ScrubStats::default())
     }
 
-    async fn stat_sheep(&self, _node: Option<SocketAddr>) -> FsResult<(u64, u64)> {
-        Ok((0, 0))
+    async fn stat_sheep(&self, node: Option<SocketAddr>) -> FsResult<(u64, u64)> {
+        let answers = node.is_none_or(|a| self.members.iter().any(|(n, up)| n.addr == a && *up));
+        if !answers {
+            tokio::time::sleep(NODE_TIMEOUT).await;
+            return Err(eio(format!("node stat: {node:?} timed out")));
+        }
+        Ok((100, 40))
     }
 }
