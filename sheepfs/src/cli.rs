@@ -38,7 +38,7 @@ pub struct Args {
     /// FUSE worker threads: each takes requests from the kernel. A read or write with no other
     /// in flight runs on the thread that took it; one that arrives while others are in
     /// flight is handed to the main runtime, so that the thread is free for the next; so is
-    /// every fsync. Other requests (lookups, directories, control files) run one at a time
+    /// every fsync and open (a monitoring file's open asks every node). Other requests (lookups, directories, control files) run one at a time
     /// per thread. Few threads are quicker under load: a thread that comes back finds the
     /// next request waiting instead of the kernel waking a sleeping one for it. More help
     /// only when many slow control-file or lookup requests come at once.

@@ -6,8 +6,10 @@
 //! while others are in flight is the exception: it runs on the main runtime, which serves
 //! the mount's pipelined connection to the gateway and answers the kernel from there, and
 //! the thread goes back for the next request at once. Under load that spares each request
-//! a wake-up of its thread; alone, a request keeps the direct path. fsync always runs on the
-//! main runtime, since a flush may take long. The threads are few (two by default): under
+//! a wake-up of its thread; alone, a request keeps the direct path. fsync and open always
+//! run on the main runtime: a flush may take long, and so may an open (a monitoring file asks
+//! every node, up to `--node-timeout-secs` for a hung one; a volume opened for writing takes
+//! its VDI's lock), and the threads are wanted for the requests meanwhile. The threads are few (two by default): under
 //! load a thread that comes back finds the next request queued, where with many the kernel
 //! would wake a sleeping one for each.
 
@@ -146,11 +148,26 @@ impl<B: Backend> SheepFuse<B> {
             return answer(r);
         }
         let f = there(self.fs.clone());
-        self.rt.spawn(async move {
-            let r = f.await.map_err(|e| errno(what, e));
-            drop(io);
-            answer(r)
-        });
+        self.on_main(
+            what,
+            async move {
+                let r = f.await;
+                drop(io);
+                r
+            },
+            answer,
+        );
+    }
+
+    /// Runs `f` on the main runtime and gives its result to `answer` from there.
+    fn on_main<T>(
+        &self,
+        what: &'static str,
+        f: impl std::future::Future<Output = FsResult<T>> + Send + 'static,
+        answer: impl FnOnce(Result<T, Errno>) + Send + 'static,
+    ) {
+        self.rt
+            .spawn(async move { answer(f.await.map_err(|e| errno(what, e))) });
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {
@@ -271,13 +288,16 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
         }
     }
 
+    /// On the main runtime, like fsync: a monitoring file is rendered at open, asking every
+    /// node, and a hung one makes that wait.
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let access = match flags.acc_mode() {
             OpenAccMode::O_RDONLY => Access::Read,
             OpenAccMode::O_WRONLY => Access::Write,
             OpenAccMode::O_RDWR => Access::ReadWrite,
         };
-        match self.run("open", self.fs.open(ino.0, access)) {
+        let fs = self.fs.clone();
+        self.on_main("open", async move { fs.open(ino.0, access).await }, move |r| match r {
             Ok((fh, direct)) => {
                 let f = if direct {
                     FopenFlags::FOPEN_DIRECT_IO
@@ -287,7 +307,7 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
                 reply.opened(FileHandle(fh), f)
             }
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn read(
@@ -348,11 +368,9 @@ impl<B: Backend> Filesystem for SheepFuse<B> {
     /// dirty block), and the few FUSE threads are wanted for the requests meanwhile.
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.fsync(ino.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("fsync", e)),
-            }
+        self.on_main("fsync", async move { fs.fsync(ino.0).await }, move |r| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         });
     }
 

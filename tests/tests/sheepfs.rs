@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tests::{
-    assert_same_bytes, pseudo_random, run_command, run_command_with_stdin, sheepfs_bin, tool, tool_ok, wait_until,
-    Cluster, Mount, ToolOutput,
+    assert_same_bytes, pseudo_random, run_command, run_command_with_stdin, sheepfs_bin, signal, tool, tool_ok,
+    wait_until, Cluster, Mount, ToolOutput,
 };
 
 const MIB: u64 = 1 << 20;
@@ -858,6 +858,90 @@ fn reads_fail_with_eio_while_the_gateway_is_down_and_recover_after_its_restart()
         &dog_read(&c, 2, "alpha", OBJ - 2500, d.len() as u64, None),
         &d,
     );
+    m.unmount();
+}
+
+/// `cat`s of a monitoring file, killed if the test ends before they do.
+struct Readers(Vec<Option<std::process::Child>>);
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(tests::kill_and_reap);
+    }
+}
+
+/// Whether process `pid` is inside an openat(2) now.
+fn in_openat(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .is_ok_and(|s| s.split_whitespace().next() == Some(&libc::SYS_openat.to_string()))
+}
+
+#[test]
+fn a_hung_node_holds_up_its_monitoring_rows_but_not_the_volumes() {
+    let c = Cluster::start_formatted(3, 3);
+    c.dog_ok(&["vdi", "create", "alpha", "8M"]);
+    let data = pseudo_random(21, (2 * MIB) as usize);
+    c.write_vdi("alpha", 0, &data);
+    // One FUSE thread: an open that waited on it for the hung node would hold up every
+    // request behind it. The node timeout is far longer than any read below can take.
+    let m = Mount::start_with(&c, 0, &["--threads", "1", "--node-timeout-secs", "60"]);
+    let vol = m.volume("alpha");
+    let list = m.join("node/list");
+
+    let hung = c.node(2).pid().expect("node 2 runs");
+    signal(hung, libc::SIGSTOP);
+    let mut readers = Readers(
+        (0..2)
+            .map(|_| {
+                let child = Command::new("cat")
+                    .arg(&list)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot start cat {}: {e}", list.display()));
+                Some(child)
+            })
+            .collect(),
+    );
+    let pids: Vec<u32> = readers.0.iter().flatten().map(|c| c.id()).collect();
+    wait_until("both cats to wait in open", Duration::from_secs(20), || {
+        if pids.iter().all(|&p| in_openat(p)) {
+            Ok(())
+        } else {
+            Err(format!("cats {pids:?} not all in openat"))
+        }
+    });
+
+    let (out, file) = direct_read(&c, &vol, data.len() as u64, Duration::from_secs(30));
+    out.expect_ok();
+    assert_same_bytes("volume read while node 2 hangs", &tests::read_file(&file), &data);
+    assert!(
+        pids.iter().all(|&p| in_openat(p)),
+        "the cats' opens should still be waiting for node 2, or this proved nothing"
+    );
+
+    signal(hung, libc::SIGCONT);
+    for (i, child) in readers.0.iter_mut().enumerate() {
+        let out = child
+            .take()
+            .expect("started")
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("waiting for cat {i}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "cat {i}: {:?}, {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(rows.len(), 3, "cat {i} of /node/list after node 2 went on:\n{text}");
+        assert!(
+            rows.iter().all(|r| !r.ends_with(" - - -")),
+            "node 2 answered once it went on, within the timeout; cat {i}:\n{text}"
+        );
+    }
     m.unmount();
 }
 
