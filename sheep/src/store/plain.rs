@@ -404,31 +404,34 @@ impl Store {
     pub fn begin_new(&self, oid: Oid, size: u64, direct: bool) -> Result<NewCopy, StoreError> {
         let tmp = self.dir.join(format!("{TMP_PREFIX}{}", oid.file_name()));
         let tmp_sums = self.dir.join(format!("{TMP_PREFIX}{}.sum", oid.file_name()));
-        let mut copy = NewCopy {
-            oid,
-            size,
-            tmp,
-            tmp_sums,
-            files: None,
-            committed: false,
-        };
         let res = (|| {
-            let f = new_file(&copy.tmp)?;
+            let f = new_file(&tmp)?;
             if size <= PREALLOC_MAX {
                 allocate(&f, size)?;
             } else {
                 f.set_len(size)?;
             }
-            let s = new_file(&copy.tmp_sums)?;
+            let s = new_file(&tmp_sums)?;
             sums::store_zeros(&s, size)?;
-            copy.files = Some(Open {
-                file: Arc::new(f),
-                direct: if direct { self.open_direct(&copy.tmp)? } else { None },
-                sums: Some(Arc::new(s)),
-            });
-            Ok(())
+            let direct = if direct { self.open_direct(&tmp)? } else { None };
+            Ok((Arc::new(f), direct, Arc::new(s)))
         })();
-        res.map(|()| copy).map_err(|e| StoreError::from_io(oid, e))
+        match res {
+            Ok((file, direct, sums)) => Ok(NewCopy {
+                oid,
+                size,
+                tmp,
+                tmp_sums,
+                file,
+                direct,
+                sums,
+                committed: false,
+            }),
+            Err(e) => {
+                remove_temporary(&tmp, &tmp_sums);
+                Err(StoreError::from_io(oid, e))
+            }
+        }
     }
 
     /// Puts the finished `copy` in place of the object (and its checksums), durable at once
@@ -446,10 +449,12 @@ impl Store {
             copy.committed = true;
             // Whatever was open under the old name is the replaced file; the new copy's
             // files are the object's now, so its next writes open nothing.
-            match copy.files.take() {
-                Some(open) => self.fds.replace(oid, open),
-                None => self.fds.forget(oid),
-            }
+            let open = Open {
+                file: copy.file.clone(),
+                direct: copy.direct.clone(),
+                sums: Some(copy.sums.clone()),
+            };
+            self.fds.replace(oid, open);
             if now {
                 File::open(&self.dir)?.sync_all()?;
             }
@@ -692,8 +697,10 @@ pub struct NewCopy {
     size: u64,
     tmp: PathBuf,
     tmp_sums: PathBuf,
-    /// `None` until opened, and once handed to the fd cache by the commit.
-    files: Option<Open>,
+    file: Arc<File>,
+    /// The same file for O_DIRECT writes, if asked for and the filesystem takes them.
+    direct: Option<Arc<File>>,
+    sums: Arc<File>,
     /// In place: nothing to clean up.
     committed: bool,
 }
@@ -706,16 +713,8 @@ impl NewCopy {
     }
 
     fn sync_files(&self) -> io::Result<()> {
-        let (o, s) = self.files()?;
-        o.file.sync_all()?;
-        s.sync_all()
-    }
-
-    fn files(&self) -> io::Result<(&Open, &File)> {
-        match &self.files {
-            Some(o @ Open { sums: Some(s), .. }) => Ok((o, s)),
-            _ => Err(io::Error::other("the new copy is not open")),
-        }
+        self.file.sync_all()?;
+        self.sums.sync_all()
     }
 
     /// Writes `data` at `offset` of the new copy, with its checksums. Pieces must not share a
@@ -725,13 +724,12 @@ impl NewCopy {
             if offset + data.len() as u64 > self.size {
                 return Err(io::Error::new(ErrorKind::InvalidInput, "write past the object's end"));
             }
-            let (o, s) = self.files()?;
-            match &o.direct {
+            match &self.direct {
                 Some(d) => store.write_at(d, true, offset, data)?,
-                None => store.write_at(&o.file, false, offset, data)?,
+                None => store.write_at(&self.file, false, offset, data)?,
             }
             let (first, piece_sums) = sums::of_piece(self.size, offset, data);
-            sums::store(s, first, &piece_sums)
+            sums::store(&self.sums, first, &piece_sums)
         })();
         res.map_err(|e| StoreError::from_io(self.oid, e))
     }
@@ -740,10 +738,16 @@ impl NewCopy {
 impl Drop for NewCopy {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = fs::remove_file(&self.tmp);
-            let _ = fs::remove_file(&self.tmp_sums);
+            remove_temporary(&self.tmp, &self.tmp_sums);
         }
     }
+}
+
+/// Removes the files of a new copy that will not be committed (best effort: a leftover is
+/// removed when the store opens next).
+fn remove_temporary(tmp: &Path, tmp_sums: &Path) {
+    let _ = fs::remove_file(tmp);
+    let _ = fs::remove_file(tmp_sums);
 }
 
 /// Creates `path` empty, for reading and writing through the page cache.
