@@ -100,15 +100,73 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Resul
     }
 }
 
-/// Reserves `n` distinct free loopback ports: all are bound at once, then released.
+/// Ports handed to tests come from here up to [`PORT_END`]: below Linux's ephemeral range
+/// (32768 and up by default), so no connect() and no bind to port 0 anywhere on the machine
+/// takes one, even while a test's daemon is down between a kill and its restart.
+const PORT_BASE: u16 = 20_000;
+const PORT_END: u16 = 32_000;
+/// A test process claims ports a block at a time, with a lock file that other test
+/// processes (another `cargo test` on the same machine) respect.
+const PORT_BLOCK: u16 = 500;
+
+/// The blocks this process holds and the next port of the newest.
+struct PortBlocks {
+    /// Locked lock files, kept open for the life of the process.
+    held: Vec<File>,
+    next: u16,
+    end: u16,
+}
+
+static PORTS: std::sync::Mutex<PortBlocks> = std::sync::Mutex::new(PortBlocks {
+    held: Vec::new(),
+    next: 0,
+    end: 0,
+});
+
+impl PortBlocks {
+    /// A port no earlier call in this process returned, in a block of this process, and
+    /// free now (nothing else on the machine listens on it).
+    fn take(&mut self) -> u16 {
+        loop {
+            if self.next == self.end {
+                self.claim();
+            }
+            let p = self.next;
+            self.next += 1;
+            if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+                return p;
+            }
+        }
+    }
+
+    /// Locks the first block that no test process holds (this one included: a second flock
+    /// of a file through another open fails like anyone else's).
+    fn claim(&mut self) {
+        for start in (PORT_BASE..PORT_END).step_by(PORT_BLOCK.into()) {
+            let path = std::env::temp_dir().join(format!("sheepdog-test-ports-{start}.lock"));
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+            // SAFETY: flock takes a descriptor we own and no pointers.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                self.held.push(f);
+                self.next = start;
+                self.end = start + PORT_BLOCK;
+                return;
+            }
+        }
+        panic!("every block of test ports ({PORT_BASE} to {PORT_END}) is held by other test processes");
+    }
+}
+
+/// Reserves `n` distinct free loopback ports for this process: no other call, here or in
+/// another test process, returns them again while it runs.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local_addr of a probe listener").port())
-        .collect()
+    let mut blocks = PORTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    (0..n).map(|_| blocks.take()).collect()
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), so payloads need no `rand` dependency and
@@ -2076,15 +2134,7 @@ impl Cluster {
     /// this cluster uses (running or not), and waits until every running node lists it.
     /// Returns its index.
     pub fn add_node(&mut self, zone: u32) -> usize {
-        let taken: BTreeSet<u16> = self.nodes.iter().map(|n| n.port).collect();
-        let port = wait_until("a free port that no node of this cluster uses", START_TIMEOUT, || {
-            let p = free_ports(1)[0];
-            if taken.contains(&p) {
-                Err(format!("port {p} belongs to a stopped node"))
-            } else {
-                Ok(p)
-            }
-        });
+        let port = free_ports(1)[0];
         let i = self.nodes.len();
         let root = self.tmp.path().to_path_buf();
         self.nodes.push(Sheep {
