@@ -861,7 +861,8 @@ fn reads_fail_with_eio_while_the_gateway_is_down_and_recover_after_its_restart()
     m.unmount();
 }
 
-/// `cat`s of a monitoring file, killed if the test ends before they do.
+/// Children that block in the mount (`cat`s of a monitoring file, a `dd` in fsync), killed
+/// if the test ends before they do.
 struct Readers(Vec<Option<std::process::Child>>);
 
 impl Drop for Readers {
@@ -870,10 +871,10 @@ impl Drop for Readers {
     }
 }
 
-/// Whether process `pid` is inside an openat(2) now.
-fn in_openat(pid: u32) -> bool {
+/// Whether process `pid` is inside system call `nr` (`libc::SYS_*`) now.
+fn in_syscall(pid: u32, nr: libc::c_long) -> bool {
     fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .is_ok_and(|s| s.split_whitespace().next() == Some(&libc::SYS_openat.to_string()))
+        .is_ok_and(|s| s.split_whitespace().next() == Some(&nr.to_string()))
 }
 
 #[test]
@@ -906,7 +907,7 @@ fn a_hung_node_holds_up_its_monitoring_rows_but_not_the_volumes() {
     );
     let pids: Vec<u32> = readers.0.iter().flatten().map(|c| c.id()).collect();
     wait_until("both cats to wait in open", Duration::from_secs(20), || {
-        if pids.iter().all(|&p| in_openat(p)) {
+        if pids.iter().all(|&p| in_syscall(p, libc::SYS_openat)) {
             Ok(())
         } else {
             Err(format!("cats {pids:?} not all in openat"))
@@ -917,7 +918,7 @@ fn a_hung_node_holds_up_its_monitoring_rows_but_not_the_volumes() {
     out.expect_ok();
     assert_same_bytes("volume read while node 2 hangs", &tests::read_file(&file), &data);
     assert!(
-        pids.iter().all(|&p| in_openat(p)),
+        pids.iter().all(|&p| in_syscall(p, libc::SYS_openat)),
         "the cats' opens should still be waiting for node 2, or this proved nothing"
     );
 

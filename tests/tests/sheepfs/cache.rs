@@ -10,9 +10,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use tests::{assert_same_bytes, pseudo_random, wait_until, Cluster, Mount};
+use tests::{assert_same_bytes, pseudo_random, signal, wait_until, Cluster, Mount};
 
-use super::{bash, cat, dd_read, dd_write, dog_read, expect_errno, local_file, put, s, MIB};
+use super::{bash, cat, dd_read, dd_write, dog_read, expect_errno, in_syscall, local_file, put, s, Readers, MIB};
 
 /// Three sheep, each a gateway with an object cache of `size`, formatted with 3 copies.
 fn cached_cluster(size: &str) -> Cluster {
@@ -442,5 +442,81 @@ fn copies_from_before_a_lock_released_elsewhere_are_not_served_under_the_next_on
     assert_same_bytes("the page dog wrote, through the mount", &page[p.clone()], &after);
     assert_same_bytes("xi through the mount", &dd_read(&c, &vol, 0, 16 * MIB), &model);
     drop((f, back));
+    m.unmount();
+}
+
+/// A flush that waits on a hung replica holds no FUSE thread: on a one-thread mount, a read
+/// runs while an fsync pushing dirty data to the stopped node is parked, and the fsync
+/// succeeds once the node goes on.
+#[test]
+fn a_flush_waiting_on_a_hung_replica_holds_up_no_read() {
+    let c = cached_cluster("64M");
+    c.dog_ok(&["vdi", "create", "omicron", "16M"]);
+    let m = Mount::start_with(&c, 0, &["--threads", "1"]);
+    let vol = m.volume("omicron");
+    let clean = pseudo_random(95, (4 * MIB) as usize);
+    dd_write(&local_file(&c, "clean", &clean), &vol, 4 * MIB).expect_ok();
+    let dirty = pseudo_random(96, 300_000);
+    write_unflushed(&vol, 11, &dirty);
+    assert!(node_info(&m)["cache_dirty"] > 0.0, "the write stayed in the cache");
+
+    let hung = c.node(2).pid().expect("node 2 runs");
+    signal(hung, libc::SIGSTOP);
+    let mut flush = Readers(vec![Some(
+        std::process::Command::new("dd")
+            .args([
+                "if=/dev/null",
+                &format!("of={}", s(&vol)),
+                "conv=notrunc,fsync",
+                "status=none",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting dd"),
+    )]);
+    let pid = flush.0[0].as_ref().map(|c| c.id()).expect("started");
+    wait_until("dd to wait in fsync", Duration::from_secs(20), || {
+        if in_syscall(pid, libc::SYS_fsync) {
+            Ok(())
+        } else {
+            Err(format!("dd ({pid}) is not in fsync"))
+        }
+    });
+
+    let f = open_direct(&vol, false);
+    let mut buf = Vec::new();
+    let r = aligned(&mut buf, MIB as usize);
+    f.read_exact_at(&mut buf[r.clone()], 4 * MIB)
+        .expect("a direct read beside the flush");
+    assert_same_bytes(
+        "the clean object, read while the flush waits",
+        &buf[r],
+        &clean[..MIB as usize],
+    );
+    assert!(
+        in_syscall(pid, libc::SYS_fsync),
+        "the flush should still wait for node 2, or this proved nothing"
+    );
+
+    signal(hung, libc::SIGCONT);
+    let out = flush.0[0]
+        .take()
+        .expect("started")
+        .wait_with_output()
+        .expect("waiting for dd");
+    assert!(
+        out.status.success(),
+        "the flush after node 2 went on: {:?}, {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_bytes(
+        "the flushed write, through node 1",
+        &dog_read(&c, 1, "omicron", 11, dirty.len() as u64, None),
+        &dirty,
+    );
+    drop(f);
     m.unmount();
 }
