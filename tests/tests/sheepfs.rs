@@ -861,20 +861,66 @@ fn reads_fail_with_eio_while_the_gateway_is_down_and_recover_after_its_restart()
     m.unmount();
 }
 
-/// Children that block in the mount (`cat`s of a monitoring file, a `dd` in fsync), killed
-/// if the test ends before they do.
-struct Readers(Vec<Option<std::process::Child>>);
+/// A child blocked in a system call on the mount (a `cat` of a monitoring file in open, a
+/// `dd` in fsync), killed if the test ends before it does.
+struct Parked(Option<std::process::Child>);
 
-impl Drop for Readers {
-    fn drop(&mut self) {
-        self.0.iter_mut().for_each(tests::kill_and_reap);
+impl Parked {
+    /// Starts `cmd` with its output captured and waits until it is inside system call `nr`
+    /// (`libc::SYS_*`).
+    fn start(cmd: &mut Command, nr: libc::c_long) -> Parked {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let parked = Parked(Some(child));
+        wait_until(
+            &format!("{cmd:?} to wait in system call {nr}"),
+            Duration::from_secs(20),
+            || {
+                if parked.is_in(nr) {
+                    Ok(())
+                } else {
+                    Err("not there yet".to_string())
+                }
+            },
+        );
+        parked
+    }
+
+    /// Whether it is inside system call `nr` now (/proc/PID/syscall starts with the number).
+    fn is_in(&self, nr: libc::c_long) -> bool {
+        self.0.as_ref().is_some_and(|c| {
+            fs::read_to_string(format!("/proc/{}/syscall", c.id()))
+                .is_ok_and(|s| s.split_whitespace().next() == Some(&nr.to_string()))
+        })
+    }
+
+    /// Waits for it to end, requires that it succeeded (`what` names it), and returns its
+    /// standard output.
+    fn finish(mut self, what: &str) -> String {
+        let out = self
+            .0
+            .take()
+            .expect("started")
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what}: {:?}, {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
-/// Whether process `pid` is inside system call `nr` (`libc::SYS_*`) now.
-fn in_syscall(pid: u32, nr: libc::c_long) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .is_ok_and(|s| s.split_whitespace().next() == Some(&nr.to_string()))
+impl Drop for Parked {
+    fn drop(&mut self) {
+        tests::kill_and_reap(&mut self.0);
+    }
 }
 
 #[test]
@@ -891,51 +937,21 @@ fn a_hung_node_holds_up_its_monitoring_rows_but_not_the_volumes() {
 
     let hung = c.node(2).pid().expect("node 2 runs");
     signal(hung, libc::SIGSTOP);
-    let mut readers = Readers(
-        (0..2)
-            .map(|_| {
-                let child = Command::new("cat")
-                    .arg(&list)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("cannot start cat {}: {e}", list.display()));
-                Some(child)
-            })
-            .collect(),
-    );
-    let pids: Vec<u32> = readers.0.iter().flatten().map(|c| c.id()).collect();
-    wait_until("both cats to wait in open", Duration::from_secs(20), || {
-        if pids.iter().all(|&p| in_syscall(p, libc::SYS_openat)) {
-            Ok(())
-        } else {
-            Err(format!("cats {pids:?} not all in openat"))
-        }
-    });
+    let cats: Vec<Parked> = (0..2)
+        .map(|_| Parked::start(Command::new("cat").arg(&list), libc::SYS_openat))
+        .collect();
 
     let (out, file) = direct_read(&c, &vol, data.len() as u64, Duration::from_secs(30));
     out.expect_ok();
     assert_same_bytes("volume read while node 2 hangs", &tests::read_file(&file), &data);
     assert!(
-        pids.iter().all(|&p| in_syscall(p, libc::SYS_openat)),
+        cats.iter().all(|c| c.is_in(libc::SYS_openat)),
         "the cats' opens should still be waiting for node 2, or this proved nothing"
     );
 
     signal(hung, libc::SIGCONT);
-    for (i, child) in readers.0.iter_mut().enumerate() {
-        let out = child
-            .take()
-            .expect("started")
-            .wait_with_output()
-            .unwrap_or_else(|e| panic!("waiting for cat {i}: {e}"));
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "cat {i}: {:?}, {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for (i, cat) in cats.into_iter().enumerate() {
+        let text = cat.finish(&format!("cat {i} of /node/list"));
         let rows: Vec<&str> = text.lines().skip(1).collect();
         assert_eq!(rows.len(), 3, "cat {i} of /node/list after node 2 went on:\n{text}");
         assert!(

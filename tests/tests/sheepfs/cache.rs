@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tests::{assert_same_bytes, pseudo_random, signal, wait_until, Cluster, Mount};
 
-use super::{bash, cat, dd_read, dd_write, dog_read, expect_errno, in_syscall, local_file, put, s, Readers, MIB};
+use super::{bash, cat, dd_read, dd_write, dog_read, expect_errno, local_file, put, s, Parked, MIB};
 
 /// Three sheep, each a gateway with an object cache of `size`, formatted with 3 copies.
 fn cached_cluster(size: &str) -> Cluster {
@@ -462,28 +462,16 @@ fn a_flush_waiting_on_a_hung_replica_holds_up_no_read() {
 
     let hung = c.node(2).pid().expect("node 2 runs");
     signal(hung, libc::SIGSTOP);
-    let mut flush = Readers(vec![Some(
-        std::process::Command::new("dd")
-            .args([
-                "if=/dev/null",
-                &format!("of={}", s(&vol)),
-                "conv=notrunc,fsync",
-                "status=none",
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("starting dd"),
-    )]);
-    let pid = flush.0[0].as_ref().map(|c| c.id()).expect("started");
-    wait_until("dd to wait in fsync", Duration::from_secs(20), || {
-        if in_syscall(pid, libc::SYS_fsync) {
-            Ok(())
-        } else {
-            Err(format!("dd ({pid}) is not in fsync"))
-        }
-    });
+    // The push to node 2 waits up to the 30 s peer timeout: the read below has that long.
+    let flush = Parked::start(
+        std::process::Command::new("dd").args([
+            "if=/dev/null",
+            &format!("of={}", s(&vol)),
+            "conv=notrunc,fsync",
+            "status=none",
+        ]),
+        libc::SYS_fsync,
+    );
 
     let f = open_direct(&vol, false);
     let mut buf = Vec::new();
@@ -496,22 +484,12 @@ fn a_flush_waiting_on_a_hung_replica_holds_up_no_read() {
         &clean[..MIB as usize],
     );
     assert!(
-        in_syscall(pid, libc::SYS_fsync),
+        flush.is_in(libc::SYS_fsync),
         "the flush should still wait for node 2, or this proved nothing"
     );
 
     signal(hung, libc::SIGCONT);
-    let out = flush.0[0]
-        .take()
-        .expect("started")
-        .wait_with_output()
-        .expect("waiting for dd");
-    assert!(
-        out.status.success(),
-        "the flush after node 2 went on: {:?}, {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    flush.finish("the flush after node 2 went on");
     assert_same_bytes(
         "the flushed write, through node 1",
         &dog_read(&c, 1, "omicron", 11, dirty.len() as u64, None),
