@@ -32,14 +32,14 @@ pub struct Args {
     pub retry_secs: u64,
     /// How long `/node/list`, `/cluster/recovery` and `/cluster/scrub` wait for each node's
     /// answer. A node that does not answer in time (hung, or cut off) shows `-` in its row;
-    /// the nodes are asked all at once, so one hung node costs this once.
+    /// up to 64 nodes are asked at once, so one hung node costs this once.
     #[arg(long, default_value_t = crate::backend::NODE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=300))]
     pub node_timeout_secs: u64,
     /// FUSE worker threads: each takes requests from the kernel. A read or write with no other
     /// in flight runs on the thread that took it; one that arrives while others are in
     /// flight is handed to the main runtime, so that the thread is free for the next; so is
-    /// every fsync and open (a monitoring file's open asks every node). Other requests (lookups, directories, control files) run one at a time
-    /// per thread. Few threads are quicker under load: a thread that comes back finds the
+    /// every fsync and open (a monitoring file's open asks every node). Other requests
+    /// (lookups, directories, control files) run one at a time per thread. Few threads are quicker under load: a thread that comes back finds the
     /// next request waiting instead of the kernel waking a sleeping one for it. More help
     /// only when many slow control-file or lookup requests come at once.
     #[arg(long, default_value_t = 2)]

@@ -9,9 +9,9 @@
 //! a wake-up of its thread; alone, a request keeps the direct path. fsync and open always
 //! run on the main runtime: a flush may take long, and so may an open (a monitoring file asks
 //! every node, up to `--node-timeout-secs` for a hung one; a volume opened for writing takes
-//! its VDI's lock), and the threads are wanted for the requests meanwhile. The threads are few (two by default): under
-//! load a thread that comes back finds the next request queued, where with many the kernel
-//! would wake a sleeping one for each.
+//! its VDI's lock), and the threads are wanted for the requests meanwhile. The threads are
+//! few (two by default): under load a thread that comes back finds the next request queued,
+//! where with many the kernel would wake a sleeping one for each.
 
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -64,7 +64,8 @@ fn assert_placed(c: &Cluster, copies: usize, expected: &BTreeSet<Oid>, when: &st
 
 /// Three stores of 2, 4 and 8 GiB: their vnodes follow the capacity (128 for the average
 /// store, PROTOCOL.md 3.4), and 2,800 objects land where the ring says, each node holding its
-/// share of them within 15% and the bigger stores proportionally more.
+/// share of them within five binomial standard deviations and the bigger stores
+/// proportionally more.
 #[test]
 fn vnodes_follow_capacity_and_objects_follow_vnodes() {
     let stores: Vec<ScratchFs> = [1u64, 2, 4].iter().map(|k| ScratchFs::ext4(k * 2048 * MIB)).collect();
