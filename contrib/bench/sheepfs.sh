@@ -236,7 +236,8 @@ for t in $targets; do
     }
     record seq_write "$t" "$(echo "$out" | dd_rate)"
     busy=$(($(machine_busy) - busy_before))
-    record seq_write_cpu "$t" "$(python3 -c "print('%.2f' % ($busy / $(getconf CLK_TCK) / $size_mib * 1024))")"
+    record seq_write_cpu "$t" "$(awk -v b="$busy" -v hz="$(getconf CLK_TCK)" -v m="$size_mib" \
+        'BEGIN { printf "%.2f", b / hz / m * 1024 }')"
     log "$t: sequential read"
     drop_caches
     out=$(dd if="$f" of=/dev/null bs=1M 2>&1) || {
